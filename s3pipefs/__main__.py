@@ -1,0 +1,3 @@
+from s3pipefs.cli import main
+
+raise SystemExit(main())

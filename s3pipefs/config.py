@@ -1,0 +1,122 @@
+"""Every knob, in frozen dataclasses, with the memory and disk bounds they imply.
+
+Bounds (see docs/tuning.md):
+
+* Writer staging disk  <= (workers + 2) * segment_size
+  one segment being filled, ``workers`` uploading, one queued (the backpressure slot).
+* Writer memory        ~  workers * 1 MiB (segments stream from their staging files).
+* Reader memory        <= (prefetch + cache_blocks) * block_size
+  ``block_size`` is the unit a reader fetches and verifies: min(segment_size, 8 MiB)
+  for s3pipefs streams, the whole segment for foreign streams without block checksums.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+
+from s3pipefs.errors import UsageError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str | int, default_unit: str = "") -> int:
+    """'64M' -> 67108864. Suffixes K/M/G/T are binary; a bare number uses default_unit."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"not a size: {text!r} (use e.g. 64M, 1G, 512K)")
+    number, unit, _ = m.groups()
+    unit = (unit or default_unit).lower()
+    value = int(float(number) * _UNITS[unit])
+    return value
+
+
+def parse_duration(text: str | float) -> float:
+    """'60', '60s', '2m', '1h' -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", str(text))
+    if not m:
+        raise UsageError(f"not a duration: {text!r} (use e.g. 30s, 2m)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def default_staging_dir() -> str:
+    # /dev/shm would be faster but is usually small; the temp dir is the safe default.
+    return os.environ.get("TMPDIR") or tempfile.gettempdir()
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where S3 is and how to talk to it. Credentials come from the AWS chain only."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    # Total attempts per request for transient errors (botocore adaptive mode).
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    # Connections in the pool; sized to the worker count by the engine.
+    max_pool_connections: int = 32
+    # Path-style addressing works with every S3-compatible server.
+    path_style: bool = True
+    # SSE-C customer key (raw 32 bytes) for the destination/only object; never logged.
+    sse_c_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Sizes, parallelism and timeouts of the engine."""
+
+    # 32 MiB segments: fewer requests than 8 MiB and small enough that 8 workers keep
+    # loopback and WAN links busy; measured in docs/tuning.md.
+    segment_size: int = 32 * MiB
+    workers: int = 8
+    staging_dir: str = field(default_factory=default_staging_dir)
+    # Reader: blocks fetched ahead of the read position, and blocks kept behind it.
+    prefetch: int = 8
+    cache_blocks: int = 4
+    # Verified read unit inside a segment (s3pipefs streams carry per-block MD5s).
+    block_size: int = 8 * MiB
+    # Attempts for a segment/block whose bytes fail verification or break mid-body.
+    tries: int = 5
+    # Live follow: poll interval, and how long a silent writer may stay silent.
+    poll_interval: float = 0.5
+    follow_timeout: float = 60.0
+    # Writer: heartbeat into the manifest at least this often while uploading.
+    heartbeat_interval: float = 10.0
+    # A writer whose heartbeat is older than this is dead and may be taken over.
+    stale_after: float = 60.0
+    verbose: bool = False
+
+    def with_(self, **kw) -> "TransferConfig":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def validate(self) -> "TransferConfig":
+        if self.segment_size < 1 * KiB:
+            raise UsageError(f"segment size {self.segment_size} is too small (minimum 1K)")
+        if self.segment_size > 5 * GiB:
+            raise UsageError("segment size over 5G: S3 cannot store a single object that large")
+        if not 1 <= self.workers <= 256:
+            raise UsageError(f"workers must be between 1 and 256, not {self.workers}")
+        if self.prefetch < 1 or self.cache_blocks < 0:
+            raise UsageError("prefetch must be >= 1 and cache >= 0")
+        return self
+
+    @property
+    def staging_bound(self) -> int:
+        return (self.workers + 2) * self.segment_size
+
+    @property
+    def reader_memory_bound(self) -> int:
+        return (self.prefetch + self.cache_blocks) * min(self.block_size, self.segment_size)

@@ -1,0 +1,335 @@
+"""The one narrow interface to S3: get a range, put, head, list, copy, delete, multipart.
+
+Everything above this module speaks in buckets, keys and S3PipeError; boto3 and its
+exceptions stay here. Transient failures are retried by botocore's *adaptive* mode,
+which also lowers the client's request rate when the server answers 503 SlowDown.
+Errors are classified by their code, never by their message text.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from s3pipefs.config import S3Config
+from s3pipefs import errors
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+_DENIED = {
+    "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
+    "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
+}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+@dataclass
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str = ""
+    last_modified: float = 0.0
+    metadata: dict = field(default_factory=dict)
+    content_type: str = ""
+
+    @property
+    def plain_md5(self) -> str | None:
+        """The ETag when it is an MD5 of the body (single-part upload, no SSE-KMS/C)."""
+        e = self.etag.strip('"').lower()
+        if len(e) == 32 and all(c in "0123456789abcdef" for c in e):
+            return e
+        return None
+
+
+def md5_b64(data) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _where(bucket: str, key: str | None) -> str:
+    return f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+
+
+def translate(exc: Exception, bucket: str, key: str | None = None, action: str = "") -> errors.S3PipeError:
+    """Map a boto3/botocore exception to an S3PipeError with a one-line message."""
+    where = _where(bucket, key)
+    doing = f"{action} " if action else ""
+    if isinstance(exc, errors.S3PipeError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _NO_BUCKET:
+            return errors.BucketNotFound(f"{doing}{where}: no such bucket '{bucket}'")
+        if code in _NOT_FOUND or status == 404:
+            return errors.NotFound(f"{doing}{where}: not found")
+        if code in _DENIED or status == 403:
+            return errors.AccessDenied(f"{doing}{where}: access denied ({code or status}); check the credentials and the bucket policy")
+        if code in _PRECONDITION or status in (409, 412):
+            return errors.Busy(f"{doing}{where}: changed by another writer")
+        if code in ("InvalidRange",) or status == 416:
+            return errors.S3PipeError(f"{doing}{where}: range not satisfiable")
+        if code == "BadDigest":
+            return errors.IntegrityError(f"{doing}{where}: server rejected the upload's checksum")
+        return errors.S3PipeError(f"{doing}{where}: {code or status} {err.get('Message', '')}".rstrip())
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return errors.AccessDenied(f"{doing}{where}: no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return errors.UsageError(f"AWS profile not found: {exc.kwargs.get('profile')}")
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
+        return errors.EndpointError(f"{doing}{where}: cannot reach endpoint {getattr(exc, 'kwargs', {}).get('endpoint_url', '')}".rstrip())
+    if isinstance(exc, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)):
+        return errors.EndpointError(f"{doing}{where}: connection to the endpoint failed ({type(exc).__name__})")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return errors.S3PipeError(f"{doing}{where}: {exc}")
+    if isinstance(exc, OSError):
+        return errors.EndpointError(f"{doing}{where}: {exc.strerror or exc}")
+    return errors.S3PipeError(f"{doing}{where}: {type(exc).__name__}: {exc}")
+
+
+class Store:
+    """Thread-safe S3 access for the engine. One boto3 client shared by all workers."""
+
+    def __init__(self, cfg: S3Config | None = None):
+        self.cfg = cfg or S3Config()
+        self._client = None
+        self._lock = threading.Lock()
+
+    # The client is created lazily so that a daemon can fork before any thread exists.
+    @property
+    def client(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self):
+        c = self.cfg
+        try:
+            session = boto3.session.Session(profile_name=c.profile) if c.profile else boto3.session.Session()
+        except botocore.exceptions.ProfileNotFound as e:
+            raise errors.UsageError(f"AWS profile not found: {c.profile}") from e
+        region = c.region or session.region_name or "us-east-1"
+        bc = botocore.config.Config(
+            region_name=region,
+            max_pool_connections=c.max_pool_connections,
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            retries={"mode": "adaptive", "max_attempts": c.max_attempts},
+            s3={"addressing_style": "path" if c.path_style else "auto"},
+            # We send Content-MD5 and verify bodies ourselves; skip a second CRC pass.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        return session.client("s3", endpoint_url=c.endpoint_url, config=bc)
+
+    def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
+        key = key if key is not None else (None if source else self.cfg.sse_c_key)
+        if not key:
+            return {}
+        p = "CopySource" if source else ""
+        return {f"{p}SSECustomerAlgorithm": "AES256", f"{p}SSECustomerKey": key}
+
+    def _call(self, fn, bucket, key, action, **kw):
+        try:
+            return fn(**kw)
+        except Exception as e:  # noqa: BLE001 - translated into our hierarchy
+            raise translate(e, bucket, key, action) from None
+
+    # -- reads -----------------------------------------------------------------
+    def head(self, bucket: str, key: str, sse_key: bytes | None = None) -> ObjectInfo | None:
+        try:
+            r = self.client.head_object(Bucket=bucket, Key=key, **self._sse(sse_key))
+        except Exception as e:  # noqa: BLE001
+            err = translate(e, bucket, key, "head")
+            if type(err) is errors.NotFound:
+                return None
+            raise err from None
+        return _info(key, r)
+
+    def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None,
+            sse_key: bytes | None = None) -> tuple[bytes, ObjectInfo]:
+        """Body bytes [start, end) (whole object when start is None) and object info."""
+        kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+        if start is not None:
+            if end is not None and end <= start:
+                return b"", ObjectInfo(key, 0)
+            kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        r = self._call(self.client.get_object, bucket, key, "read", **kw)
+        body = r["Body"]
+        try:
+            data = body.read()
+        except Exception as e:  # noqa: BLE001 - a body that broke mid-transfer
+            raise errors.EndpointError(f"read {_where(bucket, key)}: transfer broke ({type(e).__name__})") from None
+        finally:
+            body.close()
+        info = _info(key, r)
+        want = r.get("ContentLength")
+        if want is not None and len(data) != want:
+            raise errors.IntegrityError(f"read {_where(bucket, key)}: got {len(data)} of {want} bytes")
+        return data, info
+
+    def get_stream(self, bucket: str, key: str, start: int | None = None, sse_key: bytes | None = None):
+        """An open streaming body and object info, for single-pass copies."""
+        kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+        if start:
+            kw["Range"] = f"bytes={start}-"
+        r = self._call(self.client.get_object, bucket, key, "read", **kw)
+        return r["Body"], _info(key, r)
+
+    def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+             start_after: str | None = None) -> Iterator[ObjectInfo | str]:
+        """Objects (ObjectInfo) and, with a delimiter, common prefixes (str), in key order."""
+        kw = {"Bucket": bucket, "Prefix": prefix}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if start_after:
+            kw["StartAfter"] = start_after
+        pager = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in pager.paginate(**kw):
+                for p in page.get("CommonPrefixes", ()):
+                    yield p["Prefix"]
+                for o in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        key=o["Key"], size=o["Size"], etag=o.get("ETag", "").strip('"'),
+                        last_modified=o["LastModified"].timestamp() if o.get("LastModified") else 0.0,
+                    )
+        except Exception as e:  # noqa: BLE001
+            raise translate(e, bucket, prefix, "list") from None
+
+    def bucket_exists(self, bucket: str) -> None:
+        """Raise BucketNotFound / AccessDenied / EndpointError unless the bucket is usable."""
+        self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)
+
+    # -- writes ----------------------------------------------------------------
+    def put(self, bucket: str, key: str, body, *, md5: str | None = None, length: int | None = None,
+            metadata: dict | None = None, content_type: str | None = None,
+            if_none_match: bool = False, if_match: str | None = None,
+            sse_key: bytes | None = None) -> str:
+        """Upload one object; returns its ETag. ``md5`` is the base64 Content-MD5."""
+        kw = {"Bucket": bucket, "Key": key, "Body": body, **self._sse(sse_key)}
+        if md5:
+            kw["ContentMD5"] = md5
+        if length is not None:
+            kw["ContentLength"] = length
+        if metadata:
+            kw["Metadata"] = metadata
+        if content_type:
+            kw["ContentType"] = content_type
+        if if_none_match:
+            kw["IfNoneMatch"] = "*"
+        if if_match:
+            kw["IfMatch"] = if_match
+        r = self._call(self.client.put_object, bucket, key, "write", **kw)
+        return r.get("ETag", "").strip('"')
+
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
+             metadata: dict | None = None, source_sse_key: bytes | None = None,
+             sse_key: bytes | None = None) -> str:
+        """Server-side copy of an object up to 5 GB; returns the new ETag."""
+        kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},
+              **self._sse(sse_key), **self._sse(source_sse_key, source=True)}
+        if metadata is not None:
+            kw["Metadata"] = metadata
+            kw["MetadataDirective"] = "REPLACE"
+        r = self._call(self.client.copy_object, bucket, key, "copy to", **kw)
+        return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._call(self.client.delete_object, bucket, key, "delete", Bucket=bucket, Key=key)
+
+    def delete_many(self, bucket: str, keys: list[str]) -> None:
+        """Delete keys, 1000 per request; raise on the first key the server refused."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            r = self._call(self.client.delete_objects, bucket, chunk[0], "delete",
+                           Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            for err in r.get("Errors", ()):
+                if err.get("Code") not in ("NoSuchKey",):
+                    raise errors.S3PipeError(f"delete {_where(bucket, err.get('Key'))}: {err.get('Code')} {err.get('Message', '')}")
+
+    def create_bucket(self, bucket: str) -> None:
+        self._call(self.client.create_bucket, bucket, None, "create", Bucket=bucket)
+
+    # -- multipart -------------------------------------------------------------
+    def mpu_create(self, bucket: str, key: str, *, metadata=None, content_type=None, sse_key=None) -> str:
+        kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+        if metadata:
+            kw["Metadata"] = metadata
+        if content_type:
+            kw["ContentType"] = content_type
+        return self._call(self.client.create_multipart_upload, bucket, key, "start upload of", **kw)["UploadId"]
+
+    def mpu_part(self, bucket: str, key: str, upload_id: str, number: int, body, md5: str | None = None,
+                 sse_key=None) -> str:
+        kw = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "Body": body,
+              **self._sse(sse_key)}
+        if md5:
+            kw["ContentMD5"] = md5
+        return self._call(self.client.upload_part, bucket, key, f"upload part {number} of", **kw)["ETag"]
+
+    def mpu_part_copy(self, src_bucket: str, src_key: str, bucket: str, key: str, upload_id: str,
+                      number: int, start: int, end: int, source_sse_key=None, sse_key=None) -> str:
+        kw = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
+              "CopySource": {"Bucket": src_bucket, "Key": src_key},
+              "CopySourceRange": f"bytes={start}-{end - 1}",
+              **self._sse(sse_key), **self._sse(source_sse_key, source=True)}
+        r = self._call(self.client.upload_part_copy, bucket, key, f"copy part {number} to", **kw)
+        return r["CopyPartResult"]["ETag"]
+
+    def mpu_complete(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> str:
+        parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]
+        r = self._call(self.client.complete_multipart_upload, bucket, key, "complete upload of",
+                       Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        return r.get("ETag", "").strip('"')
+
+    def mpu_abort(self, bucket: str, key: str, upload_id: str) -> None:
+        self._call(self.client.abort_multipart_upload, bucket, key, "abort upload of",
+                   Bucket=bucket, Key=key, UploadId=upload_id)
+
+    def mpu_list(self, bucket: str, prefix: str = "") -> Iterator[dict]:
+        """Unfinished multipart uploads under a prefix: dicts with Key, UploadId, Initiated."""
+        pager = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in pager.paginate(Bucket=bucket, Prefix=prefix):
+                yield from page.get("Uploads", ())
+        except Exception as e:  # noqa: BLE001
+            raise translate(e, bucket, prefix, "list uploads in") from None
+
+    def mpu_parts(self, bucket: str, key: str, upload_id: str) -> list[dict]:
+        pager = self.client.get_paginator("list_parts")
+        out = []
+        try:
+            for page in pager.paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+                out.extend(page.get("Parts", ()))
+        except Exception as e:  # noqa: BLE001
+            raise translate(e, bucket, key, "list parts of") from None
+        return out
+
+
+def _info(key: str, r: dict) -> ObjectInfo:
+    size = r.get("ContentLength", 0)
+    cr = r.get("ContentRange")
+    if cr and "/" in cr:  # a ranged GET: the object's full size follows the slash
+        tail = cr.rsplit("/", 1)[1]
+        if tail.isdigit():
+            size = int(tail)
+    lm = r.get("LastModified")
+    return ObjectInfo(
+        key=key, size=size, etag=r.get("ETag", "").strip('"'),
+        last_modified=lm.timestamp() if lm else 0.0,
+        metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+        content_type=r.get("ContentType", ""),
+    )
