@@ -5,9 +5,9 @@ Bounds (see docs/tuning.md):
 * Writer staging disk  <= (workers + 2) * segment_size
   one segment being filled, ``workers`` uploading, one queued (the backpressure slot).
 * Writer memory        ~  workers * 1 MiB (segments stream from their staging files).
-* Reader memory        <= (prefetch + cache_blocks) * block_size
-  ``block_size`` is the unit a reader fetches and verifies: min(segment_size, 8 MiB)
-  for s3pipefs streams, the whole segment for foreign streams without block checksums.
+* Reader memory        <= read_ahead + cache_size + one unit
+  A reader fetches and verifies whole segments (streams) or ``block_size`` ranges
+  (plain objects); at most ``min(prefetch, read_ahead // unit)`` units are in flight.
 """
 from __future__ import annotations
 
@@ -83,10 +83,12 @@ class TransferConfig:
     segment_size: int = 32 * MiB
     workers: int = 8
     staging_dir: str = field(default_factory=default_staging_dir)
-    # Reader: blocks fetched ahead of the read position, and blocks kept behind it.
+    # Reader: at most ``prefetch`` units and ``read_ahead`` bytes fetched ahead of the
+    # read position, and ``cache_size`` bytes of verified units kept for re-reads.
     prefetch: int = 8
-    cache_blocks: int = 4
-    # Verified read unit inside a segment (s3pipefs streams carry per-block MD5s).
+    read_ahead: int = 256 * MiB
+    cache_size: int = 64 * MiB
+    # Range size for plain objects (no per-range checksum exists to verify against).
     block_size: int = 8 * MiB
     # Attempts for a segment/block whose bytes fail verification or break mid-body.
     tries: int = 5
@@ -109,8 +111,8 @@ class TransferConfig:
             raise UsageError("segment size over 5G: S3 cannot store a single object that large")
         if not 1 <= self.workers <= 256:
             raise UsageError(f"workers must be between 1 and 256, not {self.workers}")
-        if self.prefetch < 1 or self.cache_blocks < 0:
-            raise UsageError("prefetch must be >= 1 and cache >= 0")
+        if self.prefetch < 1 or self.cache_size < 0 or self.read_ahead < 1:
+            raise UsageError("prefetch and read_ahead must be >= 1 and cache_size >= 0")
         return self
 
     @property
@@ -119,4 +121,4 @@ class TransferConfig:
 
     @property
     def reader_memory_bound(self) -> int:
-        return (self.prefetch + self.cache_blocks) * min(self.block_size, self.segment_size)
+        return self.read_ahead + self.cache_size + self.segment_size

@@ -134,6 +134,9 @@ class Manifest:
     layout: Layout | None = None
     block_size: int = 0
     md5: str = ""
+    # md5 chain over the segments' MD5s: c_n = md5(c_{n-1} + md5(segment_n)); extendable by
+    # appends and checkable by resume without re-reading earlier data.
+    chain: str = ""
     writer_id: str = ""
     heartbeat: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -171,6 +174,8 @@ def render(m: Manifest) -> bytes:
         own["layout"] = m.layout.render()
     if m.md5:
         own["md5"] = m.md5
+    if m.chain:
+        own["chain"] = m.chain
     if m.writer_id:
         own["writer_id"] = m.writer_id
     if m.heartbeat:
@@ -261,6 +266,9 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
     md5 = own.get("md5", "").strip().lower()
     if md5 and not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise ManifestError(f"{where}: 'md5' is not an MD5 hex digest")
+    chain = own.get("chain", "").strip().lower()
+    if chain and not re.fullmatch(r"[0-9a-f]{32}", chain):
+        raise ManifestError(f"{where}: 'chain' is not an MD5 hex digest")
     hb_raw = own.get("heartbeat", "0").strip()
     try:
         heartbeat = float(hb_raw)
@@ -268,7 +276,7 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: 'heartbeat' is not a number: {hb_raw[:40]!r}") from None
     if not 0 <= heartbeat < 1e11:
         raise ManifestError(f"{where}: 'heartbeat' out of range")
-    known = {"format", "segment_size_bytes", "block_size", "layout", "md5", "writer_id", "heartbeat"}
+    known = {"format", "segment_size_bytes", "block_size", "layout", "md5", "chain", "writer_id", "heartbeat"}
     extra = {k: v for k, v in own.items() if k not in known}
     return replace(
         m,
@@ -278,7 +286,16 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         block_size=block,
         layout=layout,
         md5=md5,
+        chain=chain,
         writer_id=own.get("writer_id", "")[:200],
         heartbeat=heartbeat,
         extra=extra,
     )
+
+
+def chain_next(chain_hex: str, segment_md5: bytes) -> str:
+    """Extend the segment-digest chain by one segment's binary MD5."""
+    import hashlib
+
+    prev = bytes.fromhex(chain_hex) if chain_hex else b""
+    return hashlib.md5(prev + segment_md5).hexdigest()

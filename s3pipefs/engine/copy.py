@@ -1,0 +1,414 @@
+"""Server-side copy of streams and plain objects between S3 locations.
+
+No payload passes through the client: segments and objects up to 5 GB are copied with
+CopyObject, larger objects with UploadPartCopy in parallel parts. The user metadata that
+s3pipefs readers verify against (``md5`` per segment, ``blocks``) travels with CopyObject's
+default COPY directive, and with the multipart path it is read from the source first.
+
+A stream copy follows the one-writer protocol of engine/manifests.py:
+
+1. read and validate the source manifest (the bytes that will be published at the end);
+2. take the destination's lease: an *incomplete, empty* manifest with our writer id, written
+   conditionally (If-None-Match for a new stream, If-Match over an existing one whose
+   writer is dead or done), refreshed by a heartbeat while the copy runs;
+3. copy the segments the source manifest names, in parallel, checking each copy's ETag
+   against the source's when both are plain MD5s;
+4. delete segments of an older destination stream past the new end;
+5. write the final manifest **last**: the source's own bytes for a complete stream.
+
+So a half-done copy is at worst an incomplete stream with no data and a released lease
+(heartbeat 0), which ``rm`` removes or a new copy replaces; never a complete stream with
+mixed or missing segments. Overwriting a stream makes it read as incomplete while the copy
+runs (the writer's stage-and-swap would copy every byte twice on the server).
+
+An incomplete source (being written, or its writer died) is refused unless
+``allow_incomplete``: then the segments its manifest names so far are copied and the copy
+stays incomplete, with a released lease, so that ``put --resume`` can finish it from the
+same input.
+
+SSE-C: ``source_sse_key`` decrypts the source, ``sse_key`` encrypts the copy; ``None``
+means the store's configured key and ``b""`` means none, so a copy can re-encrypt.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno as _errno
+import hashlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from s3pipefs import errors, manifest as mf
+from s3pipefs.config import GiB, MiB, TransferConfig
+from s3pipefs.engine import manifests
+from s3pipefs.engine.ratelimit import Retrier
+from s3pipefs.store import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+# S3's limit for CopyObject and for one part; above it UploadPartCopy is required.
+MAX_SINGLE_COPY = 5 * GiB
+# S3 allows at most 10,000 parts; parts (but the last) must be at least 5 MiB.
+MAX_PARTS = 10_000
+MIN_PART = 5 * MiB
+# 512 MiB parts: a 5 TiB object in ~10,000 parts, and a 6 GB one still in 12 parallel parts.
+DEFAULT_COPY_PART = 512 * MiB
+
+
+class IsADirectory(errors.S3PipeError):
+    errno = _errno.EISDIR
+
+
+@dataclass
+class CopyResult:
+    kind: str          # "stream" or "object"
+    size: int          # payload bytes copied on the server
+    requests: int = 0  # copy requests issued (segments or parts)
+    complete: bool = True
+
+
+def _key(store: Store, given: bytes | None) -> bytes:
+    """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
+    if given is None:
+        return store.cfg.sse_c_key or b""
+    return given
+
+
+def part_size_for(size: int, wanted: int = DEFAULT_COPY_PART) -> int:
+    """A part size >= wanted (and 5 MiB) that keeps ``size`` within 10,000 parts, MiB-aligned."""
+    need = max(wanted, MIN_PART, math.ceil(size / MAX_PARTS))
+    return math.ceil(need / MiB) * MiB
+
+
+def _plain_md5(etag: str) -> str | None:
+    return ObjectInfo("", 0, etag).plain_md5
+
+
+# -- plain objects ------------------------------------------------------------------------------
+
+def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+                workers: int = 8, info: ObjectInfo | None = None, part_size: int = DEFAULT_COPY_PART,
+                max_single: int = MAX_SINGLE_COPY, source_sse_key: bytes | None = None,
+                sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> CopyResult:
+    """Copy one object on the server: CopyObject up to ``max_single``, else parallel part copies.
+
+    ``info`` (size, ETag) saves a HEAD when the caller listed the source already.
+    Metadata and content type are kept. Returns what was copied.
+    """
+    if (src_bucket, src_key) == (dst_bucket, dst_key):
+        raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
+    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    call = (retrier or Retrier()).call
+    if info is None:
+        info = call(store.head, src_bucket, src_key, sse_key=skey)
+        if info is None:
+            raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such object or stream")
+    if info.size <= max_single:
+        etag = call(store.copy, src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey)
+        _check_etag(info.etag, etag, skey or dkey, f"s3://{dst_bucket}/{dst_key}")
+        if progress:
+            progress(info.size)
+        return CopyResult("object", info.size, 1)
+    return _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
+                           skey, dkey, call, progress)
+
+
+def _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
+                    skey, dkey, call, progress) -> CopyResult:
+    # CopyObject keeps metadata by itself; a multipart upload has to be given it.
+    if not info.content_type and not info.metadata:
+        full = call(store.head, src_bucket, src_key, sse_key=skey)
+        if full is None:
+            raise errors.NotFound(f"s3://{src_bucket}/{src_key}: vanished during the copy")
+        info = full
+    psize = part_size_for(info.size, part_size)
+    ranges = [(i + 1, off, min(off + psize, info.size)) for i, off in enumerate(range(0, info.size, psize))]
+    upload = call(store.mpu_create, dst_bucket, dst_key, metadata=info.metadata or None,
+                  content_type=info.content_type or None, sse_key=dkey)
+    try:
+        def one(r):
+            n, a, b = r
+            etag = call(store.mpu_part_copy, src_bucket, src_key, dst_bucket, dst_key, upload, n, a, b,
+                        source_sse_key=skey, sse_key=dkey)
+            if progress:
+                progress(b - a)
+            return etag
+        with cf.ThreadPoolExecutor(max(1, min(workers, len(ranges))), thread_name_prefix="s3pipefs-copy") as pool:
+            etags = list(pool.map(one, ranges))
+        call(store.mpu_complete, dst_bucket, dst_key, upload, etags)
+    except BaseException:
+        _abort_quietly(store, dst_bucket, dst_key, upload)
+        raise
+    return CopyResult("object", info.size, len(ranges) + 2)
+
+
+def _abort_quietly(store: Store, bucket: str, key: str, upload: str) -> None:
+    try:
+        store.mpu_abort(bucket, key, upload)
+    except errors.S3PipeError as e:
+        log.warning("%s (the unfinished upload is left; `s3pipefs abort` removes it)", e)
+
+
+def _check_etag(src_etag: str, dst_etag: str, sse: bytes, where: str) -> None:
+    """A copy of a single-part, unencrypted object must keep its MD5 ETag."""
+    if sse:
+        return  # SSE-C ETags are not MD5s of the plaintext on AWS
+    a, b = _plain_md5(src_etag), _plain_md5(dst_etag)
+    if a and b and a != b:
+        raise errors.IntegrityError(f"{where}: copy has ETag {b}, source had {a}")
+
+
+# -- streams ------------------------------------------------------------------------------------
+
+def _load_manifest(store: Store, bucket: str, prefix: str, sse: bytes) -> tuple[mf.Manifest, bytes, ObjectInfo] | None:
+    key = manifests.manifest_key(prefix)
+    try:
+        data, info = store.get(bucket, key, sse_key=sse)
+    except errors.BucketNotFound:
+        raise
+    except errors.NotFound:
+        return None
+    return mf.parse(data, where=f"s3://{bucket}/{key}"), data, info
+
+
+def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
+    """The segments the manifest names, from one listing, checked against its layout."""
+    found: dict[int, ObjectInfo] = {}
+    for o in store.list(bucket, prefix):
+        if isinstance(o, str):
+            continue
+        idx = mf.segment_index(o.key[len(prefix):])
+        if idx is not None:
+            found[idx] = o
+    count = m.num_segments
+    if not m.completed and not (m.own and m.layout is not None):
+        # s3pipe2 publishes its count at the end: take the contiguous run that landed.
+        count = 0
+        while count + 1 in found:
+            count += 1
+    segs = []
+    sizes = list(m.layout.sizes()) if (m.own and m.layout is not None) else None
+    for i in range(1, count + 1):
+        o = found.get(i)
+        if o is None:
+            raise errors.StreamIncomplete(f"{where}: segment {mf.segment_name(i)} is missing")
+        if sizes is not None and o.size != sizes[i - 1]:
+            raise errors.IntegrityError(f"{where}: segment {mf.segment_name(i)} holds {o.size} bytes, "
+                                        f"the manifest says {sizes[i - 1]}")
+        segs.append(o)
+    if m.completed and sum(o.size for o in segs) != m.total_size:
+        raise errors.IntegrityError(f"{where}: segments hold {sum(o.size for o in segs)} bytes, "
+                                    f"the manifest says {m.total_size}")
+    return segs
+
+
+class _Lease:
+    """The destination's manifest while a copy runs: incomplete, empty, ours, kept fresh."""
+
+    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, prefix: str, template: mf.Manifest,
+                 sse: bytes, where: str):
+        from s3pipefs.engine.writer import new_writer_id
+
+        self.store, self.cfg, self.bucket, self.prefix, self.sse, self.where = store, cfg, bucket, prefix, sse, where
+        self.writer_id = "copy:" + new_writer_id()
+        self.template = mf.Manifest(
+            completed=False, segment_size=template.segment_size, upload_began=mf.now_iso(),
+            layout=mf.Layout(), writer_id=self.writer_id)
+        self.etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.existing = None
+
+    def take(self) -> None:
+        got = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
+        if got is None:
+            self.store.bucket_exists(self.bucket)
+            self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
+        else:
+            m, _data, info = got
+            if manifests.writer_alive(m, self.cfg.stale_after):
+                raise errors.Busy(f"{self.where}: another writer ({m.writer_id}) is writing this stream "
+                                  f"(last heartbeat {time.time() - m.heartbeat:.0f}s ago)")
+            self.existing = m
+            self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=info.etag)
+        back = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
+        if back is None or back[0].writer_id != self.writer_id:
+            raise errors.Busy(f"{self.where}: another writer took this stream")
+        self.etag = back[2].etag
+        self._thread = threading.Thread(target=self._beat, name="s3pipefs-copy-lease", daemon=True)
+        self._thread.start()
+
+    def _save(self, m: mf.Manifest | bytes, *, create: bool = False, if_match: str | None = None) -> str:
+        body = m if isinstance(m, bytes) else mf.render(m)
+        return self.store.put(self.bucket, manifests.manifest_key(self.prefix), body,
+                              md5=_b64(hashlib.md5(body).digest()), content_type="text/plain",
+                              if_none_match=create, if_match=if_match, sse_key=self.sse)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.cfg.heartbeat_interval):
+            try:
+                self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=self.etag)
+            except BaseException as e:  # noqa: BLE001 - checked by the copy before it commits
+                self.error = e
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise errors.Busy(f"{self.where}: lost the stream's lease during the copy ({self.error})")
+
+    def commit(self, body: bytes) -> None:
+        self.stop()  # joins the heartbeat thread: self.etag is final from here on
+        self._save(body, if_match=self.etag)
+        self.etag = None
+
+    def release(self, m: mf.Manifest) -> None:
+        """Leave the destination incomplete with heartbeat 0: nobody is writing it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.etag is None:
+            return  # never taken, or already committed
+        try:
+            self._save(m.with_(writer_id=self.writer_id, heartbeat=0.0), if_match=self.etag)
+        except errors.S3PipeError as e:
+            log.warning("%s: could not release the stream: %s", self.where, e)
+
+
+def _b64(digest: bytes) -> str:
+    import base64
+
+    return base64.b64encode(digest).decode()
+
+
+def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
+                sse_key: bytes | None = None, cfg: TransferConfig | None = None,
+                retrier: Retrier | None = None, progress=None) -> CopyResult:
+    """Copy the stream ``src_key`` to ``dst_key`` on the server; the manifest is written last."""
+    cfg = cfg or TransferConfig()
+    src_prefix, dst_prefix = src_key.strip("/") + "/", dst_key.strip("/") + "/"
+    src_where, dst_where = f"s3://{src_bucket}/{src_prefix[:-1]}", f"s3://{dst_bucket}/{dst_prefix[:-1]}"
+    if not dst_key.strip("/"):
+        raise errors.UsageError(f"s3://{dst_bucket}/: a stream needs a name, not just a bucket")
+    if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
+        raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
+    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    call = (retrier or Retrier()).call
+
+    got = call(_load_manifest, store, src_bucket, src_prefix, skey)
+    if got is None:
+        raise errors.NotFound(f"{src_where}: no such stream")
+    m, body, _ = got
+    if not m.completed and not allow_incomplete:
+        state = "being written" if manifests.writer_alive(m, cfg.stale_after) else "its writer stopped"
+        raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
+                                      "copy it with --allow-incomplete, or wait for it to complete")
+    segs = call(_segments, store, src_bucket, src_prefix, m, src_where)
+    total = sum(o.size for o in segs)
+
+    lease = _Lease(store, cfg, dst_bucket, dst_prefix, m, dkey, dst_where)
+    lease.take()
+    try:
+        def one(o: ObjectInfo) -> int:
+            if lease.error is not None:
+                raise lease.error
+            name = o.key[len(src_prefix):]
+            r = copy_object(store, src_bucket, o.key, dst_bucket, dst_prefix + name, workers=1, info=o,
+                            source_sse_key=skey, sse_key=dkey, retrier=retrier)
+            if progress:
+                progress(o.size)
+            return r.requests
+        requests = 0
+        if segs:
+            with cf.ThreadPoolExecutor(max(1, min(workers, len(segs))), thread_name_prefix="s3pipefs-copy") as pool:
+                futs = [pool.submit(one, o) for o in segs]
+                try:
+                    for f in cf.as_completed(futs):
+                        requests += f.result()
+                except BaseException:
+                    for f in futs:
+                        f.cancel()
+                    raise
+        # An older, longer stream here left segments `cat 0*` would pick up.
+        if lease.existing is not None:
+            _delete_past(store, dst_bucket, dst_prefix, len(segs), retrier)
+        if m.completed and "replacing" not in m.extra:
+            final = body
+        else:
+            # A replacement in progress at the source, or an incomplete copy: publish the
+            # snapshot that was copied, with a released lease.
+            extra = {k: v for k, v in m.extra.items() if k != "replacing"}
+            layout = mf.Layout.from_sizes(o.size for o in segs)
+            snap = m.with_(extra=extra, num_segments=len(segs), total_size=total,
+                           layout=layout if m.own else None, writer_id=lease.writer_id,
+                           heartbeat=0.0 if not m.completed else m.heartbeat)
+            if not m.completed:
+                snap = snap.with_(md5="", own=True, format=mf.FORMAT_VERSION,
+                                  chain=m.chain if (m.own and m.layout is not None) else "")
+            final = mf.render(snap)
+        call(lease.commit, final)
+    except BaseException:
+        lease.release(lease.template)
+        raise
+    return CopyResult("stream", total, requests + 4, complete=m.completed)
+
+
+def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Retrier | None) -> None:
+    doomed = []
+    for o in store.list(bucket, prefix):
+        if isinstance(o, str):
+            continue
+        rel = o.key[len(prefix):]
+        idx = mf.segment_index(rel)
+        if (idx is not None and idx > keep) or rel.startswith(".next-"):
+            doomed.append(o.key)
+    if doomed:
+        (retrier or Retrier()).call(store.delete_many, bucket, doomed)
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+
+def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes | None = None) -> str | None:
+    """"stream", "object", "dir" or None. Uses the engine's namespace when one is given."""
+    if engine is not None and hasattr(engine, "stat"):
+        e = engine.stat(bucket, key)
+        return None if e is None else e.kind
+    k = key.strip("/")
+    if k and _load_manifest(store, bucket, k + "/", _key(store, sse_key)) is not None:
+        return "stream"
+    if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
+        return "object"
+    for _ in store.list(bucket, (k + "/") if k else "", delimiter="/"):
+        return "dir"
+    return None
+
+
+def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+               **kw) -> CopyResult:
+    """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
+
+    ``engine_or_cfg`` is an Engine (its ``stat`` decides the kind and its ``cfg`` gives the
+    worker count) or a TransferConfig. Keyword arguments go to copy_stream/copy_object.
+    A directory raises IsADirectory (EISDIR); a missing source NotFound.
+    """
+    engine = engine_or_cfg if hasattr(engine_or_cfg, "stat") else None
+    cfg = getattr(engine_or_cfg, "cfg", None) if engine is not None else engine_or_cfg
+    if not isinstance(cfg, TransferConfig):
+        cfg = TransferConfig()
+    kind = entry_kind(store, src_bucket, src_key, engine, kw.get("source_sse_key"))
+    if kind is None:
+        raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
+    if kind == "dir":
+        raise IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory (use `s3pipefs sync` for a tree)")
+    if kind == "stream":
+        return copy_stream(store, src_bucket, src_key, dst_bucket, dst_key, kw.pop("workers", cfg.workers),
+                           cfg=cfg, **kw)
+    kw.pop("allow_incomplete", None)
+    return copy_object(store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
+                       workers=kw.pop("workers", cfg.workers), **kw)

@@ -1,0 +1,149 @@
+"""Engine: the facade the CLI and the FUSE layer share.
+
+It classifies keys (stream, plain object, directory), lists one directory level, and opens
+writers and readers. It holds one Store and one TransferConfig and is thread-safe.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import time
+from dataclasses import dataclass
+
+from s3pipefs import errors, manifest as mf
+from s3pipefs.config import TransferConfig
+from s3pipefs.engine import manifests
+from s3pipefs.engine.reader import ObjectPlan, Reader, StreamPlan
+from s3pipefs.engine.writer import StreamWriter
+from s3pipefs.store import ObjectInfo, Store
+
+
+@dataclass
+class Entry:
+    kind: str  # "stream" | "object" | "dir"
+    bucket: str
+    key: str
+    size: int = 0
+    mtime: float = 0.0
+    complete: bool = True
+    writer_alive: bool = False
+    etag: str = ""
+    manifest: mf.Manifest | None = None
+
+    @property
+    def name(self) -> str:
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _iso_to_epoch(text: str) -> float:
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except (ValueError, TypeError):
+        return 0.0
+
+
+class Engine:
+    def __init__(self, store: Store, cfg: TransferConfig | None = None):
+        self.store = store
+        self.cfg = (cfg or TransferConfig()).validate()
+
+    # -- classification ------------------------------------------------------------------
+    def stream_entry(self, bucket: str, key: str, loaded: manifests.Loaded) -> Entry:
+        m = loaded.manifest
+        mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
+        return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
+                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+
+    def stat(self, bucket: str, key: str) -> Entry | None:
+        key = key.strip("/")
+        if not key:
+            self.store.bucket_exists(bucket)
+            return Entry("dir", bucket, "")
+        loaded = manifests.load(self.store, bucket, key + "/")
+        if loaded is not None:
+            return self.stream_entry(bucket, key, loaded)
+        info = self.store.head(bucket, key)
+        if info is not None:
+            return Entry("object", bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
+        for _ in self.store.list(bucket, key + "/", delimiter="/"):
+            return Entry("dir", bucket, key)
+        return None
+
+    def listdir(self, bucket: str, prefix: str) -> list[Entry]:
+        """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs."""
+        prefix = prefix.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        objects: list[ObjectInfo] = []
+        subdirs: list[str] = []
+        for item in self.store.list(bucket, prefix, delimiter="/"):
+            if isinstance(item, str):
+                subdirs.append(item)
+            elif item.key != prefix:  # skip the directory marker itself
+                objects.append(item)
+        entries = [Entry("object", bucket, o.key, size=o.size, mtime=o.last_modified, etag=o.etag)
+                   for o in objects if not o.key.endswith("/")]
+
+        # A common prefix is a stream when it holds a manifest; look them up in parallel.
+        def classify(p: str) -> Entry:
+            loaded = manifests.load(self.store, bucket, p)
+            if loaded is not None:
+                return self.stream_entry(bucket, p.rstrip("/"), loaded)
+            return Entry("dir", bucket, p.rstrip("/"))
+
+        if subdirs:
+            with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
+                entries.extend(pool.map(classify, subdirs))
+        return sorted(entries, key=lambda e: e.key)
+
+    # -- data ----------------------------------------------------------------------------
+    def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None) -> StreamWriter:
+        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id)
+
+    def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None) -> Reader:
+        key = key.strip("/")
+        if entry is None or entry.kind == "stream":
+            loaded = manifests.load(self.store, bucket, key + "/") if key else None
+            if loaded is not None:
+                return Reader(self.store, self.cfg, StreamPlan(self.store, self.cfg, bucket, key, loaded), follow)
+        info = self.store.head(bucket, key) if key else None
+        if info is None:
+            self.store.bucket_exists(bucket)
+            raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
+        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False)
+
+    def delete(self, bucket: str, key: str) -> Entry:
+        """Remove a stream (segments, manifest, staged leftovers) or an object."""
+        key = key.strip("/")
+        entry = self.stat(bucket, key)
+        if entry is None:
+            raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
+        if entry.kind == "dir":
+            raise errors.S3PipeError(f"s3://{bucket}/{key}: is a directory")
+        if entry.kind == "stream":
+            if entry.writer_alive:
+                raise errors.Busy(f"s3://{bucket}/{key}: a writer is still writing it ({entry.manifest.writer_id})")
+            prefix = key + "/"
+            # Manifest first: a half-deleted stream must never look complete.
+            self.store.delete(bucket, manifests.manifest_key(prefix))
+            keys = [o.key for o in self.store.list(bucket, prefix)]
+            if keys:
+                self.store.delete_many(bucket, keys)
+        else:
+            self.store.delete(bucket, key)
+        return entry
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
+        """Server-side copy of a stream or object (used by rename)."""
+        from s3pipefs.engine import copy as _copy
+
+        _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key)
+
+
+def wait_until(pred, timeout: float, interval: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()

@@ -1,0 +1,225 @@
+"""Back-off for worker pools: one shared request-rate limit plus bounded, classified retries.
+
+Two layers handle S3 errors, and this module is the outer one:
+
+1. *Inside each request* botocore's ``adaptive`` retry mode (configured in store.py) retries
+   throttles and transient failures with exponential back-off and full jitter, and its
+   client-side token bucket lowers the send rate of the whole client (shared by every
+   thread using one Store) when a response says ``SlowDown``. ``tests/test_copy_backoff.py``
+   checks that it really does both.
+2. *Around each task* (here). botocore gives up on a request after ``max_attempts`` or when
+   its retry quota (500 tokens, 5 per throttled retry) runs dry - which a long SlowDown
+   storm over hundreds of sync workers does. A task that still fails with a throttle
+   lowers the **shared** :class:`RateLimiter` of the sync/copy pools (multiplicative
+   decrease) and is retried after a jittered delay; a transient failure (5xx, a broken
+   connection, a body that failed its checksum) is retried a bounded number of times;
+   a permanent failure (403, 404, a bad request, a local file error) is raised at once.
+
+Errors are classified by type and S3 error code, never by message text.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from s3pipefs import errors
+
+# S3 error codes that mean "send fewer requests".
+THROTTLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequests", "TooManyRequestsException", "RequestThrottled", "BandwidthLimitExceeded",
+})
+# Codes and statuses worth another try (server hiccups, not a verdict on the request).
+TRANSIENT_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
+    "PriorRequestNotComplete", "OperationAborted",
+})
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+
+THROTTLE, TRANSIENT, PERMANENT = "throttle", "transient", "permanent"
+
+
+def error_code(exc: BaseException) -> tuple[str, int | None]:
+    """(S3 error code, HTTP status) of an exception from store.py, or ("", None).
+
+    store.translate() keeps the botocore ClientError as the translated error's context
+    (``raise ... from None`` hides it from tracebacks but keeps ``__context__``). An
+    explicit ``code``/``status`` attribute on the error wins when the store provides one.
+    """
+    code = getattr(exc, "code", None)
+    status = getattr(exc, "status", None)
+    if isinstance(code, str) and code:
+        return code, status if isinstance(status, int) else None
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        resp = getattr(cur, "response", None)
+        if isinstance(resp, dict) and "Error" in resp:
+            err = resp.get("Error") or {}
+            st = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            return str(err.get("Code", "")), st if isinstance(st, int) else None
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return "", None
+
+
+def classify(exc: BaseException) -> str:
+    """THROTTLE, TRANSIENT or PERMANENT."""
+    if isinstance(exc, (errors.NotFound, errors.AccessDenied, errors.UsageError, errors.Busy,
+                        errors.Exists, errors.ManifestError, errors.StreamIncomplete,
+                        errors.ReadOnly, errors.NoMemory, errors.Interrupted)):
+        return PERMANENT
+    code, status = error_code(exc)
+    if code in THROTTLE_CODES or status == 429:
+        return THROTTLE
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+        return TRANSIENT
+    if isinstance(exc, (errors.EndpointError, errors.IntegrityError)):
+        return TRANSIENT
+    if isinstance(exc, TransientError):
+        return TRANSIENT
+    return PERMANENT
+
+
+class TransientError(errors.S3PipeError):
+    """Raised by non-S3 sources (an http(s) URL) for a failure worth retrying."""
+
+
+class RateLimiter:
+    """A request-rate limit shared by all workers of a job (AIMD, like TCP).
+
+    Unlimited until the first throttle. Then every :meth:`acquire` is spaced ``1/rate``
+    apart; each throttle halves the rate (at most once per ``cooldown`` seconds, so a
+    burst of throttles from concurrent workers counts as one congestion event); each
+    success adds ``increase / rate`` (about +``increase`` requests/s per second of clean
+    traffic). When the rate climbs past twice the rate measured at the first throttle,
+    the limit is lifted again.
+    """
+
+    def __init__(self, floor: float = 1.0, increase: float = 2.0, cooldown: float = 0.2,
+                 clock=time.monotonic, sleep=time.sleep):
+        self.floor = floor
+        self.increase = increase
+        self.cooldown = cooldown
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.rate: float | None = None  # requests/s; None = unlimited
+        self._release_at = 0.0
+        self._next = 0.0
+        self._last_cut = -1e9
+        # a small window of send times to measure the current rate
+        self._sent: list[float] = []
+        self.throttles = 0
+        self.lowest: float | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            self._sent.append(now)
+            if len(self._sent) > 256:
+                del self._sent[:128]
+            if self.rate is None:
+                return
+            at = max(now, self._next)
+            self._next = at + 1.0 / self.rate
+        if at > now:
+            self._sleep(at - now)
+
+    def measured(self) -> float:
+        """Requests per second over the last second (at least the floor)."""
+        now = self._clock()
+        recent = [t for t in self._sent if now - t <= 1.0]
+        return max(float(len(recent)), self.floor)
+
+    def throttled(self) -> None:
+        with self._lock:
+            self.throttles += 1
+            now = self._clock()
+            if now - self._last_cut < self.cooldown:
+                return
+            self._last_cut = now
+            if self.rate is None:
+                base = self.measured()
+                self._release_at = 2.0 * base
+                self.rate = max(self.floor, base / 2.0)
+            else:
+                self.rate = max(self.floor, self.rate / 2.0)
+            self.lowest = self.rate if self.lowest is None else min(self.lowest, self.rate)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if self.rate is None:
+                return
+            self.rate += self.increase / self.rate
+            if self.rate >= self._release_at:
+                self.rate = None
+
+
+@dataclass
+class RetryStats:
+    retries: int = 0
+    throttles: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, kind: str) -> None:
+        with self.lock:
+            self.retries += 1
+            if kind == THROTTLE:
+                self.throttles += 1
+
+
+class Retrier:
+    """Runs a task under the shared limiter, retrying by error class.
+
+    ``tries`` bounds transient failures; throttles get ``throttle_tries`` (more, because
+    a storm is expected to pass and each attempt is already rate-limited). Delays are
+    full-jitter exponential: uniform(0, min(cap, base * 2**attempt)).
+    """
+
+    def __init__(self, limiter: RateLimiter | None = None, tries: int = 5, throttle_tries: int = 12,
+                 base: float = 0.1, cap: float = 10.0, stats: RetryStats | None = None,
+                 sleep=time.sleep, rand=random.random):
+        self.limiter = limiter
+        self.tries = max(1, tries)
+        self.throttle_tries = max(1, throttle_tries)
+        self.base = base
+        self.cap = cap
+        self.stats = stats or RetryStats()
+        self._sleep = sleep
+        self._rand = rand
+
+    def delay(self, attempt: int) -> float:
+        return self._rand() * min(self.cap, self.base * (2 ** attempt))
+
+    def call(self, fn, *args, **kw):
+        transient = throttles = 0
+        while True:
+            if self.limiter is not None:
+                self.limiter.acquire()
+            try:
+                out = fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001 - classified below, re-raised when final
+                kind = classify(e)
+                if kind == PERMANENT:
+                    raise
+                if kind == THROTTLE:
+                    throttles += 1
+                    if self.limiter is not None:
+                        self.limiter.throttled()
+                    if throttles >= self.throttle_tries:
+                        raise
+                    attempt = throttles
+                else:
+                    transient += 1
+                    if transient >= self.tries:
+                        raise
+                    attempt = transient
+                self.stats.add(kind)
+                self._sleep(self.delay(attempt))
+                continue
+            if self.limiter is not None:
+                self.limiter.succeeded()
+            return out

@@ -1,0 +1,305 @@
+"""Readers: random access over streams and plain objects, with prefetch and live follow.
+
+A reader works in *units*: for a stream each segment is one unit, fetched whole and
+verified against its MD5 (the ``md5`` user metadata s3pipefs writes, or the ETag of a
+single-part upload, which is what s3pipe2 streams carry) before any of its bytes are
+handed out. A plain object is split into ranged units of ``block_size``.
+
+* Prefetch: a window of futures ahead of the read position, opened only when reads are
+  sequential, so ``tail -c`` or a seek costs one unit, not the whole stream.
+* Cache: verified units behind the position are kept in a byte-bounded cachetools LRU.
+  Memory stays within (window + cache) units; see config.TransferConfig.
+* Live follow: at the end of an incomplete stream the reader polls the manifest. It fails
+  with StreamIncomplete when nothing changed for ``follow_timeout`` seconds (measured on
+  this machine's clock, so writer clock skew does not matter) or the writer released the
+  stream without completing it.
+"""
+from __future__ import annotations
+
+import bisect
+import concurrent.futures as cf
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import cachetools
+
+from s3pipefs import errors, manifest as mf
+from s3pipefs.config import TransferConfig
+from s3pipefs.engine import manifests
+from s3pipefs.store import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str
+    offset: int  # in the stream/object
+    length: int
+    start: int | None = None  # byte range inside the object; None = the whole object
+
+
+class StreamPlan:
+    """Where each byte of a stream lives; grows while the stream is written."""
+
+    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, key: str, loaded: manifests.Loaded | None = None):
+        self.store, self.cfg = store, cfg
+        self.bucket, self.prefix = bucket, key.strip("/") + "/"
+        self.where = f"s3://{bucket}/{key.strip('/')}"
+        self.units: list[Unit] = []
+        self._offsets: list[int] = []
+        self.size = 0
+        self.complete = False
+        self.manifest: mf.Manifest | None = None
+        self._etag = ""
+        self._changed = time.monotonic()
+        loaded = loaded or manifests.load(store, bucket, self.prefix)
+        if loaded is None:
+            raise errors.NotFound(f"{self.where}: no such stream")
+        self._apply(loaded)
+
+    def _apply(self, loaded: manifests.Loaded) -> None:
+        m = loaded.manifest
+        if loaded.etag != self._etag:
+            self._changed = time.monotonic()
+        self._etag = loaded.etag
+        self.manifest = m
+        if m.own and m.layout is not None:
+            sizes = list(m.layout.sizes())
+        else:
+            sizes = self._listed_sizes(m.num_segments)
+        for i in range(len(self.units), len(sizes)):
+            off = self.size
+            self.units.append(Unit(self.prefix + mf.segment_name(i + 1), off, sizes[i]))
+            self._offsets.append(off)
+            self.size += sizes[i]
+        self.complete = m.completed
+        if m.completed and self.size != m.total_size:
+            raise errors.ManifestError(f"{self.where}: segments hold {self.size} bytes, manifest says {m.total_size}")
+
+    def _listed_sizes(self, count: int) -> list[int]:
+        """s3pipe2 streams: segment sizes vary (short reads), so take them from a listing."""
+        sizes = [u.length for u in self.units]
+        if len(sizes) >= count:
+            return sizes[:count] if len(sizes) > count else sizes
+        after = self.prefix + mf.segment_name(len(sizes)) if sizes else None
+        for o in self.store.list(self.bucket, self.prefix, start_after=after):
+            if isinstance(o, str):
+                continue
+            idx = mf.segment_index(o.key[len(self.prefix):])
+            if idx is None or idx > count:
+                continue
+            if idx != len(sizes) + 1:
+                break  # a hole: s3pipe2 can publish the manifest before the segment lands
+            sizes.append(o.size)
+        return sizes
+
+    def unit_at(self, offset: int) -> int | None:
+        if offset >= self.size:
+            return None
+        return bisect.bisect_right(self._offsets, offset) - 1
+
+    def refresh(self) -> None:
+        loaded = manifests.load(self.store, self.bucket, self.prefix)
+        if loaded is None:
+            raise errors.StreamIncomplete(f"{self.where}: stream was removed while being read")
+        before = self.size
+        self._apply(loaded)
+        if self.size != before:
+            self._changed = time.monotonic()
+
+    def wait_grow(self, follow_timeout: float) -> None:
+        """Block until the stream grows or completes; StreamIncomplete when it won't."""
+        while True:
+            m = self.manifest
+            if m is not None and m.own and not m.completed and m.writer_id and m.heartbeat == 0:
+                raise errors.StreamIncomplete(
+                    f"{self.where}: stream incomplete at {self.size} bytes: its writer stopped without completing it")
+            silent = time.monotonic() - self._changed
+            if silent > follow_timeout:
+                raise errors.StreamIncomplete(
+                    f"{self.where}: stream incomplete at {self.size} bytes: writer silent for {silent:.0f}s")
+            time.sleep(self.cfg.poll_interval)
+            size = self.size
+            self.refresh()
+            if self.size != size or self.complete:
+                return
+
+
+class ObjectPlan:
+    """A plain object split into ranged units."""
+
+    def __init__(self, bucket: str, info: ObjectInfo, block: int):
+        self.bucket = bucket
+        self.where = f"s3://{bucket}/{info.key}"
+        self.info = info
+        self.size = info.size
+        self.complete = True
+        self.units = [Unit(info.key, off, min(block, info.size - off), off) for off in range(0, info.size, block)]
+        self._block = block
+
+    def unit_at(self, offset: int) -> int | None:
+        return offset // self._block if offset < self.size else None
+
+    def wait_grow(self, follow_timeout: float) -> None:  # objects never grow
+        return None
+
+
+class Reader:
+    """Random and sequential reads with verification, prefetch and live follow."""
+
+    def __init__(self, store: Store, cfg: TransferConfig, plan, follow: bool = True):
+        self.store, self.cfg, self.plan = store, cfg, plan
+        self.bucket = plan.bucket
+        self.follow = follow
+        unit_bytes = max((u.length for u in plan.units[:1]), default=cfg.block_size) or cfg.block_size
+        # Large segments: fewer units in flight, same memory.
+        self.window = max(1, min(cfg.prefetch, cfg.read_ahead // max(1, unit_bytes)))
+        self._pool = cf.ThreadPoolExecutor(min(cfg.workers, self.window + 1), thread_name_prefix="s3pipefs-get")
+        self._futs: dict[int, cf.Future] = {}
+        # At least one unit, so that small reads walking through a unit don't refetch it.
+        self._cache = cachetools.LRUCache(maxsize=max(cfg.cache_size, unit_bytes, 1), getsizeof=len)
+        self._lock = threading.Lock()
+        self._last_unit = -2
+        self._object_md5 = hashlib.md5() if isinstance(plan, ObjectPlan) and plan.info.plain_md5 else None
+        self._md5_pos = 0
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return self.plan.size
+
+    @property
+    def complete(self) -> bool:
+        return self.plan.complete
+
+    # -- public ------------------------------------------------------------------------
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; b"" at the end of complete data."""
+        out = []
+        while size > 0:
+            i = self.plan.unit_at(offset)
+            if i is None:
+                if self.plan.complete or not self.follow or out:
+                    break
+                self.plan.wait_grow(self.cfg.follow_timeout)
+                continue
+            data = self.unit(i)
+            u = self.plan.units[i]
+            start = offset - u.offset
+            piece = data[start:start + size]
+            out.append(piece)
+            offset += len(piece)
+            size -= len(piece)
+        return b"".join(out) if len(out) != 1 else bytes(out[0])
+
+    def chunks(self, offset: int = 0):
+        """Sequential read from ``offset`` to the end, as verified memoryviews (zero-copy)."""
+        while True:
+            i = self.plan.unit_at(offset)
+            if i is None:
+                if self.plan.complete or not self.follow:
+                    return
+                self.plan.wait_grow(self.cfg.follow_timeout)
+                continue
+            u = self.plan.units[i]
+            data = memoryview(self.unit(i))
+            piece = data[offset - u.offset:]
+            offset += len(piece)
+            yield piece
+
+    def unit(self, i: int) -> bytes:
+        """Verified bytes of unit ``i``; schedules prefetch when access is sequential."""
+        with self._lock:
+            sequential = i in (self._last_unit, self._last_unit + 1)
+            self._last_unit = i
+            cached = self._cache.get(i)
+            if cached is not None and i not in self._futs:
+                if sequential:
+                    self._schedule(i + 1)
+                return cached
+            self._schedule(i, ahead=sequential)
+            fut = self._futs[i]
+        data = fut.result()
+        with self._lock:
+            self._futs.pop(i, None)
+            self._cache[i] = data
+            self._evict(i)
+        self._check_object_md5(i, data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            for f in self._futs.values():
+                f.cancel()
+            self._futs.clear()
+            self._cache.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+    def _schedule(self, i: int, ahead: bool = True) -> None:
+        last = min(len(self.plan.units), i + (self.window if ahead else 1))
+        for j in range(i, last):
+            if j not in self._futs and j not in self._cache:
+                self._futs[j] = self._pool.submit(self._fetch, j)
+
+    def _evict(self, i: int) -> None:
+        for j in [j for j in self._futs if j < i or j > i + self.window]:
+            self._futs.pop(j).cancel()
+
+    def _fetch(self, i: int) -> bytes:
+        u = self.plan.units[i]
+        where = f"s3://{self.bucket}/{u.key}"
+        last: BaseException | None = None
+        deadline = time.monotonic() + self.cfg.follow_timeout
+        attempt = 0
+        while attempt < self.cfg.tries:
+            try:
+                if u.start is None:
+                    data, info = self.store.get(self.bucket, u.key)
+                else:
+                    data, info = self.store.get(self.bucket, u.key, u.start, u.start + u.length)
+                if len(data) != u.length:
+                    raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {u.length}")
+                if u.start is None:
+                    want = info.metadata.get("md5") or info.plain_md5
+                    if want and hashlib.md5(data).hexdigest() != want.lower():
+                        raise errors.IntegrityError(f"{where}: MD5 mismatch (corrupted in transit or at rest)")
+                return data
+            except errors.NotFound as e:
+                # An incomplete s3pipe2 stream can name a segment before it lands.
+                if self.plan.complete or time.monotonic() > deadline:
+                    raise errors.StreamIncomplete(f"{where}: segment missing") from e
+                time.sleep(self.cfg.poll_interval)
+                continue
+            except (errors.EndpointError, errors.IntegrityError) as e:
+                last = e
+                attempt += 1
+                log.warning("%s (attempt %d of %d)", e, attempt, self.cfg.tries)
+                time.sleep(min(4.0, 0.1 * 2 ** attempt) * (0.5 + secrets.randbelow(1000) / 1000))
+        raise last if last else errors.IntegrityError(f"{where}: could not be read")
+
+    def _check_object_md5(self, i: int, data: bytes) -> None:
+        """Plain objects: verify the whole-object MD5 when a read has covered it in order."""
+        if self._object_md5 is None:
+            return
+        u = self.plan.units[i]
+        if u.offset != self._md5_pos:
+            if u.offset > self._md5_pos:
+                self._object_md5 = None  # a seek: the sequential check no longer applies
+            return
+        self._object_md5.update(data)
+        self._md5_pos += len(data)
+        if self._md5_pos == self.plan.size and self._object_md5.hexdigest() != self.plan.info.plain_md5:
+            raise errors.IntegrityError(f"{self.plan.where}: MD5 of the object does not match its ETag")

@@ -1,0 +1,503 @@
+"""StreamWriter: sequential bytes in, verified segments and a live manifest out.
+
+Data flow::
+
+    write() ─► current StagedFile (0600, private dir) ─seal─► upload pool (workers)
+                 │ stream MD5                                   │ segment MD5 → Content-MD5
+                 ▼                                              ▼
+               close(): wait, final manifest (completed, md5)   landed segments ─► manifest
+                                                                  thread (live follow, heartbeat)
+
+* Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
+  writer blocks there instead of staging without limit. Disk use stays within
+  ``(workers + 2) * segment_size``.
+* The manifest only ever counts the *contiguous* run of landed segments, so a reader never
+  sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
+* close() is the commit point: it returns after every segment is verified in S3 and the
+  manifest says complete; any failure raises and leaves the stream incomplete.
+* Replacing a complete stream (mode "create" over an existing one) stages the new segments
+  under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
+  until the new one is complete.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from s3pipefs import errors, manifest as mf
+from s3pipefs.config import TransferConfig
+from s3pipefs.engine import manifests
+from s3pipefs.engine.staging import StagedFile, StagingDir
+from s3pipefs.store import Store
+
+log = logging.getLogger(__name__)
+
+MODES = ("create", "append", "resume")
+# Between manifest updates driven by landed segments; bounds manifest PUTs to ~4/s while
+# keeping live readers no more than this far behind the writer.
+MIN_MANIFEST_INTERVAL = 0.25
+
+
+def new_writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class StreamWriter:
+    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
+                 writer_id: str | None = None):
+        if mode not in MODES:
+            raise errors.UsageError(f"unknown write mode {mode!r}")
+        self.store, self.cfg = store, cfg
+        self.bucket, self.key = bucket, key.strip("/")
+        if not self.key:
+            raise errors.UsageError(f"s3://{bucket}/: a stream needs a name, not just a bucket")
+        self.prefix = self.key + "/"
+        self.where = f"s3://{bucket}/{self.key}"
+        self.writer_id = writer_id or new_writer_id()
+        self.closed = False
+
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._landed: dict[int, tuple[int, bytes]] = {}  # index -> (size, md5)
+        self._futures: set[cf.Future] = set()
+        self._slots = threading.BoundedSemaphore(cfg.workers + 1)
+        self._stream_md5 = hashlib.md5()
+        self._md5_valid = True
+        self._current: StagedFile | None = None
+        self._skip = 0  # resume: input bytes already in S3, checked and skipped
+        self._skip_layout: list[int] = []
+        self._skip_seg_md5 = hashlib.md5()
+        self._skip_seg_left = 0
+        self._skip_chain = ""
+        self._replacing = False
+        self._data_prefix = self.prefix
+        self._manifest_etag: str | None = None
+        self._manifest_dirty = False
+        self._stop_manifest = threading.Event()
+        # Serialises manifest saves: each one is conditional on the ETag of the last.
+        self._manifest_lock = threading.Lock()
+
+        self._open(mode)
+        self._staging = StagingDir(cfg.staging_dir)
+        self._pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="s3pipefs-up")
+        self._manifest_thread = threading.Thread(target=self._manifest_loop, name="s3pipefs-manifest", daemon=True)
+        self._manifest_thread.start()
+
+    # -- opening and the lease ---------------------------------------------------
+    def _open(self, mode: str) -> None:
+        cfg = self.cfg
+        existing = manifests.load(self.store, self.bucket, self.prefix)
+        if existing is None:
+            # Also catches a missing bucket: make it a clear error before staging anything.
+            self.store.bucket_exists(self.bucket)
+        base = mf.Layout()
+        began = mf.now_iso()
+        chain = ""
+        if existing is not None:
+            m = existing.manifest
+            if manifests.writer_alive(m, cfg.stale_after) and m.writer_id != self.writer_id:
+                age = time.time() - m.heartbeat
+                raise errors.Busy(f"{self.where}: another writer ({m.writer_id}) is writing this stream "
+                                  f"(last heartbeat {age:.0f}s ago)")
+            if mode == "resume" and m.completed:
+                raise errors.Exists(f"{self.where}: stream is already complete; nothing to resume")
+            if mode in ("append", "resume"):
+                base = self._existing_layout(m)
+                chain = m.chain if m.own else ""
+                began = m.upload_began or began
+                if mode == "resume":
+                    self._skip = base.total
+                    self._skip_layout = list(base.sizes())
+                    self._md5_valid = True
+                else:
+                    # The whole-stream MD5 cannot be extended without re-reading old data.
+                    self._md5_valid = base.total == 0
+                if not m.own and base.count:
+                    chain = ""  # s3pipe2 streams carry no chain; verify falls back to ETags
+            elif m.completed:
+                self._replacing = True
+                self._data_prefix = f"{self.prefix}.next-{self.writer_id.rsplit(':', 1)[-1]}/"
+        self._base = base
+        self._chain = chain
+        self._began = began
+        self._next_index = base.count + 1
+        self._offset = base.total
+        self._existing = existing
+
+        if self._replacing:
+            # Take the lease on the old, still complete manifest without changing its data.
+            old = existing.manifest
+            marked = old.with_(own=True, format=mf.FORMAT_VERSION, writer_id=self.writer_id, heartbeat=time.time(),
+                               extra={**old.extra, "replacing": self._data_prefix[len(self.prefix):]},
+                               layout=old.layout if old.own else None)
+            self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, marked, if_match=existing.etag)
+        else:
+            first = self._manifest(completed=False)
+            self._manifest_etag = manifests.save(
+                self.store, self.bucket, self.prefix, first,
+                if_match=existing.etag if existing else None, create=existing is None)
+        self._confirm_lease()
+        if existing is not None and mode == "create" and not self._replacing:
+            self._delete_leftovers(keep=0)
+
+    def _confirm_lease(self) -> None:
+        """Read the manifest back: on servers without conditional PUT this catches a race."""
+        got = manifests.load(self.store, self.bucket, self.prefix)
+        if got is None or got.manifest.writer_id != self.writer_id:
+            other = got.manifest.writer_id if got else "nobody"
+            raise errors.Busy(f"{self.where}: another writer ({other}) took this stream")
+        self._manifest_etag = got.etag
+
+    def _existing_layout(self, m: mf.Manifest) -> mf.Layout:
+        if m.own and m.layout is not None:
+            return m.layout
+        # s3pipe2 streams: segment sizes vary, take them from a listing.
+        sizes = {}
+        for o in self.store.list(self.bucket, self.prefix):
+            idx = mf.segment_index(o.key[len(self.prefix):])
+            if idx is not None and idx <= m.num_segments:
+                sizes[idx] = o.size
+        if len(sizes) != m.num_segments:
+            raise errors.StreamIncomplete(f"{self.where}: manifest names {m.num_segments} segments, "
+                                          f"{len(sizes)} are present")
+        return mf.Layout.from_sizes(sizes[i] for i in range(1, m.num_segments + 1))
+
+    def _delete_leftovers(self, keep: int) -> None:
+        """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers."""
+        doomed = []
+        for o in self.store.list(self.bucket, self.prefix):
+            rel = o.key[len(self.prefix):]
+            idx = mf.segment_index(rel)
+            if (idx is not None and idx > keep) or (rel.startswith(".next-") and not rel.startswith(
+                    self._data_prefix[len(self.prefix):])):
+                doomed.append(o.key)
+        if doomed:
+            self.store.delete_many(self.bucket, doomed)
+
+    # -- the write path ------------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Bytes in the stream so far, including what was there before an append."""
+        return self._offset
+
+    def write(self, data) -> int:
+        self._check()
+        if self.closed:
+            raise errors.S3PipeError(f"{self.where}: write after close")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self._skip:
+            view = self._consume_skip(view)
+        seg = self.cfg.segment_size
+        while view:
+            if self._current is None:
+                self._current = self._staging.create(mf.segment_name(self._next_index))
+            room = seg - self._current.size
+            part = view[:room]
+            self._current.write(part)
+            if self._md5_valid:
+                self._stream_md5.update(part)
+            self._offset += len(part)
+            view = view[len(part):]
+            if self._current.size >= seg:
+                self._seal()
+        return n
+
+    def _consume_skip(self, view: memoryview) -> memoryview:
+        """Resume: check input against the segments already uploaded, by their digest chain."""
+        while view and self._skip:
+            if self._skip_seg_left == 0:
+                self._skip_seg_left = self._skip_layout.pop(0)
+                self._skip_seg_md5 = hashlib.md5()
+            take = min(len(view), self._skip_seg_left, self._skip)
+            part = view[:take]
+            self._stream_md5.update(part)
+            self._skip_seg_md5.update(part)
+            self._skip -= take
+            self._skip_seg_left -= take
+            view = view[take:]
+            if self._skip_seg_left == 0:
+                self._skip_chain = mf.chain_next(self._skip_chain, self._skip_seg_md5.digest())
+        if self._skip == 0 and self._chain and self._skip_chain != self._chain:
+            self._fail_open_resume()
+        return view
+
+    def _fail_open_resume(self):
+        raise errors.IntegrityError(
+            f"{self.where}: input differs from the {self._base.total} bytes already uploaded; "
+            "resume needs the same input from its start")
+
+    def _seal(self) -> None:
+        staged, self._current = self._current, None
+        staged.seal()
+        index = self._next_index
+        self._next_index += 1
+        # Backpressure: wait for a free upload slot, but keep noticing failures.
+        while not self._slots.acquire(timeout=0.5):
+            self._check()
+        try:
+            fut = self._pool.submit(self._upload, index, staged)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._cond:
+            self._futures.add(fut)
+        fut.add_done_callback(self._upload_done)
+
+    def _upload_done(self, fut: cf.Future) -> None:
+        self._slots.release()
+        with self._cond:
+            self._futures.discard(fut)
+            exc = fut.exception()
+            if exc is not None and self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+    def _upload(self, index: int, staged: StagedFile) -> None:
+        key = self._data_prefix + mf.segment_name(index)
+        md5 = _file_md5(staged.path)
+        b64 = base64.b64encode(md5).decode()
+        meta = {"md5": md5.hex(), "gen": self.writer_id}
+        last: BaseException | None = None
+        for attempt in range(self.cfg.tries):
+            if self._error is not None:
+                return
+            try:
+                with open(staged.path, "rb") as f:
+                    etag = self.store.put(self.bucket, key, f, md5=b64, length=staged.size, metadata=meta)
+                if _looks_md5(etag) and etag.lower() != md5.hex():
+                    raise errors.IntegrityError(f"s3://{self.bucket}/{key}: server stored a different MD5")
+                break
+            except (errors.EndpointError, errors.IntegrityError) as e:
+                last = e
+                log.warning("%s (attempt %d of %d)", e, attempt + 1, self.cfg.tries)
+                time.sleep(min(8.0, 0.2 * 2 ** attempt) * (0.5 + secrets.randbelow(1000) / 1000))
+        else:
+            raise last  # type: ignore[misc]
+        staged.remove()
+        with self._cond:
+            self._landed[index] = (staged.size, md5)
+            # A replacement is invisible until commit; only its heartbeat goes out.
+            self._manifest_dirty = not self._replacing
+            self._cond.notify_all()
+
+    # -- manifest --------------------------------------------------------------------
+    def _contiguous(self) -> tuple[mf.Layout, str]:
+        """Layout and chain of the landed run from the first segment; call with _cond held."""
+        layout, chain = self._base, self._chain
+        i = self._base.count + 1
+        while i in self._landed:
+            size, md5 = self._landed[i]
+            layout = layout.append(size)
+            chain = mf.chain_next(chain, md5)
+            i += 1
+        return layout, chain
+
+    def _manifest(self, completed: bool, layout: mf.Layout | None = None, chain: str = "") -> mf.Manifest:
+        layout = layout if layout is not None else self._base
+        return mf.Manifest(
+            completed=completed, num_segments=layout.count, total_size=layout.total,
+            segment_size=self.cfg.segment_size, upload_began=self._began,
+            upload_ended=mf.now_iso() if completed else "",
+            layout=layout, chain=chain or self._chain,
+            md5=self._stream_md5.hexdigest() if completed and self._md5_valid else "",
+            writer_id=self.writer_id, heartbeat=time.time(),
+        )
+
+    def _write_manifest(self, completed: bool = False, heartbeat: float | None = None) -> None:
+        with self._manifest_lock:
+            self._write_manifest_locked(completed, heartbeat)
+
+    def _write_manifest_locked(self, completed: bool, heartbeat: float | None) -> None:
+        with self._cond:
+            layout, chain = self._contiguous()
+            self._manifest_dirty = False
+        if self._replacing and not completed:
+            return self._heartbeat_replacing()
+        m = self._manifest(completed, layout, chain)
+        if heartbeat is not None:
+            m = m.with_(heartbeat=heartbeat)
+        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=self._manifest_etag)
+
+    def _heartbeat_replacing(self) -> None:
+        got = manifests.load(self.store, self.bucket, self.prefix)
+        if got is None or got.manifest.writer_id != self.writer_id:
+            raise errors.Busy(f"{self.where}: lost the stream to another writer")
+        m = got.manifest.with_(heartbeat=time.time())
+        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=got.etag)
+
+    def _manifest_loop(self) -> None:
+        last = time.monotonic()
+        while not self._stop_manifest.is_set():
+            with self._cond:
+                self._cond.wait(timeout=MIN_MANIFEST_INTERVAL)
+                dirty = self._manifest_dirty
+            if self._stop_manifest.is_set():
+                return
+            due = time.monotonic() - last >= self.cfg.heartbeat_interval
+            if not (dirty or due):
+                continue
+            try:
+                self._write_manifest()
+                last = time.monotonic()
+            except BaseException as e:  # noqa: BLE001 - surfaces through write/flush/close
+                with self._cond:
+                    if self._error is None:
+                        self._error = e
+                    self._cond.notify_all()
+                return
+            self._stop_manifest.wait(MIN_MANIFEST_INTERVAL)
+
+    # -- durability and commit ---------------------------------------------------------
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        with self._cond:
+            while self._futures:
+                self._cond.wait(timeout=0.5)
+        self._check()
+
+    def flush(self) -> None:
+        """fsync: everything written so far is in S3, verified and named by the manifest."""
+        self._check()
+        if self.closed:
+            return
+        if self._current is not None and self._current.size:
+            self._seal()
+        self._drain()
+        self._write_manifest()
+
+    def close(self) -> None:
+        """Commit: the stream is complete in S3, or this raises and it stays incomplete."""
+        if self.closed:
+            self._check()
+            return
+        try:
+            if self._skip:
+                raise errors.IntegrityError(
+                    f"{self.where}: input ended after {self._base.total - self._skip} bytes, before the "
+                    f"{self._base.total} bytes already uploaded")
+            if self._current is not None and (self._current.size or self._next_index == 1):
+                self._seal()
+            elif self._next_index == 1:
+                # An empty stream still has one (empty) segment, as s3pipe2 writes it.
+                self._current = self._staging.create(mf.segment_name(1))
+                self._seal()
+            self._drain()
+            self._stop_manifest.set()
+            self._manifest_thread.join()
+            self._check()
+            if self._replacing:
+                self._swap_in()
+            elif self._existing is not None:
+                # Segments a dead writer landed past the end would be picked up by `cat 0*`.
+                with self._cond:
+                    count = self._contiguous()[0].count
+                self._delete_leftovers(keep=count)
+            self._write_manifest(completed=True)
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+        self._teardown()
+
+    def _swap_in(self) -> None:
+        """Move the staged replacement into place; the stream is incomplete while it moves."""
+        with self._cond:
+            layout, chain = self._contiguous()
+        count = layout.count
+        self._replacing = False
+        m = self._manifest(False, mf.Layout(), "")
+        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=self._manifest_etag)
+        names = [mf.segment_name(i) for i in range(1, count + 1)]
+        list(self._pool.map(lambda n: self.store.copy(self.bucket, self._data_prefix + n, self.bucket,
+                                                      self.prefix + n), names))
+        self._data_prefix_done = self._data_prefix
+        self._data_prefix = self.prefix
+        self._delete_leftovers(keep=count)
+
+    def abort(self) -> None:
+        """Stop; the stream stays incomplete (resumable) and the lease is released."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_manifest.set()
+        for f in list(self._futures):
+            f.cancel()
+        with self._cond:
+            if self._error is None:
+                self._error = errors.StreamIncomplete(f"{self.where}: writer aborted")
+            self._cond.notify_all()
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._manifest_thread.is_alive():
+                self._manifest_thread.join(timeout=30)
+            if self._replacing:
+                self._restore_replaced()
+            else:
+                # heartbeat 0 tells readers and writers at once that nobody is writing.
+                self._write_manifest(completed=False, heartbeat=0.0)
+        except errors.S3PipeError as e:
+            log.warning("%s: could not release the stream: %s", self.where, e)
+        finally:
+            self._teardown()
+
+    def _restore_replaced(self) -> None:
+        old = self._existing.manifest
+        got = manifests.load(self.store, self.bucket, self.prefix)
+        if got is not None and got.manifest.writer_id == self.writer_id and got.manifest.completed:
+            manifests.save(self.store, self.bucket, self.prefix, old, if_match=got.etag)
+        doomed = [o.key for o in self.store.list(self.bucket, self._data_prefix)]
+        if doomed:
+            self.store.delete_many(self.bucket, doomed)
+
+    def _teardown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._current is not None:
+            self._current.remove()
+            self._current = None
+        self._staging.cleanup()
+        done = getattr(self, "_data_prefix_done", None)
+        if done:
+            try:
+                doomed = [o.key for o in self.store.list(self.bucket, done)]
+                if doomed:
+                    self.store.delete_many(self.bucket, doomed)
+            except errors.S3PipeError as e:
+                log.warning("%s: leftover staged copy not removed: %s", self.where, e)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _file_md5(path: str) -> bytes:
+    h = hashlib.md5()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 * 1024 * 1024)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.digest()
+
+
+def _looks_md5(etag: str) -> bool:
+    e = etag.strip('"')
+    return len(e) == 32 and all(c in "0123456789abcdefABCDEF" for c in e)
