@@ -299,7 +299,7 @@ def cmd_info(a) -> int:
     info = {
         "url": str(url), "state": state, "completed": m.completed, "size": m.total_size,
         "segments": m.num_segments, "segment_size": m.segment_size, "format": "s3pipefs" if m.own else "s3pipe2",
-        "md5": m.md5 or None, "chain": m.chain or None, "upload_began": m.upload_began,
+        "sha256": m.sha256 or None, "chain": m.chain or None, "upload_began": m.upload_began,
         "upload_ended": m.upload_ended or None, "writer": m.writer_id or None,
         "heartbeat_age": round(time.time() - m.heartbeat, 1) if m.heartbeat else None,
     }

@@ -133,9 +133,11 @@ class Manifest:
     format: int = FORMAT_VERSION
     layout: Layout | None = None
     block_size: int = 0
-    md5: str = ""
-    # md5 chain over the segments' MD5s: c_n = md5(c_{n-1} + md5(segment_n)); extendable by
-    # appends and checkable by resume without re-reading earlier data.
+    # SHA-256 of every byte of the stream (compare with `sha256sum`), set at completion
+    # when the writer saw the whole stream (not after an append).
+    sha256: str = ""
+    # md5 chain over the segments' CRC32s: c_n = md5(c_{n-1} + crc32(segment_n)); extendable
+    # by appends and checkable by resume without re-reading earlier data.
     chain: str = ""
     writer_id: str = ""
     heartbeat: float = 0.0
@@ -172,8 +174,8 @@ def render(m: Manifest) -> bytes:
         own["block_size"] = str(m.block_size)
     if m.layout is not None:
         own["layout"] = m.layout.render()
-    if m.md5:
-        own["md5"] = m.md5
+    if m.sha256:
+        own["sha256"] = m.sha256
     if m.chain:
         own["chain"] = m.chain
     if m.writer_id:
@@ -263,9 +265,9 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
             raise ManifestError(f"{where}: layout has {layout.count} segments, num_segments says {num}")
         if layout.total != total:
             raise ManifestError(f"{where}: layout adds up to {layout.total} bytes, total_size says {total}")
-    md5 = own.get("md5", "").strip().lower()
-    if md5 and not re.fullmatch(r"[0-9a-f]{32}", md5):
-        raise ManifestError(f"{where}: 'md5' is not an MD5 hex digest")
+    sha256 = own.get("sha256", "").strip().lower()
+    if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ManifestError(f"{where}: 'sha256' is not a SHA-256 hex digest")
     chain = own.get("chain", "").strip().lower()
     if chain and not re.fullmatch(r"[0-9a-f]{32}", chain):
         raise ManifestError(f"{where}: 'chain' is not an MD5 hex digest")
@@ -276,7 +278,7 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: 'heartbeat' is not a number: {hb_raw[:40]!r}") from None
     if not 0 <= heartbeat < 1e11:
         raise ManifestError(f"{where}: 'heartbeat' out of range")
-    known = {"format", "segment_size_bytes", "block_size", "layout", "md5", "chain", "writer_id", "heartbeat"}
+    known = {"format", "segment_size_bytes", "block_size", "layout", "sha256", "chain", "writer_id", "heartbeat"}
     extra = {k: v for k, v in own.items() if k not in known}
     return replace(
         m,
@@ -285,7 +287,7 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         segment_size=seg,
         block_size=block,
         layout=layout,
-        md5=md5,
+        sha256=sha256,
         chain=chain,
         writer_id=own.get("writer_id", "")[:200],
         heartbeat=heartbeat,
@@ -293,9 +295,13 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
     )
 
 
-def chain_next(chain_hex: str, segment_md5: bytes) -> str:
-    """Extend the segment-digest chain by one segment's binary MD5."""
+def chain_next(chain_hex: str, segment_digest: bytes) -> str:
+    """Extend the segment-digest chain by one segment's digest (its CRC32, 4 bytes)."""
     import hashlib
 
     prev = bytes.fromhex(chain_hex) if chain_hex else b""
-    return hashlib.md5(prev + segment_md5).hexdigest()
+    return hashlib.md5(prev + segment_digest).hexdigest()
+
+
+def crc32_bytes(crc: int) -> bytes:
+    return crc.to_bytes(4, "big")

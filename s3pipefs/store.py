@@ -214,14 +214,21 @@ class Store:
         self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)
 
     # -- writes ----------------------------------------------------------------
-    def put(self, bucket: str, key: str, body, *, md5: str | None = None, length: int | None = None,
+    def put(self, bucket: str, key: str, body, *, md5: str | None = None, crc32: str | None = None,
+            length: int | None = None,
             metadata: dict | None = None, content_type: str | None = None,
             if_none_match: bool = False, if_match: str | None = None,
             sse_key: bytes | None = None) -> str:
-        """Upload one object; returns its ETag. ``md5`` is the base64 Content-MD5."""
+        """Upload one object; returns its ETag.
+
+        ``md5`` is a base64 Content-MD5, ``crc32`` a base64 x-amz-checksum-crc32: the server
+        refuses the upload (BadDigest) when the body it received does not match.
+        """
         kw = {"Bucket": bucket, "Key": key, "Body": body, **self._sse(sse_key)}
         if md5:
             kw["ContentMD5"] = md5
+        if crc32:
+            kw["ChecksumCRC32"] = crc32
         if length is not None:
             kw["ContentLength"] = length
         if metadata:

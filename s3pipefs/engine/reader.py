@@ -1,8 +1,8 @@
 """Readers: random access over streams and plain objects, with prefetch and live follow.
 
 A reader works in *units*: for a stream each segment is one unit, fetched whole and
-verified against its MD5 (the ``md5`` user metadata s3pipefs writes, or the ETag of a
-single-part upload, which is what s3pipe2 streams carry) before any of its bytes are
+verified against its checksum (the ``crc32`` user metadata s3pipefs writes, or the MD5
+ETag of a single-part upload, which is what s3pipe2 streams carry) before any of its bytes are
 handed out. A plain object is split into ranged units of ``block_size``.
 
 * Prefetch: a window of futures ahead of the read position, opened only when reads are
@@ -23,6 +23,7 @@ import logging
 import secrets
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 import cachetools
@@ -273,9 +274,7 @@ class Reader:
                 if len(data) != u.length:
                     raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {u.length}")
                 if u.start is None:
-                    want = info.metadata.get("md5") or info.plain_md5
-                    if want and hashlib.md5(data).hexdigest() != want.lower():
-                        raise errors.IntegrityError(f"{where}: MD5 mismatch (corrupted in transit or at rest)")
+                    _verify_segment(where, data, info)
                 return data
             except errors.NotFound as e:
                 # An incomplete s3pipe2 stream can name a segment before it lands.
@@ -303,3 +302,15 @@ class Reader:
         self._md5_pos += len(data)
         if self._md5_pos == self.plan.size and self._object_md5.hexdigest() != self.plan.info.plain_md5:
             raise errors.IntegrityError(f"{self.plan.where}: MD5 of the object does not match its ETag")
+
+
+def _verify_segment(where: str, data, info: ObjectInfo) -> None:
+    """Check a whole segment against the checksum it carries; IntegrityError if it differs."""
+    want = info.metadata.get("crc32")
+    if want:
+        if f"{zlib.crc32(data):08x}" != want.lower():
+            raise errors.IntegrityError(f"{where}: CRC32 mismatch (corrupted in transit or at rest)")
+        return
+    md5 = info.plain_md5
+    if md5 and hashlib.md5(data).hexdigest() != md5:
+        raise errors.IntegrityError(f"{where}: MD5 mismatch (corrupted in transit or at rest)")

@@ -1,8 +1,9 @@
-"""verify: read every segment of a stream, check each against its MD5, then the
-whole-stream digests (the MD5 of all bytes, and the chain over the segment MD5s)."""
+"""verify: read every segment of a stream, check each against its checksum, then the
+whole-stream digests (the SHA-256 of all bytes, and the chain over the segment CRC32s)."""
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 
 from s3pipefs import errors, manifest as mf
@@ -33,7 +34,7 @@ def verify_stream(engine, bucket: str, key: str, progress=lambda n: None) -> Ver
         raise errors.NotFound(f"{where}: no such stream or object")
     rep = VerifyReport(where)
     reader = engine.open_reader(bucket, key, follow=False, entry=entry)
-    whole = hashlib.md5()
+    whole = hashlib.sha256()
     chain = ""
     try:
         if entry.kind == "stream":
@@ -47,17 +48,17 @@ def verify_stream(engine, bucket: str, key: str, progress=lambda n: None) -> Ver
                     rep.problems.append(str(e))
                     break
                 whole.update(data)
-                chain = mf.chain_next(chain, hashlib.md5(data).digest())
+                chain = mf.chain_next(chain, mf.crc32_bytes(zlib.crc32(data)))
                 rep.segments += 1
                 rep.size += len(data)
                 progress(len(data))
             else:
-                rep.checked.append(f"{rep.segments} segment MD5s")
-                if m.md5:
-                    if whole.hexdigest() == m.md5:
-                        rep.checked.append(f"stream MD5 {m.md5}")
+                rep.checked.append(f"{rep.segments} segment checksums")
+                if m.sha256:
+                    if whole.hexdigest() == m.sha256:
+                        rep.checked.append(f"stream SHA-256 {m.sha256}")
                     else:
-                        rep.problems.append(f"stream MD5 {whole.hexdigest()} != manifest {m.md5}")
+                        rep.problems.append(f"stream SHA-256 {whole.hexdigest()} != manifest {m.sha256}")
                 if m.chain:
                     if chain == m.chain:
                         rep.checked.append("segment digest chain")

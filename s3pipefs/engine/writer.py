@@ -3,9 +3,9 @@
 Data flow::
 
     write() ─► current StagedFile (0600, private dir) ─seal─► upload pool (workers)
-                 │ stream MD5                                   │ segment MD5 → Content-MD5
+                 │ stream SHA-256                               │ segment CRC32 → x-amz-checksum-crc32
                  ▼                                              ▼
-               close(): wait, final manifest (completed, md5)   landed segments ─► manifest
+               close(): wait, final manifest (completed, sha256) landed segments ─► manifest
                                                                   thread (live follow, heartbeat)
 
 * Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
@@ -30,6 +30,7 @@ import secrets
 import socket
 import threading
 import time
+import zlib
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
@@ -65,15 +66,15 @@ class StreamWriter:
 
         self._cond = threading.Condition()
         self._error: BaseException | None = None
-        self._landed: dict[int, tuple[int, bytes]] = {}  # index -> (size, md5)
+        self._landed: dict[int, tuple[int, bytes]] = {}  # index -> (size, crc32 bytes)
         self._futures: set[cf.Future] = set()
         self._slots = threading.BoundedSemaphore(cfg.workers + 1)
-        self._stream_md5 = hashlib.md5()
-        self._md5_valid = True
+        self._stream_hash = hashlib.sha256()
+        self._hash_valid = True
         self._current: StagedFile | None = None
         self._skip = 0  # resume: input bytes already in S3, checked and skipped
         self._skip_layout: list[int] = []
-        self._skip_seg_md5 = hashlib.md5()
+        self._skip_seg_crc = 0
         self._skip_seg_left = 0
         self._skip_chain = ""
         self._replacing = False
@@ -115,10 +116,10 @@ class StreamWriter:
                 if mode == "resume":
                     self._skip = base.total
                     self._skip_layout = list(base.sizes())
-                    self._md5_valid = True
+                    self._hash_valid = True
                 else:
                     # The whole-stream MD5 cannot be extended without re-reading old data.
-                    self._md5_valid = base.total == 0
+                    self._hash_valid = base.total == 0
                 if not m.own and base.count:
                     chain = ""  # s3pipe2 streams carry no chain; verify falls back to ETags
             elif m.completed:
@@ -202,8 +203,8 @@ class StreamWriter:
             room = seg - self._current.size
             part = view[:room]
             self._current.write(part)
-            if self._md5_valid:
-                self._stream_md5.update(part)
+            if self._hash_valid:
+                self._stream_hash.update(part)
             self._offset += len(part)
             view = view[len(part):]
             if self._current.size >= seg:
@@ -215,16 +216,16 @@ class StreamWriter:
         while view and self._skip:
             if self._skip_seg_left == 0:
                 self._skip_seg_left = self._skip_layout.pop(0)
-                self._skip_seg_md5 = hashlib.md5()
+                self._skip_seg_crc = 0
             take = min(len(view), self._skip_seg_left, self._skip)
             part = view[:take]
-            self._stream_md5.update(part)
-            self._skip_seg_md5.update(part)
+            self._stream_hash.update(part)
+            self._skip_seg_crc = zlib.crc32(part, self._skip_seg_crc)
             self._skip -= take
             self._skip_seg_left -= take
             view = view[take:]
             if self._skip_seg_left == 0:
-                self._skip_chain = mf.chain_next(self._skip_chain, self._skip_seg_md5.digest())
+                self._skip_chain = mf.chain_next(self._skip_chain, mf.crc32_bytes(self._skip_seg_crc))
         if self._skip == 0 and self._chain and self._skip_chain != self._chain:
             self._fail_open_resume()
         return view
@@ -262,18 +263,17 @@ class StreamWriter:
 
     def _upload(self, index: int, staged: StagedFile) -> None:
         key = self._data_prefix + mf.segment_name(index)
-        md5 = _file_md5(staged.path)
-        b64 = base64.b64encode(md5).decode()
-        meta = {"md5": md5.hex(), "gen": self.writer_id}
+        crc = mf.crc32_bytes(_file_crc32(staged.path))
+        b64 = base64.b64encode(crc).decode()
+        meta = {"crc32": crc.hex(), "gen": self.writer_id}
         last: BaseException | None = None
         for attempt in range(self.cfg.tries):
             if self._error is not None:
                 return
             try:
                 with open(staged.path, "rb") as f:
-                    etag = self.store.put(self.bucket, key, f, md5=b64, length=staged.size, metadata=meta)
-                if _looks_md5(etag) and etag.lower() != md5.hex():
-                    raise errors.IntegrityError(f"s3://{self.bucket}/{key}: server stored a different MD5")
+                    # The server checks the CRC32 and refuses a body damaged in transit.
+                    self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta)
                 break
             except (errors.EndpointError, errors.IntegrityError) as e:
                 last = e
@@ -283,7 +283,7 @@ class StreamWriter:
             raise last  # type: ignore[misc]
         staged.remove()
         with self._cond:
-            self._landed[index] = (staged.size, md5)
+            self._landed[index] = (staged.size, crc)
             # A replacement is invisible until commit; only its heartbeat goes out.
             self._manifest_dirty = not self._replacing
             self._cond.notify_all()
@@ -294,9 +294,9 @@ class StreamWriter:
         layout, chain = self._base, self._chain
         i = self._base.count + 1
         while i in self._landed:
-            size, md5 = self._landed[i]
+            size, crc = self._landed[i]
             layout = layout.append(size)
-            chain = mf.chain_next(chain, md5)
+            chain = mf.chain_next(chain, crc)
             i += 1
         return layout, chain
 
@@ -307,7 +307,7 @@ class StreamWriter:
             segment_size=self.cfg.segment_size, upload_began=self._began,
             upload_ended=mf.now_iso() if completed else "",
             layout=layout, chain=chain or self._chain,
-            md5=self._stream_md5.hexdigest() if completed and self._md5_valid else "",
+            sha256=self._stream_hash.hexdigest() if completed and self._hash_valid else "",
             writer_id=self.writer_id, heartbeat=time.time(),
         )
 
@@ -485,8 +485,8 @@ class StreamWriter:
             self.abort()
 
 
-def _file_md5(path: str) -> bytes:
-    h = hashlib.md5()
+def _file_crc32(path: str) -> int:
+    crc = 0
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(4 * 1024 * 1024)
         view = memoryview(buf)
@@ -494,10 +494,5 @@ def _file_md5(path: str) -> bytes:
             n = f.readinto(buf)
             if not n:
                 break
-            h.update(view[:n])
-    return h.digest()
-
-
-def _looks_md5(etag: str) -> bool:
-    e = etag.strip('"')
-    return len(e) == 32 and all(c in "0123456789abcdefABCDEF" for c in e)
+            crc = zlib.crc32(view[:n], crc)
+    return crc
