@@ -259,7 +259,10 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         )
     seg = _int(own, "segment_size_bytes", 0, MAX_SEGMENT_SIZE, where)
     block = _int(own, "block_size", 0, MAX_SEGMENT_SIZE, where, default=0)
-    layout = Layout.parse(own["layout"]) if "layout" in own else None
+    try:
+        layout = Layout.parse(own["layout"]) if "layout" in own else None
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
     if layout is not None:
         if layout.count != num:
             raise ManifestError(f"{where}: layout has {layout.count} segments, num_segments says {num}")

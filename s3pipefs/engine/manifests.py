@@ -8,6 +8,8 @@ the manifest back after taking it and gives up when another id is there.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -47,13 +49,33 @@ def save(store: Store, bucket: str, prefix: str, m: mf.Manifest, *, if_match: st
 
 
 def writer_alive(m: mf.Manifest, stale_after: float, now: float | None = None) -> bool:
-    """True when a writer holds the lease: an s3pipefs writer with a fresh heartbeat."""
+    """True when a writer holds the lease: an s3pipefs writer with a fresh heartbeat.
+
+    A writer on this host whose process is gone (crash, kill -9) has no lease, however
+    fresh its last heartbeat: ``put --resume`` after a local crash need not wait.
+    """
     if not m.own or not m.writer_id or not m.heartbeat:
         return False
     if m.completed and "replacing" not in m.extra:
         return False
+    if local_writer_dead(m.writer_id):
+        return False
     now = time.time() if now is None else now
     return now - m.heartbeat < stale_after
+
+
+def local_writer_dead(writer_id: str) -> bool:
+    """True when ``host:pid:token`` names this host and no process ``pid`` exists."""
+    parts = writer_id.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _b64md5(body: bytes) -> str:
