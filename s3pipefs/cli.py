@@ -164,7 +164,7 @@ def make_store(a):
 def make_transfer_config(a) -> TransferConfig:
     kw = {}
     if hasattr(a, "segment_size"):
-        kw["segment_size"] = parse_size(a.segment_size, "m")
+        kw["segment_size"] = parse_size(a.segment_size)
     if hasattr(a, "segment_mb"):
         kw["segment_size"] = a.segment_mb * 1_000_000  # s3pipe2's MB are decimal
     for name in ("workers", "tries"):
@@ -175,7 +175,7 @@ def make_transfer_config(a) -> TransferConfig:
     if hasattr(a, "follow_timeout"):
         kw["follow_timeout"] = parse_duration(a.follow_timeout)
     if hasattr(a, "read_ahead"):
-        kw["read_ahead"] = parse_size(a.read_ahead, "m")
+        kw["read_ahead"] = parse_size(a.read_ahead)
     kw["verbose"] = bool(getattr(a, "verbose", False))
     return TransferConfig().with_(**kw).validate()
 

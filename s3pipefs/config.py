@@ -63,7 +63,7 @@ class S3Config:
     profile: str | None = None
     region: str | None = None
     # Total attempts per request for transient errors (botocore adaptive mode).
-    max_attempts: int = 8
+    max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     # Connections in the pool; sized to the worker count by the engine.
@@ -106,7 +106,7 @@ class TransferConfig:
 
     def validate(self) -> "TransferConfig":
         if self.segment_size < 1 * KiB:
-            raise UsageError(f"segment size {self.segment_size} is too small (minimum 1K)")
+            raise UsageError(f"segment size {self.segment_size} bytes is too small (minimum 1K; sizes take K, M, G suffixes)")
         if self.segment_size > 5 * GiB:
             raise UsageError("segment size over 5G: S3 cannot store a single object that large")
         if not 1 <= self.workers <= 256:
