@@ -209,6 +209,11 @@ class Store:
         except Exception as e:  # noqa: BLE001
             raise translate(e, bucket, prefix, "list") from None
 
+    def any_key(self, bucket: str, prefix: str) -> bool:
+        """True when at least one object lies under ``prefix`` (one request, one key)."""
+        r = self._call(self.client.list_objects_v2, bucket, prefix, "list", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return bool(r.get("KeyCount") or r.get("Contents"))
+
     def bucket_exists(self, bucket: str) -> None:
         """Raise BucketNotFound / AccessDenied / EndpointError unless the bucket is usable."""
         self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)

@@ -65,7 +65,7 @@ class Engine:
         info = self.store.head(bucket, key)
         if info is not None:
             return Entry("object", bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
-        for _ in self.store.list(bucket, key + "/", delimiter="/"):
+        if self.store.any_key(bucket, key + "/"):
             return Entry("dir", bucket, key)
         return None
 
@@ -85,15 +85,18 @@ class Engine:
                    for o in objects if not o.key.endswith("/")]
 
         # A common prefix is a stream when it holds a manifest; look them up in parallel.
-        def classify(p: str) -> Entry:
+        def classify(p: str) -> Entry | None:
             loaded = manifests.load(self.store, bucket, p)
             if loaded is not None:
                 return self.stream_entry(bucket, p.rstrip("/"), loaded)
+            # Some servers (SeaweedFS) list an emptied prefix for a while; S3 never does.
+            if not self.store.any_key(bucket, p):
+                return None
             return Entry("dir", bucket, p.rstrip("/"))
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
-                entries.extend(pool.map(classify, subdirs))
+                entries.extend(e for e in pool.map(classify, subdirs) if e is not None)
         return sorted(entries, key=lambda e: e.key)
 
     # -- data ----------------------------------------------------------------------------

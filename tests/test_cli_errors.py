@@ -1,0 +1,144 @@
+"""Bad input gets one clear line, the right exit status, and never a stream marked complete."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def one_line(r):
+    err = r.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert lines, "no message on stderr"
+    return lines[-1]
+
+
+def test_missing_bucket(cli):
+    r = cli("put", "s3://no-such-bucket-here/x", input=b"data")
+    assert r.returncode == 1
+    assert "no such bucket 'no-such-bucket-here'" in one_line(r)
+    r = cli("cat", "s3://no-such-bucket-here/x")
+    assert r.returncode == 1 and "no-such-bucket-here" in one_line(r)
+
+
+def test_missing_key(cli, bucket):
+    r = cli("cat", f"s3://{bucket}/nothing/here")
+    assert r.returncode == 1
+    assert f"s3://{bucket}/nothing/here" in one_line(r) and "no such" in one_line(r)
+
+
+def test_bad_credentials(cli, bucket, s3_env):
+    env = {**s3_env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"}
+    r = subprocess.run([sys.executable, "-m", "s3pipefs", "put", f"s3://{bucket}/x"], input=b"d",
+                       env=env, capture_output=True, timeout=120)
+    assert r.returncode == 1
+    line = one_line(r)
+    assert "access denied" in line and f"s3://{bucket}" in line
+    assert "wrong-secret-value" not in r.stderr.decode()
+
+
+def test_unreachable_endpoint(cli, s3_env):
+    env = {**s3_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # discard port: nothing listens
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "s3pipefs", "cat", "s3://b/x"], env=env,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 1
+    assert "cannot reach endpoint" in one_line(r) and "127.0.0.1:9" in one_line(r)
+    assert time.monotonic() - t < 60
+
+
+def test_unwritable_staging_dir(cli, bucket, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = cli("put", "--staging", str(blocker / "sub"), f"s3://{bucket}/x", input=b"data")
+    assert r.returncode == 1
+    assert "staging dir" in one_line(r) and str(blocker) in one_line(r)
+    assert cli("info", f"s3://{bucket}/x").stdout.count(b"complete") == 0 or \
+        json.loads(cli("info", "--json", f"s3://{bucket}/x").stdout)["completed"] is False
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(d)], capture_output=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr!r}"
+    yield d
+    subprocess.run(["umount", "-l", str(d)])
+
+
+def test_full_staging_disk(cli, bucket, tiny_tmpfs):
+    data = os.urandom(3 << 20)
+    r = cli("put", "--segment-size", "2M", "--staging", str(tiny_tmpfs), f"s3://{bucket}/full", input=data)
+    assert r.returncode == 1
+    assert "is full" in one_line(r) and str(tiny_tmpfs) in one_line(r)
+    info = json.loads(cli("info", "--json", f"s3://{bucket}/full").stdout)
+    assert info["completed"] is False
+    assert not os.listdir(tiny_tmpfs)  # staging cleaned up
+
+
+def test_interrupted_input_leaves_stream_incomplete(s3_env, cli, bucket):
+    url = f"s3://{bucket}/intr"
+    feeder = "import sys,time\nsys.stdout.buffer.write(b'x'*300000); sys.stdout.flush(); time.sleep(60)\n"
+    feed = subprocess.Popen([sys.executable, "-c", feeder], stdout=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "s3pipefs", "put", "--segment-size", "64K", url],
+                         stdin=feed.stdout, env=s3_env, stderr=subprocess.PIPE)
+    feed.stdout.close()
+    deadline = time.time() + 30
+    while cli("info", url).returncode != 0:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1].decode()
+    feed.kill()
+    assert p.returncode == 130
+    assert "interrupted" in err and "incomplete" in err and "Traceback" not in err
+    info = json.loads(cli("info", "--json", url).stdout)
+    assert info["completed"] is False
+    # Its lease is released: resume or overwrite can proceed at once.
+    r = cli("put", url, input=b"fresh")
+    assert r.returncode == 0, r.stderr
+    assert cli("cat", url).stdout == b"fresh"
+
+
+def test_usage_errors_exit_2(cli):
+    for args in (["put"], ["cat", "not-an-s3-url"], ["put", "--segment-size", "lots", "s3://b/k"],
+                 ["frobnicate"], ["put", "--segment-size", "10", "s3://b/k"]):
+        r = cli(*args, input=b"")
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr.decode()
+
+
+def test_s3pipe2_flags_and_aliases(cli, bucket, s3_env):
+    data = os.urandom(2_500_000)
+    # s3pipe2 [options] to|from PATH, with -m MB, -b KB, -n workers, -t tries, -p staging, -v
+    r = cli("-m", "1", "-b", "64", "-n", "3", "-t", "2", "-p", "/tmp", "to", f"s3://{bucket}/legacy", input=data)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(cli("info", "--json", f"s3://{bucket}/legacy").stdout)
+    assert info["segment_size"] == 1_000_000 and info["segments"] == 3
+    r = cli("-v", "from", f"s3://{bucket}/legacy")
+    assert r.returncode == 0 and r.stdout == data
+
+
+def test_credentials_on_the_command_line_are_refused_with_a_warning(cli, bucket):
+    r = cli("-a", "AKIAEXAMPLE", "-s", "supersecretvalue", "put", f"s3://{bucket}/w", input=b"x")
+    assert r.returncode == 0
+    err = r.stderr.decode()
+    assert "warning" in err and "supersecretvalue" not in err
+
+
+def test_seekless_rm_and_ls(cli, bucket):
+    assert cli("put", f"s3://{bucket}/a/s1", input=b"1").returncode == 0
+    assert cli("put", f"s3://{bucket}/a/s2", input=b"22").returncode == 0
+    out = cli("ls", f"s3://{bucket}/a/").stdout.decode()
+    assert f"s3://{bucket}/a/s1" in out and f"s3://{bucket}/a/s2" in out
+    assert cli("rm", f"s3://{bucket}/a/s1").returncode == 0
+    listing = json.loads(cli("ls", "--json", f"s3://{bucket}/a/").stdout)
+    assert [e["key"] for e in listing] == ["a/s2"] and listing[0]["size"] == 2
+    r = cli("rm", f"s3://{bucket}/a/s1")
+    assert r.returncode == 1 and "no such" in one_line(r)
