@@ -297,7 +297,7 @@ def cmd_info(a) -> int:
     m = e.manifest
     state = "complete" if m.completed else ("being written" if e.writer_alive else "INCOMPLETE (writer gone)")
     info = {
-        "url": str(url), "state": state, "completed": m.completed, "size": m.total_size,
+        "url": str(url), "kind": "stream", "state": state, "completed": m.completed, "size": m.total_size,
         "segments": m.num_segments, "segment_size": m.segment_size, "format": "s3pipefs" if m.own else "s3pipe2",
         "sha256": m.sha256 or None, "chain": m.chain or None, "upload_began": m.upload_began,
         "upload_ended": m.upload_ended or None, "writer": m.writer_id or None,

@@ -106,6 +106,13 @@ class StreamPlan:
 
     def refresh(self) -> None:
         loaded = manifests.load(self.store, self.bucket, self.prefix)
+        # Some S3-compatible servers answer 404 for a moment while a key is overwritten
+        # under load; only a manifest that stays gone means the stream was removed.
+        for pause in (0.2, 0.5, 1.0):
+            if loaded is not None:
+                break
+            time.sleep(pause)
+            loaded = manifests.load(self.store, self.bucket, self.prefix)
         if loaded is None:
             raise errors.StreamIncomplete(f"{self.where}: stream was removed while being read")
         before = self.size
