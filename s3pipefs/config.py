@@ -62,7 +62,7 @@ class S3Config:
     endpoint_url: str | None = None
     profile: str | None = None
     region: str | None = None
-    # Total attempts per request for transient errors (botocore adaptive mode).
+    # Attempts per request, the first included, for transient errors (botocore adaptive mode).
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0

@@ -14,6 +14,9 @@ class S3PipeError(Exception):
 
     errno = _errno.EIO
     exit_status = 1
+    # S3 error code and HTTP status when the failure came from an S3 response.
+    code: str = ""
+    status: int | None = None
 
 
 class UsageError(S3PipeError):

@@ -17,6 +17,7 @@ from typing import Iterator
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 
 from s3pipefs.config import S3Config
 from s3pipefs import errors
@@ -58,8 +59,21 @@ def _where(bucket: str, key: str | None) -> str:
     return f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
 
 
-def translate(exc: Exception, bucket: str, key: str | None = None, action: str = "") -> errors.S3PipeError:
-    """Map a boto3/botocore exception to an S3PipeError with a one-line message."""
+def translate(exc: Exception, bucket: str, key: str | None = None, action: str = "",
+              sse: bool = False) -> errors.S3PipeError:
+    """Map a boto3/botocore exception to an S3PipeError with a one-line message.
+
+    The S3 error code and HTTP status travel along as ``.code`` and ``.status`` so that
+    retry policies can classify by code, never by message text.
+    """
+    err = _translate(exc, bucket, key, action, sse)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err.code = str(exc.response.get("Error", {}).get("Code", ""))
+        err.status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return err
+
+
+def _translate(exc: Exception, bucket: str, key: str | None, action: str, sse: bool) -> errors.S3PipeError:
     where = _where(bucket, key)
     doing = f"{action} " if action else ""
     if isinstance(exc, errors.S3PipeError):
@@ -72,6 +86,8 @@ def translate(exc: Exception, bucket: str, key: str | None = None, action: str =
             return errors.BucketNotFound(f"{doing}{where}: no such bucket '{bucket}'")
         if code in _NOT_FOUND or status == 404:
             return errors.NotFound(f"{doing}{where}: not found")
+        if sse and (code in _DENIED or status in (400, 403)):
+            return errors.AccessDenied(f"{doing}{where}: refused ({code or status}); is the SSE-C key the one it was written with?")
         if code in _DENIED or status == 403:
             return errors.AccessDenied(f"{doing}{where}: access denied ({code or status}); check the credentials and the bucket policy")
         if code in _PRECONDITION or status in (409, 412):
@@ -87,7 +103,9 @@ def translate(exc: Exception, bucket: str, key: str | None = None, action: str =
         return errors.UsageError(f"AWS profile not found: {exc.kwargs.get('profile')}")
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
         return errors.EndpointError(f"{doing}{where}: cannot reach endpoint {getattr(exc, 'kwargs', {}).get('endpoint_url', '')}".rstrip())
-    if isinstance(exc, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)):
+    # HTTPClientError covers read timeouts, closed connections and broken bodies; urllib3's
+    # own errors escape botocore when an error reply's body breaks (it reads those eagerly).
+    if isinstance(exc, (botocore.exceptions.HTTPClientError, urllib3.exceptions.HTTPError)):
         return errors.EndpointError(f"{doing}{where}: connection to the endpoint failed ({type(exc).__name__})")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return errors.S3PipeError(f"{doing}{where}: {exc}")
@@ -125,7 +143,8 @@ class Store:
             max_pool_connections=c.max_pool_connections,
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
-            retries={"mode": "adaptive", "max_attempts": c.max_attempts},
+            # total_max_attempts counts the first try too (max_attempts counts retries).
+            retries={"mode": "adaptive", "total_max_attempts": c.max_attempts},
             s3={"addressing_style": "path" if c.path_style else "auto"},
             # We send Content-MD5 and verify bodies ourselves; skip a second CRC pass.
             request_checksum_calculation="when_required",
@@ -145,7 +164,8 @@ class Store:
         try:
             return fn(**kw)
         except Exception as e:  # noqa: BLE001 - translated into our hierarchy
-            raise translate(e, bucket, key, action) from None
+            sse = any(k.endswith("SSECustomerKey") for k in kw)
+            raise translate(e, bucket, key, action, sse) from None
 
     # -- reads -----------------------------------------------------------------
     def head(self, bucket: str, key: str, sse_key: bytes | None = None) -> ObjectInfo | None:
@@ -216,7 +236,10 @@ class Store:
 
     def bucket_exists(self, bucket: str) -> None:
         """Raise BucketNotFound / AccessDenied / EndpointError unless the bucket is usable."""
-        self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)
+        try:
+            self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)
+        except errors.NotFound:  # HEAD has no body, so no NoSuchBucket code: a bare 404
+            raise errors.BucketNotFound(f"s3://{bucket}: no such bucket '{bucket}'") from None
 
     # -- writes ----------------------------------------------------------------
     def put(self, bucket: str, key: str, body, *, md5: str | None = None, crc32: str | None = None,

@@ -2,7 +2,7 @@
 
 No payload passes through the client: segments and objects up to 5 GB are copied with
 CopyObject, larger objects with UploadPartCopy in parallel parts. The user metadata that
-s3pipefs readers verify against (``md5`` per segment, ``blocks``) travels with CopyObject's
+s3pipefs readers verify against (``crc32``/``md5`` per segment) travels with CopyObject's
 default COPY directive, and with the multipart path it is read from the source first.
 
 A stream copy follows the one-writer protocol of engine/manifests.py:
@@ -170,6 +170,9 @@ def _load_manifest(store: Store, bucket: str, prefix: str, sse: bytes) -> tuple[
         raise
     except errors.NotFound:
         return None
+    if not sse and info.plain_md5 and hashlib.md5(data).hexdigest() != info.plain_md5:
+        # Damaged in transit: IntegrityError is transient, the Retrier fetches it again.
+        raise errors.IntegrityError(f"read s3://{bucket}/{key}: body does not match its MD5 ETag")
     return mf.parse(data, where=f"s3://{bucket}/{key}"), data, info
 
 
@@ -349,7 +352,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                            layout=layout if m.own else None, writer_id=lease.writer_id,
                            heartbeat=0.0 if not m.completed else m.heartbeat)
             if not m.completed:
-                snap = snap.with_(md5="", own=True, format=mf.FORMAT_VERSION,
+                snap = snap.with_(sha256="", own=True, format=mf.FORMAT_VERSION,
                                   chain=m.chain if (m.own and m.layout is not None) else "")
             final = mf.render(snap)
         call(lease.commit, final)

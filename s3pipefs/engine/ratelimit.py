@@ -72,9 +72,14 @@ def classify(exc: BaseException) -> str:
                         errors.ReadOnly, errors.NoMemory, errors.Interrupted)):
         return PERMANENT
     code, status = error_code(exc)
-    if code in THROTTLE_CODES or status == 429:
+    if code in THROTTLE_CODES:
         return THROTTLE
-    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+    if code in TRANSIENT_CODES:
+        return TRANSIENT
+    if status in (429, 503):
+        # S3 answers 503 to mean "slow down"; a HEAD's error has no body, so no code.
+        return THROTTLE
+    if status in TRANSIENT_STATUS:
         return TRANSIENT
     if isinstance(exc, (errors.EndpointError, errors.IntegrityError)):
         return TRANSIENT
@@ -88,26 +93,27 @@ class TransientError(errors.S3PipeError):
 
 
 class RateLimiter:
-    """A request-rate limit shared by all workers of a job (AIMD, like TCP).
+    """A request-rate limit shared by all workers of a job (AIMD with slow start, like TCP).
 
     Unlimited until the first throttle. Then every :meth:`acquire` is spaced ``1/rate``
-    apart; each throttle halves the rate (at most once per ``cooldown`` seconds, so a
-    burst of throttles from concurrent workers counts as one congestion event); each
-    success adds ``increase / rate`` (about +``increase`` requests/s per second of clean
-    traffic). When the rate climbs past twice the rate measured at the first throttle,
-    the limit is lifted again.
+    apart. A throttle halves the rate (at most once per ``cooldown`` seconds, so a burst of
+    throttles from concurrent workers counts as one congestion event) and remembers the
+    rate it happened at. Successes regrow the rate: +1 per success (doubling per second)
+    up to that remembered rate, then +``increase`` per second. After ``quiet`` seconds
+    without a throttle the limit is lifted again.
     """
 
-    def __init__(self, floor: float = 1.0, increase: float = 2.0, cooldown: float = 0.2,
+    def __init__(self, floor: float = 1.0, increase: float = 2.0, cooldown: float = 0.2, quiet: float = 3.0,
                  clock=time.monotonic, sleep=time.sleep):
         self.floor = floor
         self.increase = increase
         self.cooldown = cooldown
+        self.quiet = quiet
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         self.rate: float | None = None  # requests/s; None = unlimited
-        self._release_at = 0.0
+        self._w_max = 0.0
         self._next = 0.0
         self._last_cut = -1e9
         # a small window of send times to measure the current rate
@@ -141,21 +147,18 @@ class RateLimiter:
             if now - self._last_cut < self.cooldown:
                 return
             self._last_cut = now
-            if self.rate is None:
-                base = self.measured()
-                self._release_at = 2.0 * base
-                self.rate = max(self.floor, base / 2.0)
-            else:
-                self.rate = max(self.floor, self.rate / 2.0)
+            self._w_max = self.measured() if self.rate is None else self.rate
+            self.rate = max(self.floor, self._w_max / 2.0)
             self.lowest = self.rate if self.lowest is None else min(self.lowest, self.rate)
 
     def succeeded(self) -> None:
         with self._lock:
             if self.rate is None:
                 return
-            self.rate += self.increase / self.rate
-            if self.rate >= self._release_at:
+            if self._clock() - self._last_cut >= self.quiet:
                 self.rate = None
+                return
+            self.rate += 1.0 if self.rate < self._w_max else self.increase / self.rate
 
 
 @dataclass
@@ -180,7 +183,7 @@ class Retrier:
     """
 
     def __init__(self, limiter: RateLimiter | None = None, tries: int = 5, throttle_tries: int = 12,
-                 base: float = 0.1, cap: float = 10.0, stats: RetryStats | None = None,
+                 base: float = 0.1, cap: float = 5.0, stats: RetryStats | None = None,
                  sleep=time.sleep, rand=random.random):
         self.limiter = limiter
         self.tries = max(1, tries)

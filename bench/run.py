@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""s3pipefs side by side with s5cmd, rclone, aws cli and s3fs-fuse, on one local S3 server.
+
+    .venv/bin/python bench/run.py                     # everything, 1 GiB, 10,000 small objects
+    .venv/bin/python bench/run.py --size 64M --objects 1000 --only put,cat
+    .venv/bin/python bench/run.py --tools s3pipefs,rclone --repeat 3
+
+See docs/benchmark.md for what each row runs and measures.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import ALL_TOOLS, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools  # noqa: E402
+
+SECTIONS = ("put", "cat", "mount", "sync")
+HASHERS = ("md5sum", "sha1sum", "b2sum", "cksum")
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="size of the test data for put/cat/mount rows (default 1G; K/M/G are binary)")
+    ap.add_argument("--objects", type=int, default=10000, help="small objects in the sync rows (default 10000)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"sections to run, comma-separated: {','.join(SECTIONS)} (pipe = put,cat)")
+    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help=f"tools to run (default all: {','.join(ALL_TOOLS)})")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median run (by wall time) is reported")
+    ap.add_argument("--stdin", choices=("pipe", "file"), default="pipe",
+                    help="put rows: feed the tool through a pipe from `cat DATA` (default), or redirect stdin from the file")
+    ap.add_argument("--hasher", choices=HASHERS, default="md5sum",
+                    help="program that verifies downloaded bytes (default md5sum; cksum costs ~10x less CPU)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per run of a data row (default: 120 + 1 s per 2 MiB, at least 300)")
+    ap.add_argument("--workdir", default=None, help="on-disk scratch dir: server data, mount points, caches (default: a new temp dir)")
+    ap.add_argument("--data-dir", default=None,
+                    help="where the test data is generated (default /dev/shm when it has room, else the workdir)")
+    ap.add_argument("--results", default=str(HERE / "results"), help="directory for the JSON results and the logs")
+    ap.add_argument("--no-setup", action="store_true", help="do not run bench/setup.sh (installs missing tools)")
+    ap.add_argument("--no-drop-caches", action="store_true", help="do not drop the page cache before read rows")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir and the test data afterwards")
+    a = ap.parse_args(argv)
+    a.size_bytes = parse_size(a.size)
+    only = set()
+    for s in a.only.split(","):
+        s = s.strip()
+        if not s:
+            continue
+        if s == "pipe":
+            only |= {"put", "cat"}
+        elif s in SECTIONS:
+            only.add(s)
+        else:
+            ap.error(f"--only: unknown section {s!r} (choose from {', '.join(SECTIONS)}, pipe)")
+    a.sections = [s for s in SECTIONS if s in only]
+    a.tool_list = [t.strip() for t in a.tools.split(",") if t.strip()]
+    for t in a.tool_list:
+        if t not in ALL_TOOLS:
+            ap.error(f"--tools: unknown tool {t!r} (choose from {', '.join(ALL_TOOLS)})")
+    if a.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    return a
+
+
+# -- setup ---------------------------------------------------------------------------------
+def run_setup() -> None:
+    env = dict(os.environ, PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(HERE / "setup.sh")], env=env)
+    if r.returncode != 0:
+        print(f"bench: setup.sh exit status {r.returncode} (continuing)", file=sys.stderr)
+
+
+def start_server(workdir: Path):
+    from measure import descendants
+
+    from s3pipefs.server import LocalServer
+
+    before = descendants()
+    srv = LocalServer(str(workdir / "server"), port=0)
+    started = srv.start()
+    if isinstance(started, LocalServer):
+        srv = started
+    time.sleep(0.5)
+    pids = set(descendants() - before)
+    if getattr(srv, "pid", None):
+        pids.add(srv.pid)
+    return srv, sorted(pids)
+
+
+def make_env(server, workdir: Path) -> dict:
+    env = dict(os.environ)
+    for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        env.pop(k, None)
+    env.update({k: str(v) for k, v in server.env().items()})
+    env.setdefault("AWS_ENDPOINT_URL", server.endpoint)
+    env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION", "us-east-1"))
+    env.setdefault("AWS_REGION", env["AWS_DEFAULT_REGION"])
+    # No ~/.aws or ~/.config/rclone settings change what the tools do: empty config files.
+    for name in ("aws-config", "aws-credentials", "rclone.conf"):
+        (workdir / name).touch()
+    env["AWS_CONFIG_FILE"] = str(workdir / "aws-config")
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(workdir / "aws-credentials")
+    env["RCLONE_CONFIG"] = str(workdir / "rclone.conf")
+    r = f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_"
+    env.update({r + "TYPE": "s3", r + "PROVIDER": "SeaweedFS", r + "ENDPOINT": server.endpoint,
+                r + "ENV_AUTH": "true", r + "REGION": env["AWS_DEFAULT_REGION"]})
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def make_s3(env: dict):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32,
+                                      retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def choose_fastdir(a, workdir: Path) -> tuple[Path, str]:
+    need = a.size_bytes + (a.objects * 9 * KiB if "sync" in a.sections else 0) + 256 * MiB
+    if a.data_dir:
+        d = Path(a.data_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="s3pipefs-bench-", dir=d)), "--data-dir"
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        st = os.statvfs(shm)
+        free = st.f_bavail * st.f_frsize
+        if free >= need:
+            return Path(tempfile.mkdtemp(prefix="s3pipefs-bench-", dir=shm)), "tmpfs /dev/shm"
+        why = f"/dev/shm has {free / MiB:.0f} MiB free, needs {need / MiB:.0f} MiB"
+    else:
+        why = "no /dev/shm"
+    d = workdir / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    return d, f"local disk ({why}): dropping the page cache evicts it, so write rows also read the disk"
+
+
+def make_data(path: Path, size: int) -> float:
+    t0 = time.monotonic()
+    chunk = 8 * MiB
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+    return time.monotonic() - t0
+
+
+# -- running -------------------------------------------------------------------------------
+def run_rows(ctx: Ctx, rows: list[Row]) -> None:
+    for row in rows:
+        label = f"{row.label} / {row.variant}"
+        if row.fn is None:
+            print(f"[{label}] {row.status}: {row.reason}", flush=True)
+            continue
+        for rep in range(1, ctx.args.repeat + 1):
+            try:
+                run = row.fn(ctx, rep)
+            except Exception as e:  # a harness or tool problem must not stop the other rows
+                log = ctx.log(f"error-{row.section}-{row.tool}")
+                log.write_text(traceback.format_exc())
+                run = Run(ok=False, reason=f"harness error {type(e).__name__}: {e} (traceback in {log})")
+            run.loadavg = round(os.getloadavg()[0], 2)
+            row.runs.append(run)
+            rate = ""
+            if run.wall:
+                rate = (f"{row.units / MiB / run.wall:.1f} MiB/s" if row.unit == "bytes"
+                        else f"{row.units / run.wall:.0f} obj/s")
+            status = "ok" if run.ok else f"FAILED: {run.reason}"
+            wall = f"{run.wall:.2f}s" if run.wall else "-"
+            print(f"[{label} #{rep}] {wall} {rate} {status}", flush=True)
+        row.finish()
+
+
+def _fmt(v, spec: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
+
+
+def table(rows: list[Row]) -> str:
+    hdr = ["row", "tool", "wall s", "rate", "tool CPU", "app CPU", "server CPU", "tool RSS MiB", "status"]
+    lines = []
+    for r in rows:
+        c = r.chosen
+        per = (GiB / r.units) if (r.unit == "bytes" and r.units) else (1000 / r.units if r.units else 0)
+        per_unit = "s/GiB" if r.unit == "bytes" else "s/1k obj"
+        if c:
+            rate = (f"{r.units / MiB / c.wall:.1f} MiB/s" if r.unit == "bytes" else f"{r.units / c.wall:.0f} obj/s")
+            cells = [r.label, r.variant, f"{c.wall:.2f}", rate,
+                     (_fmt(c.tool_cpu, ".2f", per) + " " + per_unit) if c.tool_cpu is not None else "-",
+                     _fmt(c.app_cpu, ".2f", per), _fmt(c.server_cpu, ".2f", per), _fmt(c.tool_rss, ".0f", 1 / MiB)]
+        else:
+            cells = [r.label, r.variant] + ["-"] * 6
+        status = r.status if r.status == "ok" else f"{r.status}: {r.reason}"
+        notes = []
+        if c and c.close_wall is not None and c.wall and c.wall - c.close_wall > 0.05:
+            notes.append(f"close() returned at {c.close_wall:.2f}s")
+        if c and c.note:
+            notes.append(c.note)
+        if len(r.runs) > 1 and c:
+            walls = sorted(x.wall for x in r.runs if x.ok)
+            notes.append("walls " + "/".join(f"{w:.2f}" for w in walls))
+        if notes:
+            status += " (" + "; ".join(notes) + ")"
+        lines.append(cells + [status])
+    widths = [max(len(hdr[i]), *(len(l[i]) for l in lines)) if lines else len(hdr[i]) for i in range(len(hdr) - 1)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(hdr[:-1], widths)) + "  " + hdr[-1]]
+    out.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    for l in lines:
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(l[:-1], widths)))
+                   + "  " + l[-1])
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if not a.no_setup:
+        run_setup()
+
+    from measure import drop_caches, set_child_subreaper
+    import mount as mount_rows
+    import pipe as pipe_rows
+    import sync as sync_rows
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = Path(a.results)
+    logdir = results / f"{stamp}-logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="s3pipefs-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    subreaper = set_child_subreaper()
+
+    server = None
+    fastdir = None
+    rows: list[Row] = []
+    meta: dict = {}
+    try:
+        fastdir, fast_why = choose_fastdir(a, workdir)
+        print(f"bench: workdir {workdir}, test data in {fastdir} ({fast_why}), logs in {logdir}", flush=True)
+        try:
+            server, server_pids = start_server(workdir)
+        except Exception as e:
+            print(f"bench: cannot start the local S3 server (s3pipefs.server.LocalServer): {e}", file=sys.stderr)
+            traceback.print_exc()
+            return 2
+        env = make_env(server, workdir)
+        print(f"bench: S3 server {server.endpoint} (pids {server_pids})", flush=True)
+        tools = Tools.discover(env)
+        for name in ALL_TOOLS:
+            print(f"bench:   {name:9s} {tools.versions.get(name) or 'UNAVAILABLE: ' + tools.missing.get(name, '?')}")
+        hasher = [a.hasher]
+        ctx = Ctx(args=a, endpoint=server.endpoint, env=env, s3=make_s3(env), tools=tools, workdir=workdir,
+                  fastdir=fastdir, logdir=logdir, hasher=hasher, server_pids=server_pids)
+        ctx.size = a.size_bytes
+        ctx.timeout = a.timeout or max(300.0, 120 + a.size_bytes / (2 * MiB))
+        ctx.sync_timeout = a.timeout or max(300.0, 60 + a.objects * 0.1)
+        if a.no_drop_caches:
+            drop_note = "page cache not dropped (--no-drop-caches)"
+        else:
+            drop_note = drop_caches()
+
+        data_sections = {"put", "cat", "mount"} & set(a.sections)
+        hash_time = gen_time = None
+        if data_sections:
+            ctx.data = fastdir / "data.bin"
+            gen_time = make_data(ctx.data, ctx.size)
+            t0 = time.monotonic()
+            r = subprocess.run([*hasher, str(ctx.data)], capture_output=True, text=True, check=True)
+            hash_time = time.monotonic() - t0
+            from common import parse_digest
+            ctx.digest = parse_digest(r.stdout)
+            print(f"bench: {ctx.size / MiB:.0f} MiB of random data in {gen_time:.1f}s; {a.hasher} of it from "
+                  f"{fast_why.split(' (')[0]} takes {hash_time:.2f}s ({ctx.size / MiB / hash_time:.0f} MiB/s): "
+                  f"{ctx.digest}", flush=True)
+
+        builders = {"put": pipe_rows.put_rows, "cat": pipe_rows.cat_rows, "mount": mount_rows.rows,
+                    "sync": sync_rows.rows}
+        for s in a.sections:
+            rows += builders[s](ctx, a.tool_list)
+
+        meta = {
+            "timestamp": stamp, "host": platform.node(), "cpus": os.cpu_count(),
+            "loadavg_before": os.getloadavg(), "python": sys.version.split()[0],
+            "kernel": platform.release(), "size": ctx.size, "objects": a.objects, "repeat": a.repeat,
+            "reported_run": "median by wall time (the lower middle one for an even count)",
+            "stdin": a.stdin, "hasher": a.hasher, "hasher_seconds_on_data": hash_time,
+            "data_dir": str(fastdir), "data_dir_why": fast_why, "workdir": str(workdir),
+            "server_endpoint": server.endpoint, "server_pids": server_pids,
+            "page_cache": drop_note or "dropped before every read row", "subreaper": subreaper,
+            "tool_versions": tools.versions, "tools_unavailable": tools.missing,
+            "timeout": ctx.timeout, "sync_timeout": ctx.sync_timeout,
+        }
+        t_all = time.monotonic()
+        run_rows(ctx, rows)
+        meta["total_seconds"] = time.monotonic() - t_all
+        meta["loadavg_after"] = os.getloadavg()
+    finally:
+        if server is not None:
+            try:
+                server.stop()
+            except Exception as e:
+                print(f"bench: stopping the server: {e}", file=sys.stderr)
+            log = getattr(server, "log_path", None)
+            if log and Path(log).exists():
+                shutil.copy(log, logdir / "server.log")
+        if not a.keep:
+            mnt = workdir / "mnt"
+            if mnt.is_dir():
+                for m in mnt.iterdir():
+                    subprocess.run(["umount", "-l", str(m)], capture_output=True)
+            if fastdir is not None and fastdir != workdir / "data":
+                shutil.rmtree(fastdir, ignore_errors=True)
+            if not a.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    out = results / f"{stamp}.json"
+    out.write_text(json.dumps({"meta": meta, "rows": [r.to_json() for r in rows]}, indent=2, default=str))
+    print()
+    print(f"s3pipefs benchmark {stamp}: data {a.size_bytes / MiB:.0f} MiB, {a.objects} objects for sync, "
+          f"{os.cpu_count()} CPUs shared with the S3 server; "
+          + (f"median of {a.repeat} runs" if a.repeat > 1 else "1 run per row"))
+    print(table(rows))
+    print()
+    print("tool CPU: user+sys of the tool's process tree (pipe/sync rows: os.wait4 rusage; mount rows: the FUSE daemon via psutil).")
+    print(f"app CPU: the other side of the pipe or mount (`cat DATA`, `{a.hasher}`). server CPU: the S3 server during the row.")
+    print("tool RSS: peak resident memory of the tool (ru_maxrss via GNU time, or sampled RSS/VmHWM of the mount daemon).")
+    if meta.get("loadavg_after"):
+        print(f"machine load (1-min average): {meta['loadavg_before'][0]:.1f} before, {meta['loadavg_after'][0]:.1f} "
+              f"after, per run in the JSON ({os.cpu_count()} CPUs): a busy machine makes the numbers noisy.")
+    print(f"page cache: {meta.get('page_cache', '?')}.")
+    print()
+    print("commands (DATA = the test data file, KEY = a fresh key per run, MNT = the mount point, BUCKETs bench-*):")
+    width = max((len(f"{r.label} / {r.variant}:") for r in rows), default=0)
+    for r in rows:
+        for i, c in enumerate(r.commands or [f"({r.status}: {r.reason})"]):
+            head = f"{r.label} / {r.variant}:" if i == 0 else ""
+            print(f"  {head:{width}s} {c}")
+    print()
+    print(f"results: {out}")
+    return 0 if all(r.status in ("ok", "unavailable", "skipped") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

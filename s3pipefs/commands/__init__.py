@@ -1,0 +1,1 @@
+"""Subcommands that live in their own modules; cli.py wires them into the parser."""

@@ -1,0 +1,137 @@
+"""Shared fixtures: one real S3 server (SeaweedFS) per test session, and helpers around it.
+
+* ``s3_server`` (session): a started ``LocalServer`` in a temp dir. If it cannot start
+  the run *fails* with weed's log tail: a machine that cannot run the server must never
+  pass by skipping. Its AWS_* variables are put in ``os.environ`` for the whole session
+  (boto3's default chain, as Store uses it, then finds them in-process and subprocesses
+  inherit them); AWS config/credentials files and profiles are masked so nothing from the
+  developer's own AWS setup leaks into the tests.
+* ``s3_env``: a copy of that environment, for subprocesses.
+* ``store``: a Store on the server; ``bucket``/``bucket2``: fresh, uniquely named buckets.
+* ``cli``: runs ``python -m s3pipefs ARGS`` with ``s3_env``; returns a CompletedProcess
+  with bytes stdout/stderr.
+* ``make_bytes(n, seed)``: deterministic pseudo-random bytes (also importable:
+  ``from tests.conftest import make_bytes``); ``unique_name(prefix)`` / ``run_id``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from s3pipefs.config import S3Config
+from s3pipefs.errors import S3PipeError
+from s3pipefs.server import LocalServer
+from s3pipefs.store import Store
+
+pytest_plugins = ["tests.faultfixtures", "tests.fs_fixtures"]
+
+# Variables that would send boto3 somewhere else or with other credentials.
+_MASKED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+           "AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+_RUN = uuid.uuid4().hex[:6]
+_counter = itertools.count(1)
+
+
+def make_bytes(n: int, seed: int | str = 0) -> bytes:
+    """n deterministic pseudo-random bytes (~400 MB/s; no block ever repeats)."""
+    return hashlib.shake_128(f"s3pipefs-test:{seed}".encode()).digest(n) if n > 0 else b""
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name unique in this run and across runs, valid as an S3 bucket name (<= 63)."""
+    prefix = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40] or "t"
+    return f"{prefix}-{_RUN}-{next(_counter)}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("s3server")
+    saved = dict(os.environ)
+    # Credentials are given explicitly so a developer's AWS_* keys are never adopted.
+    server = LocalServer(str(data_dir), access_key="S3PIPEFSTESTKEY00001",
+                         secret_key=f"test-secret-{uuid.uuid4().hex}")
+    try:
+        server.start(timeout=90)
+    except S3PipeError as e:
+        server.stop()
+        pytest.fail(f"the local S3 server for the tests did not start: {e}", pytrace=False)
+    for k in _MASKED:
+        os.environ.pop(k, None)
+    nowhere = str(data_dir / "no-aws-config")
+    os.environ.update(server.env(), AWS_CONFIG_FILE=nowhere, AWS_SHARED_CREDENTIALS_FILE=nowhere)
+    try:
+        yield server
+    finally:
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        # The data can be gigabytes and pytest keeps the last three runs' temp dirs; the
+        # log stays for post-mortems.
+        shutil.rmtree(data_dir / "weed", ignore_errors=True)
+
+
+@pytest.fixture
+def s3_env(s3_server) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(s3_server.env())
+    return env
+
+
+@pytest.fixture
+def store(s3_server) -> Store:
+    return Store(S3Config(endpoint_url=s3_server.endpoint))
+
+
+def _new_bucket(store: Store, request) -> str:
+    name = unique_name(request.node.name)
+    store.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def bucket(store, request) -> str:
+    return _new_bucket(store, request)
+
+
+@pytest.fixture
+def bucket2(store, request) -> str:
+    return _new_bucket(store, request)
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A short id unique to this test (for key names, temp names...)."""
+    return unique_name("r").split("-", 1)[1]
+
+
+@pytest.fixture(name="make_bytes")
+def make_bytes_fixture():
+    return make_bytes
+
+
+@pytest.fixture
+def cli(s3_env):
+    """run(*args, input=None, env=None, timeout=120, check=False, cwd=None) -> CompletedProcess."""
+
+    def run(*args, input: bytes | None = None, env: dict | None = None, timeout: float = 120,
+            check: bool = False, cwd=None) -> subprocess.CompletedProcess:
+        e = dict(s3_env)
+        e.update(env or {})
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        r = subprocess.run([sys.executable, "-m", "s3pipefs", *map(str, args)], **stdin,
+                           capture_output=True, env=e, timeout=timeout, cwd=cwd)
+        if check and r.returncode != 0:
+            raise AssertionError(f"s3pipefs {' '.join(map(str, args))} exited {r.returncode}: "
+                                 f"{r.stderr.decode(errors='replace').strip()}")
+        return r
+
+    return run
