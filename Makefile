@@ -12,7 +12,8 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.s3pipefs-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Runtime of the FUSE layer: fusermount3 and libfuse 3, plus libfuse 2 as a fallback.
-DEB_PKGS := fuse3 libfuse3-3 libfuse2
+# rsync, gzip and tar are used by the filesystem tests (real tools, as users run them).
+DEB_PKGS := fuse3 libfuse3-3 libfuse2 rsync gzip tar
 
 .PHONY: venv deps test demo bench clean
 

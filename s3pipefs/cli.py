@@ -53,7 +53,7 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress display")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     top = _Parser(prog=PROG, description="S3 as a pipe and as a disk for huge sequential data.")
     top.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_s3_options(top)
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = cmd("verify", "read every segment, check its MD5 and the whole-stream digests")
+    p = cmd("verify", "read every segment, check its checksum and the whole-stream digests")
     p.add_argument("url", metavar="S3URL")
     p.set_defaults(func=cmd_verify)
 
@@ -98,46 +98,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("urls", metavar="S3URL", nargs="+")
     p.set_defaults(func=cmd_rm)
 
-    _optional_commands(sub)
+    _optional_commands(sub, argv)
     return top
 
 
-def _optional_commands(sub) -> None:
-    """Subcommands implemented in their own modules."""
-    try:
-        from s3pipefs import server
-    except ImportError:
-        server = None
-    if server is not None and hasattr(server, "add_serve_arguments"):
-        p = sub.add_parser("serve", help="run a local S3 server (SeaweedFS) for trying s3pipefs")
-        server.add_serve_arguments(p)
-        p.set_defaults(func=lambda a: server.serve_main(a))
+# Subcommands living in their own modules: (name, help, module). A module is imported only
+# when its command runs, so `put` and `cat` start without loading FUSE or sync code.
+_OPTIONAL = (
+    ("serve", "run a local S3 server (SeaweedFS) for trying s3pipefs", "s3pipefs.server"),
+    ("mount", "mount a bucket (or bucket/prefix) as a filesystem", "s3pipefs.fs.mount"),
+    ("cp", "copy streams, objects, files and URLs", "s3pipefs.commands.copy_cmds"),
+    ("sync", "sync prefixes, buckets and directories", "s3pipefs.commands.copy_cmds"),
+    ("abort", "list or cancel unfinished multipart uploads", "s3pipefs.commands.copy_cmds"),
+)
 
-    try:
-        from s3pipefs.fs import mount
-    except ImportError:
-        mount = None
-    if mount is not None and hasattr(mount, "add_mount_arguments"):
-        p = sub.add_parser("mount", help="mount a bucket (or bucket/prefix) as a filesystem")
-        mount.add_mount_arguments(p)
-        p.set_defaults(func=lambda a: mount.mount_main(a))
 
-    try:
-        from s3pipefs.commands import copy_cmds
-    except ImportError:
-        copy_cmds = None
-    if copy_cmds is not None:
-        for name, help in (("cp", "copy streams, objects, files and URLs"),
-                           ("sync", "sync prefixes, buckets and directories"),
-                           ("abort", "list or cancel unfinished multipart uploads")):
-            adder = getattr(copy_cmds, f"add_{name}_arguments", None)
-            runner = getattr(copy_cmds, f"{name}_main", None)
-            if adder and runner:
-                p = sub.add_parser(name, help=help, description=help)
-                _add_s3_options(p)
-                _add_transfer_options(p)
-                adder(p)
-                p.set_defaults(func=(lambda r: lambda a: r(a, make_store(a), make_transfer_config(a)))(runner))
+def _optional_commands(sub, argv) -> None:
+    import importlib
+
+    wanted = set(argv or ())
+    for name, help, modname in _OPTIONAL:
+        p = sub.add_parser(name, help=help, description=help)
+        if name not in wanted:
+            continue
+        mod = importlib.import_module(modname)
+        if name == "serve":
+            mod.add_serve_arguments(p)
+            p.set_defaults(func=mod.serve_main)
+        elif name == "mount":
+            mod.add_mount_arguments(p)
+            p.set_defaults(func=mod.mount_main)
+        else:
+            _add_s3_options(p)
+            _add_transfer_options(p)
+            getattr(mod, f"add_{name}_arguments")(p)
+            runner = getattr(mod, f"{name}_main")
+            p.set_defaults(func=lambda a, r=runner: r(a, make_store(a), make_transfer_config(a)))
 
 
 # -- building config from arguments -------------------------------------------------------
@@ -349,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("S3PIPEFS_DEBUG"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         if getattr(args, "verbose", False):
             logging.getLogger("s3pipefs").setLevel(logging.INFO)
         if not getattr(args, "func", None):
-            build_parser().print_help(sys.stderr)
+            build_parser(argv).print_help(sys.stderr)
             return 2
         return int(args.func(args) or 0)
     except errors.S3PipeError as e:

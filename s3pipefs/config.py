@@ -78,16 +78,17 @@ class S3Config:
 class TransferConfig:
     """Sizes, parallelism and timeouts of the engine."""
 
-    # 32 MiB segments: fewer requests than 8 MiB and small enough that 8 workers keep
-    # loopback and WAN links busy; measured in docs/tuning.md.
-    segment_size: int = 32 * MiB
+    # 16 MiB: measured best for 1 GiB put and cat against 8 and 32 MiB (docs/tuning.md);
+    # small enough that a seek or a live reader waits for little, big enough that request
+    # overhead stays under a few percent.
+    segment_size: int = 16 * MiB
     workers: int = 8
     staging_dir: str = field(default_factory=default_staging_dir)
     # Reader: at most ``prefetch`` units and ``read_ahead`` bytes fetched ahead of the
     # read position, and ``cache_size`` bytes of verified units kept for re-reads.
     prefetch: int = 8
-    read_ahead: int = 256 * MiB
-    cache_size: int = 64 * MiB
+    read_ahead: int = 128 * MiB
+    cache_size: int = 32 * MiB
     # Range size for plain objects (no per-range checksum exists to verify against).
     block_size: int = 8 * MiB
     # Attempts for a segment/block whose bytes fail verification or break mid-body.

@@ -166,24 +166,25 @@ def render(m: Manifest) -> bytes:
     sec["total_size"] = str(m.total_size)
     if m.completed:
         sec["upload_ended"] = m.upload_ended or now_iso()
-    cp.add_section(OWN_SECTION)
-    own = cp[OWN_SECTION]
-    own["format"] = str(m.format)
-    own["segment_size_bytes"] = str(m.segment_size)
-    if m.block_size:
-        own["block_size"] = str(m.block_size)
-    if m.layout is not None:
-        own["layout"] = m.layout.render()
-    if m.sha256:
-        own["sha256"] = m.sha256
-    if m.chain:
-        own["chain"] = m.chain
-    if m.writer_id:
-        own["writer_id"] = m.writer_id
-    if m.heartbeat:
-        own["heartbeat"] = f"{m.heartbeat:.3f}"
-    for k, v in m.extra.items():
-        own[k] = v
+    if m.own:  # a manifest parsed from an s3pipe2 stream renders as s3pipe2 wrote it
+        cp.add_section(OWN_SECTION)
+        own = cp[OWN_SECTION]
+        own["format"] = str(m.format)
+        own["segment_size_bytes"] = str(m.segment_size)
+        if m.block_size:
+            own["block_size"] = str(m.block_size)
+        if m.layout is not None:
+            own["layout"] = m.layout.render()
+        if m.sha256:
+            own["sha256"] = m.sha256
+        if m.chain:
+            own["chain"] = m.chain
+        if m.writer_id:
+            own["writer_id"] = m.writer_id
+        if m.heartbeat:
+            own["heartbeat"] = f"{m.heartbeat:.3f}"
+        for k, v in m.extra.items():
+            own[k] = v
     import io
 
     buf = io.StringIO()

@@ -44,6 +44,7 @@ MODES = ("create", "append", "resume")
 # Between manifest updates driven by landed segments; bounds manifest PUTs to ~4/s while
 # keeping live readers no more than this far behind the writer.
 MIN_MANIFEST_INTERVAL = 0.25
+MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
 
 
 def new_writer_id() -> str:
@@ -61,6 +62,11 @@ class StreamWriter:
             raise errors.UsageError(f"s3://{bucket}/: a stream needs a name, not just a bucket")
         self.prefix = self.key + "/"
         self.where = f"s3://{bucket}/{self.key}"
+        # S3 keys are at most 1024 bytes: refuse a name whose segment keys could never be
+        # stored before writing anything (its manifest would be left behind).
+        if len((self.prefix + mf.segment_name(1)).encode()) > MAX_KEY_BYTES:
+            raise errors.UsageError(f"{self.where[:60]}...: name too long for a stream: S3 keys are at most "
+                                    f"{MAX_KEY_BYTES} bytes, and segment keys add 16 to the name")
         self.writer_id = writer_id or new_writer_id()
         self.closed = False
 
@@ -173,11 +179,13 @@ class StreamWriter:
     def _delete_leftovers(self, keep: int) -> None:
         """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers."""
         doomed = []
+        # Our own staged replacement, if one is still being written ("" once swapped in:
+        # then every .next-* dir is stale, and "" must not count as a prefix of them all).
+        own = self._data_prefix[len(self.prefix):]
         for o in self.store.list(self.bucket, self.prefix):
             rel = o.key[len(self.prefix):]
             idx = mf.segment_index(rel)
-            if (idx is not None and idx > keep) or (rel.startswith(".next-") and not rel.startswith(
-                    self._data_prefix[len(self.prefix):])):
+            if (idx is not None and idx > keep) or (rel.startswith(".next-") and not (own and rel.startswith(own))):
                 doomed.append(o.key)
         if doomed:
             self.store.delete_many(self.bucket, doomed)

@@ -1,0 +1,441 @@
+"""The filesystem without FUSE: paths and file handles in, stat dicts and bytes out.
+
+operations.py only unwraps fuse_file_info and maps exceptions to errno; every decision
+is made here, so the same code runs in-process in the tests and under a kernel mount.
+
+Choices worth knowing:
+
+* Files open for writing, and streams still being written, get ``direct_io``: no page
+  cache, so a read past the size the kernel last stat'd reaches us and can wait for the
+  stream to grow (live follow), and a write is exactly one request at the offset the
+  program wrote (which is how non-sequential writes are detected). Complete streams and
+  objects go through the page cache, and keep it across opens while their version (the
+  manifest's writer and end time, or the object's ETag) is unchanged.
+* Sizes and modes: a stream shows the bytes written so far; a file this mount is
+  writing shows the writer's size. Modes are 0666/0777 minus umask (write bits cleared
+  on ``ro``); plain objects are 0444. chmod/chown/utimens are accepted and not stored,
+  so ``tar x`` and ``rsync -a`` into the mount succeed.
+* release runs on a small pool of our own threads (see ``release``).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno as _errno
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import cachetools
+
+from s3pipefs import errors
+from s3pipefs.engine import Engine, Entry
+from s3pipefs.manifest import MANIFEST_NAME
+from s3pipefs.fs import fserrors
+from s3pipefs.fs.handles import HandleTable, ReadHandle, WriteHandle
+from s3pipefs.fs.namespace import Namespace, split
+from s3pipefs.fs.options import FsConfig
+
+log = logging.getLogger(__name__)
+
+# statfs: S3 has no capacity; report 1 PiB free so df and installers' free-space checks pass.
+_STATFS_FRSIZE = 4096
+_STATFS_BLOCKS = (1 << 50) // _STATFS_FRSIZE
+_STATFS_FILES = 1 << 32
+# S3 keys are up to 1024 bytes; 255 is what tools expect of one path component.
+_NAME_MAX = 255
+# How long an open waits for the same path's previous writer to finish its release commit.
+_SETTLE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Opened:
+    fh: int
+    direct_io: bool
+    keep_cache: bool = False
+
+
+class Filesystem:
+    def __init__(self, engine: Engine, bucket: str, prefix: str, cfg: FsConfig, *, blksize: int = 1 << 20):
+        self.engine = engine
+        self.bucket = bucket
+        self.cfg = cfg
+        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl)
+        self.handles = HandleTable()
+        self.uid = os.getuid() if cfg.uid is None else cfg.uid
+        self.gid = os.getgid() if cfg.gid is None else cfg.gid
+        # st_blksize: cp, cat and friends size their buffers by it; the largest request.
+        self.blksize = blksize
+        self._closing = False
+        self._releaser: cf.ThreadPoolExecutor | None = None
+        self._follow_pool: cf.ThreadPoolExecutor | None = None
+        self._releaser_lock = threading.Lock()
+        self._versions: cachetools.LRUCache = cachetools.LRUCache(10_000)
+        self._versions_lock = threading.Lock()
+
+    # -- attributes ---------------------------------------------------------------------
+    def _mode(self, kind: str) -> int:
+        if kind == "dir":
+            perm = 0o777
+        elif kind == "object":
+            perm = 0o444
+        else:
+            perm = 0o666
+        if self.cfg.read_only:
+            perm &= ~0o222
+        perm &= ~self.cfg.umask
+        return (stat.S_IFDIR if kind == "dir" else stat.S_IFREG) | perm
+
+    def _attrs(self, kind: str, size: int, mtime: float) -> dict:
+        ns = int((mtime or self.ns.mounted_at) * 1e9)
+        return {
+            "st_mode": self._mode(kind),
+            "st_nlink": 2 if kind == "dir" else 1,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_size": size if kind != "dir" else 0,
+            "st_blocks": (size + 511) // 512 if kind != "dir" else 0,
+            "st_blksize": self.blksize,
+            "st_atime": ns,
+            "st_mtime": ns,
+            "st_ctime": ns,
+        }
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        w = self.handles.writer(path)
+        if w is not None and not w.done.is_set():
+            return self._attrs("stream", w.size, w.mtime)
+        entry = self.ns.lookup(path)
+        if entry is None:
+            raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
+        size = entry.size
+        if fh is not None:
+            # fstat on a file being followed shows how far it has grown.
+            h = self._handle_or_none(fh)
+            if isinstance(h, ReadHandle):
+                size = max(size, h.size)
+        return self._attrs(entry.kind, size, entry.mtime)
+
+    def readdir(self, path: str) -> list[tuple[str, int]]:
+        listing = self.ns.listdir(path)
+        out = [(".", self._mode("dir")), ("..", self._mode("dir"))]
+        out.extend((name, self._mode(e.kind)) for name, e in listing.items())
+        # Files this mount is creating exist before their first byte reaches S3.
+        for w in self.handles.writing_under(path):
+            parent, name = split(w.path)
+            if parent == (path.rstrip("/") or "/") and name not in listing:
+                out.append((name, self._mode("stream")))
+        return out
+
+    def statfs(self) -> dict:
+        return {
+            "f_bsize": self.blksize, "f_frsize": _STATFS_FRSIZE,
+            "f_blocks": _STATFS_BLOCKS, "f_bfree": _STATFS_BLOCKS, "f_bavail": _STATFS_BLOCKS,
+            "f_files": _STATFS_FILES, "f_ffree": _STATFS_FILES, "f_favail": _STATFS_FILES,
+            "f_namemax": _NAME_MAX,
+        }
+
+    # -- opening --------------------------------------------------------------------------
+    def open(self, path: str, flags: int) -> Opened:
+        self._check_open(path)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            return self._open_read(path)
+        return self._open_write(path, flags, creating=False)
+
+    def create(self, path: str, flags: int) -> Opened:
+        self._check_open(path)
+        return self._open_write(path, flags, creating=True)
+
+    def _check_open(self, path: str) -> None:
+        if self._closing:
+            raise fserrors.ShuttingDown(f"{self.ns.where(path)}: the filesystem is being unmounted")
+
+    def _settle(self, path: str) -> WriteHandle | None:
+        """Wait for this mount's previous writer of ``path`` to finish its last commit."""
+        w = self.handles.writer(path)
+        if w is not None and w.releasing:
+            w.done.wait(_SETTLE_TIMEOUT)
+        return w if (w is not None and not w.done.is_set()) else None
+
+    def _open_read(self, path: str) -> Opened:
+        writing = self._settle(path)
+        entry = self.ns.lookup(path)
+        if entry is None:
+            if writing is not None:
+                raise errors.Busy(f"{self.ns.where(path)}: being created on this mount, nothing uploaded yet")
+            raise errors.NotFound(f"{self.ns.where(path)}: no such file")
+        if entry.kind == "dir":
+            raise fserrors.IsADirectory(f"{self.ns.where(path)}: is a directory")
+        reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry)
+        if reader.size != entry.size or reader.complete != entry.complete:
+            # The cache was behind; the kernel's cached size may be too, so no page cache.
+            self.ns.remember(path, Entry(entry.kind, entry.bucket, entry.key, size=reader.size,
+                                         mtime=entry.mtime, complete=reader.complete,
+                                         writer_alive=entry.writer_alive, etag=entry.etag))
+            stale = True
+        else:
+            stale = False
+        growing = not reader.complete or writing is not None
+        direct = self.cfg.direct_io or growing or stale
+        version = _version(reader)
+        with self._versions_lock:
+            keep = not direct and version is not None and self._versions.get(path) == version
+            self._versions[path] = version
+        fh = self.handles.add(ReadHandle(path, reader))
+        log.debug("open %s for reading: %d bytes, %s, %s", path, reader.size,
+                  "complete" if reader.complete else "growing", "direct" if direct else "page cache")
+        return Opened(fh, direct_io=direct, keep_cache=keep)
+
+    def _open_write(self, path: str, flags: int, creating: bool) -> Opened:
+        where = self.ns.where(path)
+        if self.cfg.read_only:
+            raise errors.ReadOnly(f"{where}: mounted read-only")
+        if creating:
+            _check_name(path, where)
+        self._settle(path)
+        trunc = creating or bool(flags & os.O_TRUNC)
+        # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
+        # create() follows a negative lookup the kernel just made, so the cache will do.
+        entry = self.ns.lookup(path, fresh=not creating)
+        if entry is None and not creating:
+            raise errors.NotFound(f"{where}: no such file")
+        if entry is not None:
+            if entry.kind == "dir":
+                raise fserrors.IsADirectory(f"{where}: is a directory")
+            if entry.kind == "object":
+                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only; write to a new name")
+            if entry.writer_alive:
+                raise errors.Busy(f"{where}: another writer is writing this stream")
+        key = self.ns.key(path)
+        h = WriteHandle(
+            path, where, lambda mode: self.engine.open_writer(self.bucket, key, mode),
+            mode="create" if trunc else "append",
+            size=0 if (trunc or entry is None) else entry.size,
+            append=bool(flags & os.O_APPEND),
+            base_complete=entry.complete if entry is not None else True,
+            on_commit=self._committed,
+        )
+        fh = self.handles.add_writer(h, self.cfg.max_writers)
+        return Opened(fh, direct_io=True)
+
+    def _committed(self, h: WriteHandle) -> None:
+        self.ns.invalidate(h.path)
+        with self._versions_lock:
+            self._versions.pop(h.path, None)
+        log.info("%s: committed, %d bytes", h.where, h.size)
+
+    # -- data -------------------------------------------------------------------------------
+    def _handle_or_none(self, fh):
+        try:
+            return self.handles.get(fh)
+        except fserrors.BadHandle:
+            return None
+
+    def read(self, fh: int, size: int, offset: int, interrupted: Callable[[], bool] | None = None) -> bytes:
+        """``interrupted``: tells whether the caller gave up (Ctrl-C); reads waiting on a
+        growing stream then return EINTR instead of holding the process until data comes."""
+        h = self.handles.get(fh)
+        if isinstance(h, WriteHandle):
+            raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor opened for writing "
+                                        "(streams are append-only); open the file again to read it")
+        return h.read(offset, size, interrupted, self._followers() if interrupted else None)
+
+    def _followers(self) -> cf.ThreadPoolExecutor:
+        # Threads that wait at the end of growing streams (one per blocked read).
+        with self._releaser_lock:
+            if self._follow_pool is None:
+                self._follow_pool = cf.ThreadPoolExecutor(self.cfg.max_threads, thread_name_prefix="s3pipefs-follow")
+            return self._follow_pool
+
+    def write(self, fh: int, data: bytes, offset: int, owner: int | None = None) -> int:
+        """``owner``: the kernel's lock owner of the writing process (see handles.py)."""
+        h = self.handles.get(fh)
+        if not isinstance(h, WriteHandle):
+            raise fserrors.BadHandle(f"{self.ns.where(h.path)}: not open for writing")
+        return h.write(data, offset, owner)
+
+    def flush(self, fh: int, owner: int | None = None) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, WriteHandle):
+            h.flush(owner)
+
+    def fsync(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, WriteHandle):
+            h.fsync()
+
+    def release(self, fh: int) -> None:
+        """The last close of an open file.
+
+        The kernel does not wait for release and drops its errors, so everything that can
+        fail visibly was already done in flush. What is left (the empty stream of a file
+        created and never written, writes after the last flush) runs on our own pool:
+        libfuse cancels its worker threads (pthread_cancel) when the loop ends at
+        unmount, which must never happen in the middle of an S3 request. Until that work
+        is done the handle stays in the table, so stat shows the file and a new open of
+        the same path waits for it.
+        """
+        h = self.handles.get(fh)
+        if isinstance(h, ReadHandle):
+            try:
+                h.release()
+            finally:
+                self.handles.remove(fh)
+            return
+        if not h.needs_final_work():
+            h.done.set()
+            self.handles.remove(fh)
+            return
+        h.releasing = True
+        self._pool().submit(self._final_release, fh, h)
+
+    def _final_release(self, fh: int, h: WriteHandle) -> None:
+        try:
+            h.release()
+        except Exception as e:  # noqa: BLE001 - nobody is left to tell but the log
+            log.error("%s: final commit at close failed, stream left incomplete: %s", h.where, e)
+        finally:
+            self.handles.remove(fh)
+            self.ns.invalidate(h.path)
+
+    def _pool(self) -> cf.ThreadPoolExecutor:
+        # Created on first use, i.e. after the daemon forked (threads do not survive fork).
+        with self._releaser_lock:
+            if self._releaser is None:
+                self._releaser = cf.ThreadPoolExecutor(4, thread_name_prefix="s3pipefs-release")
+            return self._releaser
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        where = self.ns.where(path)
+        if self.cfg.read_only:
+            raise errors.ReadOnly(f"{where}: mounted read-only")
+        h = self._handle_or_none(fh) if fh is not None else None
+        if not isinstance(h, WriteHandle):
+            w = self.handles.writer(path)
+            h = w if (w is not None and not w.done.is_set()) else None
+        if h is not None:
+            h.truncate(length)
+            return
+        entry = self.ns.lookup(path, fresh=True)
+        if entry is None:
+            raise errors.NotFound(f"{where}: no such file")
+        if entry.kind == "dir":
+            raise fserrors.IsADirectory(f"{where}: is a directory")
+        if length == entry.size:
+            return
+        if entry.kind == "object":
+            raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only")
+        if length != 0:
+            raise fserrors.NotSupported(f"{where}: streams are append-only: truncate only to 0 or to the "
+                                        f"current size ({entry.size}), not to {length}")
+        self.engine.open_writer(self.bucket, self.ns.key(path), "create").close()
+        self.ns.invalidate(path)
+
+    # -- the tree ---------------------------------------------------------------------------
+    def _busy_writing(self, path: str, what: str) -> None:
+        w = self._settle(path)
+        if w is not None:
+            raise errors.Busy(f"{self.ns.where(path)}: cannot {what} while it is open for writing on this mount")
+
+    def _writable(self, path: str) -> None:
+        if self.cfg.read_only:
+            raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
+
+    def mkdir(self, path: str) -> None:
+        self._writable(path)
+        _check_name(path, self.ns.where(path))
+        self.ns.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        self._writable(path)
+        if self.handles.writing_under(path):
+            raise errors.NotEmpty(f"{self.ns.where(path)}: directory not empty (files being written)")
+        self.ns.rmdir(path)
+
+    def unlink(self, path: str) -> None:
+        self._writable(path)
+        self._busy_writing(path, "remove it")
+        self.ns.unlink(path)
+        with self._versions_lock:
+            self._versions.pop(path, None)
+
+    def rename(self, old: str, new: str) -> None:
+        self._writable(old)
+        _check_name(new, self.ns.where(new))
+        self._busy_writing(old, "rename it")
+        self._busy_writing(new, "replace it")
+        self.ns.rename(old, new)
+        with self._versions_lock:
+            self._versions.pop(old, None)
+            self._versions.pop(new, None)
+
+    def touch_metadata(self, path: str) -> None:
+        """chmod, chown, utimens: S3 keeps none of these; succeed so tar x / rsync -a work."""
+        w = self.handles.writer(path)
+        if (w is None or w.done.is_set()) and self.ns.lookup(path) is None:
+            raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
+
+    # -- the end ----------------------------------------------------------------------------
+    def shutdown(self, grace: float) -> None:
+        """Unmount: no new opens; writers get ``grace`` seconds to close, then are made
+        durable and left incomplete; readers are closed. Idempotent."""
+        first = not self._closing
+        self._closing = True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(not w.done.is_set() and not w.releasing
+                                                  for w in self.handles.writers()):
+            time.sleep(0.1)
+        for w in self.handles.writers():
+            if not w.done.is_set() and not w.releasing:
+                if not w.abort_for_shutdown(lock_timeout=max(1.0, deadline - time.monotonic())):
+                    log.warning("%s: still busy at unmount (a commit or upload in progress)", w.where)
+        for r in self.handles.readers():
+            try:
+                r.reader.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if first:
+            log.info("s3://%s/%s: no longer accepting new files", self.bucket, self.ns.prefix)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for release work (final commits) to finish; True when all done."""
+        deadline = time.monotonic() + timeout
+        while any(w.releasing and not w.done.is_set() for w in self.handles.writers()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        """After the loop ended: stop the release pool (its work is done or abandoned)."""
+        with self._releaser_lock:
+            pools = [self._releaser, self._follow_pool]
+            self._releaser = self._follow_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_name(path: str, where: str) -> None:
+    """A file named .manifest would turn its directory into a (broken) stream."""
+    if split(path)[1] == MANIFEST_NAME:
+        raise fserrors.PermissionDenied(f"{where}: '{MANIFEST_NAME}' is reserved for stream manifests")
+
+
+def _version(reader) -> tuple | None:
+    """What identifies the bytes a reader serves: changes whenever the content may have."""
+    plan = getattr(reader, "plan", None)
+    m = getattr(plan, "manifest", None)
+    if m is not None:
+        return ("stream", m.writer_id, m.upload_ended, m.total_size, m.num_segments, m.completed)
+    info = getattr(plan, "info", None)
+    if info is not None:
+        return ("object", info.etag, info.size, info.last_modified)
+    return None
+
+
+# errno of the conditions the adapter treats as routine (not worth a warning in the log).
+QUIET_ERRNOS = frozenset({_errno.ENOENT, _errno.EEXIST, _errno.ENOTEMPTY, _errno.EINTR})

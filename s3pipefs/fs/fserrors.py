@@ -1,0 +1,46 @@
+"""Filesystem-only failures, as S3PipeError subclasses so errors.errno_of maps them too.
+
+The engine never needs these: they describe POSIX situations (a directory where a file
+was expected, an operation a stream cannot do) that exist only once S3 looks like a tree.
+"""
+from __future__ import annotations
+
+import errno as _errno
+
+from s3pipefs.errors import S3PipeError
+
+
+class NotADirectory(S3PipeError):
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(S3PipeError):
+    errno = _errno.EISDIR
+
+
+class NotSupported(S3PipeError):
+    """Something a sequential, append-only stream cannot do (truncate to 100, read via a writer)."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class CrossDevice(S3PipeError):
+    """rename of a non-empty directory: mv(1) falls back to copy + delete on EXDEV."""
+
+    errno = _errno.EXDEV
+
+
+class PermissionDenied(S3PipeError):
+    """Plain objects are read-only files."""
+
+    errno = _errno.EACCES
+
+
+class ShuttingDown(S3PipeError):
+    """The mount is being unmounted: no new files are opened."""
+
+    errno = _errno.ESHUTDOWN
+
+
+class BadHandle(S3PipeError):
+    errno = _errno.EBADF

@@ -1,0 +1,263 @@
+"""Paths in the mount <-> streams, objects and directories in S3, with TTL caches.
+
+``/a/b.tar`` in a mount of ``bucket/pre/`` is the key ``pre/a/b.tar``: a stream when
+``pre/a/b.tar/.manifest`` exists, else a plain object, else a directory when anything
+lives under ``pre/a/b.tar/``. The engine classifies; this module remembers.
+
+Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
+
+* listings: directory path -> {name: Entry}, filled by readdir. A lookup in a directory
+  listed within the TTL is answered from it, so ``ls -l`` of 1000 streams costs one
+  listing (one LIST and one manifest GET per stream, made by the engine in parallel)
+  per TTL, not a request per entry per call.
+* entries: path -> Entry, or None for "does not exist" (tar x and rsync look up every
+  name before creating it).
+
+This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
+within ``metadata_ttl``.
+
+Directory markers are zero-byte objects ``dir/`` with Content-Type
+``application/x-directory``, the convention of s3fs-fuse and the S3 consoles.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+
+import cachetools
+
+from s3pipefs import errors
+from s3pipefs.engine import Engine, Entry
+from s3pipefs.fs import fserrors
+
+log = logging.getLogger(__name__)
+
+DIR_CONTENT_TYPE = "application/x-directory"
+# Bounds the caches' memory: ~1 KB per Entry, so at most ~100 MB in the worst case.
+MAX_ENTRIES = 100_000
+MAX_LISTINGS = 256
+
+
+def split(path: str) -> tuple[str, str]:
+    """'/a/b' -> ('/a', 'b'); '/a' -> ('/', 'a')."""
+    parent, name = posixpath.split(path.rstrip("/") or "/")
+    return parent or "/", name
+
+
+class Namespace:
+    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic):
+        self.engine = engine
+        self.store = engine.store
+        self.bucket = bucket
+        self.prefix = prefix  # "" or ends with "/"
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
+        self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
+        self.mounted_at = time.time()
+
+    # -- names -------------------------------------------------------------------------
+    def key(self, path: str) -> str:
+        """The S3 key of a path (no trailing slash); '' is the mount's root prefix itself."""
+        rel = path.strip("/")
+        if not rel:
+            return self.prefix.rstrip("/")
+        return self.prefix + rel
+
+    def where(self, path: str) -> str:
+        return f"s3://{self.bucket}/{self.key(path)}"
+
+    def root(self) -> Entry:
+        return Entry("dir", self.bucket, self.prefix.rstrip("/"), mtime=self.mounted_at)
+
+    # -- lookups -----------------------------------------------------------------------
+    def lookup(self, path: str, fresh: bool = False) -> Entry | None:
+        """The entry at ``path`` or None. ``fresh`` skips the caches (used before writing)."""
+        if path == "/":
+            return self.root()
+        if not fresh:
+            with self._lock:
+                if path in self._entries:
+                    return self._entries[path]
+                parent, name = split(path)
+                listing = self._listings.get(parent)
+                if listing is not None:
+                    return listing.get(name)
+        entry = self.engine.stat(self.bucket, self.key(path))
+        with self._lock:
+            self._entries[path] = entry
+        return entry
+
+    def listdir(self, path: str) -> dict[str, Entry]:
+        """{name: Entry} one level under the directory ``path``."""
+        with self._lock:
+            cached = self._listings.get(path)
+        if cached is not None:
+            return cached
+        if path != "/":
+            entry = self.lookup(path)
+            if entry is None:
+                raise errors.NotFound(f"{self.where(path)}: no such directory")
+            if entry.kind != "dir":
+                raise fserrors.NotADirectory(f"{self.where(path)}: not a directory")
+        base = self.key(path)
+        prefix = base + "/" if base else ""
+        listing: dict[str, Entry] = {}
+        for e in self.engine.listdir(self.bucket, prefix):
+            name = e.key[len(prefix):].strip("/") if e.key.startswith(prefix) else ""
+            if not name or "/" in name or name in (".", ".."):
+                continue  # the directory's own marker, or a key no file name can express
+            old = listing.get(name)
+            # An object "x" next to a prefix "x/": the stream or directory wins (it has
+            # content below it); the object stays reachable through the S3 tools.
+            if old is None or _rank(e) < _rank(old):
+                listing[name] = e
+        with self._lock:
+            self._listings[path] = listing
+        return listing
+
+    def invalidate(self, path: str) -> None:
+        """Forget ``path``, the listing it appears in, and its own listing."""
+        parent, _ = split(path)
+        with self._lock:
+            self._entries.pop(path, None)
+            self._listings.pop(parent, None)
+            self._listings.pop(path, None)
+
+    def remember(self, path: str, entry: Entry | None) -> None:
+        """Record what this mount just learned (a reader's size at open, a commit)."""
+        with self._lock:
+            self._entries[path] = entry
+            self._listings.pop(split(path)[0], None)
+
+    # -- directory changes ---------------------------------------------------------------
+    def mkdir(self, path: str) -> None:
+        if self.lookup(path, fresh=True) is not None:
+            raise errors.Exists(f"{self.where(path)}: already exists")
+        self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE)
+        self.invalidate(path)
+
+    def rmdir(self, path: str) -> None:
+        if path == "/":
+            raise errors.Busy("cannot remove the root of the mount")
+        entry = self.lookup(path, fresh=True)
+        if entry is None:
+            raise errors.NotFound(f"{self.where(path)}: no such directory")
+        if entry.kind != "dir":
+            raise fserrors.NotADirectory(f"{self.where(path)}: not a directory")
+        if self._has_content(self.key(path)):
+            raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
+        self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
+        self.invalidate(path)
+
+    def _has_content(self, key: str) -> bool:
+        """Any object under ``key/`` besides its marker? (Objects only: folders a server
+        keeps after their last object went are not content.)"""
+        marker = key + "/"
+        return any(o.key != marker for o in _take(self.store.list(self.bucket, marker), 2))
+
+    def unlink(self, path: str) -> None:
+        entry = self.lookup(path, fresh=True)
+        if entry is None:
+            raise errors.NotFound(f"{self.where(path)}: no such file")
+        if entry.kind == "dir":
+            raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
+        try:
+            self.engine.delete(self.bucket, self.key(path))
+            if entry.kind == "stream":
+                self._drop_folder(self.key(path))
+        finally:
+            self.invalidate(path)
+
+    def rename(self, old: str, new: str) -> None:
+        """Server-side copy, then delete: streams, objects and empty directories.
+
+        The destination is replaced whole (the engine's copy takes its lease and writes
+        the manifest last), so rsync's and editors' write-temp-then-rename works. A
+        directory with contents gives EXDEV, on which mv(1) copies and deletes itself.
+        """
+        if old == new:
+            return
+        src = self.lookup(old, fresh=True)
+        if src is None:
+            raise errors.NotFound(f"{self.where(old)}: no such file or directory")
+        dst = self.lookup(new, fresh=True)
+        try:
+            if src.kind == "dir":
+                self._rename_dir(old, new, dst)
+            else:
+                self._rename_file(old, new, src, dst)
+        finally:
+            self.invalidate(old)
+            self.invalidate(new)
+
+    def _rename_file(self, old: str, new: str, src: Entry, dst: Entry | None) -> None:
+        if dst is not None and dst.kind == "dir":
+            raise fserrors.IsADirectory(f"{self.where(new)}: is a directory")
+        if new.startswith(old.rstrip("/") + "/"):
+            raise errors.UsageError(f"{self.where(new)}: cannot move a file into itself")
+        skey, dkey = self.key(old), self.key(new)
+        self.engine.copy(self.bucket, skey, self.bucket, dkey)
+        if dst is not None and dst.kind != src.kind:
+            # The old destination was the other kind (object "x" vs stream "x/"): remove
+            # it, or it would shadow the new one or linger beside it.
+            if dst.kind == "object":
+                self.store.delete(self.bucket, dkey)
+            else:
+                self._delete_stream_files(dkey)
+                self._drop_folder(dkey)
+        self.engine.delete(self.bucket, skey)
+        if src.kind == "stream":
+            self._drop_folder(skey)
+
+    def _drop_folder(self, key: str, depth: int = 3) -> None:
+        """Servers with real folders (SeaweedFS) keep a deleted stream's prefix, and the
+        writer's emptied ``.next-*/`` staging folder inside it, as empty directories; the
+        stream would reappear as a stray directory. Deleting the 'name/' keys (innermost
+        first) removes them there and is a no-op on AWS. Call only once the stream's
+        objects are gone."""
+        try:
+            if depth > 0:
+                for sub in self.store.list(self.bucket, key + "/", delimiter="/"):
+                    if isinstance(sub, str):
+                        self._drop_folder(sub.rstrip("/"), depth - 1)
+            self.store.delete(self.bucket, key + "/")
+        except errors.S3PipeError as e:
+            log.debug("%s/: %s", key, e)
+
+    def _delete_stream_files(self, key: str) -> None:
+        prefix = key + "/"
+        keys = [o.key for o in self.store.list(self.bucket, prefix) if not isinstance(o, str)]
+        # Manifest first: a half-deleted stream must never look complete.
+        manifest = [k for k in keys if k.endswith("/.manifest") and k.count("/") == prefix.count("/")]
+        for k in manifest:
+            self.store.delete(self.bucket, k)
+        rest = [k for k in keys if k not in manifest]
+        if rest:
+            self.store.delete_many(self.bucket, rest)
+
+    def _rename_dir(self, old: str, new: str, dst: Entry | None) -> None:
+        if dst is not None and dst.kind != "dir":
+            raise fserrors.NotADirectory(f"{self.where(new)}: not a directory")
+        if new.startswith(old.rstrip("/") + "/"):
+            raise errors.UsageError(f"{self.where(new)}: cannot move a directory into itself")
+        if self._has_content(self.key(old)):
+            raise fserrors.CrossDevice(f"{self.where(old)}: renaming a non-empty directory is not "
+                                       "supported (mv falls back to copy and delete)")
+        if dst is not None and self._has_content(self.key(new)):
+            raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
+        self.store.put(self.bucket, self.key(new) + "/", b"", content_type=DIR_CONTENT_TYPE)
+        self._drop_folder(self.key(old))
+
+
+def _rank(e: Entry) -> int:
+    return {"stream": 0, "dir": 1}.get(e.kind, 2)
+
+
+def _take(it, n: int):
+    for i, x in enumerate(it):
+        if i >= n:
+            return
+        yield x

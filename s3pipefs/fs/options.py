@@ -1,0 +1,382 @@
+"""Mount options (`-o a,b=c`) and the mount source, parsed into frozen config objects.
+
+Pure: no S3, no FUSE, no environment reads. One table, ``OPTIONS``, names every option,
+where its value goes (S3Config, TransferConfig, FsConfig or DaemonConfig) and how it
+parses; docs/mount.md documents exactly these names (a test keeps the two in step) and
+``render`` turns a config back into an option string (property-tested round trip).
+
+Options that mount(8), fstab and systemd pass along (``_netdev``, ``nofail``, ``auto``,
+``defaults``, ``x-systemd.*`` ...) are accepted and recorded as ignored. Anything else
+unknown is a UsageError naming the option, unless the helper runs with ``-s`` (sloppy),
+in which case it becomes a warning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import grp
+import pwd
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from s3pipefs.config import S3Config, TransferConfig, parse_duration, parse_size
+from s3pipefs.errors import UsageError
+
+
+@dataclass(frozen=True)
+class FsConfig:
+    """How the tree looks and behaves; everything the FUSE layer decides by itself."""
+
+    read_only: bool = False
+    allow_other: bool = False
+    allow_root: bool = False
+    uid: int | None = None  # None: the user who mounts
+    gid: int | None = None
+    umask: int = 0o022
+    # Directory listings and stats are cached this long; this mount's own changes drop
+    # the affected entries at once. 5 s keeps `ls -l` of 1000 streams to one LIST plus
+    # one manifest GET per stream per 5 s, while a stream growing elsewhere shows its
+    # new size within seconds.
+    metadata_ttl: float = 5.0
+    # Each writer stages up to (workers + 2) * segment_size on disk; past this many open
+    # writers a new one is refused with ENOMEM instead of blocking inside write().
+    max_writers: int = 4
+    # Use direct I/O for every file (no page cache). Default: only for writers and for
+    # streams that are still being written, so live reads past the stat'd size work.
+    direct_io: bool = False
+    # libfuse 3 caps its worker threads (default 10); live-follow reads and commits each
+    # hold one for a long time, so allow more.
+    max_threads: int = 64
+    # On SIGTERM: how long open writers get to finish (close) before their streams are
+    # made durable and left incomplete.
+    shutdown_timeout: float = 30.0
+    # Generic VFS flags handed to the kernel as they are (noexec, nosuid, ...).
+    kernel_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    foreground: bool = False
+    # "auto" (syslog when /dev/log exists, else a log file), "syslog", "stderr" or a path.
+    log: str = "auto"
+    debug: bool = False
+    verbose: bool = False
+    fsname: str | None = None  # the source column of /proc/mounts; default BUCKET[/PREFIX]
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    s3: S3Config = field(default_factory=S3Config)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    fs: FsConfig = field(default_factory=FsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    # AWS shared credentials file for this mount (AWS_SHARED_CREDENTIALS_FILE).
+    credentials: str | None = None
+    # Accepted for mount(8)/systemd and otherwise ignored (logged once at mount).
+    ignored: tuple[str, ...] = ()
+
+
+# -- value parsers -------------------------------------------------------------------
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise UsageError(f"not a whole number: {text!r}") from None
+        if not lo <= v <= hi:
+            raise UsageError(f"{v} is out of range {lo}..{hi}")
+        return v
+    parse.bounds = (lo, hi)  # for the docs and the property tests
+    return parse
+
+
+def _octal(text: str) -> int:
+    t = text.lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", t):
+        raise UsageError(f"not an octal mask: {text!r} (use e.g. 022)")
+    return int(t, 8) & 0o777
+
+
+def _user(text: str) -> int:
+    if text.isdigit():
+        return _int(0, 2**32 - 2)(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise UsageError(f"no such user: {text!r}") from None
+
+
+def _group(text: str) -> int:
+    if text.isdigit():
+        return _int(0, 2**32 - 2)(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise UsageError(f"no such group: {text!r}") from None
+
+
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
+def _duration(text: str) -> float:
+    return parse_duration(text)
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise UsageError("needs a value")
+    return text
+
+
+def _url(text: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise UsageError(f"not an http(s) URL: {text!r}")
+    return text
+
+
+def _addressing(text: str) -> bool:
+    if text not in ("path", "virtual"):
+        raise UsageError(f"must be 'path' or 'virtual', not {text!r}")
+    return text == "path"
+
+
+def _log(text: str) -> str:
+    if text in ("auto", "syslog", "stderr") or text.startswith("/"):
+        return text
+    raise UsageError(f"must be syslog, stderr, auto or an absolute file path, not {text!r}")
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    target: str  # "fs" | "s3" | "transfer" | "daemon" | "top"
+    field: str
+    parse: Callable[[str], Any] | None  # None: a flag, ``value`` is what it sets
+    help: str
+    value: Any = True
+
+    @property
+    def is_flag(self) -> bool:
+        return self.parse is None
+
+
+OPTIONS: tuple[Option, ...] = (
+    # the tree
+    Option("ro", "fs", "read_only", None, "mount read-only: writes, creates and removals fail with EROFS"),
+    Option("rw", "fs", "read_only", None, "mount read-write (the default)", value=False),
+    Option("allow_other", "fs", "allow_other", None, "let other users access the mount (kernel-checked permissions)"),
+    Option("allow_root", "fs", "allow_root", None, "let root access the mount besides the mounting user"),
+    Option("uid", "fs", "uid", _user, "owner of every file and directory (number or name)"),
+    Option("gid", "fs", "gid", _group, "group of every file and directory (number or name)"),
+    Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)"),
+    Option("metadata_ttl", "fs", "metadata_ttl", _duration, "cache stats and listings this long"),
+    Option("max_writers", "fs", "max_writers", _int(1, 1024), "files open for writing at once; more get ENOMEM"),
+    Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
+    Option("max_threads", "fs", "max_threads", _int(2, 100000), "FUSE worker threads, libfuse 3"),
+    Option("shutdown_timeout", "fs", "shutdown_timeout", _duration,
+           "on SIGTERM, time open writers get to close before streams are left incomplete"),
+    # S3
+    Option("endpoint", "s3", "endpoint_url", _url, "S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS)"),
+    Option("profile", "s3", "profile", _nonempty, "AWS profile (default: $AWS_PROFILE)"),
+    Option("region", "s3", "region", _nonempty, "S3 region"),
+    Option("credentials", "top", "credentials", _nonempty, "AWS shared credentials file for this mount"),
+    Option("retries", "s3", "max_attempts", _int(1, 100), "attempts per S3 request"),
+    Option("addressing", "s3", "path_style", _addressing, "bucket addressing: path or virtual"),
+    # the engine
+    Option("segment_size", "transfer", "segment_size", _size, "segment size of new streams"),
+    Option("workers", "transfer", "workers", _int(1, 256), "parallel S3 requests per open file"),
+    Option("staging", "transfer", "staging_dir", _nonempty, "directory for staged segments (default $TMPDIR or /tmp)"),
+    Option("cache_size", "transfer", "cache_size", _size, "verified read data kept per open file"),
+    Option("read_ahead", "transfer", "read_ahead", _size, "bytes prefetched ahead of sequential reads"),
+    Option("prefetch", "transfer", "prefetch", _int(1, 1024), "segments fetched ahead at most"),
+    Option("tries", "transfer", "tries", _int(1, 100), "attempts per segment that fails verification"),
+    Option("follow_timeout", "transfer", "follow_timeout", _duration,
+           "a read waiting on a growing stream fails (EIO) after its writer is silent this long"),
+    Option("poll_interval", "transfer", "poll_interval", _duration, "how often a waiting read polls the manifest"),
+    Option("stale_after", "transfer", "stale_after", _duration,
+           "a writer whose heartbeat is older than this is dead"),
+    Option("heartbeat", "transfer", "heartbeat_interval", _duration,
+           "how often a writer refreshes its lease in the manifest"),
+    # the daemon
+    Option("foreground", "daemon", "foreground", None, "stay in the foreground (also: s3pipefs mount -f)"),
+    Option("log", "daemon", "log", _log, "where the daemon logs: auto, syslog, stderr or /path/to/file"),
+    Option("debug", "daemon", "debug", None, "log every failed operation, with tracebacks"),
+    Option("verbose", "daemon", "verbose", None, "log informational messages (mounts, commits)"),
+    Option("fsname", "daemon", "fsname", _nonempty, "source shown in /proc/mounts (default BUCKET[/PREFIX])"),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def default_of(opt: Option) -> str | None:
+    """The default of a valued option as an option value would spell it ("32M", "5s"),
+    rendered from the config dataclasses so help and docs cannot drift from the code."""
+    if opt.is_flag:
+        return None
+    base = MountOptions()
+    section = base if opt.target == "top" else getattr(base, opt.target)
+    value = getattr(section, opt.field)
+    if value is None or opt.name in ("staging",):
+        return None
+    if opt.parse is _size:
+        for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value % scale == 0:
+                return f"{value // scale}{unit}"
+        return str(value)
+    if opt.parse is _duration:
+        return f"{value:g}s"
+    return _render_value(opt, value)
+
+# Generic mount flags the kernel understands: handed to FUSE as they are.
+KERNEL_FLAGS = frozenset({"exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime",
+                          "sync", "async", "dirsync", "nonempty"})
+# Options mount(8), fstab and systemd use for themselves; accepted and ignored.
+PASSED_BY_MOUNT = frozenset({
+    "_netdev", "nofail", "auto", "noauto", "defaults", "user", "users", "nouser", "owner", "group",
+    "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime",
+    "iversion", "noiversion", "mand", "nomand", "silent", "loud", "bg", "fg",
+})
+_PASSED_PREFIXES = ("x-", "comment=", "user=", "_")
+
+
+def split_options(text: str) -> list[str]:
+    """'a,b="c,d",e' -> ['a', 'b=c,d', 'e']: commas split, double quotes protect, as in fstab."""
+    out, cur, quoted, had = [], [], False, False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            had = True
+        elif ch == "," and not quoted:
+            out.append("".join(cur))
+            cur, had = [], False
+        else:
+            cur.append(ch)
+    if quoted:
+        raise UsageError(f"unbalanced quote in mount options: {text!r}")
+    out.append("".join(cur))
+    return [o for o in (s.strip() for s in out) if o or had]
+
+
+def is_passed_by_mount(name: str, raw: str) -> bool:
+    return name in PASSED_BY_MOUNT or raw.startswith(_PASSED_PREFIXES)
+
+
+def parse_options(texts: Iterable[str], *, sloppy: bool = False,
+                  base: MountOptions | None = None) -> tuple[MountOptions, list[str]]:
+    """Option strings (each 'a,b=c', as -o gives them) -> (MountOptions, warnings).
+
+    Later options override earlier ones, as mount(8) does. ``sloppy`` turns unknown
+    options into warnings instead of errors.
+    """
+    base = base or MountOptions()
+    changes: dict[str, dict[str, Any]] = {"fs": {}, "s3": {}, "transfer": {}, "daemon": {}, "top": {}}
+    kernel: list[str] = list(base.fs.kernel_flags)
+    ignored: list[str] = list(base.ignored)
+    warnings: list[str] = []
+    for text in texts:
+        for raw in split_options(text):
+            name, eq, value = raw.partition("=")
+            name = name.strip()
+            opt = BY_NAME.get(name)
+            if opt is None:
+                if name in KERNEL_FLAGS and not eq:
+                    kernel = [k for k in kernel if k != name] + [name]
+                elif is_passed_by_mount(name, raw):
+                    ignored.append(raw)
+                elif sloppy:
+                    warnings.append(f"ignoring unknown mount option '{raw}'")
+                else:
+                    raise UsageError(f"unknown mount option '{raw}' (see `man mount.s3pipefs` or docs/mount.md)")
+                continue
+            if opt.is_flag:
+                if eq:
+                    raise UsageError(f"mount option '{name}' takes no value (got '{raw}')")
+                changes[opt.target][opt.field] = opt.value
+                continue
+            if not eq:
+                raise UsageError(f"mount option '{name}' needs a value: {name}=...")
+            try:
+                changes[opt.target][opt.field] = opt.parse(value)
+            except UsageError as e:
+                raise UsageError(f"mount option '{name}': {e}") from None
+    try:
+        transfer = dataclasses.replace(base.transfer, **changes["transfer"]).validate()
+    except UsageError as e:
+        raise UsageError(f"mount options: {e}") from None
+    fs = dataclasses.replace(base.fs, kernel_flags=tuple(kernel), **changes["fs"])
+    if fs.allow_other and fs.allow_root:
+        raise UsageError("mount options 'allow_other' and 'allow_root' exclude each other")
+    return MountOptions(
+        s3=dataclasses.replace(base.s3, **changes["s3"]),
+        transfer=transfer,
+        fs=fs,
+        daemon=dataclasses.replace(base.daemon, **changes["daemon"]),
+        credentials=changes["top"].get("credentials", base.credentials),
+        ignored=tuple(ignored),
+    ), warnings
+
+
+def _render_value(opt: Option, value: Any) -> str:
+    if opt.parse is _octal:
+        return f"{value:03o}"
+    if opt.parse is _addressing:
+        return "path" if value else "virtual"
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    return f'"{text}"' if "," in text else text
+
+
+def render(opts: MountOptions) -> str:
+    """The option string that parses back to ``opts`` (non-default values only)."""
+    default = MountOptions()
+    parts: list[str] = []
+    sections = {"fs": opts.fs, "s3": opts.s3, "transfer": opts.transfer, "daemon": opts.daemon, "top": opts}
+    defaults = {"fs": default.fs, "s3": default.s3, "transfer": default.transfer, "daemon": default.daemon,
+                "top": default}
+    done: set[tuple[str, str]] = set()
+    for opt in OPTIONS:
+        key = (opt.target, opt.field)
+        if key in done:
+            continue
+        value = getattr(sections[opt.target], opt.field)
+        if value == getattr(defaults[opt.target], opt.field):
+            continue
+        if opt.is_flag:
+            flag = next(o for o in OPTIONS if (o.target, o.field) == key and o.value == value)
+            parts.append(flag.name)
+        else:
+            parts.append(f"{opt.name}={_render_value(opt, value)}")
+        done.add(key)
+    parts.extend(opts.fs.kernel_flags)
+    parts.extend(opts.ignored)
+    return ",".join(parts)
+
+
+# -- the source --------------------------------------------------------------------------
+
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+
+
+def parse_source(text: str) -> tuple[str, str]:
+    """'bucket', 'bucket/some/prefix', 's3://bucket/prefix' or 's3pipefs#bucket' -> (bucket, prefix).
+
+    The prefix is '' or ends with '/'.
+    """
+    src = text.strip()
+    if src.startswith("s3pipefs#"):  # the old `fuse` fstab style: s3pipefs#bucket /mnt fuse ...
+        src = src[len("s3pipefs#"):]
+    if src.startswith("s3://"):
+        src = src[5:]
+    bucket, _, prefix = src.partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise UsageError(f"not a bucket name: {bucket!r} (the source is BUCKET or BUCKET/PREFIX)")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UsageError(f"prefix {prefix!r} may not contain '.' or '..' components")
+    return bucket, ("/".join(parts) + "/") if parts else ""

@@ -1,0 +1,625 @@
+"""The FUSE-free Filesystem, in-process, against a real SeaweedFS: every decision the mount
+makes (when to commit, what is EBUSY/ESPIPE/ENOMEM, what the namespace shows and what it
+costs) without a kernel in the way. test_fs_mount.py repeats the important ones through
+a real mount."""
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from s3pipefs import errors
+from s3pipefs.config import KiB, S3Config, TransferConfig
+from s3pipefs.engine import Engine
+from s3pipefs.fs import fserrors
+from s3pipefs.fs.filesystem import Filesystem
+from s3pipefs.fs.handles import WriteHandle
+from s3pipefs.fs.namespace import DIR_CONTENT_TYPE
+from s3pipefs.fs.options import FsConfig
+from s3pipefs.store import Store
+
+SEG = 64 * KiB
+WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+SHELL, CMD = 111, 222  # lock owners: two processes' file tables
+
+
+def blob(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def engine(s3_server, tmp_path):
+    store = Store(S3Config(endpoint_url=s3_server.endpoint))
+    cfg = TransferConfig(segment_size=SEG, workers=4, staging_dir=str(tmp_path / "staging"),
+                         poll_interval=0.05, follow_timeout=3, heartbeat_interval=1, stale_after=10)
+    return Engine(store, cfg)
+
+
+def make_fs(engine, bucket, **kw) -> Filesystem:
+    return Filesystem(engine, bucket, kw.pop("prefix", ""), FsConfig(**{"metadata_ttl": 60, **kw}))
+
+
+@pytest.fixture
+def fs(engine, bucket):
+    f = make_fs(engine, bucket)
+    yield f
+    f.shutdown(0)
+    f.wait_idle(30)
+    f.close()
+
+
+def write_file(fs, path, data, owner=CMD, chunk=50_000, flags=WR):
+    fh = fs.create(path, flags).fh if flags & os.O_CREAT else fs.open(path, flags).fh
+    off = 0 if flags & os.O_TRUNC else fs.getattr(path)["st_size"]
+    for i in range(0, len(data), chunk):
+        off += fs.write(fh, data[i:i + chunk], off, owner)
+    fs.flush(fh, owner)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+
+
+def read_file(fs, path) -> bytes:
+    fh = fs.open(path, os.O_RDONLY).fh
+    out, off = [], 0
+    try:
+        while b := fs.read(fh, 1 << 20, off):
+            out.append(b)
+            off += len(b)
+    finally:
+        fs.release(fh)
+    return b"".join(out)
+
+
+def s3(engine, bucket, key):
+    return engine.stat(bucket, key)
+
+
+# -- commit on close --------------------------------------------------------------------------
+
+def test_close_commits_and_the_data_is_verified_in_s3(fs, engine, bucket):
+    data = blob(5 * SEG + 17)
+    write_file(fs, "/a.bin", data)
+    e = s3(engine, bucket, "a.bin")
+    assert e.kind == "stream" and e.complete and e.size == len(data)
+    assert read_file(fs, "/a.bin") == data
+    assert fs.getattr("/a.bin")["st_size"] == len(data)
+
+
+def test_shell_redirect_commits_once_when_the_command_exits(fs, engine, bucket, monkeypatch):
+    """`cmd > f`: the shell closes its copy before cmd writes; cmd's exit commits."""
+    opened = []
+    real = engine.open_writer
+    monkeypatch.setattr(engine, "open_writer", lambda *a, **k: opened.append(a) or real(*a, **k))
+    fh = fs.create("/out", WR).fh
+    fs.flush(fh, SHELL)  # the shell's dup2 + close: nothing written, the stream is taken
+    e = s3(engine, bucket, "out")
+    assert e.kind == "stream" and not e.complete and e.writer_alive and len(opened) == 1
+    fs.write(fh, b"hello\n", 0, CMD)
+    fs.write(fh, b"world\n", 6, CMD)
+    fs.flush(fh, CMD)  # cmd exits
+    fs.release(fh)
+    assert fs.wait_idle(10)
+    assert len(opened) == 1
+    assert s3(engine, bucket, "out").complete and read_file(fs, "/out") == b"hello\nworld\n"
+
+
+def test_a_forked_child_closing_its_copy_does_not_commit(fs, engine, bucket):
+    """A writer that runs a subprocess: the child's exec closes the inherited descriptor."""
+    fh = fs.create("/live", WR).fh
+    fs.write(fh, b"x" * SEG, 0, CMD)
+    fs.fsync(fh)
+    fs.flush(fh, SHELL)  # the child's close
+    e = s3(engine, bucket, "live")
+    assert e is not None and not e.complete and e.size == SEG
+    fs.write(fh, b"y" * 10, SEG, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert s3(engine, bucket, "live").complete and read_file(fs, "/live") == b"x" * SEG + b"y" * 10
+
+
+def test_exec_3_redirect_commits_each_echo_and_appends_the_next(fs, engine, bucket):
+    """exec 3>f; echo a >&3; echo b >&3; exec 3>&-"""
+    fh = fs.create("/log", WR).fh
+    fs.write(fh, b"a\n", 0, SHELL)
+    fs.flush(fh, SHELL)  # bash restores stdout: closes the dup
+    assert s3(engine, bucket, "log").complete and read_file(fs, "/log") == b"a\n"
+    fs.write(fh, b"b\n", 2, SHELL)  # reopens in append mode at the same offset
+    fs.flush(fh, SHELL)
+    fs.flush(fh, SHELL)  # exec 3>&-
+    fs.release(fh)
+    assert fs.wait_idle(10)
+    e = s3(engine, bucket, "log")
+    assert e.complete and e.size == 4 and read_file(fs, "/log") == b"a\nb\n"
+
+
+def test_created_and_never_written_becomes_an_empty_stream(fs, engine, bucket):
+    fh = fs.create("/empty", WR).fh
+    fs.flush(fh, SHELL)
+    # Once close(2) returned, other mounts see the file: a stream being written.
+    e = s3(engine, bucket, "empty")
+    assert e.kind == "stream" and not e.complete and e.writer_alive
+    fs.release(fh)
+    # stat shows it while the release commit runs, and afterwards from S3.
+    assert fs.getattr("/empty")["st_size"] == 0
+    assert fs.wait_idle(10)
+    e = s3(engine, bucket, "empty")
+    assert e.kind == "stream" and e.complete and e.size == 0
+    assert read_file(fs, "/empty") == b""
+
+
+def test_o_trunc_replaces_only_at_commit_and_empty_truncation_works(fs, engine, bucket):
+    write_file(fs, "/f", b"old contents")
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC).fh
+    fs.write(fh, b"new", 0, CMD)
+    # The old stream is whole until the new one commits.
+    assert read_file(fs, "/f") == b"old contents"
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/f") == b"new"
+    # `: > f` (open O_TRUNC, close) empties it.
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC).fh
+    fs.flush(fh, SHELL)
+    fs.release(fh)
+    assert fs.wait_idle(10)
+    assert read_file(fs, "/f") == b"" and s3(engine, bucket, "f").complete
+
+
+def test_truncate_after_open_is_the_kernel_without_atomic_o_trunc(fs, engine, bucket):
+    write_file(fs, "/t", b"0123456789")
+    fh = fs.open("/t", os.O_WRONLY).fh  # open without O_TRUNC, then setattr(size=0)
+    fs.truncate("/t", 0, fh)
+    fs.write(fh, b"ab", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/t") == b"ab"
+    with pytest.raises(fserrors.NotSupported) as e:
+        fs.truncate("/t", 1)
+    assert e.value.errno == errno.EOPNOTSUPP
+    fs.truncate("/t", 2)  # to the current size: fine
+    fs.truncate("/t", 0)  # `truncate -s 0`
+    assert read_file(fs, "/t") == b""
+
+
+def test_append_adds_segments_and_o_append_ignores_the_kernel_offset(fs, engine, bucket):
+    write_file(fs, "/ap", b"a" * (SEG + 5))
+    fh = fs.open("/ap", os.O_WRONLY | os.O_APPEND).fh
+    fs.write(fh, b"b" * 7, 0, CMD)  # a stale i_size: the kernel may say 0
+    fs.write(fh, b"c" * 3, 5, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/ap") == b"a" * (SEG + 5) + b"b" * 7 + b"c" * 3
+
+
+def test_a_write_at_another_offset_is_refused_and_nothing_changes(fs, engine, bucket):
+    fh = fs.create("/seq", WR).fh
+    fs.write(fh, b"A" * 100, 0, CMD)
+    for off in (0, 50, 99, 101, 10**9):
+        with pytest.raises(errors.SeekNotAllowed) as e:
+            fs.write(fh, b"Z", off, CMD)
+        assert e.value.errno == errno.ESPIPE and "next byte goes at 100" in str(e.value)
+    fs.write(fh, b"B" * 10, 100, CMD)  # not sticky: sequential writes go on
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/seq") == b"A" * 100 + b"B" * 10
+    # An existing complete stream opened without O_TRUNC/O_APPEND: a write into the middle
+    # is refused, and closing leaves the stream complete and unchanged.
+    fh = fs.open("/seq", os.O_WRONLY).fh
+    with pytest.raises(errors.SeekNotAllowed):
+        fs.write(fh, b"Z", 3, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    e = s3(engine, bucket, "seq")
+    assert e.complete and read_file(fs, "/seq") == b"A" * 100 + b"B" * 10
+    # ... while a write exactly at the end appends (dd seek=N conv=notrunc).
+    fh = fs.open("/seq", os.O_WRONLY).fh
+    fs.write(fh, b"C", 110, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/seq") == b"A" * 100 + b"B" * 10 + b"C"
+
+
+def test_fsync_makes_data_durable_without_completing(fs, engine, bucket):
+    fh = fs.create("/s", WR).fh
+    fs.write(fh, b"q" * (SEG + 3), 0, CMD)
+    fs.fsync(fh)
+    e = s3(engine, bucket, "s")
+    assert not e.complete and e.size == SEG + 3
+    with engine.open_reader(bucket, "s", follow=False) as r:
+        assert r.read(0, SEG + 3) == b"q" * (SEG + 3)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert s3(engine, bucket, "s").complete
+
+
+# -- one writer, bounded writers, read-only --------------------------------------------------
+
+def test_second_writer_on_this_mount_or_elsewhere_gets_ebusy(fs, engine, bucket):
+    fh = fs.create("/w", WR).fh
+    fs.write(fh, b"1", 0, CMD)
+    with pytest.raises(errors.Busy) as e:
+        fs.open("/w", os.O_WRONLY | os.O_TRUNC)
+    assert e.value.errno == errno.EBUSY
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    # A live writer elsewhere (another mount, `s3pipefs put`): EBUSY at open.
+    other = engine.open_writer(bucket, "w", "append")
+    other.write(b"2")
+    other.flush()
+    try:
+        with pytest.raises(errors.Busy):
+            fs.open("/w", os.O_WRONLY | os.O_APPEND)
+        with pytest.raises(errors.Busy):
+            fs.unlink("/w")
+    finally:
+        other.close()
+    assert read_file(fs, "/w") == b"12"
+
+
+def test_two_opens_that_race_fail_at_the_first_write(engine, bucket):
+    fs1, fs2 = make_fs(engine, bucket), make_fs(engine, bucket)
+    a = fs1.create("/race", WR).fh
+    b = fs2.create("/race", WR).fh  # neither has written: both opens succeed
+    fs1.write(a, b"first", 0, CMD)
+    with pytest.raises(errors.Busy):
+        fs2.write(b, b"second", 0, CMD)
+    fs1.flush(a, CMD)
+    fs1.release(a)
+    fs2.release(b)
+    fs2.wait_idle(10)
+    assert read_file(fs1, "/race") == b"first"
+
+
+def test_past_max_writers_a_new_writer_gets_enomem_at_open(engine, bucket):
+    fs = make_fs(engine, bucket, max_writers=2)
+    a = fs.create("/1", WR).fh
+    b = fs.create("/2", WR).fh
+    with pytest.raises(errors.NoMemory) as e:
+        fs.create("/3", WR)
+    assert e.value.errno == errno.ENOMEM and "max_writers=2" in str(e.value)
+    fs.release(a)
+    fs.wait_idle(10)
+    fs.release(fs.create("/3", WR).fh)
+    fs.release(b)
+    assert fs.wait_idle(10)
+
+
+def test_read_only_mount_refuses_every_change(engine, bucket):
+    rw = make_fs(engine, bucket)
+    write_file(rw, "/x", b"data")
+    ro = make_fs(engine, bucket, read_only=True)
+    for call in (lambda: ro.create("/y", WR), lambda: ro.open("/x", os.O_WRONLY | os.O_APPEND),
+                 lambda: ro.mkdir("/d"), lambda: ro.unlink("/x"), lambda: ro.rename("/x", "/z"),
+                 lambda: ro.truncate("/x", 0)):
+        with pytest.raises(errors.ReadOnly) as e:
+            call()
+        assert e.value.errno == errno.EROFS
+    assert ro.getattr("/x")["st_mode"] & 0o222 == 0
+    assert read_file(ro, "/x") == b"data"
+
+
+# -- objects, directories, rename -----------------------------------------------------------------
+
+def test_plain_objects_are_read_only_files_with_random_access(fs, engine, bucket):
+    data = blob(3_000_000, 5)
+    engine.store.put(bucket, "obj.bin", data)
+    a = fs.getattr("/obj.bin")
+    assert a["st_size"] == len(data) and a["st_mode"] & 0o777 == 0o444
+    fh = fs.open("/obj.bin", os.O_RDONLY).fh
+    rnd = random.Random(3)
+    for _ in range(40):
+        off = rnd.randrange(len(data) + 10)
+        n = rnd.randrange(1, 300_000)
+        assert fs.read(fh, n, off) == data[off:off + n]
+    fs.release(fh)
+    with pytest.raises(fserrors.PermissionDenied) as e:
+        fs.open("/obj.bin", os.O_WRONLY | os.O_TRUNC)
+    assert e.value.errno == errno.EACCES
+
+
+def test_directories_markers_rmdir_and_listing(fs, engine, bucket):
+    fs.mkdir("/d")
+    info = engine.store.head(bucket, "d/")
+    assert info is not None and info.size == 0 and info.content_type == DIR_CONTENT_TYPE
+    with pytest.raises(errors.Exists):
+        fs.mkdir("/d")
+    write_file(fs, "/d/s", b"stream")
+    engine.store.put(bucket, "d/o", b"object")
+    fs.mkdir("/d/sub")
+    names = {n for n, _ in fs.readdir("/d")}
+    assert names == {".", "..", "s", "o", "sub"}
+    modes = dict(fs.readdir("/d"))
+    assert modes["sub"] & 0o170000 == 0o040000 and modes["s"] & 0o170000 == 0o100000
+    with pytest.raises(errors.NotEmpty) as e:
+        fs.rmdir("/d")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(fserrors.NotADirectory):
+        fs.rmdir("/d/s")
+    with pytest.raises(fserrors.IsADirectory):
+        fs.unlink("/d/sub")
+    fs.rmdir("/d/sub")
+    fs.unlink("/d/s")
+    fs.unlink("/d/o")
+    assert {n for n, _ in fs.readdir("/d")} == {".", ".."}
+    assert list(engine.store.list(bucket, "d/s")) == []  # segments, manifest and folder gone
+    fs.rmdir("/d")
+    assert engine.stat(bucket, "d") is None
+    with pytest.raises(errors.NotFound):
+        fs.getattr("/d")
+
+
+def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket):
+    write_file(fs, "/dir/.tmp.x", blob(3 * SEG, 2))  # rsync's temp file
+    write_file(fs, "/dir/x", b"older, longer " * 10_000)
+    fs.rename("/dir/.tmp.x", "/dir/x")
+    assert read_file(fs, "/dir/x") == blob(3 * SEG, 2)
+    assert {n for n, _ in fs.readdir("/dir")} == {".", "..", "x"}
+    assert engine.stat(bucket, "dir/.tmp.x") is None
+    # An object renamed over a stream, and a stream over an object: the old kind goes.
+    engine.store.put(bucket, "dir/o", b"obj")
+    fs.rename("/dir/o", "/dir/x")
+    assert read_file(fs, "/dir/x") == b"obj" and engine.stat(bucket, "dir/x").kind == "object"
+    write_file(fs, "/dir/s", b"strm")
+    fs.rename("/dir/s", "/dir/x")
+    assert engine.stat(bucket, "dir/x").kind == "stream" and engine.store.head(bucket, "dir/x") is None
+    # Directories: an empty one moves, a full one is EXDEV (mv copies then).
+    fs.mkdir("/e")
+    fs.rename("/e", "/e2")
+    assert fs.getattr("/e2")["st_mode"] & 0o040000 and engine.stat(bucket, "e") is None
+    with pytest.raises(fserrors.CrossDevice) as e:
+        fs.rename("/dir", "/dir2")
+    assert e.value.errno == errno.EXDEV
+
+
+def test_open_files_cannot_be_removed_or_renamed_underneath(fs):
+    fs.mkdir("/sub")
+    fh = fs.create("/sub/busy", WR).fh
+    fs.write(fh, b"x", 0, CMD)
+    assert "busy" in {n for n, _ in fs.readdir("/sub")}  # before its first byte is in S3
+    for call in (lambda: fs.unlink("/sub/busy"), lambda: fs.rename("/sub/busy", "/b2")):
+        with pytest.raises(errors.Busy):
+            call()
+    with pytest.raises(errors.NotEmpty):
+        fs.rmdir("/sub")
+    fs.flush(fh, CMD)
+    fs.release(fh)
+
+
+def test_the_manifest_name_is_reserved(fs):
+    """A file named .manifest would turn its directory into a broken stream."""
+    write_file(fs, "/s", b"x")
+    for call in (lambda: fs.create("/.manifest", WR), lambda: fs.mkdir("/.manifest"),
+                 lambda: fs.rename("/s", "/.manifest")):
+        with pytest.raises(fserrors.PermissionDenied) as e:
+            call()
+        assert e.value.errno == errno.EACCES
+
+
+def test_metadata_calls_succeed_without_storing(fs):
+    write_file(fs, "/m", b"1")
+    fs.touch_metadata("/m")
+    with pytest.raises(errors.NotFound):
+        fs.touch_metadata("/nope")
+    st = fs.statfs()
+    assert st["f_bavail"] * st["f_frsize"] >= 1 << 50 and st["f_namemax"] == 255
+
+
+def test_prefix_mount_sees_only_its_prefix(engine, bucket):
+    engine.store.put(bucket, "outside", b"o")
+    fs = make_fs(engine, bucket, prefix="inner/")
+    write_file(fs, "/f", b"inside")
+    assert engine.stat(bucket, "inner/f").complete
+    assert {n for n, _ in fs.readdir("/")} == {".", "..", "f"}
+
+
+# -- caching costs -------------------------------------------------------------------------
+
+class Counting:
+    """Wraps a Store and counts its calls by method."""
+
+    def __init__(self, store):
+        self._store = store
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*a, **k):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*a, **k)
+        return counted
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+def test_ls_l_of_many_streams_costs_one_listing_per_ttl(engine, bucket):
+    n = 40
+    for i in range(n):
+        with engine.open_writer(bucket, f"many/s{i:03d}", "create") as w:
+            w.write(b"x" * i)
+    counting = Counting(engine.store)
+    eng = Engine(counting, engine.cfg)
+    fs = make_fs(eng, bucket, metadata_ttl=30)
+
+    def ls_l():
+        names = [n for n, _ in fs.readdir("/many") if n not in (".", "..")]
+        return {name: fs.getattr(f"/many/{name}")["st_size"] for name in names}
+
+    sizes = ls_l()
+    assert sizes == {f"s{i:03d}": i for i in range(n)}
+    first = counting.total()
+    assert first <= n + 5  # one LIST (+ the directory's own stat) and one manifest GET per stream
+    counting.calls.clear()
+    for _ in range(3):
+        assert ls_l() == sizes
+    assert counting.total() == 0, counting.calls
+    # This mount's own change shows at once and costs one new listing.
+    fs.unlink("/many/s000")
+    counting.calls.clear()
+    assert "s000" not in ls_l()
+
+
+# -- reading growing streams -----------------------------------------------------------------
+
+def test_reads_follow_a_growing_stream_to_its_end(fs, engine, bucket):
+    data = blob(6 * SEG + 11, 9)
+    w = engine.open_writer(bucket, "grow", "create")
+    w.write(data[:SEG])
+    w.flush()
+    opened = fs.open("/grow", os.O_RDONLY)
+    assert opened.direct_io  # past the stat'd size the kernel must still ask us
+
+    def feed():
+        for i in range(SEG, len(data), SEG // 2):
+            time.sleep(0.05)
+            w.write(data[i:i + SEG // 2])
+        w.close()
+    t = threading.Thread(target=feed)
+    t.start()
+    out, off = [], 0
+    while b := fs.read(opened.fh, 100_000, off):
+        out.append(b)
+        off += len(b)
+    t.join()
+    fs.release(opened.fh)
+    assert b"".join(out) == data
+    # Complete now. The first open finds the cached stat behind (direct I/O: the kernel's
+    # size may be stale too); from then on the page cache is used and kept while unchanged.
+    o1 = fs.open("/grow", os.O_RDONLY)
+    o2 = fs.open("/grow", os.O_RDONLY)
+    assert o1.direct_io and not o1.keep_cache
+    assert not o2.direct_io and o2.keep_cache
+    fs.release(o1.fh)
+    fs.release(o2.fh)
+
+
+def test_a_read_waiting_on_a_growing_stream_can_be_interrupted(fs, engine, bucket):
+    """Ctrl-C on `cat growing.log`: EINTR at once, not when the writer next writes."""
+    w = engine.open_writer(bucket, "paused", "create")
+    w.write(b"p" * 10)
+    w.flush()
+    fh = fs.open("/paused", os.O_RDONLY).fh
+    assert fs.read(fh, 100, 0, lambda: False) == b"p" * 10
+    t0 = time.monotonic()
+    with pytest.raises(errors.Interrupted) as e:
+        fs.read(fh, 100, 10, lambda: time.monotonic() - t0 > 0.3)
+    assert e.value.errno == errno.EINTR and time.monotonic() - t0 < 2
+    # The abandoned read is picked up by the retry once the writer goes on.
+    threading.Timer(0.3, lambda: (w.write(b"q" * 5), w.close())).start()
+    assert fs.read(fh, 100, 10, lambda: False) == b"q" * 5
+    assert fs.read(fh, 100, 15, lambda: False) == b""
+    fs.release(fh)
+
+
+def test_a_read_waiting_on_a_dead_writer_fails_with_eio(fs, engine, bucket):
+    w = engine.open_writer(bucket, "dies", "create")
+    w.write(b"z" * SEG)
+    w.flush()
+    fh = fs.open("/dies", os.O_RDONLY).fh
+    assert fs.read(fh, SEG, 0) == b"z" * SEG
+    w.abort()  # the writer stops without completing
+    with pytest.raises(errors.StreamIncomplete) as e:
+        fs.read(fh, 10, SEG)
+    assert e.value.errno == errno.EIO and "incomplete" in str(e.value)
+    fs.release(fh)
+
+
+# -- shutdown and failures --------------------------------------------------------------------
+
+def test_shutdown_makes_open_writes_durable_and_leaves_the_stream_incomplete(engine, bucket):
+    fs = make_fs(engine, bucket)
+    fh = fs.create("/unfinished", WR).fh
+    fs.write(fh, b"k" * (2 * SEG + 5), 0, CMD)
+    fs.shutdown(0.2)
+    e = s3(engine, bucket, "unfinished")
+    assert e is not None and not e.complete and e.size == 2 * SEG + 5 and not e.writer_alive
+    with pytest.raises(fserrors.ShuttingDown):
+        fs.write(fh, b"k", 2 * SEG + 5, CMD)
+    with pytest.raises(fserrors.ShuttingDown):
+        fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(5)
+    assert not s3(engine, bucket, "unfinished").complete  # never completed short
+    with pytest.raises(fserrors.ShuttingDown):
+        fs.create("/new", WR)
+    # It can be appended to later (resumed).
+    fs2 = make_fs(engine, bucket)
+    fh = fs2.open("/unfinished", os.O_WRONLY | os.O_APPEND).fh
+    fs2.write(fh, b"!", 0, CMD)
+    fs2.flush(fh, CMD)
+    fs2.release(fh)
+    assert read_file(fs2, "/unfinished") == b"k" * (2 * SEG + 5) + b"!"
+
+
+def test_shutdown_waits_for_writers_that_close_within_the_grace(engine, bucket):
+    fs = make_fs(engine, bucket)
+    fh = fs.create("/closing", WR).fh
+    fs.write(fh, b"c" * 10, 0, CMD)
+
+    def close_soon():
+        time.sleep(0.3)
+        fs.flush(fh, CMD)
+        fs.release(fh)
+    t = threading.Thread(target=close_soon)
+    t.start()
+    fs.shutdown(5)
+    t.join()
+    assert s3(engine, bucket, "closing").complete
+
+
+class FakeWriter:
+    def __init__(self, fail_on_write=None, fail_on_close=False):
+        self.offset = 0
+        self.closed = False
+        self.aborted = False
+        self.fail_on_write = fail_on_write
+        self.fail_on_close = fail_on_close
+
+    def write(self, data):
+        if self.fail_on_write is not None and self.offset >= self.fail_on_write:
+            raise errors.EndpointError("s3://b/k: connection to the endpoint failed (test)")
+        self.offset += len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        if self.fail_on_close:
+            self.abort()
+            raise errors.IntegrityError("s3://b/k: server rejected the upload's checksum (test)")
+        self.closed = True
+
+    def abort(self):
+        self.closed = self.aborted = True
+
+
+def test_a_failed_write_aborts_and_every_later_call_reports_it():
+    w = FakeWriter(fail_on_write=10)
+    h = WriteHandle("/k", "s3://b/k", lambda mode: w, mode="create", size=0, append=False)
+    h.write(b"x" * 10, 0, CMD)
+    with pytest.raises(errors.EndpointError):
+        h.write(b"x", 10, CMD)
+    assert w.aborted
+    for call in (lambda: h.write(b"x", 10, CMD), h.fsync, lambda: h.flush(CMD)):
+        with pytest.raises(errors.EndpointError):
+            call()
+    assert not h.needs_final_work()
+    h.release()  # nothing to commit: the stream stays incomplete
+
+
+def test_a_failed_commit_is_returned_by_close_and_never_retried_as_complete():
+    w = FakeWriter(fail_on_close=True)
+    h = WriteHandle("/k", "s3://b/k", lambda mode: w, mode="create", size=0, append=False)
+    h.write(b"abc", 0, CMD)
+    with pytest.raises(errors.IntegrityError):
+        h.flush(CMD)
+    assert w.aborted
+    with pytest.raises(errors.IntegrityError):
+        h.flush(CMD)  # a second close of a dup says so again
+    assert not h.needs_final_work()
