@@ -215,7 +215,10 @@ class _Lease:
         from s3pipefs.engine.writer import new_writer_id
 
         self.store, self.cfg, self.bucket, self.prefix, self.sse, self.where = store, cfg, bucket, prefix, sse, where
-        self.writer_id = "copy:" + new_writer_id()
+        # host:pid:copy-token: still a writer id manifests.local_writer_dead() understands,
+        # so a copy killed here frees its destination at once (like a killed put).
+        host_pid, token = new_writer_id().rsplit(":", 1)
+        self.writer_id = f"{host_pid}:copy-{token}"
         self.template = mf.Manifest(
             completed=False, segment_size=template.segment_size, upload_began=mf.now_iso(),
             layout=mf.Layout(), writer_id=self.writer_id)
@@ -226,7 +229,8 @@ class _Lease:
         self.existing = None
 
     def take(self) -> None:
-        got = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
+        load = Retrier().call  # a manifest GET broken in transit is fetched again
+        got = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
         if got is None:
             self.store.bucket_exists(self.bucket)
             self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
@@ -237,7 +241,7 @@ class _Lease:
                                   f"(last heartbeat {time.time() - m.heartbeat:.0f}s ago)")
             self.existing = m
             self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=info.etag)
-        back = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
+        back = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
         if back is None or back[0].writer_id != self.writer_id:
             raise errors.Busy(f"{self.where}: another writer took this stream")
         self.etag = back[2].etag
@@ -246,9 +250,18 @@ class _Lease:
 
     def _save(self, m: mf.Manifest | bytes, *, create: bool = False, if_match: str | None = None) -> str:
         body = m if isinstance(m, bytes) else mf.render(m)
-        return self.store.put(self.bucket, manifests.manifest_key(self.prefix), body,
-                              md5=_b64(hashlib.md5(body).digest()), content_type="text/plain",
-                              if_none_match=create, if_match=if_match, sse_key=self.sse)
+        digest = hashlib.md5(body)
+        key = manifests.manifest_key(self.prefix)
+        try:
+            return self.store.put(self.bucket, key, body, md5=_b64(digest.digest()), content_type="text/plain",
+                                  if_none_match=create, if_match=if_match, sse_key=self.sse)
+        except errors.Busy:
+            # A retried conditional PUT whose first reply was lost fails against our own
+            # write: if the manifest is exactly this body, it landed (see manifests.save).
+            info = self.store.head(self.bucket, key, sse_key=self.sse)
+            if info is not None and info.plain_md5 == digest.hexdigest():
+                return info.etag
+            raise
 
     def _beat(self) -> None:
         while not self._stop.wait(self.cfg.heartbeat_interval):
@@ -383,7 +396,8 @@ def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes 
         e = engine.stat(bucket, key)
         return None if e is None else e.kind
     k = key.strip("/")
-    if k and _load_manifest(store, bucket, k + "/", _key(store, sse_key)) is not None:
+    # Retried: a manifest GET that broke in transit is transient, not "no such stream".
+    if k and Retrier().call(_load_manifest, store, bucket, k + "/", _key(store, sse_key)) is not None:
         return "stream"
     if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
         return "object"

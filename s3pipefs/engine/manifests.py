@@ -131,7 +131,12 @@ def writer_alive(m: mf.Manifest, stale_after: float, now: float | None = None) -
 
 
 def local_writer_dead(writer_id: str) -> bool:
-    """True when ``host:pid:token`` names this host and no process ``pid`` exists."""
+    """True when ``host:pid:token`` names this host and process ``pid`` is gone.
+
+    A zombie is gone too: a killed mount daemon is reparented to PID 1, and in a
+    container whose PID 1 reaps late (or never) it would otherwise hold the lease until
+    its heartbeat went stale.
+    """
     parts = writer_id.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False
@@ -141,4 +146,9 @@ def local_writer_dead(writer_id: str) -> bool:
         return True
     except OSError:
         return False
-    return False
+    try:
+        with open(f"/proc/{int(parts[1])}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]  # after "pid (comm)"
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")
