@@ -113,6 +113,10 @@ class Layout:
             c, s = int(m.group(1)), int(m.group(2))
             if c < 1 or s > MAX_SEGMENT_SIZE:
                 raise ManifestError(f"layout run {part[:40]!r} out of range")
+            # Writers only ever end a stream with one empty segment (s3pipe2's EOF marker,
+            # or an empty stream); a run of them is hostile or broken.
+            if s == 0 and c > 1:
+                raise ManifestError(f"layout run {part[:40]!r}: more than one empty segment")
             runs.append((c, s))
         return cls(tuple(runs))
 

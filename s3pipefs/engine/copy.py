@@ -192,14 +192,16 @@ def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str
         while count + 1 in found:
             count += 1
     segs = []
-    sizes = list(m.layout.sizes()) if (m.own and m.layout is not None) else None
+    # An iterator, not a list: a hostile layout may name 10**15 segments.
+    sizes = m.layout.sizes() if (m.own and m.layout is not None) else None
     for i in range(1, count + 1):
         o = found.get(i)
         if o is None:
             raise errors.StreamIncomplete(f"{where}: segment {mf.segment_name(i)} is missing")
-        if sizes is not None and o.size != sizes[i - 1]:
+        want = next(sizes, None) if sizes is not None else None
+        if want is not None and o.size != want:
             raise errors.IntegrityError(f"{where}: segment {mf.segment_name(i)} holds {o.size} bytes, "
-                                        f"the manifest says {sizes[i - 1]}")
+                                        f"the manifest says {want}")
         segs.append(o)
     if m.completed and sum(o.size for o in segs) != m.total_size:
         raise errors.IntegrityError(f"{where}: segments hold {sum(o.size for o in segs)} bytes, "

@@ -44,6 +44,66 @@ class Unit:
     start: int | None = None  # byte range inside the object; None = the whole object
 
 
+class StreamUnits:
+    """The segments of a stream as a lazy sequence of Units, computed from layout runs.
+
+    Memory is per run, not per segment: a manifest may name 10**15 segments.
+    """
+
+    def __init__(self, prefix: str, layout: mf.Layout):
+        self.prefix = prefix
+        self._runs: list[tuple[int, int, int, int]] = []  # (first index, count, size, offset)
+        index = offset = 0
+        for count, size in layout.runs:
+            self._runs.append((index, count, size, offset))
+            index += count
+            offset += count * size
+        self._count, self.size = index, offset
+        self._first = [r[0] for r in self._runs]
+        self._ends = [r[3] + r[1] * r[2] for r in self._runs]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(i)
+        first, _, size, offset = self._runs[bisect.bisect_right(self._first, i) - 1]
+        return Unit(self.prefix + mf.segment_name(i + 1), offset + (i - first) * size, size)
+
+    def index_at(self, offset: int) -> int | None:
+        """The segment holding byte ``offset`` (never an empty one), or None past the end."""
+        if offset >= self.size:
+            return None
+        first, _, size, start = self._runs[bisect.bisect_right(self._ends, offset)]
+        return first + (offset - start) // size
+
+
+class BlockUnits:
+    """A plain object as a lazy sequence of ranged Units of ``block`` bytes."""
+
+    def __init__(self, key: str, size: int, block: int):
+        self.key, self.size, self.block = key, size, block
+        self._count = -(-size // block)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(i)
+        off = i * self.block
+        return Unit(self.key, off, min(self.block, self.size - off), off)
+
+
 class StreamPlan:
     """Where each byte of a stream lives; grows while the stream is written."""
 
@@ -51,8 +111,7 @@ class StreamPlan:
         self.store, self.cfg = store, cfg
         self.bucket, self.prefix = bucket, key.strip("/") + "/"
         self.where = f"s3://{bucket}/{key.strip('/')}"
-        self.units: list[Unit] = []
-        self._offsets: list[int] = []
+        self.units = StreamUnits(self.prefix, mf.Layout())
         self.size = 0
         self.complete = False
         self.manifest: mf.Manifest | None = None
@@ -70,21 +129,19 @@ class StreamPlan:
         self._etag = loaded.etag
         self.manifest = m
         if m.own and m.layout is not None:
-            sizes = list(m.layout.sizes())
+            layout = m.layout
         else:
-            sizes = self._listed_sizes(m.num_segments)
-        for i in range(len(self.units), len(sizes)):
-            off = self.size
-            self.units.append(Unit(self.prefix + mf.segment_name(i + 1), off, sizes[i]))
-            self._offsets.append(off)
-            self.size += sizes[i]
+            layout = mf.Layout.from_sizes(self._listed_sizes(m.num_segments))
+        if layout.count >= len(self.units):  # a manifest never shrinks while it is read
+            self.units = StreamUnits(self.prefix, layout)
+            self.size = self.units.size
         self.complete = m.completed
         if m.completed and self.size != m.total_size:
             raise errors.ManifestError(f"{self.where}: segments hold {self.size} bytes, manifest says {m.total_size}")
 
     def _listed_sizes(self, count: int) -> list[int]:
         """s3pipe2 streams: segment sizes vary (short reads), so take them from a listing."""
-        sizes = [u.length for u in self.units]
+        sizes = [self.units[i].length for i in range(len(self.units))]  # only what was listed
         if len(sizes) >= count:
             return sizes[:count] if len(sizes) > count else sizes
         after = self.prefix + mf.segment_name(len(sizes)) if sizes else None
@@ -100,9 +157,7 @@ class StreamPlan:
         return sizes
 
     def unit_at(self, offset: int) -> int | None:
-        if offset >= self.size:
-            return None
-        return bisect.bisect_right(self._offsets, offset) - 1
+        return self.units.index_at(offset)
 
     def refresh(self) -> None:
         loaded = manifests.load(self.store, self.bucket, self.prefix)
@@ -147,7 +202,7 @@ class ObjectPlan:
         self.info = info
         self.size = info.size
         self.complete = True
-        self.units = [Unit(info.key, off, min(block, info.size - off), off) for off in range(0, info.size, block)]
+        self.units = BlockUnits(info.key, info.size, block)
         self._block = block
 
     def unit_at(self, offset: int) -> int | None:

@@ -79,7 +79,7 @@ class StreamWriter:
         self._hash_valid = True
         self._current: StagedFile | None = None
         self._skip = 0  # resume: input bytes already in S3, checked and skipped
-        self._skip_layout: list[int] = []
+        self._skip_layout = iter(())
         self._skip_seg_crc = 0
         self._skip_seg_left = 0
         self._skip_chain = ""
@@ -121,7 +121,7 @@ class StreamWriter:
                 began = m.upload_began or began
                 if mode == "resume":
                     self._skip = base.total
-                    self._skip_layout = list(base.sizes())
+                    self._skip_layout = base.sizes()  # lazy: the layout may be hostile
                     self._hash_valid = True
                 else:
                     # The whole-stream MD5 cannot be extended without re-reading old data.
@@ -223,7 +223,7 @@ class StreamWriter:
         """Resume: check input against the segments already uploaded, by their digest chain."""
         while view and self._skip:
             if self._skip_seg_left == 0:
-                self._skip_seg_left = self._skip_layout.pop(0)
+                self._skip_seg_left = next(self._skip_layout)
                 self._skip_seg_crc = 0
             take = min(len(view), self._skip_seg_left, self._skip)
             part = view[:take]

@@ -74,6 +74,7 @@ def plan_from_args(args) -> MountPlan:
         raise errors.UsageError("log=syslog, but there is no syslog socket /dev/log; use log=/path/to/file")
     bucket, prefix = parse_source(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
+    _clear_stale_mount(mountpoint)
     if not os.path.isdir(mountpoint):
         raise errors.UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -224,3 +225,45 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     fs.close()
     log.info("unmounted %s from %s", where, plan.mountpoint)
     return 0
+
+
+def _clear_stale_mount(mountpoint: str) -> None:
+    """A crashed s3pipefs daemon leaves its mount answering ENOTCONN. Remounting there is
+    what the user wants, so detach that dead mount (lazily) and say so; anything else that
+    is stale is reported with the command that fixes it."""
+    import errno
+    import subprocess
+
+    try:
+        # statfs always reaches the daemon; stat may be answered from cached attributes.
+        os.statvfs(mountpoint)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+    fstype = _mount_type(mountpoint)
+    if fstype and "s3pipefs" in fstype:
+        for cmd in (["fusermount3", "-uz", mountpoint], ["fusermount", "-uz", mountpoint], ["umount", "-l", mountpoint]):
+            try:
+                if subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
+                    print(f"s3pipefs: warning: {mountpoint} was a stale s3pipefs mount (its daemon is gone); "
+                          "detached it", file=sys.stderr)
+                    return
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+    raise errors.Busy(f"{mountpoint} is a stale mount (transport endpoint not connected); "
+                      f"run `umount -l {mountpoint}` and mount again")
+
+
+def _mount_type(mountpoint: str) -> str | None:
+    """The filesystem type /proc/self/mounts records for ``mountpoint``."""
+    try:
+        with open("/proc/self/mounts") as f:
+            found = None
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1].replace("\\040", " ") == mountpoint:
+                    found = parts[2]
+            return found
+    except OSError:
+        return None

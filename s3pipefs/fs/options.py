@@ -104,7 +104,7 @@ def _user(text: str) -> int:
         return _int(0, 2**32 - 2)(text)
     try:
         return pwd.getpwnam(text).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL byte in the name
         raise UsageError(f"no such user: {text!r}") from None
 
 
@@ -113,7 +113,7 @@ def _group(text: str) -> int:
         return _int(0, 2**32 - 2)(text)
     try:
         return grp.getgrnam(text).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL byte in the name
         raise UsageError(f"no such group: {text!r}") from None
 
 
@@ -289,13 +289,13 @@ def parse_options(texts: Iterable[str], *, sloppy: bool = False,
                 elif is_passed_by_mount(name, raw):
                     ignored.append(raw)
                 elif sloppy:
-                    warnings.append(f"ignoring unknown mount option '{raw}'")
+                    warnings.append(f"ignoring unknown mount option {raw!r}")
                 else:
-                    raise UsageError(f"unknown mount option '{raw}' (see `man mount.s3pipefs` or docs/mount.md)")
+                    raise UsageError(f"unknown mount option {raw!r} (see `man mount.s3pipefs` or docs/mount.md)")
                 continue
             if opt.is_flag:
                 if eq:
-                    raise UsageError(f"mount option '{name}' takes no value (got '{raw}')")
+                    raise UsageError(f"mount option '{name}' takes no value (got {raw!r})")
                 changes[opt.target][opt.field] = opt.value
                 continue
             if not eq:
@@ -327,7 +327,11 @@ def _render_value(opt: Option, value: Any) -> str:
     if opt.parse is _addressing:
         return "path" if value else "virtual"
     if isinstance(value, float):
-        return repr(value)
+        # Positional, never '1e-05': exact for the shortest repr, and parses back.
+        import decimal
+
+        text = format(decimal.Decimal(repr(value)), "f")
+        return text[:-2] if text.endswith(".0") else text
     text = str(value)
     return f'"{text}"' if "," in text else text
 
