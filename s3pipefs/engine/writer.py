@@ -264,7 +264,8 @@ class StreamWriter:
         self._slots.release()
         with self._cond:
             self._futures.discard(fut)
-            exc = fut.exception()
+            # abort() cancels queued uploads; exception() would raise for those.
+            exc = None if fut.cancelled() else fut.exception()
             if exc is not None and self._error is None:
                 self._error = exc
             self._cond.notify_all()
