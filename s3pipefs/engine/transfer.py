@@ -181,7 +181,7 @@ class _Multipart:
 
     def _raise_failed(self) -> None:
         for f in self.futures:
-            if f.done() and f.exception() is not None:
+            if f.done() and not f.cancelled() and f.exception() is not None:
                 raise f.exception()
 
     def _send(self, number: int, data_fn) -> None:
