@@ -727,7 +727,9 @@ def _file_digest(path: str, algo: str = "md5") -> str:
     h = hashlib.new(algo)
     try:
         with open(path, "rb", buffering=0) as f:
-            buf = bytearray(4 * MiB)
+            # Sized to the file: zero-filling a 4 MiB buffer per small file cost more than
+            # hashing it (10,000 files: 40 GiB of memset).
+            buf = bytearray(min(4 * MiB, max(os.fstat(f.fileno()).st_size, 0) + 1))
             view = memoryview(buf)
             while True:
                 n = f.readinto(buf)
