@@ -200,6 +200,7 @@ def cmd_put(a) -> int:
     bufsize = max(bufsize, 64 * 1024)  # s3pipe2's 4 KB default costs CPU and gains nothing
     writer = eng.open_writer(url.bucket, url.key, mode)
     stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+    _widen_pipe(stdin.fileno())
     buf = bytearray(bufsize)
     view = memoryview(buf)
     with _progress(a, desc=f"put {url}") as prog:
@@ -230,11 +231,25 @@ def cmd_cat(a) -> int:
     offset = parse_size(a.offset)
     out = sys.stdout.buffer
     fd = out.fileno()
+    _widen_pipe(fd)
     with reader, _progress(a, total=reader.size if reader.complete else None, desc=f"cat {url}") as prog:
         for chunk in reader.chunks(offset):
             _write_all(fd, chunk)
             prog.update(len(chunk))
     return 0
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow a pipe's buffer from 64 KiB to 1 MiB (Linux): 16x fewer context switches
+    between s3pipefs and the program on the other end of ``| md5sum`` or ``tar c |``."""
+    import fcntl
+    import stat
+
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size, or not Linux: the default is fine
 
 
 def _write_all(fd: int, data: memoryview) -> None:
