@@ -135,3 +135,14 @@ def cli(s3_env):
         return r
 
     return run
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a staging disk that fills up (full-disk tests). Fails, never skips."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(d)], capture_output=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr!r}"
+    yield d
+    subprocess.run(["umount", "-l", str(d)])

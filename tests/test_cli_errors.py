@@ -61,16 +61,6 @@ def test_unwritable_staging_dir(cli, bucket, tmp_path):
         json.loads(cli("info", "--json", f"s3://{bucket}/x").stdout)["completed"] is False
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    d = tmp_path / "tiny"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(d)], capture_output=True)
-    assert r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr!r}"
-    yield d
-    subprocess.run(["umount", "-l", str(d)])
-
-
 def test_full_staging_disk(cli, bucket, tiny_tmpfs):
     data = os.urandom(3 << 20)
     r = cli("put", "--segment-size", "2M", "--staging", str(tiny_tmpfs), f"s3://{bucket}/full", input=data)

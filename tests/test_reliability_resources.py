@@ -47,16 +47,6 @@ def test_fan_out_many_readers_of_one_live_stream(s3_server, s3_env, store, bucke
         assert out == data
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    d = tmp_path / "tiny"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(d)], capture_output=True)
-    assert r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr!r}"
-    yield d
-    subprocess.run(["umount", "-l", str(d)])
-
-
 def test_cp_with_a_full_staging_disk_fails_clearly_and_damages_nothing(s3_env, store, bucket, tmp_path, tiny_tmpfs):
     old = blob(SEG + 5, 53)
     url = f"s3://{bucket}/s"

@@ -44,7 +44,28 @@ class Unit:
     start: int | None = None  # byte range inside the object; None = the whole object
 
 
-class StreamUnits:
+class _LazyUnits:
+    """A read-only sequence whose items are computed by ``_unit(i)``, never stored."""
+
+    _count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(i)
+        return self._unit(i)
+
+    def _unit(self, i: int) -> Unit:
+        raise NotImplementedError
+
+
+class StreamUnits(_LazyUnits):
     """The segments of a stream as a lazy sequence of Units, computed from layout runs.
 
     Memory is per run, not per segment: a manifest may name 10**15 segments.
@@ -62,16 +83,7 @@ class StreamUnits:
         self._first = [r[0] for r in self._runs]
         self._ends = [r[3] + r[1] * r[2] for r in self._runs]
 
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._count))]
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(i)
+    def _unit(self, i: int) -> Unit:
         first, _, size, offset = self._runs[bisect.bisect_right(self._first, i) - 1]
         return Unit(self.prefix + mf.segment_name(i + 1), offset + (i - first) * size, size)
 
@@ -83,23 +95,14 @@ class StreamUnits:
         return first + (offset - start) // size
 
 
-class BlockUnits:
+class BlockUnits(_LazyUnits):
     """A plain object as a lazy sequence of ranged Units of ``block`` bytes."""
 
     def __init__(self, key: str, size: int, block: int):
         self.key, self.size, self.block = key, size, block
         self._count = -(-size // block)
 
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._count))]
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(i)
+    def _unit(self, i: int) -> Unit:
         off = i * self.block
         return Unit(self.key, off, min(self.block, self.size - off), off)
 
