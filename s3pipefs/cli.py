@@ -258,12 +258,6 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
 
 
 def cmd_ls(a) -> int:

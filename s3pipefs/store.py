@@ -8,7 +8,6 @@ Errors are classified by their code, never by their message text.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -51,8 +50,9 @@ class ObjectInfo:
         return None
 
 
-def md5_b64(data) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
+def b64(digest: bytes) -> str:
+    """A binary digest as the base64 text Content-MD5 and x-amz-checksum-* headers carry."""
+    return base64.b64encode(digest).decode()
 
 
 def _where(bucket: str, key: str | None) -> str:

@@ -146,3 +146,14 @@ def tiny_tmpfs(tmp_path):
     assert r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr!r}"
     yield d
     subprocess.run(["umount", "-l", str(d)])
+
+
+def run_cli(s3_server, *args, endpoint: str | None = None, input: bytes | None = None, env: dict | None = None):
+    """Run `python -m s3pipefs ARGS` against ``s3_server`` (or ``endpoint``, e.g. a fault proxy)."""
+    e = dict(s3_server.env())
+    if endpoint:
+        e["AWS_ENDPOINT_URL"] = endpoint
+        e.pop("AWS_ENDPOINT_URL_S3", None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "s3pipefs", *args], input=input, env=e,
+                          capture_output=True, timeout=300)

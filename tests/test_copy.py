@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +15,7 @@ from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.engine import copy as copy_mod
 from s3pipefs.store import Store
+from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 
 SEG = 1 * MiB
@@ -40,16 +39,6 @@ def read_stream(store: Store, bucket: str, key: str) -> bytes:
         return b"".join(bytes(c) for c in r.chunks(0))
     finally:
         r.close()
-
-
-def run_cli(s3_server, *args, endpoint: str | None = None, input: bytes | None = None, env: dict | None = None):
-    e = dict(s3_server.env())
-    if endpoint:
-        e["AWS_ENDPOINT_URL"] = endpoint
-        e.pop("AWS_ENDPOINT_URL_S3", None)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "s3pipefs", *args], input=input, env=e,
-                          capture_output=True, timeout=300)
 
 
 @pytest.fixture

@@ -6,25 +6,16 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 
 from s3pipefs import manifest as mf
 from s3pipefs.config import MiB, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.engine.sync import Sync, SyncOptions, make_filter, parse_location
+from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 
 TCFG = TransferConfig(segment_size=1 * MiB, workers=4)
-
-
-def run_cli(s3_server, *args, endpoint=None, input=None):
-    e = dict(s3_server.env())
-    if endpoint:
-        e["AWS_ENDPOINT_URL"] = endpoint
-        e.pop("AWS_ENDPOINT_URL_S3", None)
-    return subprocess.run([sys.executable, "-m", "s3pipefs", *args], input=input, env=e,
-                          capture_output=True, timeout=300)
 
 
 def sync_json(s3_server, *args, endpoint=None) -> tuple[int, dict, str]:

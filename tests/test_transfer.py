@@ -10,8 +10,6 @@ import hashlib
 import http.server
 import os
 import re
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -21,16 +19,8 @@ from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine, transfer
 from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.store import Store
+from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
-
-
-def run_cli(s3_server, *args, endpoint=None, input=None):
-    e = dict(s3_server.env())
-    if endpoint:
-        e["AWS_ENDPOINT_URL"] = endpoint
-        e.pop("AWS_ENDPOINT_URL_S3", None)
-    return subprocess.run([sys.executable, "-m", "s3pipefs", *args], input=input, env=e,
-                          capture_output=True, timeout=300)
 
 
 @pytest.fixture

@@ -189,6 +189,19 @@ def add_cp_arguments(p: argparse.ArgumentParser) -> None:
     _add_key_options(p)
 
 
+def _source_kind(s3, s, src: str, skey) -> str:
+    """"stream" or "object" for a cp source; a clear error for nothing or a directory."""
+    from s3pipefs.engine import copy as copy_mod
+
+    kind = copy_mod.entry_kind(s3, s.bucket, s.key, sse_key=skey)
+    if kind is None:
+        s3.bucket_exists(s.bucket)
+        raise errors.NotFound(f"{src}: no such stream or object")
+    if kind == "dir":
+        raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
+    return kind
+
+
 def cp_main(args, store, tcfg: TransferConfig | None = None) -> int:
     """Entry point of `s3pipefs cp`; returns the exit status."""
     return _run(_cp, args, store, tcfg)
@@ -225,12 +238,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
         s, d = _parse_s3(src), _parse_s3(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = copy_mod.entry_kind(s3, s.bucket, s.key, sse_key=skey)
-        if kind is None:
-            s3.bucket_exists(s.bucket)
-            raise errors.NotFound(f"{src}: no such stream or object")
-        if kind == "dir":
-            raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
+        kind = _source_kind(s3, s, src, skey)
         with _progress(a, f"cp {src}") as prog:
             if kind == "stream":
                 r = copy_mod.copy_stream(s3, s.bucket, s.key, d.bucket, d.key, workers,
@@ -289,12 +297,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
 
     # S3 -> local file or stdout
     s = _parse_s3(src)
-    kind = copy_mod.entry_kind(s3, s.bucket, s.key, sse_key=skey)
-    if kind is None:
-        s3.bucket_exists(s.bucket)
-        raise errors.NotFound(f"{src}: no such stream or object")
-    if kind == "dir":
-        raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
+    kind = _source_kind(s3, s, src, skey)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))

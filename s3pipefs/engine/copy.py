@@ -44,7 +44,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, MiB, TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.store import ObjectInfo, Store, b64 as _b64
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +298,7 @@ class _Lease:
             log.warning("%s: could not release the stream: %s", self.where, e)
 
 
-def _b64(digest: bytes) -> str:
-    import base64
 
-    return base64.b64encode(digest).decode()
 
 
 def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
-import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
@@ -141,12 +140,3 @@ class Engine:
         from s3pipefs.engine import copy as _copy
 
         _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key)
-
-
-def wait_until(pred, timeout: float, interval: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()

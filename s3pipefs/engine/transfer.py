@@ -28,7 +28,6 @@ cancels it. Every S3 call goes through a Retrier (engine/ratelimit.py).
 """
 from __future__ import annotations
 
-import base64
 import collections
 import concurrent.futures as cf
 import hashlib
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors
 from s3pipefs.config import MiB
 from s3pipefs.engine.ratelimit import Retrier, TransientError
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.store import ObjectInfo, Store, b64 as _b64
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ def part_size_for(size: int | None, wanted: int) -> int:
     return math.ceil(need / MiB) * MiB if need > MiB else need
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
+
 
 
 def multipart_etag(part_md5s: list[bytes]) -> str:

@@ -21,7 +21,6 @@ Data flow::
 """
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
 import hashlib
 import logging
@@ -36,7 +35,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.staging import StagedFile, StagingDir
-from s3pipefs.store import Store
+from s3pipefs.store import Store, b64 as store_b64
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,7 @@ class StreamWriter:
         self._skip_chain = ""
         self._replacing = False
         self._data_prefix = self.prefix
+        self._data_prefix_done: str | None = None  # a swapped-in replacement's staging prefix
         self._manifest_etag: str | None = None
         self._manifest_dirty = False
         self._stop_manifest = threading.Event()
@@ -273,7 +273,7 @@ class StreamWriter:
     def _upload(self, index: int, staged: StagedFile) -> None:
         key = self._data_prefix + mf.segment_name(index)
         crc = mf.crc32_bytes(_file_crc32(staged.path))
-        b64 = base64.b64encode(crc).decode()
+        b64 = store_b64(crc)
         meta = {"crc32": crc.hex(), "gen": self.writer_id}
         last: BaseException | None = None
         for attempt in range(self.cfg.tries):
@@ -475,7 +475,7 @@ class StreamWriter:
             self._current.remove()
             self._current = None
         self._staging.cleanup()
-        done = getattr(self, "_data_prefix_done", None)
+        done = self._data_prefix_done
         if done:
             try:
                 doomed = [o.key for o in self.store.list(self.bucket, done)]
