@@ -7,6 +7,7 @@ stderr and exit status 1 (2 for usage errors); no tracebacks unless S3PIPEFS_DEB
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -348,8 +349,17 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _calm_gc() -> None:
+    """Collect cycles 30x less often. The data path makes few cycles, but botocore makes
+    many short-lived objects per request, and the default threshold (700) made the
+    collector walk every live object (~6% of a `cat`'s CPU) over and over."""
+    gc.freeze()  # what is imported by now lives as long as the process
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _calm_gc()
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     debug = bool(os.environ.get("S3PIPEFS_DEBUG"))
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -13,9 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 import urllib3.exceptions
 
 from s3pipefs.config import S3Config
@@ -114,8 +115,20 @@ def _translate(exc: Exception, bucket: str, key: str | None, action: str, sse: b
     return errors.S3PipeError(f"{doing}{where}: {type(exc).__name__}: {exc}")
 
 
+class _S3OnlyLoader(botocore.loaders.Loader):
+    """botocore's model loader, told that S3 is the only service there is.
+
+    Otherwise the first client walks all ~440 model directories to check that "s3" is a
+    known name: ~900 listdirs and ~2700 stats, a quarter of a second on a cold cache, which
+    every short `cat` or `put` paid before its first request.
+    """
+
+    def list_available_services(self, type_name):
+        return ["s3"]
+
+
 class Store:
-    """Thread-safe S3 access for the engine. One boto3 client shared by all workers."""
+    """Thread-safe S3 access for the engine. One botocore S3 client shared by all workers."""
 
     def __init__(self, cfg: S3Config | None = None):
         self.cfg = cfg or S3Config()
@@ -133,11 +146,12 @@ class Store:
 
     def _make_client(self):
         c = self.cfg
+        session = botocore.session.Session(profile=c.profile or None)
+        session.register_component("data_loader", _S3OnlyLoader())
         try:
-            session = boto3.session.Session(profile_name=c.profile) if c.profile else boto3.session.Session()
+            region = c.region or session.get_config_variable("region") or "us-east-1"
         except botocore.exceptions.ProfileNotFound as e:
-            raise errors.UsageError(f"AWS profile not found: {c.profile}") from e
-        region = c.region or session.region_name or "us-east-1"
+            raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
         bc = botocore.config.Config(
             region_name=region,
             max_pool_connections=c.max_pool_connections,
@@ -153,7 +167,10 @@ class Store:
             # Our calls are typed by construction; validation cost ~15% of a small request.
             parameter_validation=False,
         )
-        return session.client("s3", endpoint_url=c.endpoint_url, config=bc)
+        try:
+            return session.create_client("s3", endpoint_url=c.endpoint_url, config=bc)
+        except botocore.exceptions.ProfileNotFound as e:
+            raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
 
     def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
         key = key if key is not None else (None if source else self.cfg.sse_c_key)

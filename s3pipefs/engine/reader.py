@@ -23,12 +23,12 @@ import logging
 import secrets
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 
 import cachetools
 
 from s3pipefs import errors, manifest as mf
+from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.store import ObjectInfo, Store
@@ -373,7 +373,7 @@ def _verify_segment(where: str, data, info: ObjectInfo) -> None:
     """Check a whole segment against the checksum it carries; IntegrityError if it differs."""
     want = info.metadata.get("crc32")
     if want:
-        if f"{zlib.crc32(data):08x}" != want.lower():
+        if f"{crc32(data):08x}" != want.lower():
             raise errors.IntegrityError(f"{where}: CRC32 mismatch (corrupted in transit or at rest)")
         return
     md5 = info.plain_md5

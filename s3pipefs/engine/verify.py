@@ -3,10 +3,10 @@ whole-stream digests (the SHA-256 of all bytes, and the chain over the segment C
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass, field
 
 from s3pipefs import errors, manifest as mf
+from s3pipefs.checksum import crc32
 
 
 @dataclass
@@ -48,7 +48,7 @@ def verify_stream(engine, bucket: str, key: str, progress=lambda n: None) -> Ver
                     rep.problems.append(str(e))
                     break
                 whole.update(data)
-                chain = mf.chain_next(chain, mf.crc32_bytes(zlib.crc32(data)))
+                chain = mf.chain_next(chain, mf.crc32_bytes(crc32(data)))
                 rep.segments += 1
                 rep.size += len(data)
                 progress(len(data))

@@ -29,9 +29,9 @@ import secrets
 import socket
 import threading
 import time
-import zlib
 
 from s3pipefs import errors, manifest as mf
+from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.staging import StagedFile, StagingDir
@@ -228,7 +228,7 @@ class StreamWriter:
             take = min(len(view), self._skip_seg_left, self._skip)
             part = view[:take]
             self._stream_hash.update(part)
-            self._skip_seg_crc = zlib.crc32(part, self._skip_seg_crc)
+            self._skip_seg_crc = crc32(part, self._skip_seg_crc)
             self._skip -= take
             self._skip_seg_left -= take
             view = view[take:]
@@ -503,5 +503,5 @@ def _file_crc32(path: str) -> int:
             n = f.readinto(buf)
             if not n:
                 break
-            crc = zlib.crc32(view[:n], crc)
+            crc = crc32(view[:n], crc)
     return crc
