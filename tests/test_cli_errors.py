@@ -132,3 +132,13 @@ def test_seekless_rm_and_ls(cli, bucket):
     assert [e["key"] for e in listing] == ["a/s2"] and listing[0]["size"] == 2
     r = cli("rm", f"s3://{bucket}/a/s1")
     assert r.returncode == 1 and "no such" in one_line(r)
+
+
+def test_unknown_profile_is_a_usage_error_naming_it(cli, bucket, tmp_path):
+    config = tmp_path / "aws-config"
+    config.write_text("[profile real]\nregion = us-east-1\n")
+    for args, env in ((["--profile", "nosuch-a"], {}), ([], {"AWS_PROFILE": "nosuch-b"})):
+        r = cli("cat", *args, f"s3://{bucket}/x", env={"AWS_CONFIG_FILE": str(config), **env})
+        assert r.returncode == 2
+        name = args[1] if args else env["AWS_PROFILE"]
+        assert one_line(r) == f"s3pipefs: AWS profile not found: {name}"
