@@ -36,20 +36,21 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_transfer_options(p: argparse.ArgumentParser) -> None:
+    d = TransferConfig.__dataclass_fields__  # the defaults the help text states
     g = p.add_argument_group("transfer")
     g.add_argument("--segment-size", default=argparse.SUPPRESS, metavar="SIZE",
-                   help="segment size for new streams, e.g. 32M (default 32M)")
+                   help=f"segment size for new streams, e.g. 64M (default {d['segment_size'].default // MiB}M)")
     g.add_argument("-m", dest="segment_mb", type=int, default=argparse.SUPPRESS, metavar="MB",
                    help="segment size in MB (s3pipe2 compatible)")
-    g.add_argument("--workers", "-n", type=int, default=argparse.SUPPRESS, help="parallel S3 requests (default 8)")
+    g.add_argument("--workers", "-n", type=int, default=argparse.SUPPRESS, help=f"parallel S3 requests (default {d['workers'].default})")
     g.add_argument("--staging", "-p", default=argparse.SUPPRESS, metavar="DIR",
                    help="staging directory for segments (default $TMPDIR or /tmp)")
-    g.add_argument("--tries", "-t", type=int, default=argparse.SUPPRESS, help="attempts per segment (default 5)")
+    g.add_argument("--tries", "-t", type=int, default=argparse.SUPPRESS, help=f"attempts per segment (default {d['tries'].default})")
     g.add_argument("-b", dest="buffer_kb", type=int, default=argparse.SUPPRESS, metavar="KB",
                    help="read buffer in KB (s3pipe2 compatible; default 1024)")
     g.add_argument("--follow-timeout", default=argparse.SUPPRESS, metavar="SECONDS",
-                   help="give up on a stream whose writer is silent this long (default 60s)")
-    g.add_argument("--read-ahead", default=argparse.SUPPRESS, metavar="SIZE", help="bytes fetched ahead (default 256M)")
+                   help=f"give up on a stream whose writer is silent this long (default {d['follow_timeout'].default:g}s)")
+    g.add_argument("--read-ahead", default=argparse.SUPPRESS, metavar="SIZE", help=f"bytes fetched ahead (default {d['read_ahead'].default // MiB}M)")
     g.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="progress and details on stderr")
     g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress display")
 
