@@ -15,12 +15,14 @@ from typing import Iterator
 
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import botocore.loaders
 import botocore.session
 import urllib3.exceptions
 
-from s3pipefs.config import S3Config
 from s3pipefs import errors
+from s3pipefs.config import S3Config
+from s3pipefs.quick import QuickS3
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class Store:
     def __init__(self, cfg: S3Config | None = None):
         self.cfg = cfg or S3Config()
         self._client = None
+        self._quick: QuickS3 | None = None
         self._lock = threading.Lock()
 
     # The client is created lazily so that a daemon can fork before any thread exists.
@@ -141,8 +144,19 @@ class Store:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._make_client()
+                    client = self._make_client()
+                    self._quick = QuickS3.for_client(client, self.cfg.path_style)
+                    self._client = client
         return self._client
+
+    @property
+    def quick_requests(self) -> int:
+        """Requests sent by the quick path (botocore's own are seen by its events)."""
+        return self._quick.sent if self._quick is not None else 0
+
+    def _quick_path(self) -> QuickS3 | None:
+        self.client  # noqa: B018 - creates the client, and with it the quick path
+        return self._quick
 
     def _make_client(self):
         c = self.cfg
@@ -172,9 +186,14 @@ class Store:
             parameter_validation=False,
         )
         try:
-            return session.create_client("s3", endpoint_url=c.endpoint_url, config=bc)
+            client = session.create_client("s3", endpoint_url=c.endpoint_url, config=bc)
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
+        # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25
+        # one-byte reads of the interim reply) before each upload. Our bodies are at most a
+        # segment, so an early refusal would save little; the round trip costs every time.
+        client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        return client
 
     def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
         key = key if key is not None else (None if source else self.cfg.sse_c_key)
@@ -269,12 +288,21 @@ class Store:
             length: int | None = None,
             metadata: dict | None = None, content_type: str | None = None,
             if_none_match: bool = False, if_match: str | None = None,
-            sse_key: bytes | None = None) -> str:
+            sse_key: bytes | None = None, quick: bool = False) -> str:
         """Upload one object; returns its ETag.
 
         ``md5`` is a base64 Content-MD5, ``crc32`` a base64 x-amz-checksum-crc32: the server
         refuses the upload (BadDigest) when the body it received does not match.
+        ``quick``: the caller retries failures itself (engine.ratelimit.Retrier), so a small
+        in-memory body may skip botocore's pipeline (quick.py).
         """
+        fast = self._quick_path() if quick and isinstance(body, bytes) and not (
+            sse_key or self.cfg.sse_c_key or if_match or if_none_match) else None
+        if fast is not None:
+            headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
+                                         ("Content-Type", content_type)) if v}
+            headers.update({f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()})
+            return self._call(lambda: fast.put(bucket, key, body, headers), bucket, key, "write")
         kw = {"Bucket": bucket, "Key": key, "Body": body, **self._sse(sse_key)}
         if md5:
             kw["ContentMD5"] = md5
@@ -295,8 +323,15 @@ class Store:
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
              metadata: dict | None = None, source_sse_key: bytes | None = None,
-             sse_key: bytes | None = None) -> str:
-        """Server-side copy of an object up to 5 GB; returns the new ETag."""
+             sse_key: bytes | None = None, quick: bool = False) -> str:
+        """Server-side copy of an object up to 5 GB; returns the new ETag.
+
+        ``quick`` as for put(): the caller retries, so botocore's pipeline may be skipped.
+        """
+        fast = self._quick_path() if quick and metadata is None and not (
+            source_sse_key or sse_key or self.cfg.sse_c_key) else None
+        if fast is not None:
+            return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key), bucket, key, "copy to")
         kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},
               **self._sse(sse_key), **self._sse(source_sse_key, source=True)}
         if metadata is not None:

@@ -106,7 +106,8 @@ def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         if info is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such object or stream")
     if info.size <= max_single:
-        etag = call(store.copy, src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey)
+        etag = call(store.copy, src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey,
+                    quick=True)
         _check_etag(info.etag, etag, skey or dkey, f"s3://{dst_bucket}/{dst_key}")
         if progress:
             progress(info.size)

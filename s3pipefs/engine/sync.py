@@ -264,18 +264,25 @@ def _human(n: float) -> str:
 
 
 class RequestCounter:
-    """Counts the S3 requests a client sends (botocore 'before-send'), retries included."""
+    """Counts the S3 requests a store sends, retries included: botocore's through its
+    'before-send' event, the quick path's (store.quick_requests) by its own count."""
 
     def __init__(self, store: Store):
         self.store = store
-        self.n = 0
+        self._n = 0
+        self._quick0 = 0
         self._lock = threading.Lock()
+
+    @property
+    def n(self) -> int:
+        return self._n + self.store.quick_requests - self._quick0
 
     def _on(self, **kw):
         with self._lock:
-            self.n += 1
+            self._n += 1
 
     def __enter__(self):
+        self._quick0 = self.store.quick_requests
         self.store.client.meta.events.register("before-send.s3", self._on, unique_id=f"s3pipefs-count-{id(self)}")
         return self
 

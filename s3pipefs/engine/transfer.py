@@ -317,7 +317,7 @@ def _put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier,
     md5 = hashlib.md5(data).digest()
     meta = dict(metadata or {})
     etag = retrier.call(store.put, bucket, key, data, md5=_b64(md5), content_type=content_type,
-                        metadata=meta or None, sse_key=sse_key)
+                        metadata=meta or None, sse_key=sse_key, quick=True)
     if progress:
         progress(len(data))
     return Result(size=len(data), sent=len(data), parts=0, etag=etag, md5=md5.hex())

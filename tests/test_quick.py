@@ -1,0 +1,94 @@
+"""The quick request path (s3pipefs/quick.py) must be indistinguishable from botocore's:
+same objects stored, same errors raised, same retry classification."""
+import base64
+import hashlib
+
+import pytest
+
+from s3pipefs import errors
+from s3pipefs.config import S3Config
+from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats, classify, THROTTLE
+from s3pipefs.store import Store
+from tests.faultproxy import Rule
+
+ODD_KEYS = ["plain.txt", "a b/c+d%e~f.bin", "ü/ж/日本.txt", "x?y#z&=;:@,$!'()*[]"]
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_quick_put_and_copy_store_what_botocore_would(store, bucket, key):
+    data = f"body of {key}".encode()
+    etag = store.put(bucket, key, data, md5=_md5(data), content_type="text/x-test",
+                     metadata={"md5": hashlib.md5(data).hexdigest(), "origin": "quick"}, quick=True)
+    assert etag == hashlib.md5(data).hexdigest()
+    assert store.quick_requests >= 1, "the quick path was not taken"
+    got, info = store.get(bucket, key)
+    assert got == data
+    assert info.content_type == "text/x-test"
+    assert info.metadata == {"md5": hashlib.md5(data).hexdigest(), "origin": "quick"}
+
+    copied = store.copy(bucket, key, bucket, key + ".copy", quick=True)
+    assert copied == etag
+    got, info2 = store.get(bucket, key + ".copy")
+    assert got == data and info2.metadata == info.metadata and info2.content_type == "text/x-test"
+
+
+def _error(fn):
+    with pytest.raises(errors.S3PipeError) as e:
+        fn()
+    return type(e.value), str(e.value), e.value.code
+
+
+def test_quick_errors_are_botocore_errors(store, bucket):
+    data = b"some bytes"
+    cases = [
+        lambda q: store.put("no-such-bucket-quick", "k", data, md5=_md5(data), quick=q),
+        lambda q: store.put(bucket, "k", data, md5=_md5(b"other bytes"), quick=q),  # BadDigest
+        lambda q: store.copy(bucket, "missing-source", bucket, "dest", quick=q),
+        lambda q: store.copy("no-such-bucket-quick", "k", bucket, "dest", quick=q),
+        lambda q: store.put(bucket, "dir/./../x", data, quick=q),  # a key this server refuses
+    ]
+    for case in cases:
+        slow, quick = _error(lambda: case(False)), _error(lambda: case(True))
+        assert quick == slow
+    assert _error(lambda: cases[1](True))[0] is errors.IntegrityError
+
+
+def test_quick_with_wrong_secret_is_access_denied(s3_server, bucket):
+    bad = Store(S3Config(endpoint_url=s3_server.endpoint))
+    bad.client._request_signer._credentials.secret_key = "zz-bad-secret-zz"  # noqa: SLF001 - the test's point
+    bad._quick._creds = bad.client._request_signer._credentials  # noqa: SLF001
+    kind, msg, _ = _error(lambda: bad.put(bucket, "k", b"x", md5=_md5(b"x"), quick=True))
+    assert kind is errors.AccessDenied and "zz-bad-secret-zz" not in msg
+
+
+def test_quick_throttles_are_classified_and_retried(s3_server, fault_proxy, bucket):
+    store = Store(S3Config(endpoint_url=fault_proxy.endpoint))
+    fault_proxy.add(Rule("status", status=503, code="SlowDown", method="PUT", path_contains=f"/{bucket}/t", times=3))
+    with pytest.raises(errors.S3PipeError) as e:
+        store.put(bucket, "t0", b"x", md5=_md5(b"x"), quick=True)
+    assert e.value.code == "SlowDown" and classify(e.value) == THROTTLE
+    stats = RetryStats()
+    retrier = Retrier(RateLimiter(), tries=3, stats=stats, sleep=lambda s: None)
+    retrier.call(store.put, bucket, "t1", b"y", md5=_md5(b"y"), quick=True)
+    assert stats.throttles == 2
+    assert store.get(bucket, "t1")[0] == b"y"
+
+
+def test_puts_skip_100_continue_and_body_hashing(s3_server, fault_proxy, bucket, tmp_path):
+    """Both paths: no 'Expect: 100-continue' round trip, no SHA-256 of the body for the
+    signature (the signed Content-MD5/CRC32 protects it; the server checks those)."""
+    store = Store(S3Config(endpoint_url=fault_proxy.endpoint))
+    f = tmp_path / "body"
+    f.write_bytes(b"file body")
+    store.put(bucket, "slow", f.open("rb"), md5=_md5(b"file body"))
+    store.put(bucket, "quick", b"mem body", md5=_md5(b"mem body"), quick=True)
+    puts = [s for s in fault_proxy.requests if s.method == "PUT" and f"/{bucket}/" in s.path]
+    assert len(puts) == 2
+    for s in puts:
+        assert "expect" not in s.headers
+        assert s.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert s.headers["content-md5"]
