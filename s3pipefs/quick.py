@@ -1,12 +1,13 @@
 """Small, repeated S3 requests sent without botocore's per-call pipeline.
 
 A botocore call costs ~1 ms of CPU before and after the network: parameter serialisation,
-some forty event hooks, endpoint rules, response parsing, and a ``100-continue`` round trip
-before every PUT body. A sync of 10,000 small files spent more CPU there than the server
-spent storing the files. The two requests a sync repeats per file, a PUT of a small body
-and a CopyObject, are built here as plain HTTP, signed by botocore's own SigV4 signer with
-the client's credentials, and sent through the client's own HTTP session (same
-connection pool, TLS and proxy settings): ~0.45 ms each.
+some forty event hooks, endpoint rules, response parsing. A sync of 10,000 small files
+spent more CPU there than the server spent storing the files, and parsing a listing page
+of 1000 keys (timestamps through dateutil) took 70 ms. What a sync repeats - a PUT of a
+small body, a CopyObject, a listing page - is built here as plain HTTP, signed by
+botocore's own SigV4 signer with the client's credentials, and sent through the client's
+own HTTP session (same connection pool, TLS and proxy settings): ~0.45 ms a request, and
+a listing page parsed in ~10 ms.
 
 Deliberately narrow:
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
-from urllib.parse import quote
+from datetime import datetime
+from typing import Iterator
+from urllib.parse import quote, unquote_plus, urlencode
 
 import botocore.auth
 import botocore.awsrequest
@@ -73,8 +76,46 @@ class QuickS3:
                 return (child.text or "").strip('"')
         return ""
 
-    def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict, op: str):
-        url = f"{self._endpoint}/{bucket}/{quote(key, safe='/~')}"
+    def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+             start_after: str | None = None) -> Iterator[tuple]:
+        """ListObjectsV2, all pages: ("key", key, size, etag, mtime) or ("prefix", prefix)."""
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        if delimiter:
+            params["delimiter"] = delimiter
+        if start_after:
+            params["start-after"] = start_after
+        while True:
+            r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=urlencode(sorted(params.items())))
+            root = _xml(r.content)
+            if root is None or _local(root.tag) != "ListBucketResult":
+                raise botocore.exceptions.ClientError(
+                    {"Error": {"Code": "InternalError", "Message": "unreadable listing"},
+                     "ResponseMetadata": {"HTTPStatusCode": r.status_code}}, "ListObjectsV2")
+            encoded = _child_text(root, "EncodingType") == "url"
+            token, truncated = None, False
+            objects = []  # a page's prefixes come first, as from Store.list's botocore path
+            for el in root:
+                tag = _local(el.tag)
+                if tag == "Contents":
+                    f = {_local(c.tag): c.text or "" for c in el}
+                    key = unquote_plus(f.get("Key", "")) if encoded else f.get("Key", "")
+                    mtime = datetime.fromisoformat(f["LastModified"]).timestamp() if f.get("LastModified") else 0.0
+                    objects.append(("key", key, int(f.get("Size") or 0), f.get("ETag", "").strip('"'), mtime))
+                elif tag == "CommonPrefixes":
+                    p = _child_text(el, "Prefix")
+                    yield ("prefix", unquote_plus(p) if encoded else p)
+                elif tag == "NextContinuationToken":
+                    token = el.text
+                elif tag == "IsTruncated":
+                    truncated = (el.text or "").strip().lower() == "true"
+            yield from objects
+            if not truncated or not token:
+                return
+            params["continuation-token"] = token
+            params.pop("start-after", None)
+
+    def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict, op: str, query: str = ""):
+        url = f"{self._endpoint}/{bucket}/{quote(key, safe='/~')}" + (f"?{query}" if query else "")
         req = botocore.awsrequest.AWSRequest(method, url, data=body, headers=headers)
         req.context["client_config"] = self._config  # payload signing off, as for the client
         creds = self._creds.get_frozen_credentials() if self._creds is not None else None
@@ -91,6 +132,13 @@ class QuickS3:
 
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
+
+
+def _child_text(el, name: str) -> str:
+    for c in el:
+        if _local(c.tag) == name:
+            return c.text or ""
+    return ""
 
 
 def _xml(body: bytes):

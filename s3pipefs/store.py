@@ -251,8 +251,22 @@ class Store:
         return r["Body"], _info(key, r)
 
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
-             start_after: str | None = None) -> Iterator[ObjectInfo | str]:
-        """Objects (ObjectInfo) and, with a delimiter, common prefixes (str), in key order."""
+             start_after: str | None = None, quick: bool = False) -> Iterator[ObjectInfo | str]:
+        """Objects (ObjectInfo) and, with a delimiter, common prefixes (str), in key order.
+
+        ``quick`` as for put(): the caller retries, so botocore's pipeline may be skipped.
+        """
+        fast = self._quick_path() if quick else None
+        if fast is not None:
+            try:
+                for item in fast.list(bucket, prefix, delimiter, start_after):
+                    if item[0] == "prefix":
+                        yield item[1]
+                    else:
+                        yield ObjectInfo(key=item[1], size=item[2], etag=item[3], last_modified=item[4])
+            except Exception as e:  # noqa: BLE001
+                raise translate(e, bucket, prefix, "list") from None
+            return
         kw = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             kw["Delimiter"] = delimiter

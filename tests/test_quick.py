@@ -92,3 +92,17 @@ def test_puts_skip_100_continue_and_body_hashing(s3_server, fault_proxy, bucket,
         assert "expect" not in s.headers
         assert s.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
         assert s.headers["content-md5"]
+
+
+def test_quick_listing_equals_botocore_listing(store, bucket):
+    keys = [f"p/{k}" for k in ODD_KEYS] + [f"p/many/{i:04d}" for i in range(1100)] + ["p/sub/x", "q/outside"]
+    for k in keys:
+        store.put(bucket, k, b"v" * (len(k) % 7), quick=True)
+    for kw in ({"prefix": "p/"}, {"prefix": "p/", "delimiter": "/"}, {"prefix": "p/many/", "start_after": "p/many/0998"},
+               {"prefix": ""}):
+        slow = list(store.list(bucket, **kw))
+        quick = list(store.list(bucket, quick=True, **kw))
+        assert quick == slow, kw
+    assert len(list(store.list(bucket, "p/", quick=True))) == len(keys) - 1  # pages joined, q/ left out
+    kind, _, _ = _error(lambda: list(store.list("no-such-bucket-quick", "", quick=True)))
+    assert kind is errors.BucketNotFound

@@ -257,3 +257,24 @@ def test_sync_in_process_reports_requests(store, bucket, bucket2):
     assert rep.copied == 50 and rep.requests >= 50
     d = rep.as_dict()
     assert d["objects_per_second"] > 0 and d["failures"] == []
+
+
+def test_sync_counts_every_request_and_rides_out_faults_on_the_quick_path(store, bucket, bucket2, s3_server, tmp_path):
+    """A reset listing and 500s on uploads are retried; the reported request count is what
+    the server saw (quick-path requests included, retries included)."""
+    for i in range(120):
+        p = tmp_path / "src" / f"d{i % 4}" / f"f{i:03d}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(100 + i))
+    with FaultProxy(s3_server.endpoint) as proxy:
+        proxy.add(Rule("reset", method="GET", path_contains=f"/{bucket}", times=1))
+        proxy.add(Rule("status", status=500, method="PUT", path_contains=f"/{bucket}/up/d1/", times=5))
+        code, rep, err = sync_json(s3_server, str(tmp_path / "src"), f"s3://{bucket}/up/", endpoint=proxy.endpoint)
+        assert code == 0, err
+        assert rep["copied"] == 120 and rep["failed"] == 0 and rep["retries"] >= 6
+        assert rep["requests"] == proxy.count()
+    got = listing(store, bucket, "up/")
+    assert len(got) == 120
+    for i in (0, 5, 119):
+        rel = f"d{i % 4}/f{i:03d}"
+        assert store.get(bucket, "up/" + rel)[0] == (tmp_path / "src" / rel).read_bytes()

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = "/" + mf.MANIFEST_NAME
 TMP_MARK = ".s3pipefs-"
 MODES = ("existing", "etag", "checksum")
+# Entries per checker task, and bytes to hash per task (large files stay parallel).
+CHECK_BATCH = 64
+CHECK_BATCH_BYTES = 8 * MiB
 
 
 # -- locations and entries -------------------------------------------------------------------------
@@ -108,7 +111,7 @@ class Entry:
 
 def list_s3(store: Store, loc: S3Loc, retrier: Retrier) -> dict[str, Entry]:
     """Objects and streams under the prefix, by relative path. One LIST per 1000 keys."""
-    infos = retrier.call(lambda: [o for o in store.list(loc.bucket, loc.prefix) if not isinstance(o, str)])
+    infos = retrier.call(lambda: [o for o in store.list(loc.bucket, loc.prefix, quick=True) if not isinstance(o, str)])
     roots: dict[str, ObjectInfo] = {}
     for o in infos:
         if o.key.endswith(MANIFEST_SUFFIX):
@@ -372,8 +375,20 @@ class Sync:
             self._delete_extra(src_entries, dst_entries)
 
     def _decide_all(self, src_entries: dict, dst_entries: dict, futures: list) -> None:
-        """Compare every source entry; submit checks and transfers (bounded queues)."""
+        """Compare every source entry; submit checks and transfers (bounded queues).
+
+        Checks go to the pool in batches: hashing a small file takes a few microseconds,
+        handing it to a thread and back took ten times that.
+        """
         checkers, workers = self._checkers, self._workers
+        batch: list = []
+        batch_bytes = 0
+
+        def flush():
+            nonlocal batch, batch_bytes
+            if batch:
+                futures.append(self._submit(self._cslots, checkers, self._check_batch, batch))
+                batch, batch_bytes = [], 0
         for rel in sorted(src_entries):
             if len(futures) >= 4096:
                 futures[:] = [f for f in futures if not f.done()]
@@ -387,11 +402,15 @@ class Sync:
                 continue  # a directory marker
             verdict = self._quick(s, d)
             if verdict is None:
-                futures.append(self._submit(self._cslots, checkers, self._check, s, d))
+                batch.append((s, d))
+                batch_bytes += s.size
+                if len(batch) >= CHECK_BATCH or batch_bytes >= CHECK_BATCH_BYTES:
+                    flush()
             elif verdict:
                 futures.append(self._submit(self._tslots, workers, self._transfer, s, d, verdict))
             else:
                 self._skip(s)
+        flush()
 
     def _submit(self, slots, pool, fn, *args):
         slots.acquire()
@@ -402,6 +421,10 @@ class Sync:
             raise
         fut.add_done_callback(lambda f: slots.release())
         return fut
+
+    def _check_batch(self, batch: list) -> None:
+        for s, d in batch:
+            self._guard(self._check, (s, d))
 
     def _guard(self, fn, args):
         if self._stop.is_set():
