@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
-from s3pipefs.engine.reader import ObjectPlan, Reader, StreamPlan
+from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.store import ObjectInfo, Store
 
@@ -42,9 +42,11 @@ def _iso_to_epoch(text: str) -> float:
 
 
 class Engine:
-    def __init__(self, store: Store, cfg: TransferConfig | None = None):
+    def __init__(self, store: Store, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
         self.store = store
         self.cfg = (cfg or TransferConfig()).validate()
+        # Shared by every reader this engine opens (a mount); None: each has its own read_ahead.
+        self.read_budget = read_budget
 
     # -- classification ------------------------------------------------------------------
     def stream_entry(self, bucket: str, key: str, loaded: manifests.Loaded) -> Entry:
@@ -107,12 +109,14 @@ class Engine:
         if entry is None or entry.kind == "stream":
             loaded = manifests.load(self.store, bucket, key + "/") if key else None
             if loaded is not None:
-                return Reader(self.store, self.cfg, StreamPlan(self.store, self.cfg, bucket, key, loaded), follow)
+                return Reader(self.store, self.cfg, StreamPlan(self.store, self.cfg, bucket, key, loaded), follow,
+                              budget=self.read_budget)
         info = self.store.head(bucket, key) if key else None
         if info is None:
             self.store.bucket_exists(bucket)
             raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
-        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False)
+        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False,
+                      budget=self.read_budget)
 
     def delete(self, bucket: str, key: str) -> Entry:
         """Remove a stream (segments, manifest, staged leftovers) or an object."""

@@ -157,6 +157,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     # Imported here: mfusepy binds libfuse at import, and nothing of it should exist
     # in the parent of the fork.
     from s3pipefs.engine import Engine
+    from s3pipefs.engine.reader import ReadBudget
     from s3pipefs.fs import fuselib
     from s3pipefs.fs.filesystem import Filesystem
     from s3pipefs.fs.operations import Operations
@@ -164,7 +165,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
 
     where = f"s3://{plan.bucket}/{plan.prefix}"
     try:
-        engine = Engine(Store(opts.s3), opts.transfer)
+        engine = Engine(Store(opts.s3), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory))
         try:
             engine.store.bucket_exists(plan.bucket)
         except errors.NotFound:

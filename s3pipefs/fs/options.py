@@ -41,6 +41,10 @@ class FsConfig:
     # Each writer stages up to (workers + 2) * segment_size on disk; past this many open
     # writers a new one is refused with ENOMEM instead of blocking inside write().
     max_writers: int = 4
+    # Read-ahead shared by all files open for reading: each gets an equal share, at most
+    # read_ahead, at least one segment. 512M lets four sequential readers run at full
+    # speed, and thirty-two stay within the same memory.
+    read_memory: int = 512 * 1024 * 1024
     # Use direct I/O for every file (no page cache). Default: only for writers and for
     # streams that are still being written, so live reads past the stat'd size work.
     direct_io: bool = False
@@ -177,6 +181,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)"),
     Option("metadata_ttl", "fs", "metadata_ttl", _duration, "cache stats and listings this long"),
     Option("max_writers", "fs", "max_writers", _int(1, 1024), "files open for writing at once; more get ENOMEM"),
+    Option("read_memory", "fs", "read_memory", _size, "read-ahead memory shared by all files open for reading"),
     Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
     Option("max_threads", "fs", "max_threads", _int(2, 100000), "FUSE worker threads, libfuse 3"),
     Option("shutdown_timeout", "fs", "shutdown_timeout", _duration,
