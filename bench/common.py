@@ -40,7 +40,7 @@ class Run:
 
 @dataclass
 class Row:
-    section: str       # put, cat, mount, sync
+    section: str       # put, cat, mount, sync, copy
     op: str            # e.g. "put (stdin)", "write", "dir->bucket"
     tool: str          # s3pipefs, s5cmd, rclone, aws, s3fs
     variant: str       # e.g. "rclone mount --vfs-cache-mode off"

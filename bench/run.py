@@ -2,6 +2,7 @@
 """s3pipefs side by side with s5cmd, rclone, aws cli and s3fs-fuse, on one local S3 server.
 
     .venv/bin/python bench/run.py                     # everything, 1 GiB, 10,000 small objects
+    .venv/bin/python bench/run.py --only copy --size 64M   # S3->S3 copy of one big file
     .venv/bin/python bench/run.py --size 64M --objects 1000 --only put,cat
     .venv/bin/python bench/run.py --tools s3pipefs,rclone --repeat 3
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ALL_TOOLS, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools  # noqa: E402
 
-SECTIONS = ("put", "cat", "mount", "sync")
+SECTIONS = ("put", "cat", "mount", "sync", "copy")
 HASHERS = ("md5sum", "sha1sum", "b2sum", "cksum")
 
 
@@ -41,7 +42,7 @@ def parse_size(text: str) -> int:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="1G", help="size of the test data for put/cat/mount rows (default 1G; K/M/G are binary)")
+    ap.add_argument("--size", default="1G", help="size of the test data for put/cat/mount/copy rows (default 1G; K/M/G are binary)")
     ap.add_argument("--objects", type=int, default=10000, help="small objects in the sync rows (default 10000)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"sections to run, comma-separated: {','.join(SECTIONS)} (pipe = put,cat)")
@@ -244,6 +245,7 @@ def main(argv=None) -> int:
     from measure import drop_caches, set_child_subreaper
     import mount as mount_rows
     import pipe as pipe_rows
+    import s3copy as copy_rows
     import sync as sync_rows
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
         else:
             drop_note = drop_caches()
 
-        data_sections = {"put", "cat", "mount"} & set(a.sections)
+        data_sections = {"put", "cat", "mount", "copy"} & set(a.sections)
         hash_time = gen_time = None
         if data_sections:
             ctx.data = fastdir / "data.bin"
@@ -298,7 +300,7 @@ def main(argv=None) -> int:
                   f"{ctx.digest}", flush=True)
 
         builders = {"put": pipe_rows.put_rows, "cat": pipe_rows.cat_rows, "mount": mount_rows.rows,
-                    "sync": sync_rows.rows}
+                    "sync": sync_rows.rows, "copy": copy_rows.rows}
         for s in a.sections:
             rows += builders[s](ctx, a.tool_list)
 
