@@ -61,3 +61,33 @@ def test_cp_with_a_full_staging_disk_fails_clearly_and_damages_nothing(s3_env, s
     assert m.completed and m.total_size == len(old)
     assert run(s3_env, "cat", url).stdout == old
     assert not os.listdir(tiny_tmpfs)
+
+
+def test_a_staged_segment_damaged_on_disk_never_lands(store, bucket, monkeypatch):
+    """The segment CRC is taken from the data as it arrives, not from the staging file, so
+    a byte that changes on the staging disk makes the server refuse the upload (BadDigest)
+    instead of storing it with a matching checksum."""
+    from s3pipefs import errors
+    from s3pipefs.engine import staging
+
+    real_seal = staging.StagedFile.seal
+
+    def seal_then_rot(self):
+        real_seal(self)
+        if self.path.endswith("000000000000002"):
+            with open(self.path, "r+b") as f:
+                f.seek(100)
+                b = f.read(1)
+                f.seek(100)
+                f.write(bytes([b[0] ^ 0x40]))
+
+    monkeypatch.setattr(staging.StagedFile, "seal", seal_then_rot)
+    cfg = TransferConfig(segment_size=64 * 1024, workers=2, tries=2)
+    w = Engine(store, cfg).open_writer(bucket, "rot")
+    with pytest.raises(errors.IntegrityError):
+        w.write(os.urandom(5 * 64 * 1024))
+        w.close()
+    w.abort()
+    keys = [o.key for o in store.list(bucket, "rot/")]
+    assert "rot/000000000000002" not in keys
+    assert "completed = true" not in store.get(bucket, "rot/.manifest")[0].decode().lower()

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 
+from s3pipefs.checksum import crc32
 from s3pipefs.errors import StagingError
 
 
@@ -32,11 +33,14 @@ class StagingDir:
 
 
 class StagedFile:
-    """An append-only private file holding one segment."""
+    """An append-only private file holding one segment, and the CRC32 of what was given
+    to it: taken from memory as the data arrives, so the upload's checksum also covers
+    the trip through the staging disk (and the file is not read twice)."""
 
     def __init__(self, path: str):
         self.path = path
         self.size = 0
+        self.crc = 0
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -44,6 +48,7 @@ class StagedFile:
 
     def write(self, data) -> None:
         view = memoryview(data)
+        self.crc = crc32(view, self.crc)
         try:
             while view:
                 n = os.write(self.fd, view)

@@ -272,7 +272,7 @@ class StreamWriter:
 
     def _upload(self, index: int, staged: StagedFile) -> None:
         key = self._data_prefix + mf.segment_name(index)
-        crc = mf.crc32_bytes(_file_crc32(staged.path))
+        crc = mf.crc32_bytes(staged.crc)
         b64 = store_b64(crc)
         meta = {"crc32": crc.hex(), "gen": self.writer_id}
         last: BaseException | None = None
@@ -492,16 +492,3 @@ class StreamWriter:
             self.close()
         else:
             self.abort()
-
-
-def _file_crc32(path: str) -> int:
-    crc = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(4 * 1024 * 1024)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            crc = crc32(view[:n], crc)
-    return crc
