@@ -273,6 +273,33 @@ def show(argv: list[str], ctx: "Ctx") -> str:
     return " ".join(out)
 
 
+def fresh_key(tool: str, rep: int) -> str:
+    """A key per tool and repetition: an object left by an earlier repetition can never
+    pass for this one's result."""
+    return f"{tool}-r{rep}.bin"
+
+
+def timed_command(ctx: "Ctx", tool: str, argv: list[str], logf, log: Path, timeout: float,
+                  note: str = "") -> Run:
+    """Run ``argv`` once, its output to ``logf``, with the server's CPU watched alongside.
+
+    Returns its Run (wall, CPU, RSS, server CPU) with ``reason`` set when it timed out or
+    exited non-zero; ``ok`` is left False for the caller's own check of the result.
+    """
+    from measure import Proc, TreeMonitor, wait_all
+
+    srv = TreeMonitor(ctx.server_pids, sample_rss=False).start()
+    t = Proc(tool, argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=ctx.env)
+    finished = wait_all([t], timeout)
+    server_cpu, _ = srv.stop()
+    run = Run(ok=False, wall=t.wall, tool_cpu=t.cpu, tool_rss=t.maxrss, server_cpu=server_cpu, note=note)
+    if not finished:
+        run.reason = f"timeout after {timeout:g}s (log {log})"
+    elif t.rc != 0:
+        run.reason = f"{tool} exit status {t.rc}: {tail(log)}"
+    return run
+
+
 def tail(path: Path, lines: int = 3) -> str:
     try:
         text = Path(path).read_text(errors="replace").strip().splitlines()

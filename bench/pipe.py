@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, parse_digest, show, tail
+from common import RCLONE_REMOTE, Ctx, Row, Run, fresh_key, parse_digest, show, tail
 from measure import Proc, TreeMonitor, wait_all
 
 BUCKET = "bench-pipe"
@@ -42,12 +42,6 @@ def cat_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
 PIPE_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws")
 
 
-def _key(tool: str, rep: int) -> str:
-    # a fresh key per repetition: an object left by an earlier repetition can never pass
-    # for this one's upload
-    return f"{tool}-r{rep}.bin"
-
-
 def put_rows(ctx: Ctx, tools: list[str]) -> list[Row]:
     rows = []
     for tool in PIPE_TOOLS:
@@ -62,7 +56,7 @@ def put_rows(ctx: Ctx, tools: list[str]) -> list[Row]:
             feed = "cat DATA | " if ctx.args.stdin == "pipe" else ""
             redirect = "" if ctx.args.stdin == "pipe" else " < DATA"
             row.commands = [f"{feed}{show(argv, ctx)}{redirect}"]
-            row.fn = lambda ctx, rep, tool=tool: run_put(ctx, tool, _key(tool, rep))
+            row.fn = lambda ctx, rep, tool=tool: run_put(ctx, tool, fresh_key(tool, rep))
         rows.append(row)
     return rows
 
@@ -79,7 +73,7 @@ def cat_rows(ctx: Ctx, tools: list[str]) -> list[Row]:
         else:
             argv = cat_argv(ctx, tool, "KEY")
             row.commands = [f"{show(argv, ctx)} | {shlex.join(ctx.hasher)}"]
-            row.fn = lambda ctx, rep, tool=tool: run_cat(ctx, tool, _key(tool, rep))
+            row.fn = lambda ctx, rep, tool=tool: run_cat(ctx, tool, fresh_key(tool, rep))
         rows.append(row)
     return rows
 

@@ -32,8 +32,8 @@ import hashlib
 import re
 import subprocess
 
-from common import RCLONE_REMOTE, GiB, MiB, Ctx, Row, Run, show, tail
-from measure import Proc, TreeMonitor, wait_all
+from common import RCLONE_REMOTE, GiB, MiB, Ctx, Row, Run, fresh_key, show, tail, timed_command
+from measure import Proc, wait_all
 
 SRC_BUCKET = "bench-copy-src"
 DST_BUCKET = "bench-copy-dst"
@@ -63,11 +63,6 @@ def copy_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
     }[tool]()
 
 
-def _key(tool: str, rep: int) -> str:
-    # a fresh key per repetition: a copy left by an earlier repetition can never pass
-    return f"{tool}-r{rep}.bin"
-
-
 def _source_cmd(ctx: Ctx, tool: str) -> str:
     if tool == "s3pipefs":
         return show([ctx.tools.paths["s3pipefs"], "put", _url(SRC_BUCKET, SRC_STREAM)], ctx) + " < DATA"
@@ -86,7 +81,7 @@ def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
         else:
             row.commands = [show(copy_argv(ctx, tool, "KEY"), ctx),
                             f"(source, once, untimed: {_source_cmd(ctx, tool)})"]
-            row.fn = lambda ctx, rep, tool=tool: run_copy(ctx, tool, _key(tool, rep))
+            row.fn = lambda ctx, rep, tool=tool: run_copy(ctx, tool, fresh_key(tool, rep))
         out.append(row)
     return out
 
@@ -269,16 +264,8 @@ def run_copy(ctx: Ctx, tool: str, key: str) -> Run:
     argv = copy_argv(ctx, tool, key)
     log = ctx.log(f"copy-{tool}")
     with open(log, "wb") as logf:
-        srv = TreeMonitor(ctx.server_pids, sample_rss=False).start()
-        t = Proc(tool, argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=ctx.env)
-        finished = wait_all([t], ctx.timeout)
-        server_cpu, _ = srv.stop()
-    run = Run(ok=False, wall=t.wall, tool_cpu=t.cpu, tool_rss=t.maxrss, server_cpu=server_cpu, note=note)
-    if not finished:
-        run.reason = f"timeout after {ctx.timeout:g}s (log {log})"
-    elif t.rc != 0:
-        run.reason = f"{tool} exit status {t.rc}: {tail(log)}"
-    else:
+        run = timed_command(ctx, tool, argv, logf, log, ctx.timeout, note)
+    if not run.reason:
         bad = (check_stream(ctx, DST_BUCKET, key, like=(SRC_BUCKET, SRC_STREAM)) if tool == "s3pipefs"
                else check_object(ctx, DST_BUCKET, key))
         if bad:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, show, tail
-from measure import Proc, TreeMonitor, wait_all
+from common import RCLONE_REMOTE, Ctx, Row, Run, show, tail, timed_command
+from measure import Proc, wait_all
 
 SRC_BUCKET = "bench-sync-src"
 
@@ -174,16 +174,8 @@ def run_sync(ctx: Ctx, sc: Scenario, tool: str, rep: int) -> Run:
             if not wait_all([w], timeout) or w.rc != 0:
                 ctx.delete_prefix(bucket, prefix + "/")
                 return Run(ok=False, reason=f"first (untimed) sync failed, exit status {w.rc}: {tail(log)}")
-        srv = TreeMonitor(ctx.server_pids, sample_rss=False).start()
-        t = Proc(tool, argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=ctx.env)
-        finished = wait_all([t], timeout)
-        server_cpu, _ = srv.stop()
-    run = Run(ok=False, wall=t.wall, tool_cpu=t.cpu, tool_rss=t.maxrss, server_cpu=server_cpu, note=note)
-    if not finished:
-        run.reason = f"timeout after {timeout:g}s (log {log})"
-    elif t.rc != 0:
-        run.reason = f"{tool} exit status {t.rc}: {tail(log)}"
-    else:
+        run = timed_command(ctx, tool, argv, logf, log, timeout, note)
+    if not run.reason:
         got = _listing(ctx, bucket, prefix + "/")
         missing = [k for k in expected if k not in got]
         extra = [k for k in got if k not in expected]
