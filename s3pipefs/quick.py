@@ -32,7 +32,7 @@ import botocore.exceptions
 
 
 class QuickS3:
-    """PUT and CopyObject for one botocore S3 client; see the module docstring."""
+    """PUT, CopyObject and ListObjectsV2 for one botocore S3 client; see the module docstring."""
 
     def __init__(self, client):
         meta = client.meta
@@ -65,10 +65,8 @@ class QuickS3:
         r = self._send("PUT", bucket, key, b"", headers, "CopyObject")
         # S3 may answer a copy with 200 and an <Error> body when it fails late.
         root = _xml(r.content)
-        if root is None:  # no result to read: worth another try, like a 500
-            raise botocore.exceptions.ClientError(
-                {"Error": {"Code": "InternalError", "Message": "unreadable CopyObject reply"},
-                 "ResponseMetadata": {"HTTPStatusCode": r.status_code}}, "CopyObject")
+        if root is None:
+            raise _unreadable(r, "CopyObject")
         if _local(root.tag) == "Error":
             raise _client_error(r, "CopyObject", root)
         for child in root:
@@ -78,7 +76,7 @@ class QuickS3:
 
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
              start_after: str | None = None) -> Iterator[tuple]:
-        """ListObjectsV2, all pages: ("key", key, size, etag, mtime) or ("prefix", prefix)."""
+        """ListObjectsV2, all pages: a common prefix as a str, an object as (key, size, etag, mtime)."""
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if delimiter:
             params["delimiter"] = delimiter
@@ -88,9 +86,7 @@ class QuickS3:
             r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=urlencode(sorted(params.items())))
             root = _xml(r.content)
             if root is None or _local(root.tag) != "ListBucketResult":
-                raise botocore.exceptions.ClientError(
-                    {"Error": {"Code": "InternalError", "Message": "unreadable listing"},
-                     "ResponseMetadata": {"HTTPStatusCode": r.status_code}}, "ListObjectsV2")
+                raise _unreadable(r, "ListObjectsV2")
             encoded = _child_text(root, "EncodingType") == "url"
             token, truncated = None, False
             objects = []  # a page's prefixes come first, as from Store.list's botocore path
@@ -100,10 +96,10 @@ class QuickS3:
                     f = {_local(c.tag): c.text or "" for c in el}
                     key = unquote_plus(f.get("Key", "")) if encoded else f.get("Key", "")
                     mtime = datetime.fromisoformat(f["LastModified"]).timestamp() if f.get("LastModified") else 0.0
-                    objects.append(("key", key, int(f.get("Size") or 0), f.get("ETag", "").strip('"'), mtime))
+                    objects.append((key, int(f.get("Size") or 0), f.get("ETag", "").strip('"'), mtime))
                 elif tag == "CommonPrefixes":
                     p = _child_text(el, "Prefix")
-                    yield ("prefix", unquote_plus(p) if encoded else p)
+                    yield unquote_plus(p) if encoded else p
                 elif tag == "NextContinuationToken":
                     token = el.text
                 elif tag == "IsTruncated":
@@ -148,6 +144,13 @@ def _xml(body: bytes):
         return ET.fromstring(body)
     except ET.ParseError:
         return None
+
+
+def _unreadable(r, op: str) -> botocore.exceptions.ClientError:
+    """A 2xx reply without the XML it should carry: worth another try, like a 500."""
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": "InternalError", "Message": f"unreadable {op} reply"},
+         "ResponseMetadata": {"HTTPStatusCode": r.status_code}}, op)
 
 
 def _client_error(r, op: str, root) -> botocore.exceptions.ClientError:

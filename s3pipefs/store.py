@@ -130,6 +130,28 @@ class _S3OnlyLoader(botocore.loaders.Loader):
         return ["s3"]
 
 
+def _client_config(c: S3Config, region: str) -> botocore.config.Config:
+    return botocore.config.Config(
+        region_name=region,
+        max_pool_connections=c.max_pool_connections,
+        connect_timeout=c.connect_timeout,
+        read_timeout=c.read_timeout,
+        # total_max_attempts counts the first try too (max_attempts counts retries).
+        retries={"mode": "adaptive", "total_max_attempts": c.max_attempts},
+        s3={"addressing_style": "path" if c.path_style else "auto",
+            # Every upload carries a Content-MD5 or x-amz-checksum-crc32 header, which is
+            # signed and which the server checks: hashing the body again with SHA-256 for
+            # the signature (botocore does so over http) cost 0.6 s of CPU per GiB.
+            "payload_signing_enabled": False},
+        # We send Content-MD5 and verify bodies ourselves; skip a second CRC pass.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+        # Our calls are typed by construction; validation cost ~15% of a small request.
+        parameter_validation=False,
+    )
+
+
 class Store:
     """Thread-safe S3 access for the engine. One botocore S3 client shared by all workers."""
 
@@ -163,31 +185,9 @@ class Store:
         c = self.cfg
         session = botocore.session.Session(profile=c.profile or None)
         session.register_component("data_loader", _S3OnlyLoader())
-        try:
+        try:  # a missing profile surfaces at the first lookup, whichever that is
             region = c.region or session.get_config_variable("region") or "us-east-1"
-        except botocore.exceptions.ProfileNotFound as e:
-            raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
-        bc = botocore.config.Config(
-            region_name=region,
-            max_pool_connections=c.max_pool_connections,
-            connect_timeout=c.connect_timeout,
-            read_timeout=c.read_timeout,
-            # total_max_attempts counts the first try too (max_attempts counts retries).
-            retries={"mode": "adaptive", "total_max_attempts": c.max_attempts},
-            s3={"addressing_style": "path" if c.path_style else "auto",
-                # Every upload carries a Content-MD5 or x-amz-checksum-crc32 header, which is
-                # signed and which the server checks: hashing the body again with SHA-256 for
-                # the signature (botocore does so over http) cost 0.6 s of CPU per GiB.
-                "payload_signing_enabled": False},
-            # We send Content-MD5 and verify bodies ourselves; skip a second CRC pass.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            tcp_keepalive=True,
-            # Our calls are typed by construction; validation cost ~15% of a small request.
-            parameter_validation=False,
-        )
-        try:
-            client = session.create_client("s3", endpoint_url=c.endpoint_url, config=bc)
+            client = session.create_client("s3", endpoint_url=c.endpoint_url, config=_client_config(c, region))
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
         # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25
@@ -267,10 +267,7 @@ class Store:
         if fast is not None:
             try:
                 for item in fast.list(bucket, prefix, delimiter, start_after):
-                    if item[0] == "prefix":
-                        yield item[1]
-                    else:
-                        yield ObjectInfo(key=item[1], size=item[2], etag=item[3], last_modified=item[4])
+                    yield item if isinstance(item, str) else ObjectInfo(*item)
             except Exception as e:  # noqa: BLE001
                 raise translate(e, bucket, prefix, "list") from None
             return
