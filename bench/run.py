@@ -174,28 +174,40 @@ def make_data(path: Path, size: int) -> float:
 
 # -- running -------------------------------------------------------------------------------
 def run_rows(ctx: Ctx, rows: list[Row]) -> None:
+    """Run every row ``--repeat`` times, round-robin: repetition 1 of every row, then
+    repetition 2, and so on. The server and the page cache drift over a run (a copy
+    row's wall time moved from 2.8 s to 4.7 s between consecutive runs); taking each
+    tool's runs far apart in time spreads that drift over all tools instead of loading
+    it onto whichever rows ran during a slow stretch. Rows keep their order within a
+    repetition, so a read row still follows the write row it reads back."""
     for row in rows:
-        label = f"{row.label} / {row.variant}"
         if row.fn is None:
-            print(f"[{label}] {row.status}: {row.reason}", flush=True)
-            continue
-        for rep in range(1, ctx.args.repeat + 1):
-            try:
-                run = row.fn(ctx, rep)
-            except Exception as e:  # a harness or tool problem must not stop the other rows
-                log = ctx.log(f"error-{row.section}-{row.tool}")
-                log.write_text(traceback.format_exc())
-                run = Run(ok=False, reason=f"harness error {type(e).__name__}: {e} (traceback in {log})")
-            run.loadavg = round(os.getloadavg()[0], 2)
-            row.runs.append(run)
-            rate = ""
-            if run.wall:
-                rate = (f"{row.units / MiB / run.wall:.1f} MiB/s" if row.unit == "bytes"
-                        else f"{row.units / run.wall:.0f} obj/s")
-            status = "ok" if run.ok else f"FAILED: {run.reason}"
-            wall = f"{run.wall:.2f}s" if run.wall else "-"
-            print(f"[{label} #{rep}] {wall} {rate} {status}", flush=True)
+            print(f"[{row.label} / {row.variant}] {row.status}: {row.reason}", flush=True)
+    live = [row for row in rows if row.fn is not None]
+    for rep in range(1, ctx.args.repeat + 1):
+        for row in live:
+            run_once(ctx, row, rep)
+    for row in live:
         row.finish()
+
+
+def run_once(ctx: Ctx, row: Row, rep: int) -> None:
+    label = f"{row.label} / {row.variant}"
+    try:
+        run = row.fn(ctx, rep)
+    except Exception as e:  # a harness or tool problem must not stop the other rows
+        log = ctx.log(f"error-{row.section}-{row.tool}")
+        log.write_text(traceback.format_exc())
+        run = Run(ok=False, reason=f"harness error {type(e).__name__}: {e} (traceback in {log})")
+    run.loadavg = round(os.getloadavg()[0], 2)
+    row.runs.append(run)
+    rate = ""
+    if run.wall:
+        rate = (f"{row.units / MiB / run.wall:.1f} MiB/s" if row.unit == "bytes"
+                else f"{row.units / run.wall:.0f} obj/s")
+    status = "ok" if run.ok else f"FAILED: {run.reason}"
+    wall = f"{run.wall:.2f}s" if run.wall else "-"
+    print(f"[{label} #{rep}] {wall} {rate} {status}", flush=True)
 
 
 def _fmt(v, spec: str, scale: float = 1.0) -> str:
