@@ -53,3 +53,24 @@ def test_without_a_budget_each_reader_has_its_read_ahead(store, bucket):
         r.read(0, 1)
         assert r.window == 6
         r.close()
+
+
+def test_a_sequential_read_opens_its_window_gradually(store, bucket):
+    """Slow start: 2 units ahead, then 4, then the window; a seek starts over. Opening the
+    whole window at once made the next unit share the server with seven others."""
+    cfg = TransferConfig(segment_size=SEG, workers=8, prefetch=8, read_ahead=8 * SEG)
+    data = os.urandom(40 * SEG)
+    w = Engine(store, cfg).open_writer(bucket, "s")
+    w.write(data)
+    w.close()
+    with Engine(store, cfg).open_reader(bucket, "s") as r:
+        assert r.read(0, 10) == data[:10]
+        assert not r._futs  # a first read may be a seek: one unit, nothing ahead
+        for k, ahead in [(1, 2), (2, 4), (3, 8), (4, 8), (5, 8)]:
+            assert r.read(k * SEG + 3, 10) == data[k * SEG + 3:k * SEG + 13]
+            assert max(r._futs) == k + ahead - 1, (k, sorted(r._futs))
+        assert r.read(5 * SEG + 100, 10) == data[5 * SEG + 100:5 * SEG + 110]  # same unit
+        assert max(r._futs) <= 5 + 8  # the window, never more
+        assert r.read(30 * SEG, 10) == data[30 * SEG:30 * SEG + 10]  # a seek
+        assert r.read(31 * SEG, 10) == data[31 * SEG:31 * SEG + 10]
+        assert max(r._futs) == 32
