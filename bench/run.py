@@ -193,6 +193,9 @@ def run_rows(ctx: Ctx, rows: list[Row]) -> None:
 
 def run_once(ctx: Ctx, row: Row, rep: int) -> None:
     label = f"{row.label} / {row.variant}"
+    # Untimed: flush what earlier rows left dirty (a 1 GiB write sits in the page cache
+    # for up to 30 s), so its writeback does not land in this row's timing.
+    os.sync()
     try:
         run = row.fn(ctx, rep)
     except Exception as e:  # a harness or tool problem must not stop the other rows
