@@ -279,6 +279,25 @@ def fresh_key(tool: str, rep: int) -> str:
     return f"{tool}-r{rep}.bin"
 
 
+def tool_rows(ctx: "Ctx", tools: list[str], order, section: str, op: str, commands, run) -> list[Row]:
+    """One row of ``ctx.size`` bytes per selected tool, in ``order``: unavailable with the
+    reason, or showing ``commands(tool)`` and running ``run(ctx, tool, key)`` on a fresh
+    key per repetition."""
+    rows = []
+    for tool in order:
+        if tool not in tools:
+            continue
+        row = Row(section, op, tool, tool, units=ctx.size, unit="bytes")
+        why = ctx.tools.why_unavailable(tool)
+        if why:
+            row.status, row.reason = "unavailable", why
+        else:
+            row.commands = commands(tool)
+            row.fn = lambda ctx, rep, tool=tool: run(ctx, tool, fresh_key(tool, rep))
+        rows.append(row)
+    return rows
+
+
 def timed_command(ctx: "Ctx", tool: str, argv: list[str], logf, log: Path, timeout: float,
                   note: str = "") -> Run:
     """Run ``argv`` once, its output to ``logf``, with the server's CPU watched alongside.

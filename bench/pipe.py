@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, fresh_key, parse_digest, show, tail
+from common import RCLONE_REMOTE, Ctx, Row, Run, parse_digest, show, tail, tool_rows
 from measure import Proc, TreeMonitor, wait_all
 
 BUCKET = "bench-pipe"
@@ -43,39 +43,17 @@ PIPE_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws")
 
 
 def put_rows(ctx: Ctx, tools: list[str]) -> list[Row]:
-    rows = []
-    for tool in PIPE_TOOLS:
-        if tool not in tools:
-            continue
-        row = Row("put", "put (stdin)", tool, tool, units=ctx.size, unit="bytes")
-        why = ctx.tools.why_unavailable(tool)
-        if why:
-            row.status, row.reason = "unavailable", why
-        else:
-            argv = put_argv(ctx, tool, "KEY")
-            feed = "cat DATA | " if ctx.args.stdin == "pipe" else ""
-            redirect = "" if ctx.args.stdin == "pipe" else " < DATA"
-            row.commands = [f"{feed}{show(argv, ctx)}{redirect}"]
-            row.fn = lambda ctx, rep, tool=tool: run_put(ctx, tool, fresh_key(tool, rep))
-        rows.append(row)
-    return rows
+    def commands(tool):
+        feed = "cat DATA | " if ctx.args.stdin == "pipe" else ""
+        redirect = "" if ctx.args.stdin == "pipe" else " < DATA"
+        return [f"{feed}{show(put_argv(ctx, tool, 'KEY'), ctx)}{redirect}"]
+    return tool_rows(ctx, tools, PIPE_TOOLS, "put", "put (stdin)", commands, run_put)
 
 
 def cat_rows(ctx: Ctx, tools: list[str]) -> list[Row]:
-    rows = []
-    for tool in PIPE_TOOLS:
-        if tool not in tools:
-            continue
-        row = Row("cat", "cat (stdout)", tool, tool, units=ctx.size, unit="bytes")
-        why = ctx.tools.why_unavailable(tool)
-        if why:
-            row.status, row.reason = "unavailable", why
-        else:
-            argv = cat_argv(ctx, tool, "KEY")
-            row.commands = [f"{show(argv, ctx)} | {shlex.join(ctx.hasher)}"]
-            row.fn = lambda ctx, rep, tool=tool: run_cat(ctx, tool, fresh_key(tool, rep))
-        rows.append(row)
-    return rows
+    def commands(tool):
+        return [f"{show(cat_argv(ctx, tool, 'KEY'), ctx)} | {shlex.join(ctx.hasher)}"]
+    return tool_rows(ctx, tools, PIPE_TOOLS, "cat", "cat (stdout)", commands, run_cat)
 
 
 def run_put(ctx: Ctx, tool: str, key: str) -> Run:

@@ -32,7 +32,7 @@ import hashlib
 import re
 import subprocess
 
-from common import RCLONE_REMOTE, GiB, MiB, Ctx, Row, Run, fresh_key, show, tail, timed_command
+from common import RCLONE_REMOTE, GiB, MiB, Ctx, Row, Run, show, tail, timed_command, tool_rows
 from measure import Proc, wait_all
 
 SRC_BUCKET = "bench-copy-src"
@@ -70,20 +70,9 @@ def _source_cmd(ctx: Ctx, tool: str) -> str:
 
 
 def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
-    out = []
-    for tool in COPY_TOOLS:
-        if tool not in tools:
-            continue
-        row = Row("copy", "copy (S3->S3)", tool, tool, units=ctx.size, unit="bytes")
-        why = ctx.tools.why_unavailable(tool)
-        if why:
-            row.status, row.reason = "unavailable", why
-        else:
-            row.commands = [show(copy_argv(ctx, tool, "KEY"), ctx),
-                            f"(source, once, untimed: {_source_cmd(ctx, tool)})"]
-            row.fn = lambda ctx, rep, tool=tool: run_copy(ctx, tool, fresh_key(tool, rep))
-        out.append(row)
-    return out
+    def commands(tool):
+        return [show(copy_argv(ctx, tool, "KEY"), ctx), f"(source, once, untimed: {_source_cmd(ctx, tool)})"]
+    return tool_rows(ctx, tools, COPY_TOOLS, "copy", "copy (S3->S3)", commands, run_copy)
 
 
 # -- expected content ----------------------------------------------------------------------
