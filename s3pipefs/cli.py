@@ -260,8 +260,6 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-
-
 def cmd_ls(a) -> int:
     import datetime
     import json

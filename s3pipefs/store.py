@@ -32,8 +32,8 @@ _DENIED = {
     "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
     "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
 }
-UPLOAD_BLOCK = 1024 * 1024  # bytes per read()/send() of an upload body
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+UPLOAD_BLOCK = 1024 * 1024  # bytes per read()/send() of an upload body
 
 
 @dataclass

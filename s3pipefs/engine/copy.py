@@ -299,9 +299,6 @@ class _Lease:
             log.warning("%s: could not release the stream: %s", self.where, e)
 
 
-
-
-
 def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                 workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, cfg: TransferConfig | None = None,

@@ -79,9 +79,6 @@ def part_size_for(size: int | None, wanted: int) -> int:
     return math.ceil(need / MiB) * MiB if need > MiB else need
 
 
-
-
-
 def multipart_etag(part_md5s: list[bytes]) -> str:
     """The ETag S3 gives a multipart object: md5(concat(part md5s))-N."""
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
