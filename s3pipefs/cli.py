@@ -307,6 +307,9 @@ def cmd_info(a) -> int:
         "sha256": m.sha256 or None, "chain": m.chain or None, "upload_began": m.upload_began,
         "upload_ended": m.upload_ended or None, "writer": m.writer_id or None,
         "heartbeat_age": round(time.time() - m.heartbeat, 1) if m.heartbeat else None,
+        # Set through a mount (touch, chmod, rsync -a, cp -p); shown by ls -l there.
+        "mtime": _iso_ns(m.mtime_ns) if m.mtime_ns is not None else None,
+        "mode": f"{m.mode:04o}" if m.mode is not None else None,
     }
     if a.json:
         print(json.dumps(info, indent=1))
@@ -315,6 +318,14 @@ def cmd_info(a) -> int:
             if v is not None:
                 print(f"{k:>13}: {v}")
     return 0
+
+
+def _iso_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as local time with all nine digits (as stat(1) shows it)."""
+    import time
+
+    t = time.localtime(ns // 10**9)
+    return time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{ns % 10**9:09d} " + time.strftime("%z", t)
 
 
 def cmd_verify(a) -> int:

@@ -27,6 +27,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 # S3 objects are at most 5 TiB; a stream of MAX_SEGMENTS such objects still fits in 2**63.
 MAX_TOTAL_SIZE = 2**63 - 1
 MAX_SEGMENT_SIZE = 5 * 1024**4
+# Nanoseconds since the epoch that fit a signed 64-bit time (the year 2262).
+MAX_MTIME_NS = 2**63 - 1
 S3PIPE2_SECTION = "s3pipe2"
 OWN_SECTION = "s3pipefs"
 S3PIPE2_VERSION = "0.1"
@@ -145,6 +147,10 @@ class Manifest:
     chain: str = ""
     writer_id: str = ""
     heartbeat: float = 0.0
+    # File attributes set through a mount (utimens, chmod); None = never set. A stream
+    # without a stored mtime shows when its manifest was last written.
+    mtime_ns: int | None = None
+    mode: int | None = None  # permission bits, 0..0o7777
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> "Manifest":
@@ -187,6 +193,10 @@ def render(m: Manifest) -> bytes:
             own["writer_id"] = m.writer_id
         if m.heartbeat:
             own["heartbeat"] = f"{m.heartbeat:.3f}"
+        if m.mtime_ns is not None:
+            own["mtime_ns"] = str(m.mtime_ns)
+        if m.mode is not None:
+            own["mode"] = f"{m.mode:04o}"
         for k, v in m.extra.items():
             own[k] = v
     import io
@@ -286,7 +296,12 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: 'heartbeat' is not a number: {hb_raw[:40]!r}") from None
     if not 0 <= heartbeat < 1e11:
         raise ManifestError(f"{where}: 'heartbeat' out of range")
-    known = {"format", "segment_size_bytes", "block_size", "layout", "sha256", "chain", "writer_id", "heartbeat"}
+    mtime_ns = _int(own, "mtime_ns", 0, MAX_MTIME_NS, where) if "mtime_ns" in own else None
+    mode_raw = own.get("mode", "").strip()
+    if mode_raw and not re.fullmatch(r"[0-7]{1,4}", mode_raw):
+        raise ManifestError(f"{where}: 'mode' is not octal permission bits: {mode_raw[:40]!r}")
+    known = {"format", "segment_size_bytes", "block_size", "layout", "sha256", "chain", "writer_id", "heartbeat",
+             "mtime_ns", "mode"}
     extra = {k: v for k, v in own.items() if k not in known}
     return replace(
         m,
@@ -299,6 +314,8 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         chain=chain,
         writer_id=own.get("writer_id", "")[:200],
         heartbeat=heartbeat,
+        mtime_ns=mtime_ns,
+        mode=int(mode_raw, 8) if mode_raw else None,
         extra=extra,
     )
 

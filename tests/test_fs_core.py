@@ -4,9 +4,11 @@ costs) without a kernel in the way. test_fs_mount.py repeats the important ones 
 a real mount."""
 from __future__ import annotations
 
+import configparser
 import errno
 import os
 import random
+import stat
 import threading
 import time
 
@@ -398,13 +400,140 @@ def test_the_manifest_name_is_reserved(fs):
         assert e.value.errno == errno.EACCES
 
 
-def test_metadata_calls_succeed_without_storing(fs):
+def test_chown_succeeds_without_storing(fs):
     write_file(fs, "/m", b"1")
     fs.touch_metadata("/m")
     with pytest.raises(errors.NotFound):
         fs.touch_metadata("/nope")
     st = fs.statfs()
     assert st["f_bavail"] * st["f_frsize"] >= 1 << 50 and st["f_namemax"] == 255
+
+
+T1 = 1577934245_123456789  # 2020-01-02 03:04:05.123456789 UTC
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def test_times_and_mode_of_a_closed_stream_are_kept_in_its_manifest(engine, bucket, fs):
+    """What rsync -a does after writing a file: utimens and chmod on the closed file. A
+    second mount (another machine, or after a remount) sees both, exactly."""
+    write_file(fs, "/d/f", b"data")
+    fs.set_times("/d/f", (T1 + 5, T1))
+    fs.set_mode("/d/f", 0o100640)
+    st = fs.getattr("/d/f")
+    assert st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o640 and st["st_size"] == 4
+    other = make_fs(engine, bucket)
+    st = other.getattr("/d/f")
+    assert st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o640
+    assert dict(other.readdir("/d"))["f"] == stat.S_IFREG | 0o640
+    m = engine.stat(bucket, "d/f").manifest
+    assert m.completed and m.mtime_ns == T1 and m.mode == 0o640
+    assert other.read(other.open("/d/f", os.O_RDONLY).fh, 10, 0) == b"data"  # the data is untouched
+    fs.set_mode("/d/f", 0o777)
+    assert stat.S_IMODE(make_fs(engine, bucket, umask=0o077).getattr("/d/f")["st_mode"]) == 0o700  # umask bounds it
+    assert stat.S_IMODE(make_fs(engine, bucket, umask=0).getattr("/d/f")["st_mode"]) == 0o777
+    fs.set_times("/d/f", (0, UTIME_OMIT))  # atime only: nothing to keep
+    assert make_fs(engine, bucket).getattr("/d/f")["st_mtime"] == T1
+    before = time.time_ns()
+    fs.set_times("/d/f", None)  # touch: now
+    assert before <= make_fs(engine, bucket).getattr("/d/f")["st_mtime"] <= time.time_ns()
+
+
+def test_times_set_while_writing_go_out_with_the_commit(engine, bucket, fs):
+    """cp -p and tar x set times on the open descriptor before close; a write after
+    utimens makes the mtime "now" again, as on a local disk."""
+    fh = fs.create("/p", WR).fh
+    fs.write(fh, b"abc", 0, CMD)
+    fs.set_times("/p", (T1, T1))
+    fs.set_mode("/p", 0o600)
+    assert fs.getattr("/p")["st_mtime"] == T1  # shown before the commit too
+    assert engine.stat(bucket, "p").manifest.mtime_ns is None  # nothing committed yet
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    fs.wait_idle(10)
+    st = make_fs(engine, bucket).getattr("/p")
+    assert st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o600
+
+    before = time.time_ns() // 10**9 * 10**9
+    fh = fs.create("/q", WR).fh
+    fs.set_times("/q", (T1, T1))  # touch of a new file: before its first write
+    fs.write(fh, b"x", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    fs.wait_idle(10)
+    assert make_fs(engine, bucket).getattr("/q")["st_mtime"] >= before  # the write's time, not T1
+
+    fh = fs.create("/empty", WR).fh  # touch -d of a new, empty file
+    fs.set_times("/empty", (T1, T1))
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    fs.wait_idle(10)
+    st = make_fs(engine, bucket).getattr("/empty")
+    assert st["st_mtime"] == T1 and st["st_size"] == 0
+
+
+def test_overwriting_keeps_the_mode_and_drops_the_stored_time(engine, bucket, fs):
+    before = time.time_ns() // 10**9 * 10**9
+    write_file(fs, "/o", b"one")
+    fs.set_mode("/o", 0o604)
+    fs.set_times("/o", (T1, T1))
+    write_file(fs, "/o", b"two, longer")  # > o: new data, same file
+    fs.wait_idle(10)
+    st = make_fs(engine, bucket).getattr("/o")
+    assert stat.S_IMODE(st["st_mode"]) == 0o604 and st["st_mtime"] >= before
+    assert st["st_size"] == 11
+
+
+def test_attributes_never_overwrite_a_live_writer_or_a_read_only_mount(engine, bucket, fs):
+    w = engine.open_writer(bucket, "live")  # another machine's writer holds the stream
+    try:
+        w.write(b"growing")
+        w.flush()
+        with pytest.raises(errors.Busy) as e:
+            fs.set_times("/live", (T1, T1))
+        assert e.value.errno == errno.EBUSY and "s3://" in str(e.value)
+        assert engine.stat(bucket, "live").manifest.writer_id == w.writer_id
+    finally:
+        w.close()
+    write_file(fs, "/r", b"1")
+    ro = make_fs(engine, bucket, read_only=True)
+    with pytest.raises(errors.ReadOnly):
+        ro.set_times("/r", (T1, T1))
+    with pytest.raises(errors.ReadOnly):
+        ro.set_mode("/r", 0o600)
+    with pytest.raises(errors.NotFound):
+        fs.set_times("/nope", (T1, T1))
+    assert engine.stat(bucket, "r").manifest.mtime_ns is None
+
+
+def test_objects_and_directories_accept_attributes_without_keeping_them(engine, bucket, fs):
+    engine.store.put(bucket, "obj", b"plain")
+    mtime = fs.getattr("/obj")["st_mtime"]
+    fs.set_times("/obj", (T1, T1))
+    fs.set_mode("/obj", 0o600)
+    st = make_fs(engine, bucket).getattr("/obj")
+    assert st["st_mtime"] == mtime != T1 and stat.S_IMODE(st["st_mode"]) == 0o444
+    fs.mkdir("/dir")
+    mode = fs.getattr("/dir")["st_mode"]
+    fs.set_times("/dir", (T1, T1))
+    fs.set_mode("/dir", 0o700)
+    assert make_fs(engine, bucket).getattr("/dir")["st_mode"] == mode != stat.S_IFDIR | 0o700
+    assert engine.store.get(bucket, "obj")[0] == b"plain"
+
+
+def test_attributes_on_an_s3pipe2_stream_leave_its_own_section_alone(engine, bucket, fs):
+    from tests.test_streams import write_s3pipe2_stream
+
+    write_s3pipe2_stream(engine.store, bucket, "old", [b"ab", b"cde"])
+    fs.set_times("/old", (T1, T1))
+    body = engine.store.get(bucket, "old/.manifest")[0].decode()
+    cp = configparser.RawConfigParser()
+    cp.read_string(body)
+    assert dict(cp["s3pipe2"]) == {"version": "0.1", "segment_size": "100", "upload_began": "2015-06-01T10:00:00.000001",
+                                   "completed": "true", "num_segments": "2", "total_size": "5",
+                                   "upload_ended": "2015-06-01T10:05:00.000001"}
+    other = make_fs(engine, bucket)
+    assert other.getattr("/old")["st_mtime"] == T1
+    assert other.read(other.open("/old", os.O_RDONLY).fh, 10, 0) == b"abcde"
 
 
 def test_prefix_mount_sees_only_its_prefix(engine, bucket):
@@ -580,6 +709,7 @@ class FakeWriter:
         self.aborted = False
         self.fail_on_write = fail_on_write
         self.fail_on_close = fail_on_close
+        self.mode = self.mtime_ns = None  # attributes for the manifest, as StreamWriter has
 
     def write(self, data):
         if self.fail_on_write is not None and self.offset >= self.fail_on_write:

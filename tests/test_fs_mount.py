@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -86,6 +87,7 @@ def test_tar_of_150mib_into_the_mount_and_back_out_and_tar_x_into_it(mounter, bu
     sh(f"tar x -C {m / 'tree'} -f {m / 'backup.tar'}")
     t_x = time.monotonic() - t0
     sh(f"diff -r {src} {m / 'tree'}")
+    sh(f"tar --compare -C {m / 'tree'} -f {m / 'backup.tar'}")  # sizes, contents, modes and mtimes
     print(f"\ntar c 150 MiB into mount {t_write:.1f}s, tar x out of it {t_read:.1f}s, tar x into it {t_x:.1f}s")
 
 
@@ -114,8 +116,13 @@ def test_dd_bs_1m_and_cp(mounter, bucket, tmp_path):
     sh(f"dd if={m / 'dd.bin'} of={tmp_path / 'back.bin'} bs=1M")
     sh(f"cmp {src} {tmp_path / 'back.bin'}")
     sh(f"cp {src} {m / 'cp.bin'}")
-    sh(f"cp -p {src} {m / 'cp-p.bin'}")  # -p: utime + chmod + chown, accepted
+    os.utime(src, ns=(0, 1577934245_000000001))
+    sh(f"cp -p {src} {m / 'cp-p.bin'}")  # -p: utime + chmod on the open file, chown accepted
     assert md5(m / "cp.bin") == md5(m / "cp-p.bin") == md5(src)
+    assert os.stat(m / "cp-p.bin").st_mtime_ns == 1577934245_000000001
+    sh(f"touch -d @86400 {m / 'cp.bin'}; chmod 640 {m / 'cp.bin'}")  # on a closed file
+    st = os.stat(mounter(bucket) / "cp.bin")
+    assert st.st_mtime == 86400 and stat.S_IMODE(st.st_mode) == 0o640
     sh(f"cp {m / 'cp.bin'} {m / 'cp2.bin'}")  # read and write through the mount at once
     sh(f"cmp {src} {m / 'cp2.bin'}")
 
@@ -128,10 +135,22 @@ def test_rsync_a_into_the_mount_and_again(mounter, bucket, tmp_path):
         (src / "a" / f"f{i}").write_bytes(blob(i * 1500, i))
     (src / "a" / "b" / "big").write_bytes(blob(3 << 20, 42))
     m = mounter(bucket)
-    sh(f"rsync -a {src}/ {m / 'rs'}/")
+    os.chmod(src / "a" / "f1", 0o600)
+    os.utime(src / "a" / "f2", ns=(0, 1577934245_123456789))
+
+    def rsync() -> int:
+        out = sh(f"rsync -a --stats {src}/ {m / 'rs'}/").stdout.decode()
+        return int(re.search(r"Number of regular files transferred: (\d+)", out).group(1).replace(",", ""))
+
+    assert rsync() == 13
     sh(f"diff -r {src} {m / 'rs'}")  # no temp files left behind either
+    other = mounter(bucket)
+    for f in ("a/f1", "a/f2", "a/b/big"):  # times (to the ns) and modes kept, in another mount too
+        local, there = os.stat(src / f), os.stat(other / "rs" / f)
+        assert (there.st_mtime_ns, there.st_mode) == (local.st_mtime_ns, local.st_mode), f
+    assert rsync() == 0  # nothing changed: nothing sent again
     (src / "a" / "f3").write_bytes(b"changed")
-    sh(f"rsync -a {src}/ {m / 'rs'}/")
+    assert rsync() == 1
     sh(f"diff -r {src} {m / 'rs'}")
 
 

@@ -46,6 +46,18 @@ def test_round_trip_keeps_every_field():
     assert back.layout == m.layout and list(back.layout.sizes()) == [1024, 1024, 5]
     assert back.sha256 == m.sha256 and back.chain == m.chain and back.writer_id == m.writer_id
     assert back.heartbeat == pytest.approx(m.heartbeat)
+    assert back.mtime_ns is None and back.mode is None  # not set: not written
+
+
+def test_stored_file_attributes_round_trip_exactly():
+    """mtime to the nanosecond (rsync compares nanoseconds), mode as octal bits."""
+    m = mf.Manifest(completed=True, num_segments=1, total_size=1, segment_size=8, layout=mf.Layout.from_sizes([1]),
+                    mtime_ns=1577934245_123456789, mode=0o640)
+    text = mf.render(m).decode()
+    assert "mtime_ns = 1577934245123456789" in text and "mode = 0640" in text
+    back = mf.parse(text.encode())
+    assert back.mtime_ns == 1577934245_123456789 and back.mode == 0o640 and not back.extra
+    assert mf.parse(mf.render(m.with_(mtime_ns=0, mode=0))).mtime_ns == 0  # the epoch and 0000 are values too
 
 
 def test_rendered_manifest_reads_with_s3pipe2_rules():
@@ -77,6 +89,14 @@ def test_rendered_manifest_reads_with_s3pipe2_rules():
      b"segment_size_bytes = 8\nlayout = 1x8,1x2\n", "adds up to 10"),
     (b"[s3pipe2]\ncompleted = true\nnum_segments = 1\ntotal_size = 1\n[s3pipefs]\nformat = 1\n"
      b"segment_size_bytes = 8\nlayout = ../../etc\n", "bad layout run"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nmtime_ns = 1.5\n",
+     "'mtime_ns' is not an integer"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nmtime_ns = -5\n",
+     "out of range"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nmode = 0999\n",
+     "'mode' is not octal"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nmode = 17777\n",
+     "'mode' is not octal"),
     (b"\xff\xfe", "not UTF-8"),
     (b"[s3pipe2]\n" + b"x" * (2 << 20), "too large"),
 ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
+import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
@@ -15,6 +16,9 @@ from s3pipefs.engine import manifests
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.store import ObjectInfo, Store
+
+# Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
+ATTR_TRIES = 3
 
 
 @dataclass
@@ -28,6 +32,9 @@ class Entry:
     writer_alive: bool = False
     etag: str = ""
     manifest: mf.Manifest | None = None
+    # Attributes a mount stored in a stream's manifest (utimens, chmod); None = not set.
+    mtime_ns: int | None = None
+    mode: int | None = None
 
     @property
     def name(self) -> str:
@@ -51,9 +58,13 @@ class Engine:
     # -- classification ------------------------------------------------------------------
     def stream_entry(self, bucket: str, key: str, loaded: manifests.Loaded) -> Entry:
         m = loaded.manifest
-        mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
+        if m.mtime_ns is not None:
+            mtime = m.mtime_ns / 1e9
+        else:
+            mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m,
+                     mtime_ns=m.mtime_ns, mode=m.mode)
 
     def stat(self, bucket: str, key: str) -> Entry | None:
         key = key.strip("/")
@@ -99,6 +110,34 @@ class Engine:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
                 entries.extend(e for e in pool.map(classify, subdirs) if e is not None)
         return sorted(entries, key=lambda e: e.key)
+
+    def set_attrs(self, bucket: str, key: str, **attrs) -> Entry | None:
+        """Store ``mtime_ns`` and/or ``mode`` in a stream's manifest; None when ``key`` is
+        no stream (objects and directories keep no attributes). Busy while a writer holds it.
+
+        The manifest is rewritten only if unchanged since it was read (If-Match), so a
+        writer taking the stream meanwhile is never overwritten; a lost race is retried.
+        """
+        key = key.strip("/")
+        for _ in range(ATTR_TRIES):
+            loaded = manifests.load(self.store, bucket, key + "/") if key else None
+            if loaded is None:
+                return None
+            m = loaded.manifest
+            if manifests.writer_alive(m, self.cfg.stale_after):
+                raise errors.Busy(f"s3://{bucket}/{key}: a writer is writing it ({m.writer_id}); "
+                                  "its times and mode can be set once it is done")
+            new = m.with_(**attrs)
+            if not m.own:  # an s3pipe2 stream gains our section; its [s3pipe2] keys stay as they were
+                new = new.with_(own=True, format=mf.FORMAT_VERSION, layout=None)
+            if new == m:
+                return self.stream_entry(bucket, key, loaded)
+            try:
+                etag = manifests.save(self.store, bucket, key + "/", new, if_match=loaded.etag)
+            except errors.Busy:
+                continue  # changed under us: read it again
+            return self.stream_entry(bucket, key, manifests.Loaded(new, etag, time.time()))
+        raise errors.Busy(f"s3://{bucket}/{key}: the manifest kept changing while setting its attributes")
 
     # -- data ----------------------------------------------------------------------------
     def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None) -> StreamWriter:

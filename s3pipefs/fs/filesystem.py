@@ -13,8 +13,13 @@ Choices worth knowing:
   manifest's writer and end time, or the object's ETag) is unchanged.
 * Sizes and modes: a stream shows the bytes written so far; a file this mount is
   writing shows the writer's size. Modes are 0666/0777 minus umask (write bits cleared
-  on ``ro``); plain objects are 0444. chmod/chown/utimens are accepted and not stored,
-  so ``tar x`` and ``rsync -a`` into the mount succeed.
+  on ``ro``); plain objects are 0444.
+* utimens and chmod on a stream are kept in its manifest (``mtime_ns``, ``mode``), so
+  ``rsync -a`` finds unchanged files unchanged on its next run and ``cp -p``/``tar x``
+  keep times and modes. On a file this mount is writing they go out with its commit;
+  otherwise the manifest is rewritten, conditionally, never over a live writer. Objects
+  and directories accept them without keeping them; chown is never kept (``uid=`` and
+  ``gid=`` decide ownership).
 * release runs on a small pool of our own threads (see ``release``).
 """
 from __future__ import annotations
@@ -47,6 +52,9 @@ _STATFS_BLOCKS = (1 << 50) // _STATFS_FRSIZE
 _STATFS_FILES = 1 << 32
 # S3 keys are up to 1024 bytes; 255 is what tools expect of one path component.
 _NAME_MAX = 255
+# utimensat(2)'s special tv_nsec values, passed on by libfuse with tv_sec = 0.
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
 # How long an open waits for the same path's previous writer to finish its release commit.
 _SETTLE_TIMEOUT = 60.0
 
@@ -77,22 +85,27 @@ class Filesystem:
         self._versions_lock = threading.Lock()
 
     # -- attributes ---------------------------------------------------------------------
-    def _mode(self, kind: str) -> int:
-        if kind == "dir":
+    def _mode(self, kind: str, stored: int | None = None) -> int:
+        if stored is not None:
+            perm = stored  # set by chmod through a mount
+        elif kind == "dir":
             perm = 0o777
         elif kind == "object":
             perm = 0o444
         else:
             perm = 0o666
+        # umask bounds even a stored mode: with allow_other and umask=077, no chmod made
+        # anywhere opens the bucket to other users of this machine.
+        perm &= ~self.cfg.umask
         if self.cfg.read_only:
             perm &= ~0o222
-        perm &= ~self.cfg.umask
         return (stat.S_IFDIR if kind == "dir" else stat.S_IFREG) | perm
 
-    def _attrs(self, kind: str, size: int, mtime: float) -> dict:
-        ns = int((mtime or self.ns.mounted_at) * 1e9)
+    def _attrs(self, kind: str, size: int, mtime: float, mtime_ns: int | None = None,
+               perm: int | None = None) -> dict:
+        ns = mtime_ns if mtime_ns is not None else int((mtime or self.ns.mounted_at) * 1e9)
         return {
-            "st_mode": self._mode(kind),
+            "st_mode": self._mode(kind, perm),
             "st_nlink": 2 if kind == "dir" else 1,
             "st_uid": self.uid,
             "st_gid": self.gid,
@@ -107,7 +120,7 @@ class Filesystem:
     def getattr(self, path: str, fh: int | None = None) -> dict:
         w = self.handles.writer(path)
         if w is not None and not w.done.is_set():
-            return self._attrs("stream", w.size, w.mtime)
+            return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm)
         entry = self.ns.lookup(path)
         if entry is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
@@ -117,12 +130,12 @@ class Filesystem:
             h = self._handle_or_none(fh)
             if isinstance(h, ReadHandle):
                 size = max(size, h.size)
-        return self._attrs(entry.kind, size, entry.mtime)
+        return self._attrs(entry.kind, size, entry.mtime, entry.mtime_ns, entry.mode)
 
     def readdir(self, path: str) -> list[tuple[str, int]]:
         listing = self.ns.listdir(path)
         out = [(".", self._mode("dir")), ("..", self._mode("dir"))]
-        out.extend((name, self._mode(e.kind)) for name, e in listing.items())
+        out.extend((name, self._mode(e.kind, e.mode)) for name, e in listing.items())
         # Files this mount is creating exist before their first byte reaches S3.
         for w in self.handles.writing_under(path):
             parent, name = split(w.path)
@@ -372,8 +385,44 @@ class Filesystem:
             self._versions.pop(old, None)
             self._versions.pop(new, None)
 
+    def set_times(self, path: str, times: tuple[int, int] | None) -> None:
+        """utimens: a stream keeps its mtime (nanoseconds) in its manifest; atime is not kept.
+
+        ``times`` is (atime, mtime) in ns, or None for "now"; either may be libfuse's
+        UTIME_NOW or UTIME_OMIT (with a zero tv_sec), as utimensat(2) passes them on.
+        """
+        if times is not None and times[1] == _UTIME_OMIT:
+            return self.touch_metadata(path)
+        mtime = time.time_ns() if times is None or times[1] == _UTIME_NOW else times[1]
+        self._set_attrs(path, mtime_ns=max(0, mtime))
+
+    def set_mode(self, path: str, mode: int) -> None:
+        """chmod: a stream keeps its permission bits in its manifest."""
+        self._set_attrs(path, mode=stat.S_IMODE(mode))
+
+    def _set_attrs(self, path: str, **attrs) -> None:
+        """Store attributes of a stream: with the commit of this mount's open writer, or
+        by rewriting the manifest. Objects and directories accept them without keeping
+        them (S3 cannot change an object's metadata without copying all of it)."""
+        w = self._settle(path)
+        if w is not None and w.hold_attrs(**attrs):
+            return
+        entry = self.ns.lookup(path)
+        if entry is None:
+            raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
+        if self.cfg.read_only:
+            raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
+        if entry.kind != "stream":
+            return
+        updated = self.engine.set_attrs(self.bucket, self.ns.key(path), **attrs)
+        if updated is not None:
+            self.ns.update(path, updated)
+        else:
+            self.ns.invalidate(path)  # no longer a stream: gone or replaced meanwhile
+
     def touch_metadata(self, path: str) -> None:
-        """chmod, chown, utimens: S3 keeps none of these; succeed so tar x / rsync -a work."""
+        """chown, and a utimens that leaves mtime alone: S3 keeps no owner or atime;
+        succeed so tar x and rsync -a work, once the file is known to exist."""
         w = self.handles.writer(path)
         if (w is None or w.done.is_set()) and self.ns.lookup(path) is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")

@@ -133,6 +133,10 @@ class WriteHandle:
         self.aborted = False
         self.releasing = False
         self.mtime = time.time()
+        # Set through the mount while open (cp -p, tar x): written with the commit. A
+        # write after utimens clears the stored time, as it would on a local disk.
+        self.stored_mtime_ns: int | None = None
+        self.perm: int | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()  # set once release has finished
 
@@ -155,12 +159,38 @@ class WriteHandle:
             self.dirty = True
             self._owners.add(owner or None)
             self.mtime = time.time()
+            if self.stored_mtime_ns is not None:
+                self.stored_mtime_ns = self.writer.mtime_ns = None
             return len(data)
+
+    def _new_writer(self, mode: str):
+        w = self._open_writer(mode)
+        if self.perm is not None:
+            w.mode = self.perm
+        else:
+            self.perm = w.mode  # an existing stream's stored mode carries over
+        w.mtime_ns = self.stored_mtime_ns
+        return w
+
+    def hold_attrs(self, mtime_ns: int | None = None, mode: int | None = None) -> bool:
+        """Keep attributes for this handle's coming commit. False when no commit is
+        coming (nothing written since the last one): then they belong in S3 now."""
+        with self.lock:
+            if mtime_ns is not None:
+                self.stored_mtime_ns = mtime_ns
+            if mode is not None:
+                self.perm = mode
+            if self.writer is not None:
+                self.writer.mtime_ns = self.stored_mtime_ns
+                if self.perm is not None:
+                    self.writer.mode = self.perm
+                return True
+            return self.mode == "create" and not self.committed and self.error is None and not self.aborted
 
     def _start(self) -> None:
         mode = "append" if self.committed else self.mode
         try:
-            w = self._open_writer(mode)
+            w = self._new_writer(mode)
         except BaseException as e:
             # Lost the stream to another writer (or cannot reach it): this handle is done,
             # and its close must not commit anything over the winner's data.
@@ -272,7 +302,7 @@ class WriteHandle:
                         self._fail(self.error or errors.StreamIncomplete(f"{self.where}: closed unfinished"))
                 elif self.mode == "create" and not self.committed and self.error is None and not self.aborted:
                     # Created or truncated, never written: the file is now empty.
-                    self.writer = self._open_writer("create")
+                    self.writer = self._new_writer("create")
                     self.dirty = True
                     self._commit()
         finally:

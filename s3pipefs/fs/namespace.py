@@ -132,6 +132,17 @@ class Namespace:
             self._entries[path] = entry
             self._listings.pop(split(path)[0], None)
 
+    def update(self, path: str, entry: Entry) -> None:
+        """A known file changed only its attributes: replace it where it is cached, and
+        keep the listing (rsync sets times on every file it writes; dropping the listing
+        each time would cost a lookup request per file)."""
+        parent, name = split(path)
+        with self._lock:
+            self._entries[path] = entry
+            listing = self._listings.get(parent)
+            if listing is not None and name in listing:
+                listing[name] = entry
+
     # -- directory changes ---------------------------------------------------------------
     def mkdir(self, path: str) -> None:
         if self.lookup(path, fresh=True) is not None:

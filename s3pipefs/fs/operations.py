@@ -93,7 +93,7 @@ class Operations(fuselib.Operations):
 
     @_op
     def chmod(self, path, mode):
-        self.fs.touch_metadata(path)
+        self.fs.set_mode(path, mode)
         return 0
 
     @_op
@@ -103,7 +103,7 @@ class Operations(fuselib.Operations):
 
     @_op
     def utimens(self, path, times=None):
-        self.fs.touch_metadata(path)
+        self.fs.set_times(path, times)
         return 0
 
     # -- files -------------------------------------------------------------------------------
