@@ -10,7 +10,9 @@ import hashlib
 import http.server
 import os
 import re
+import stat
 import threading
+import time
 
 import pytest
 
@@ -230,6 +232,28 @@ def test_file_and_pipe_round_trips(tmp_path, store, bucket, s3_server, as_object
         info = store.head(bucket, "f/in.bin")
         assert info.etag.endswith("-3")  # parallel multipart, 5+5+3 MiB
         assert info.content_type in ("application/octet-stream", "")
+
+
+def test_a_file_keeps_its_time_and_mode_as_a_stream_and_back(tmp_path, store, bucket, s3_server):
+    """cp file -> stream stores the file's mtime (ns) and mode, as cp -p into a mount
+    does; cp stream -> file gives them back. A pipe has none to keep."""
+    f = tmp_path / "in.bin"
+    f.write_bytes(b"x" * 1000)
+    os.chmod(f, 0o640)
+    os.utime(f, ns=(0, 1577934245_123456789))
+    assert run_cli(s3_server, "cp", str(f), f"s3://{bucket}/kept").returncode == 0
+    m = Engine(store, TransferConfig()).stat(bucket, "kept").manifest
+    assert (m.mtime_ns, m.mode) == (1577934245_123456789, 0o640)
+    out = tmp_path / "out.bin"
+    assert run_cli(s3_server, "cp", f"s3://{bucket}/kept", str(out)).returncode == 0
+    st = os.stat(out)
+    assert (st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (1577934245_123456789, 0o640)
+    assert run_cli(s3_server, "cp", "-", f"s3://{bucket}/piped", input=b"abc").returncode == 0
+    m = Engine(store, TransferConfig()).stat(bucket, "piped").manifest
+    assert m.mtime_ns is None and m.mode is None
+    out2 = tmp_path / "out2.bin"
+    assert run_cli(s3_server, "cp", f"s3://{bucket}/piped", str(out2)).returncode == 0
+    assert abs(os.stat(out2).st_mtime - time.time()) < 60  # nothing stored: the download's own time
 
 
 def test_object_upload_interrupted_then_resumed_and_aborted(tmp_path, store, bucket, proxy, s3_server):

@@ -21,7 +21,7 @@ import json
 import os
 import posixpath
 import re
-import stat as _stat
+import stat
 import sys
 import time
 
@@ -81,7 +81,7 @@ def load_key(path: str | None, env_name: str) -> bytes | None:
                 data = f.read(1024)
         except OSError as e:
             raise errors.UsageError(f"{path}: cannot read the SSE-C key file: {e.strerror}") from None
-        if _stat.S_IMODE(st.st_mode) & 0o077:
+        if stat.S_IMODE(st.st_mode) & 0o077:
             print(f"{PROG}: warning: {path}: the SSE-C key file is readable by other users (chmod 600 it)",
                   file=sys.stderr)
         return parse_key(data, path)
@@ -285,8 +285,11 @@ def _cp(a, store_or_factory, tcfg) -> int:
                                                  retrier=retrier, progress=prog.update)
                     else:
                         eng = _engine(_with_key(base, dkey), tcfg)
+                        # A file's time and mode go with it, as with cp -p into a mount.
+                        st = os.fstat(f.fileno()) if src != "-" else None
                         r = transfer.upload_to_stream(eng, f, d.bucket, d.key,
-                                                      mode="resume" if a.resume else "create", progress=prog.update)
+                                                      mode="resume" if a.resume else "create", progress=prog.update,
+                                                      file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
                 finally:
                     if f is not sys.stdin.buffer:
                         f.close()

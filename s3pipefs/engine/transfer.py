@@ -36,6 +36,7 @@ import math
 import mimetypes
 import os
 import re
+import stat
 import threading
 import urllib.error
 import urllib.parse
@@ -69,6 +70,10 @@ class Result:
     etag: str = ""
     upload_id: str = ""
     md5: str = ""          # whole-payload MD5 hex when it was computed on the way
+    # A stream's stored attributes (set through a mount or by cp from a file), for the
+    # local file a download makes; None: not stored.
+    mtime_ns: int | None = None
+    mode: int | None = None
 
 
 def part_size_for(size: int | None, wanted: int) -> int:
@@ -405,7 +410,11 @@ def _write_all(out, data) -> None:
 
 
 def download_to_path(fn, path: str, *, mtime: float | None = None, mode: int = 0o644):
-    """Run ``fn(fileobj)`` into a temp file next to ``path`` and rename it into place."""
+    """Run ``fn(fileobj)`` into a temp file next to ``path`` and rename it into place.
+
+    The file gets ``mode`` and ``mtime``, or the stream attributes in fn's Result where
+    they were stored (the umask applies to the mode, as for cp).
+    """
     d = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(d, exist_ok=True)
@@ -415,8 +424,11 @@ def download_to_path(fn, path: str, *, mtime: float | None = None, mode: int = 0
     try:
         with open(tmp, "wb") as f:
             r = fn(f)
-        os.chmod(tmp, mode & ~_umask())
-        if mtime:
+        stored_mode, stored_ns = getattr(r, "mode", None), getattr(r, "mtime_ns", None)
+        os.chmod(tmp, (mode if stored_mode is None else stored_mode) & ~_umask())
+        if stored_ns is not None:
+            os.utime(tmp, ns=(stored_ns, stored_ns))
+        elif mtime:
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
     except OSError as e:
@@ -443,9 +455,16 @@ def _unlink(p: str) -> None:
 
 # -- streams through the engine ---------------------------------------------------------------------
 
-def upload_to_stream(engine, src, bucket: str, key: str, *, mode: str = "create", progress=None) -> Result:
-    """Write a pipe or file (binary file object or chunk iterator) as a stream; commit at the end."""
+def upload_to_stream(engine, src, bucket: str, key: str, *, mode: str = "create", progress=None,
+                     file_stat: os.stat_result | None = None) -> Result:
+    """Write a pipe or file (binary file object or chunk iterator) as a stream; commit at the end.
+
+    ``file_stat``: the source file's stat; its mtime and permission bits are stored with
+    the stream, as a mount stores them for ``cp -p``.
+    """
     w = engine.open_writer(bucket, key, mode=mode)
+    if file_stat is not None:
+        w.mtime_ns, w.mode = file_stat.st_mtime_ns, stat.S_IMODE(file_stat.st_mode)
     n = 0
     h = hashlib.md5()
     try:
@@ -492,7 +511,8 @@ def download_stream(engine, bucket: str, key: str, out, *, follow: bool = False,
                 progress(len(piece))
     finally:
         r.close()
-    return Result(size=n, sent=n)
+    m = getattr(getattr(r, "plan", None), "manifest", None)
+    return Result(size=n, sent=n, mtime_ns=getattr(m, "mtime_ns", None), mode=getattr(m, "mode", None))
 
 
 # -- http(s) URL sources ----------------------------------------------------------------------------
