@@ -438,6 +438,18 @@ def test_times_and_mode_of_a_closed_stream_are_kept_in_its_manifest(engine, buck
     assert before <= make_fs(engine, bucket).getattr("/d/f")["st_mtime"] <= time.time_ns()
 
 
+def test_attributes_set_by_two_mounts_are_both_kept(engine, bucket, fs):
+    """Each mount starts from its cached manifest; a stale cache loses the If-Match race,
+    reads again and applies its change on top: the other mount's change is not lost."""
+    write_file(fs, "/both", b"x")
+    other = make_fs(engine, bucket)
+    assert other.getattr("/both")["st_size"] == 1  # other caches the manifest now
+    fs.set_mode("/both", 0o600)
+    other.set_times("/both", (T1, T1))  # from a cache older than fs's chmod
+    m = engine.stat(bucket, "both").manifest
+    assert (m.mtime_ns, m.mode) == (T1, 0o600)
+
+
 def test_times_set_while_writing_go_out_with_the_commit(engine, bucket, fs):
     """cp -p and tar x set times on the open descriptor before close; a write after
     utimens makes the mtime "now" again, as on a local disk."""

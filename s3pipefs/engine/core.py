@@ -111,20 +111,27 @@ class Engine:
                 entries.extend(e for e in pool.map(classify, subdirs) if e is not None)
         return sorted(entries, key=lambda e: e.key)
 
-    def set_attrs(self, bucket: str, key: str, **attrs) -> Entry | None:
+    def set_attrs(self, bucket: str, key: str, known: Entry | None = None, **attrs) -> Entry | None:
         """Store ``mtime_ns`` and/or ``mode`` in a stream's manifest; None when ``key`` is
         no stream (objects and directories keep no attributes). Busy while a writer holds it.
 
         The manifest is rewritten only if unchanged since it was read (If-Match), so a
-        writer taking the stream meanwhile is never overwritten; a lost race is retried.
+        writer taking the stream meanwhile is never overwritten; a lost race is retried
+        with a fresh read. ``known``: a cached entry of the stream to start from, which
+        saves the first read (a stale one just loses the race).
         """
         key = key.strip("/")
-        for _ in range(ATTR_TRIES):
-            loaded = manifests.load(self.store, bucket, key + "/") if key else None
+        for attempt in range(ATTR_TRIES):
+            if attempt == 0 and known is not None and known.manifest is not None and known.etag:
+                loaded = manifests.Loaded(known.manifest, known.etag, known.mtime)
+            else:
+                loaded = manifests.load(self.store, bucket, key + "/") if key else None
             if loaded is None:
                 return None
             m = loaded.manifest
             if manifests.writer_alive(m, self.cfg.stale_after):
+                if attempt == 0 and known is not None:
+                    continue  # the cache may be older than that writer's end: ask S3
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is writing it ({m.writer_id}); "
                                   "its times and mode can be set once it is done")
             new = m.with_(**attrs)

@@ -68,6 +68,7 @@ class StreamWriter:
                                     f"{MAX_KEY_BYTES} bytes, and segment keys add 16 to the name")
         self.writer_id = writer_id or new_writer_id()
         self.closed = False
+        self.committed: manifests.Loaded | None = None  # the complete manifest, once closed
 
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -339,6 +340,8 @@ class StreamWriter:
         if heartbeat is not None:
             m = m.with_(heartbeat=heartbeat)
         self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=self._manifest_etag)
+        if completed:
+            self.committed = manifests.Loaded(m, self._manifest_etag, time.time())
 
     def _heartbeat_replacing(self) -> None:
         got = manifests.load(self.store, self.bucket, self.prefix)

@@ -236,6 +236,10 @@ class Filesystem:
 
     def _committed(self, h: WriteHandle) -> None:
         self.ns.invalidate(h.path)
+        if h.last_commit is not None:
+            # What S3 now holds, known without asking: tools stat and utime a file right
+            # after closing it (rsync, cp -p, tar x), which then costs no manifest GET.
+            self.ns.remember(h.path, self.engine.stream_entry(self.bucket, self.ns.key(h.path), h.last_commit))
         with self._versions_lock:
             self._versions.pop(h.path, None)
         log.info("%s: committed, %d bytes", h.where, h.size)
@@ -414,7 +418,7 @@ class Filesystem:
             raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
         if entry.kind != "stream":
             return
-        updated = self.engine.set_attrs(self.bucket, self.ns.key(path), **attrs)
+        updated = self.engine.set_attrs(self.bucket, self.ns.key(path), known=entry, **attrs)
         if updated is not None:
             self.ns.update(path, updated)
         else:

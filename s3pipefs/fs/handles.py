@@ -129,6 +129,7 @@ class WriteHandle:
         # Lock owners (fd tables) that wrote since the last commit; None: unknown owner.
         self._owners: set[int | None] = set()
         self.committed = False
+        self.last_commit = None
         self.error: BaseException | None = None
         self.aborted = False
         self.releasing = False
@@ -264,6 +265,7 @@ class WriteHandle:
         self.dirty = False
         self._owners.clear()
         self.committed = True
+        self.last_commit = getattr(w, "committed", None)  # the manifest it wrote, for the caches
         self.mtime = time.time()
         if self.on_commit is not None:
             self.on_commit(self)
