@@ -438,6 +438,20 @@ def test_times_and_mode_of_a_closed_stream_are_kept_in_its_manifest(engine, buck
     assert before <= make_fs(engine, bucket).getattr("/d/f")["st_mtime"] <= time.time_ns()
 
 
+def test_an_open_that_finds_the_cache_behind_keeps_the_stored_attributes(engine, bucket, fs):
+    """Opening a file whose cached size is stale refreshes the cached entry: its stored
+    time and mode must stay in it, not fall back to the defaults."""
+    write_file(fs, "/grown", b"one")
+    fs.set_times("/grown", (T1, T1))
+    fs.set_mode("/grown", 0o640)
+    with engine.open_writer(bucket, "grown", "append") as w:  # another machine appends
+        w.write(b" two")
+    engine.set_attrs(bucket, "grown", mtime_ns=T1, mode=0o640)  # and keeps the attributes
+    fs.release(fs.open("/grown", os.O_RDONLY).fh)  # the cache still says 3 bytes
+    st = fs.getattr("/grown")
+    assert st["st_size"] == 7 and st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o640
+
+
 def test_attributes_set_by_two_mounts_are_both_kept(engine, bucket, fs):
     """Each mount starts from its cached manifest; a stale cache loses the If-Match race,
     reads again and applies its change on top: the other mount's change is not lost."""

@@ -31,13 +31,13 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import cachetools
 
 from s3pipefs import errors
-from s3pipefs.engine import Engine, Entry
+from s3pipefs.engine import Engine
 from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.fs import fserrors
 from s3pipefs.fs.handles import HandleTable, ReadHandle, WriteHandle
@@ -185,9 +185,7 @@ class Filesystem:
         reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry)
         if reader.size != entry.size or reader.complete != entry.complete:
             # The cache was behind; the kernel's cached size may be too, so no page cache.
-            self.ns.remember(path, Entry(entry.kind, entry.bucket, entry.key, size=reader.size,
-                                         mtime=entry.mtime, complete=reader.complete,
-                                         writer_alive=entry.writer_alive, etag=entry.etag))
+            self.ns.remember(path, replace(entry, size=reader.size, complete=reader.complete))
             stale = True
         else:
             stale = False
