@@ -156,6 +156,12 @@ class Manifest:
     def with_(self, **kw) -> "Manifest":
         return replace(self, **kw)
 
+    def owned(self) -> "Manifest":
+        """This manifest with an [s3pipefs] section, for s3pipefs to write back. An
+        s3pipe2 manifest gains one without a layout (its segment sizes come from a
+        listing); its [s3pipe2] keys render as they were."""
+        return self if self.own else replace(self, own=True, format=FORMAT_VERSION, layout=None)
+
 
 def now_iso() -> str:
     return _dt.datetime.now().isoformat()

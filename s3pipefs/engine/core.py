@@ -32,9 +32,15 @@ class Entry:
     writer_alive: bool = False
     etag: str = ""
     manifest: mf.Manifest | None = None
+
     # Attributes a mount stored in a stream's manifest (utimens, chmod); None = not set.
-    mtime_ns: int | None = None
-    mode: int | None = None
+    @property
+    def mtime_ns(self) -> int | None:
+        return self.manifest.mtime_ns if self.manifest is not None else None
+
+    @property
+    def mode(self) -> int | None:
+        return self.manifest.mode if self.manifest is not None else None
 
     @property
     def name(self) -> str:
@@ -63,8 +69,7 @@ class Engine:
         else:
             mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m,
-                     mtime_ns=m.mtime_ns, mode=m.mode)
+                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
 
     def stat(self, bucket: str, key: str) -> Entry | None:
         key = key.strip("/")
@@ -134,9 +139,7 @@ class Engine:
                     continue  # the cache may be older than that writer's end: ask S3
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is writing it ({m.writer_id}); "
                                   "its times and mode can be set once it is done")
-            new = m.with_(**attrs)
-            if not m.own:  # an s3pipe2 stream gains our section; its [s3pipe2] keys stay as they were
-                new = new.with_(own=True, format=mf.FORMAT_VERSION, layout=None)
+            new = m.owned().with_(**attrs)
             if new == m:
                 return self.stream_entry(bucket, key, loaded)
             try:

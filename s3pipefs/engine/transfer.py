@@ -424,10 +424,9 @@ def download_to_path(fn, path: str, *, mtime: float | None = None, mode: int = 0
     try:
         with open(tmp, "wb") as f:
             r = fn(f)
-        stored_mode, stored_ns = getattr(r, "mode", None), getattr(r, "mtime_ns", None)
-        os.chmod(tmp, (mode if stored_mode is None else stored_mode) & ~_umask())
-        if stored_ns is not None:
-            os.utime(tmp, ns=(stored_ns, stored_ns))
+        os.chmod(tmp, (mode if r.mode is None else r.mode) & ~_umask())
+        if r.mtime_ns is not None:
+            os.utime(tmp, ns=(r.mtime_ns, r.mtime_ns))
         elif mtime:
             os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)

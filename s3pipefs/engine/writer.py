@@ -147,9 +147,8 @@ class StreamWriter:
         if self._replacing:
             # Take the lease on the old, still complete manifest without changing its data.
             old = existing.manifest
-            marked = old.with_(own=True, format=mf.FORMAT_VERSION, writer_id=self.writer_id, heartbeat=time.time(),
-                               extra={**old.extra, "replacing": self._data_prefix[len(self.prefix):]},
-                               layout=old.layout if old.own else None)
+            marked = old.owned().with_(writer_id=self.writer_id, heartbeat=time.time(),
+                                       extra={**old.extra, "replacing": self._data_prefix[len(self.prefix):]})
             self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, marked, if_match=existing.etag)
         else:
             first = self._manifest(completed=False)

@@ -166,12 +166,16 @@ class WriteHandle:
 
     def _new_writer(self, mode: str):
         w = self._open_writer(mode)
+        if self.perm is None:
+            self.perm = w.mode  # an existing stream's stored mode carries over
+        self._give_attrs(w)
+        return w
+
+    def _give_attrs(self, w) -> None:
+        """The engine writer puts the attributes this handle holds into its manifests."""
+        w.mtime_ns = self.stored_mtime_ns
         if self.perm is not None:
             w.mode = self.perm
-        else:
-            self.perm = w.mode  # an existing stream's stored mode carries over
-        w.mtime_ns = self.stored_mtime_ns
-        return w
 
     def hold_attrs(self, mtime_ns: int | None = None, mode: int | None = None) -> bool:
         """Keep attributes for this handle's coming commit. False when no commit is
@@ -182,9 +186,7 @@ class WriteHandle:
             if mode is not None:
                 self.perm = mode
             if self.writer is not None:
-                self.writer.mtime_ns = self.stored_mtime_ns
-                if self.perm is not None:
-                    self.writer.mode = self.perm
+                self._give_attrs(self.writer)
                 return True
             return self.mode == "create" and not self.committed and self.error is None and not self.aborted
 
