@@ -367,11 +367,21 @@ def _calm_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log lines without tracebacks. botocore logs some warnings with one (a credential
+    refresh that failed), and the error that follows already says what and where."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{PROG}: {record.getMessage()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _calm_gc()
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     debug = bool(os.environ.get("S3PIPEFS_DEBUG"))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s") if debug else _OneLineFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser(argv).parse_args(argv)

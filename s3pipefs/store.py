@@ -16,12 +16,12 @@ from typing import Iterator
 import botocore.config
 import botocore.exceptions
 import botocore.handlers
-import botocore.loaders
 import botocore.session
 import urllib3.exceptions
 
 from s3pipefs import errors
 from s3pipefs.config import S3Config
+from s3pipefs.models import S3FirstLoader
 from s3pipefs.quick import QuickS3
 
 log = logging.getLogger(__name__)
@@ -118,18 +118,6 @@ def _translate(exc: Exception, bucket: str, key: str | None, action: str, sse: b
     return errors.S3PipeError(f"{doing}{where}: {type(exc).__name__}: {exc}")
 
 
-class _S3OnlyLoader(botocore.loaders.Loader):
-    """botocore's model loader, told that S3 is the only service there is.
-
-    Otherwise the first client walks all ~440 model directories to check that "s3" is a
-    known name: ~900 listdirs and ~2700 stats, a quarter of a second on a cold cache, which
-    every short `cat` or `put` paid before its first request.
-    """
-
-    def list_available_services(self, type_name):
-        return ["s3"]
-
-
 def _client_config(c: S3Config, region: str) -> botocore.config.Config:
     return botocore.config.Config(
         region_name=region,
@@ -184,10 +172,12 @@ class Store:
     def _make_client(self):
         c = self.cfg
         session = botocore.session.Session(profile=c.profile or None)
-        session.register_component("data_loader", _S3OnlyLoader())
         try:  # a missing profile surfaces at the first lookup, whichever that is
+            loader = S3FirstLoader(session.get_config_variable("data_path"))
+            session.register_component("data_loader", loader)
             region = c.region or session.get_config_variable("region") or "us-east-1"
             client = session.create_client("s3", endpoint_url=c.endpoint_url, config=_client_config(c, region))
+            loader.model_cache.save()
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
         # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25

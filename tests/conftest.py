@@ -67,7 +67,9 @@ def s3_server(tmp_path_factory):
     for k in _MASKED:
         os.environ.pop(k, None)
     nowhere = str(data_dir / "no-aws-config")
-    os.environ.update(server.env(), AWS_CONFIG_FILE=nowhere, AWS_SHARED_CREDENTIALS_FILE=nowhere)
+    os.environ.update(server.env(), AWS_CONFIG_FILE=nowhere, AWS_SHARED_CREDENTIALS_FILE=nowhere,
+                      # every test process reads botocore's models through one fresh cache
+                      S3PIPEFS_CACHE_DIR=str(data_dir / "cache"))
     try:
         yield server
     finally:
