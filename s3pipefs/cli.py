@@ -15,6 +15,7 @@ import sys
 
 from s3pipefs import __version__, errors
 from s3pipefs.config import MiB, S3Config, TransferConfig, parse_duration, parse_size
+from s3pipefs.memory import tune_malloc
 from s3pipefs.s3url import parse_s3url
 
 PROG = "s3pipefs"
@@ -378,6 +379,7 @@ class _OneLineFormatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _calm_gc()
+    tune_malloc()
     debug = bool(os.environ.get("S3PIPEFS_DEBUG"))
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s") if debug else _OneLineFormatter())

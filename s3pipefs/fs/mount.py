@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from s3pipefs import errors
 from s3pipefs.fs import daemon
 from s3pipefs.fs.options import OPTIONS, MountOptions, default_of, parse_options, parse_source
+from s3pipefs.memory import tune_malloc
 
 log = logging.getLogger("s3pipefs.fs")
 
@@ -144,6 +145,7 @@ def _fuse_kwargs(plan: MountPlan, fuselib) -> dict:
 
 def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCapture | None) -> int:
     """Build the engine, mount and run the FUSE loop until unmounted. Returns an exit status."""
+    tune_malloc(keep=64 << 20)  # before the first thread; a daemon gives idle memory back
     opts = plan.opts
     try:
         daemon.setup_logging(opts.daemon.log, foreground=opts.daemon.foreground,
