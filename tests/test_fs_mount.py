@@ -380,6 +380,22 @@ def test_helper_reports_failures_with_mount8_statuses(s3_server, s3_env, tmp_pat
     assert not os.path.ismount(mp)
 
 
+def _read_ahead_kb(mount) -> int:
+    dev = subprocess.run(["mountpoint", "-d", str(mount)], capture_output=True, text=True, check=True).stdout.strip()
+    return int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text())
+
+
+def test_the_kernel_reads_ahead_in_1mib_steps_and_the_option_sets_it(mounter, bucket):
+    # The kernel's own default for a FUSE mount is 128 KiB: 8x more read requests.
+    for opts, want in (({}, 1024), ({"kernel_read_ahead": "4M"}, 4096), ({"kernel_read_ahead": "0"}, None)):
+        m = mounter(bucket, **opts)
+        deadline = time.monotonic() + 10  # set by a thread once the kernel has INIT's reply
+        while _read_ahead_kb(m) != want and time.monotonic() < deadline and want is not None:
+            time.sleep(0.05)
+        got = _read_ahead_kb(m)
+        assert got == want if want is not None else got not in (1024, 4096), (opts, got)
+
+
 def test_ro_mount_rejects_writes(mounter, bucket, store):
     store.put(bucket, "o.txt", b"object")
     rw = mounter(bucket)

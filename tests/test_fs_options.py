@@ -30,10 +30,11 @@ def test_every_option_lands_in_its_config_object():
               "segment_size=8M,workers=3,staging=/var/tmp/s,cache_size=16M,read_ahead=64M,prefetch=2",
               "follow_timeout=2m,poll_interval=250ms,tries=3,stale_after=30s,heartbeat=2s,metadata_ttl=1s",
               "max_writers=2,direct_io,max_threads=20,shutdown_timeout=5,retries=3,addressing=virtual",
+              "kernel_read_ahead=4M",
               "credentials=/etc/s3pipefs/creds,log=/var/log/x.log,debug,verbose,foreground,fsname=backups")
     assert o.fs.read_only and o.fs.allow_other and (o.fs.uid, o.fs.gid, o.fs.umask) == (1000, 0, 0o027)
     assert (o.fs.metadata_ttl, o.fs.max_writers, o.fs.direct_io, o.fs.max_threads) == (1.0, 2, True, 20)
-    assert o.fs.shutdown_timeout == 5.0
+    assert o.fs.shutdown_timeout == 5.0 and o.fs.kernel_read_ahead == 4 * MiB
     assert (o.s3.endpoint_url, o.s3.profile, o.s3.region, o.s3.max_attempts, o.s3.path_style) == \
         ("http://127.0.0.1:9000", "p", "eu-west-1", 3, False)
     t = o.transfer

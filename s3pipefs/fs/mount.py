@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 
 from s3pipefs import errors
-from s3pipefs.fs import daemon
+from s3pipefs.fs import daemon, readahead
 from s3pipefs.fs.options import OPTIONS, MountOptions, default_of, parse_options, parse_source
 from s3pipefs.memory import tune_malloc
 
@@ -185,7 +185,11 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     fs = Filesystem(engine, plan.bucket, plan.prefix, opts.fs, blksize=fuselib.MAX_REQUEST)
     loop_done = threading.Event()
 
+    resolved = os.path.realpath(plan.mountpoint)  # as mountinfo spells it
+
     def on_init() -> None:
+        if opts.fs.kernel_read_ahead:
+            readahead.set_after_init(resolved, opts.fs.kernel_read_ahead)
         log.info("mounted %s on %s (libfuse %s, %s)", where, plan.mountpoint, fuselib.version(),
                  "read-only" if opts.fs.read_only else "read-write")
         if opts.ignored:

@@ -54,6 +54,8 @@ class FsConfig:
     # On SIGTERM: how long open writers get to finish (close) before their streams are
     # made durable and left incomplete.
     shutdown_timeout: float = 30.0
+    # The kernel's read-ahead for the mount (fs/readahead.py); 0 leaves its 128 KiB.
+    kernel_read_ahead: int = 1024 * 1024
     # Generic VFS flags handed to the kernel as they are (noexec, nosuid, ...).
     kernel_flags: tuple[str, ...] = ()
 
@@ -183,6 +185,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_writers", "fs", "max_writers", _int(1, 1024), "files open for writing at once; more get ENOMEM"),
     Option("read_memory", "fs", "read_memory", _size, "read-ahead memory shared by all files open for reading"),
     Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
+    Option("kernel_read_ahead", "fs", "kernel_read_ahead", _size,
+           "the kernel's read-ahead for the mount (as root; 0 leaves the kernel's 128K)"),
     Option("max_threads", "fs", "max_threads", _int(2, 100000), "FUSE worker threads, libfuse 3"),
     Option("shutdown_timeout", "fs", "shutdown_timeout", _duration,
            "on SIGTERM, time open writers get to close before streams are left incomplete"),
