@@ -3,6 +3,8 @@ cache is used when it is ours, and ignored when it is stale or anyone else could
 import http.server
 import marshal
 import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -20,16 +22,18 @@ class _StsStub(http.server.BaseHTTPRequestHandler):
     calls: list[str] = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
-        self.calls.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        request = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.calls.append(request)
+        action = "AssumeRoleWithWebIdentity" if "Action=AssumeRoleWithWebIdentity" in request else "AssumeRole"
         expires = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         # An empty session token: the local server knows no STS, so none may be sent.
         body = (
-            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+            f'<{action}Response xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><{action}Result>'
             f"<Credentials><AccessKeyId>{self.keys[0]}</AccessKeyId><SecretAccessKey>{self.keys[1]}"
             f"</SecretAccessKey><SessionToken></SessionToken><Expiration>{expires}</Expiration>"
             "</Credentials><AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/backup/s</Arn>"
-            "<AssumedRoleId>AROAEXAMPLE:s</AssumedRoleId></AssumedRoleUser></AssumeRoleResult>"
-            "</AssumeRoleResponse>").encode()
+            f"<AssumedRoleId>AROAEXAMPLE:s</AssumedRoleId></AssumedRoleUser></{action}Result>"
+            f"</{action}Response>").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/xml")
         self.send_header("Content-Length", str(len(body)))
@@ -67,6 +71,22 @@ def test_a_profile_with_a_role_gets_its_credentials_from_sts(cli, bucket, s3_env
     assert cli("cat", f"s3://{bucket}/x").stdout == b"through the role"
     assert len(calls) == 1 and "Action=AssumeRole" in calls[0]
     assert "RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fbackup" in calls[0]
+
+
+def test_a_web_identity_role_works_as_on_kubernetes(cli, bucket, s3_env, sts, tmp_path):
+    # EKS (IRSA) and other OIDC setups: AWS_ROLE_ARN plus a token file, through STS.
+    endpoint, calls = sts
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")
+    env = {k: v for k, v in s3_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update(AWS_ROLE_ARN="arn:aws:iam::123456789012:role/pod", AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
+               AWS_ENDPOINT_URL_STS=endpoint)
+    r = subprocess.run([sys.executable, "-m", "s3pipefs", "put", f"s3://{bucket}/y"], input=b"from a pod",
+                       env=env, capture_output=True, timeout=120)  # not cli(): it adds the keys back
+    assert r.returncode == 0, r.stderr.decode()
+    assert cli("cat", f"s3://{bucket}/y").stdout == b"from a pod"
+    assert len(calls) == 1 and "Action=AssumeRoleWithWebIdentity" in calls[0]
+    assert "WebIdentityToken=eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl" in calls[0]
 
 
 def test_a_role_profile_whose_sts_is_down_fails_in_plain_words(cli, bucket, s3_env, tmp_path):
