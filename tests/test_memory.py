@@ -3,8 +3,9 @@ import subprocess
 import sys
 
 # Eight threads hand fresh 16 MiB buffers (written through, as a socket read writes them)
-# to a consumer that holds the last eight, as the reader's prefetch window does; the count
-# is of minor page faults after a warm-up.
+# to a consumer that holds the last eight, as the reader's window and cache do, through a
+# short queue (prefetch is bounded too); the count is of minor page faults after a warm-up.
+# Measured here: ~12,000-20,000 tuned against ~135,000-165,000 with glibc's defaults.
 _WORKLOAD = """
 import queue, resource, sys, threading
 from s3pipefs.memory import tune_malloc
@@ -13,7 +14,7 @@ if sys.argv[1] == "tuned":
 SEG = 16 << 20
 pattern = b"x" * (SEG + 1)
 def run(n, workers=8, window=8):
-    q = queue.Queue(maxsize=window)
+    q = queue.Queue(maxsize=2)
     def work():
         for _ in range(n):
             q.put(pattern[1:])
@@ -43,4 +44,4 @@ def test_tuned_malloc_reuses_segment_buffers():
     pages_moved = 64 * (16 << 20) // 4096  # 64 buffers of 16 MiB
     plain, tuned = _faults("plain"), _faults("tuned")
     assert plain > pages_moved // 3, plain  # the workload does fault with glibc's defaults
-    assert tuned < plain * 0.4, (tuned, plain)
+    assert tuned < plain * 0.3, (tuned, plain)
