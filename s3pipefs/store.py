@@ -148,6 +148,7 @@ class Store:
         self._client = None
         self._quick: QuickS3 | None = None
         self._lock = threading.Lock()
+        self._buckets_seen: set[str] = set()
 
     # The client is created lazily so that a daemon can fork before any thread exists.
     @property
@@ -290,6 +291,15 @@ class Store:
             self._call(self.client.head_bucket, bucket, None, "open", Bucket=bucket)
         except errors.NotFound:  # HEAD has no body, so no NoSuchBucket code: a bare 404
             raise errors.BucketNotFound(f"s3://{bucket}: no such bucket '{bucket}'") from None
+        self._buckets_seen.add(bucket)
+
+    def bucket_seen(self, bucket: str) -> None:
+        """bucket_exists, asked of the server once per bucket and process: for a clear error
+        before a new stream stages anything. A mount creates every new file and every
+        rename's destination this way, and a bucket deleted later still fails the writes
+        themselves with NoSuchBucket."""
+        if bucket not in self._buckets_seen:
+            self.bucket_exists(bucket)
 
     # -- writes ----------------------------------------------------------------
     def put(self, bucket: str, key: str, body, *, md5: str | None = None, crc32: str | None = None,

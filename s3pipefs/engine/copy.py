@@ -235,7 +235,7 @@ class _Lease:
         load = Retrier().call  # a manifest GET broken in transit is fetched again
         got = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
         if got is None:
-            self.store.bucket_exists(self.bucket)
+            self.store.bucket_seen(self.bucket)
             self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
         else:
             m, _data, info = got
@@ -408,14 +408,15 @@ def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_b
     """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
 
     ``engine_or_cfg`` is an Engine (its ``stat`` decides the kind and its ``cfg`` gives the
-    worker count) or a TransferConfig. Keyword arguments go to copy_stream/copy_object.
+    worker count) or a TransferConfig. ``kind=`` skips that lookup when the caller has just
+    made it. Other keyword arguments go to copy_stream/copy_object.
     A directory raises IsADirectory (EISDIR); a missing source NotFound.
     """
     engine = engine_or_cfg if hasattr(engine_or_cfg, "stat") else None
     cfg = getattr(engine_or_cfg, "cfg", None) if engine is not None else engine_or_cfg
     if not isinstance(cfg, TransferConfig):
         cfg = TransferConfig()
-    kind = entry_kind(store, src_bucket, src_key, engine, kw.get("source_sse_key"))
+    kind = kw.pop("kind", None) or entry_kind(store, src_bucket, src_key, engine, kw.get("source_sse_key"))
     if kind is None:
         raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
     if kind == "dir":

@@ -188,8 +188,8 @@ class Engine:
             self.store.delete(bucket, key)
         return entry
 
-    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> None:
-        """Server-side copy of a stream or object (used by rename)."""
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, kind: str | None = None) -> None:
+        """Server-side copy of a stream or object (used by rename); ``kind`` if known."""
         from s3pipefs.engine import copy as _copy
 
-        _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key)
+        _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key, kind=kind)

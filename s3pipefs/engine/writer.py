@@ -88,6 +88,10 @@ class StreamWriter:
         self._data_prefix_done: str | None = None  # a swapped-in replacement's staging prefix
         self._manifest_etag: str | None = None
         self._manifest_dirty = False
+        # Set by close. The landing of its last outstanding segment publishes no progress
+        # manifest: the commit's follows at once (one PUT less per small file). Earlier
+        # landings still do, so a crash during a long close loses no named progress.
+        self._committing = False
         self._stop_manifest = threading.Event()
         # Serialises manifest saves: each one is conditional on the ETag of the last.
         self._manifest_lock = threading.Lock()
@@ -104,7 +108,7 @@ class StreamWriter:
         existing = manifests.load(self.store, self.bucket, self.prefix)
         if existing is None:
             # Also catches a missing bucket: make it a clear error before staging anything.
-            self.store.bucket_exists(self.bucket)
+            self.store.bucket_seen(self.bucket)
         base = mf.Layout()
         began = mf.now_iso()
         chain = ""
@@ -299,8 +303,13 @@ class StreamWriter:
         with self._cond:
             self._landed[index] = (staged.size, crc)
             # A replacement is invisible until commit; only its heartbeat goes out.
-            self._manifest_dirty = not self._replacing
+            self._manifest_dirty = not self._replacing and not self._last_landing()
             self._cond.notify_all()
+
+    def _last_landing(self) -> bool:
+        """Inside close, every sealed segment has landed; call with _cond held."""
+        sealed = self._next_index - 1 - self._base.count
+        return self._committing and sealed == len(self._landed)
 
     # -- manifest --------------------------------------------------------------------
     def _contiguous(self) -> tuple[mf.Layout, str]:
@@ -402,6 +411,7 @@ class StreamWriter:
                 raise errors.IntegrityError(
                     f"{self.where}: input ended after {self._base.total - self._skip} bytes, before the "
                     f"{self._base.total} bytes already uploaded")
+            self._committing = True
             if self._current is not None and (self._current.size or self._next_index == 1):
                 self._seal()
             elif self._next_index == 1:

@@ -210,7 +210,7 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a file into itself")
         skey, dkey = self.key(old), self.key(new)
-        self.engine.copy(self.bucket, skey, self.bucket, dkey)
+        self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind)  # src was just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
             # it, or it would shadow the new one or linger beside it.
