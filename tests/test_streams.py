@@ -206,6 +206,20 @@ def test_second_writer_is_refused(engine, bucket, cli):
     assert cat(cli, f"s3://{bucket}/busy") == b"x" * 10
 
 
+@pytest.mark.parametrize("size", [0, 5000, 3 * SEG])
+def test_close_does_not_wait_out_the_manifest_loop(engine, bucket, monkeypatch, size):
+    # The manifest thread sleeps on a condition between updates; close must wake it. It
+    # once waited out that interval on every small file, which doubled an rsync into a mount.
+    from s3pipefs.engine import writer
+    monkeypatch.setattr(writer, "MIN_MANIFEST_INTERVAL", 30.0)
+    w = engine.open_writer(bucket, f"quick{size}", "create")
+    w.write(blob(size, 4))
+    t = time.monotonic()
+    w.close()
+    assert time.monotonic() - t < 10
+    assert engine.stat(bucket, f"quick{size}").complete
+
+
 def test_append(cli, bucket):
     a, b = blob(SEG + 3, 1), blob(2 * SEG + 9, 2)
     put(cli, f"s3://{bucket}/ap", a)

@@ -380,6 +380,14 @@ class StreamWriter:
                 return
             self._stop_manifest.wait(MIN_MANIFEST_INTERVAL)
 
+    def _stop_manifest_loop(self, join: bool = True) -> None:
+        # Wake the loop out of its wait on the condition, or a commit waits out the interval.
+        self._stop_manifest.set()
+        with self._cond:
+            self._cond.notify_all()
+        if join:
+            self._manifest_thread.join()
+
     # -- durability and commit ---------------------------------------------------------
     def _check(self) -> None:
         if self._error is not None:
@@ -419,8 +427,7 @@ class StreamWriter:
                 self._current = self._staging.create(mf.segment_name(1))
                 self._seal()
             self._drain()
-            self._stop_manifest.set()
-            self._manifest_thread.join()
+            self._stop_manifest_loop()
             self._check()
             if self._replacing:
                 self._swap_in()
@@ -456,7 +463,7 @@ class StreamWriter:
         if self.closed:
             return
         self.closed = True
-        self._stop_manifest.set()
+        self._stop_manifest_loop(join=False)  # joined below, after the uploads stop
         for f in list(self._futures):
             f.cancel()
         with self._cond:
