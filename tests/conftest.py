@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -50,6 +51,15 @@ def unique_name(prefix: str = "t") -> str:
     """A name unique in this run and across runs, valid as an S3 bucket name (<= 63)."""
     prefix = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40] or "t"
     return f"{prefix}-{_RUN}-{next(_counter)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def children_take_ctrl_c():
+    """A suite started in the background (``make test &``) inherits SIGINT ignored, and so
+    would every child it starts; the tests that press Ctrl-C on a child need it delivered.
+    A handler (unlike "ignored") is reset to the default in a child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
