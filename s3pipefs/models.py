@@ -72,8 +72,8 @@ class ModelCache:
         self._dir = directory
         name = f"botocore-{botocore.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.marshal"
         self._path = os.path.join(directory, name) if directory else None
-        self._entries: dict | None = None
-        self._dirty = False
+        self._entries: dict | None = None  # as read; botocore may change what get() hands out
+        self._fresh: dict = {}  # parsed in this process, copied before botocore saw them
         self._lock = threading.Lock()
 
     def _load(self) -> dict:
@@ -113,18 +113,20 @@ class ModelCache:
         except OSError:
             return
         with self._lock:
-            self._load()[path] = (st.st_size, st.st_mtime_ns, _plain(data))
-            self._dirty = True
+            self._fresh[path] = (st.st_size, st.st_mtime_ns, _plain(data))
 
     def save(self) -> None:
         """Write the cache if it gained entries; any failure leaves things as they were."""
         with self._lock:
-            if not self._dirty or self._path is None:
+            if not self._fresh or self._path is None:
                 return
-            self._dirty = False
-            entries = dict(self._entries or {})
+            fresh, self._fresh = self._fresh, {}
         if not _private_dir(self._dir, create=True):
             return
+        # The file's own entries, not the ones handed out: botocore merges its "extras"
+        # into a service model in place.
+        entries = self._read()
+        entries.update(fresh)
         try:
             fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".models-")
             try:

@@ -188,3 +188,21 @@ def test_other_services_still_load(tmp_path):
     loader = S3FirstLoader(cache=ModelCache(str(tmp_path / "c")))
     assert loader.load_service_model("sts", "service-2")["metadata"]["endpointPrefix"] == "sts"
     assert "sts" in loader.list_available_services("service-2")
+
+
+def test_what_botocore_changes_in_a_handed_out_model_is_not_saved(tmp_path):
+    # botocore merges a service's "extras" into its model in place; the cache must keep
+    # the file's own content when it is written again for another model.
+    first, second = _model_file(tmp_path), str(tmp_path / "models" / "other.json")
+    open(second, "w").write('{"w": 2}')
+    directory = str(tmp_path / "c")
+    cache = ModelCache(directory)
+    cache.put(first, {"v": 1})
+    cache.save()
+    cache = ModelCache(directory)
+    handed_out = cache.get(first)
+    handed_out["merged"] = "by botocore"
+    cache.put(second, {"w": 2})
+    cache.save()
+    again = ModelCache(directory)
+    assert again.get(first) == {"v": 1} and again.get(second) == {"w": 2}
