@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -140,6 +141,24 @@ def _client_config(c: S3Config, region: str) -> botocore.config.Config:
     )
 
 
+def _resolve_credentials(session, profile: str | None) -> None:
+    """Fetch the credentials now, so that a role that cannot be assumed (STS down, access
+    denied, an SSO login expired) is reported as a credentials problem, not as a failure
+    of whichever S3 request came first. No credentials at all is left to that request."""
+    what = "AWS credentials" + (f" (profile {p})" if (p := profile or os.environ.get("AWS_PROFILE")) else "")
+    try:
+        creds = session.get_credentials()
+        if creds is not None:
+            creds.get_frozen_credentials()
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as e:
+        raise errors.EndpointError(f"{what}: cannot reach {e.kwargs.get('endpoint_url', 'the endpoint')}") from None
+    except botocore.exceptions.ClientError as e:
+        err = e.response.get("Error", {})
+        raise errors.AccessDenied(f"{what}: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")) from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise errors.AccessDenied(f"{what}: {e}") from None
+
+
 class Store:
     """Thread-safe S3 access for the engine. One botocore S3 client shared by all workers."""
 
@@ -181,6 +200,7 @@ class Store:
             loader.model_cache.save()
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
+        _resolve_credentials(session, c.profile)
         # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25
         # one-byte reads of the interim reply) before each upload. Our bodies are at most a
         # segment, so an early refusal would save little; the round trip costs every time.

@@ -20,10 +20,21 @@ class _StsStub(http.server.BaseHTTPRequestHandler):
     """AssumeRole answered with the local server's own key pair as the role's credentials."""
     keys: tuple[str, str] = ("", "")
     calls: list[str] = []
+    deny = False
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         request = self.rfile.read(int(self.headers["Content-Length"])).decode()
         self.calls.append(request)
+        if self.deny:
+            body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+                    b"<Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to "
+                    b"perform: sts:AssumeRole</Message></Error><RequestId>1</RequestId></ErrorResponse>")
+            self.send_response(403)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         action = "AssumeRoleWithWebIdentity" if "Action=AssumeRoleWithWebIdentity" in request else "AssumeRole"
         expires = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         # An empty session token: the local server knows no STS, so none may be sent.
@@ -48,6 +59,7 @@ class _StsStub(http.server.BaseHTTPRequestHandler):
 def sts(s3_env):
     _StsStub.keys = (s3_env["AWS_ACCESS_KEY_ID"], s3_env["AWS_SECRET_ACCESS_KEY"])
     _StsStub.calls = []
+    _StsStub.deny = False
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StsStub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _StsStub.calls
@@ -99,7 +111,23 @@ def test_a_role_profile_whose_sts_is_down_fails_in_plain_words(cli, bucket, s3_e
     r = cli("ls", "--profile", "backup", f"s3://{bucket}/", env=env)
     err = r.stderr.decode()
     assert r.returncode == 1 and "Traceback" not in err, err
-    assert err.splitlines()[-1] == f"s3pipefs: list s3://{bucket}/: cannot reach endpoint http://127.0.0.1:9/"
+    assert err.splitlines()[-1] == "s3pipefs: AWS credentials (profile backup): cannot reach http://127.0.0.1:9/"
+
+
+def test_a_role_that_may_not_be_assumed_is_named_as_a_credentials_problem(cli, bucket, s3_env, sts, tmp_path):
+    endpoint, calls = sts
+    _StsStub.deny = True
+    config = tmp_path / "config"
+    config.write_text("[profile base]\naws_access_key_id = AKIDNOTVALIDHERE0000\n"
+                      "aws_secret_access_key = x\n[profile backup]\n"
+                      "role_arn = arn:aws:iam::123456789012:role/backup\nsource_profile = base\n")
+    r = cli("put", "--profile", "backup", f"s3://{bucket}/z", input=b"never",
+            env={"AWS_CONFIG_FILE": str(config), "AWS_ENDPOINT_URL_STS": endpoint})
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == ("s3pipefs: AWS credentials (profile backup): AccessDenied: "
+                                    "User is not authorized to perform: sts:AssumeRole")
+    assert calls and cli("info", f"s3://{bucket}/z").returncode == 1  # nothing was written
 
 
 def _count_json_parses(monkeypatch) -> list[str]:
