@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors
 from s3pipefs.fs import daemon, readahead
+from s3pipefs.fs.mounttable import mounted_at
 from s3pipefs.fs.options import OPTIONS, MountOptions, default_of, parse_options, parse_source
 from s3pipefs.memory import tune_malloc
 
@@ -248,8 +249,8 @@ def _clear_stale_mount(mountpoint: str) -> None:
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             return
-    fstype = _mount_type(mountpoint)
-    if fstype and "s3pipefs" in fstype:
+    mounted = mounted_at(mountpoint)
+    if mounted is not None and "s3pipefs" in mounted.fstype:
         for cmd in (["fusermount3", "-uz", mountpoint], ["fusermount", "-uz", mountpoint], ["umount", "-l", mountpoint]):
             try:
                 if subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
@@ -260,17 +261,3 @@ def _clear_stale_mount(mountpoint: str) -> None:
                 continue
     raise errors.Busy(f"{mountpoint} is a stale mount (transport endpoint not connected); "
                       f"run `umount -l {mountpoint}` and mount again")
-
-
-def _mount_type(mountpoint: str) -> str | None:
-    """The filesystem type /proc/self/mounts records for ``mountpoint``."""
-    try:
-        with open("/proc/self/mounts") as f:
-            found = None
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1].replace("\\040", " ") == mountpoint:
-                    found = parts[2]
-            return found
-    except OSError:
-        return None

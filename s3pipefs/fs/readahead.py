@@ -14,31 +14,9 @@ import logging
 import os
 import threading
 
+from s3pipefs.fs.mounttable import mounted_at
+
 log = logging.getLogger(__name__)
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, ch)
-    return field
-
-
-def device_of(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """"major:minor" of the newest FUSE mount on ``mountpoint`` (as the kernel spells it)."""
-    found = None
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 10 or "-" not in fields:
-                    continue
-                fstype = fields[fields.index("-") + 1]
-                if _unescape(fields[4]) == mountpoint and fstype.startswith("fuse"):
-                    found = fields[2]
-    except OSError:
-        return None
-    return found
 
 
 def set_after_init(mountpoint: str, size: int) -> threading.Thread:
@@ -59,12 +37,12 @@ def set_after_init(mountpoint: str, size: int) -> threading.Thread:
 
 def set_kernel_read_ahead(mountpoint: str, size: int, sysfs: str = "/sys/class/bdi") -> bool:
     """Set the mount's read-ahead to ``size`` bytes. False when not allowed or not found."""
-    dev = device_of(mountpoint)
-    if dev is None:
-        log.debug("read-ahead: %s not found in mountinfo", mountpoint)
+    mounted = mounted_at(mountpoint)
+    if mounted is None or not mounted.fstype.startswith("fuse"):
+        log.debug("read-ahead: no FUSE mount on %s in mountinfo", mountpoint)
         return False
     try:
-        with open(f"{sysfs}/{dev}/read_ahead_kb", "w") as f:
+        with open(f"{sysfs}/{mounted.device}/read_ahead_kb", "w") as f:
             f.write(str(max(4, size // 1024)))
     except OSError as e:
         log.debug("read-ahead of %s left at the kernel's default: %s", mountpoint, e.strerror or e)
