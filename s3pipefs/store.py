@@ -141,13 +141,16 @@ def _client_config(c: S3Config, region: str) -> botocore.config.Config:
     )
 
 
-def _resolve_credentials(session, profile: str | None) -> None:
+def _resolve_credentials(client, profile: str | None) -> None:
     """Fetch the credentials now, so that a role that cannot be assumed (STS down, access
     denied, an SSO login expired) is reported as a credentials problem, not as a failure
-    of whichever S3 request came first. No credentials at all is left to that request."""
+    of whichever S3 request came first. No credentials at all is left to that request.
+
+    They are the client's own (what its signer uses): asking the session again would run
+    the whole provider chain a second time when it found none."""
     what = "AWS credentials" + (f" (profile {p})" if (p := profile or os.environ.get("AWS_PROFILE")) else "")
+    creds = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     try:
-        creds = session.get_credentials()
         if creds is not None:
             creds.get_frozen_credentials()
     except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as e:
@@ -200,7 +203,7 @@ class Store:
             loader.model_cache.save()
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
-        _resolve_credentials(session, c.profile)
+        _resolve_credentials(client, c.profile)
         # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25
         # one-byte reads of the interim reply) before each upload. Our bodies are at most a
         # segment, so an early refusal would save little; the round trip costs every time.

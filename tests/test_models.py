@@ -234,3 +234,21 @@ def test_what_botocore_changes_in_a_handed_out_model_is_not_saved(tmp_path):
     cache.save()
     again = ModelCache(directory)
     assert again.get(first) == {"v": 1} and again.get(second) == {"w": 2}
+
+
+def test_without_credentials_the_provider_chain_runs_once(monkeypatch, tmp_path):
+    # The chain may probe instance metadata, a second of timeouts each time; checking the
+    # credentials early must not run it again when it found none.
+    import botocore.credentials
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    runs = []
+    real = botocore.credentials.CredentialResolver.load_credentials
+    monkeypatch.setattr(botocore.credentials.CredentialResolver, "load_credentials",
+                        lambda self: runs.append(1) or real(self))
+    Store(S3Config(endpoint_url="http://127.0.0.1:9")).client  # noqa: B018 - makes the client
+    assert len(runs) == 1
