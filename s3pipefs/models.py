@@ -45,15 +45,20 @@ def cache_dir() -> str | None:
     return os.path.join(base, "s3pipefs")
 
 
+def _ours(st: os.stat_result) -> bool:
+    """Owned by us and writable by nobody else."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def _private_dir(path: str, create: bool) -> bool:
-    """True when ``path`` is a directory owned by us that nobody else can write."""
+    """True when ``path`` is a directory that is _ours."""
     try:
         if create:
             os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    return stat.S_ISDIR(st.st_mode) and _ours(st)
 
 
 def _plain(data):
@@ -86,8 +91,7 @@ class ModelCache:
             return {}
         try:
             with open(self._path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                if not _ours(os.fstat(f.fileno())):
                     return {}
                 entries = marshal.loads(f.read())
         except (OSError, EOFError, ValueError, TypeError):
