@@ -8,17 +8,20 @@ Two costs paid by every short ``cat``, ``put`` or ``cp`` before its first reques
   credential chain creates STS, SSO and sign-in clients for profiles with ``role_arn``,
   ``sso_session`` or ``login``.
 * Parsing the JSON models (endpoints, the S3 service model, its endpoint rules): ~45 ms of
-  CPU. The parsed data is kept in one marshal file per botocore and Python version and read
-  back in ~12 ms. marshal holds plain data only (no pickle-style code execution), and the
+  CPU. The parsed data is kept in one marshal file per botocore installation (its version,
+  the Python version and where it is installed: every virtualenv has its own) and read back
+  in ~12 ms. marshal holds plain data only (no pickle-style code execution), and the
   cache is read only from a directory that is ours and not writable by anyone else, since
   a model decides where requests and credentials are sent. Each entry records its source
-  file's size and mtime; a changed model file is parsed again.
+  file's size and mtime; a changed model file is parsed again, and a save drops entries
+  whose file has changed or gone, so the cache holds what this installation reads.
 
 ``S3PIPEFS_CACHE_DIR`` moves the cache (default ``$XDG_CACHE_HOME/s3pipefs`` or
 ``~/.cache/s3pipefs``); set it empty to turn it off.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import marshal
 import os
@@ -43,6 +46,21 @@ def cache_dir() -> str | None:
         return given or None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "s3pipefs")
+
+
+def cache_file_name() -> str:
+    """One file per botocore installation. Shared between virtualenvs, the file grew with
+    each one's entries, and every start-up read them all (5 MB and 64 ms for three)."""
+    where = hashlib.sha256(os.path.dirname(os.path.abspath(botocore.__file__)).encode()).hexdigest()[:12]
+    return f"botocore-{botocore.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{where}.marshal"
+
+
+def _current(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
 
 
 def _ours(st: os.stat_result) -> bool:
@@ -75,8 +93,7 @@ class ModelCache:
 
     def __init__(self, directory: str | None):
         self._dir = directory
-        name = f"botocore-{botocore.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.marshal"
-        self._path = os.path.join(directory, name) if directory else None
+        self._path = os.path.join(directory, cache_file_name()) if directory else None
         self._entries: dict | None = None  # as read; botocore may change what get() hands out
         self._fresh: dict = {}  # parsed in this process, copied before botocore saw them
         self._lock = threading.Lock()
@@ -105,11 +122,7 @@ class ModelCache:
         if not (isinstance(hit, tuple) and len(hit) == 3):
             return None
         size, mtime_ns, data = hit
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return data if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else None
+        return data if _current(path, size, mtime_ns) else None
 
     def put(self, path: str, data) -> None:
         try:
@@ -128,8 +141,9 @@ class ModelCache:
         if not _private_dir(self._dir, create=True):
             return
         # The file's own entries, not the ones handed out: botocore merges its "extras"
-        # into a service model in place.
-        entries = self._read()
+        # into a service model in place. Entries whose file changed or went are dropped.
+        entries = {path: hit for path, hit in self._read().items()
+                   if isinstance(hit, tuple) and len(hit) == 3 and _current(path, *hit[:2])}
         entries.update(fresh)
         try:
             fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".models-")

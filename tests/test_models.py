@@ -12,7 +12,7 @@ import botocore.loaders
 import pytest
 
 from s3pipefs.config import S3Config
-from s3pipefs.models import ModelCache, S3FirstLoader
+from s3pipefs.models import ModelCache, S3FirstLoader, cache_file_name
 from s3pipefs.store import Store
 
 
@@ -151,7 +151,8 @@ def test_a_warm_cache_parses_no_json_and_the_client_works(s3_server, bucket, tmp
     first = Store(S3Config(endpoint_url=s3_server.endpoint))
     first.put(bucket, "k", b"one")
     assert "service-2.json.gz" in parsed or "service-2.json" in parsed
-    assert {p.name for p in cache.iterdir()} == {f"botocore-{botocore.__version__}-py311.marshal"}
+    assert [p.name for p in cache.iterdir()] == [cache_file_name()]
+    assert cache_file_name().startswith(f"botocore-{botocore.__version__}-py311-")
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in cache.iterdir())
     parsed.clear()
@@ -234,6 +235,32 @@ def test_what_botocore_changes_in_a_handed_out_model_is_not_saved(tmp_path):
     cache.save()
     again = ModelCache(directory)
     assert again.get(first) == {"v": 1} and again.get(second) == {"w": 2}
+
+
+def test_each_botocore_installation_keeps_its_own_file_and_gone_models_leave_it(tmp_path, monkeypatch):
+    # A file shared by every virtualenv grew with each one's entries, and each start-up
+    # read them all.
+    directory = tmp_path / "c"
+    kept, gone, later = (str(tmp_path / "models" / n) for n in ("thing.json", "gone.json", "later.json"))
+    _model_file(tmp_path)
+    open(gone, "w").write('{"g": 1}')
+    open(later, "w").write('{"l": 1}')
+    cache = ModelCache(str(directory))
+    cache.put(kept, {"v": 1})
+    cache.put(gone, {"g": 1})
+    cache.save()
+    os.unlink(gone)
+    cache = ModelCache(str(directory))
+    cache.put(later, {"l": 1})
+    cache.save()
+    assert set(marshal.loads((directory / cache_file_name()).read_bytes())) == {kept, later}
+
+    monkeypatch.setattr(botocore, "__file__", str(tmp_path / "venv2" / "botocore" / "__init__.py"))
+    other = ModelCache(str(directory))
+    assert other.get(kept) is None
+    other.put(kept, {"v": 1})
+    other.save()
+    assert len(list(directory.iterdir())) == 2
 
 
 def test_without_credentials_the_provider_chain_runs_once(monkeypatch, tmp_path):
