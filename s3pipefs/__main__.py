@@ -1,3 +1,3 @@
-from s3pipefs.cli import main
+from s3pipefs.cli import run
 
-raise SystemExit(main())
+run()

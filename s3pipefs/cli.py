@@ -7,11 +7,13 @@ stderr and exit status 1 (2 for usage errors); no tracebacks unless S3PIPEFS_DEB
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import logging
 import os
 import signal
 import sys
+import threading
 
 from s3pipefs import __version__, errors
 from s3pipefs.config import MiB, S3Config, TransferConfig, parse_duration, parse_size
@@ -350,7 +352,7 @@ def cmd_rm(a) -> int:
             if getattr(a, "verbose", False):
                 print(f"removed {e.kind} {url}", file=sys.stderr)
         except errors.S3PipeError as e:
-            print(f"{PROG}: {e}", file=sys.stderr)
+            print(errors.one_line(e, PROG), file=sys.stderr)
             status = e.exit_status
     return status
 
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     except errors.S3PipeError as e:
         if debug:
             raise
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(errors.one_line(e, PROG), file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -416,5 +418,36 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The console entry point: main(), then exit without tearing the interpreter down.
+
+    Freeing botocore's and the models' objects one by one took 60-100 ms of every command
+    (a tiny `cp` ran 0.34 s instead of 0.28). What a normal exit does that matters still
+    happens, in its order: non-daemon threads are joined, atexit handlers run (logging's
+    flush among them), stdout and stderr are flushed, and a stdout that cannot take the
+    last bytes is an error, not a silent loss.
+    """
+    rc = main()
+    join_threads = getattr(threading, "_shutdown", None)
+    if join_threads is None:  # not CPython: exit the usual way
+        sys.exit(rc)
+    join_threads()
+    atexit._run_exitfuncs()
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away (`ls | head`): as main() treats it
+    except OSError as e:
+        print(f"{PROG}: stdout: {e.strerror or e}", file=sys.stderr)
+        rc = rc or 1
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

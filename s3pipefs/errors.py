@@ -19,6 +19,12 @@ class S3PipeError(Exception):
     status: int | None = None
 
 
+def one_line(err: Exception, prog: str) -> str:
+    """The message as printed: the program's name once (usage errors start with it)."""
+    text = str(err)
+    return text if text.startswith((f"{prog}:", f"{prog} ")) else f"{prog}: {text}"
+
+
 class UsageError(S3PipeError):
     errno = _errno.EINVAL
     exit_status = 2

@@ -104,6 +104,29 @@ def test_usage_errors_exit_2(cli):
         assert "Traceback" not in r.stderr.decode()
 
 
+def test_a_usage_error_names_the_program_once(cli):
+    assert one_line(cli("frobnicate")).startswith("s3pipefs: argument COMMAND: invalid choice: 'frobnicate'")
+    assert one_line(cli("cp", "a", "b")) == "s3pipefs cp: one of SRC and DST must be an s3:// location"
+
+
+def test_output_that_cannot_be_written_at_exit_is_an_error(cli, bucket, s3_env, tiny_tmpfs):
+    # The process exits without the interpreter's teardown; the last buffered lines must
+    # still be flushed, and a failed flush must not pass as success.
+    assert cli("put", f"s3://{bucket}/listed", input=b"x").returncode == 0
+    out = cli("ls", f"s3://{bucket}/")
+    assert out.returncode == 0 and f"s3://{bucket}/listed" in out.stdout.decode()
+    with open(tiny_tmpfs / "filler", "wb") as f:  # a full disk: buffered output fails at exit
+        with pytest.raises(OSError):
+            f.write(b"\0" * (2 << 20))
+            f.flush()
+    env = {k: v for k, v in s3_env.items() if k != "PYTHONUNBUFFERED"}  # as for most users
+    with open(tiny_tmpfs / "listing", "wb") as dest:
+        r = subprocess.run([sys.executable, "-m", "s3pipefs", "ls", f"s3://{bucket}/"], stdout=dest,
+                           stderr=subprocess.PIPE, env=env, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert one_line(r) == "s3pipefs: stdout: No space left on device"
+
+
 def test_s3pipe2_flags_and_aliases(cli, bucket, s3_env):
     data = os.urandom(2_500_000)
     # s3pipe2 [options] to|from PATH, with -m MB, -b KB, -n workers, -t tries, -p staging, -v

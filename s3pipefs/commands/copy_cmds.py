@@ -125,7 +125,7 @@ def _run(fn, *args) -> int:
     except errors.S3PipeError as e:
         if os.environ.get("S3PIPEFS_DEBUG"):
             raise
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(errors.one_line(e, PROG), file=sys.stderr)
         return e.exit_status
 
 
@@ -494,7 +494,7 @@ def _abort(a, store_or_factory, tcfg) -> int:
                 row["action"] = "gone"
             except errors.S3PipeError as e:
                 row["action"] = f"failed: {e}"
-                print(f"{PROG}: {e}", file=sys.stderr)
+                print(errors.one_line(e, PROG), file=sys.stderr)
                 status = 1
         rows.append(row)
     if a.json:
