@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
 
 from s3pipefs import manifest as mf
@@ -278,3 +279,34 @@ def test_sync_counts_every_request_and_rides_out_faults_on_the_quick_path(store,
     for i in (0, 5, 119):
         rel = f"d{i % 4}/f{i:03d}"
         assert store.get(bucket, "up/" + rel)[0] == (tmp_path / "src" / rel).read_bytes()
+
+
+def test_small_local_files_are_hashed_on_one_thread_and_changes_still_found(store, bucket, tmp_path, monkeypatch):
+    # Hashing a small file is Python's per-file work under the GIL: one thread does it
+    # faster than sixteen passing the GIL around. Large files still hash in parallel.
+    import s3pipefs.engine.sync as sync_mod
+
+    src = tmp_path / "src"
+    files = {f"d{i % 5}/f{i:03d}": os.urandom(1000 + i) for i in range(150)}
+    files.update({"big/a": os.urandom(sync_mod.SMALL_FILE + 1), "big/b": os.urandom(sync_mod.SMALL_FILE + 7)})
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    first = Sync(store, parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
+    assert first.copied == len(files) and first.failed == 0
+    for rel in ("d3/f008", "big/b"):  # same size, other bytes: only a hash can tell
+        (src / rel).write_bytes(os.urandom(len(files[rel])))
+    threads = {}
+    real = sync_mod._file_digest
+
+    def spy(path, algo="md5"):
+        threads[os.path.relpath(path, src)] = threading.current_thread().name
+        return real(path, algo)
+    monkeypatch.setattr(sync_mod, "_file_digest", spy)
+    again = Sync(store, parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
+    assert (again.copied, again.skipped, again.failed) == (2, len(files) - 2, 0)
+    assert store.get(bucket, "t/d3/f008")[0] == (src / "d3/f008").read_bytes()
+    assert store.get(bucket, "t/big/b")[0] == (src / "big/b").read_bytes()
+    small = {name for rel, name in threads.items() if not rel.startswith("big/")}
+    assert len(threads) == len(files) and len(small) == 1 and small.pop().startswith("s3pipefs-hash")
+    assert all(threads[rel].startswith("s3pipefs-check") for rel in ("big/a", "big/b"))

@@ -57,6 +57,11 @@ MODES = ("existing", "etag", "checksum")
 # Entries per checker task, and bytes to hash per task (large files stay parallel).
 CHECK_BATCH = 64
 CHECK_BATCH_BYTES = 8 * MiB
+# Local files below this size are hashed on one thread: their cost is Python's per-file
+# work, which holds the GIL, and sixteen threads passing it around made a no-change re-run
+# of 10,000 small files take 1.2 s instead of 0.7 s. Larger files hash in parallel (hashlib
+# lets go of the GIL while it hashes).
+SMALL_FILE = 1 * MiB
 
 
 # -- locations and entries -------------------------------------------------------------------------
@@ -356,8 +361,9 @@ class Sync:
             fs, fd = lp.submit(self._list, self.src), lp.submit(self._list, self.dst)
             src_entries, dst_entries = fs.result(), fd.result()
         with cf.ThreadPoolExecutor(self.o.checkers, thread_name_prefix="s3pipefs-check") as checkers, \
+                cf.ThreadPoolExecutor(1, thread_name_prefix="s3pipefs-hash") as hasher, \
                 cf.ThreadPoolExecutor(self.o.workers, thread_name_prefix="s3pipefs-xfer") as workers:
-            self._checkers, self._workers = checkers, workers
+            self._checkers, self._hasher, self._workers = checkers, hasher, workers
             futures: list[cf.Future] = []
             try:
                 self._decide_all(src_entries, dst_entries, futures)
@@ -377,18 +383,18 @@ class Sync:
     def _decide_all(self, src_entries: dict, dst_entries: dict, futures: list) -> None:
         """Compare every source entry; submit checks and transfers (bounded queues).
 
-        Checks go to the pool in batches: hashing a small file takes a few microseconds,
-        handing it to a thread and back took ten times that.
+        Checks go to a pool in batches: hashing a small file takes a few microseconds,
+        handing it to a thread and back took ten times that. Small local files go to the
+        one hashing thread (see SMALL_FILE), everything else to the checkers.
         """
         checkers, workers = self._checkers, self._workers
-        batch: list = []
-        batch_bytes = 0
+        batches = {self._hasher: [], checkers: []}
+        batch_bytes = {self._hasher: 0, checkers: 0}
 
-        def flush():
-            nonlocal batch, batch_bytes
-            if batch:
-                futures.append(self._submit(self._cslots, checkers, self._check_batch, batch))
-                batch, batch_bytes = [], 0
+        def flush(pool):
+            if batches[pool]:
+                futures.append(self._submit(self._cslots, pool, self._check_batch, batches[pool]))
+                batches[pool], batch_bytes[pool] = [], 0
         for rel in sorted(src_entries):
             if len(futures) >= 4096:
                 futures[:] = [f for f in futures if not f.done()]
@@ -402,15 +408,17 @@ class Sync:
                 continue  # a directory marker
             verdict = self._quick(s, d)
             if verdict is None:
-                batch.append((s, d))
-                batch_bytes += s.size
-                if len(batch) >= CHECK_BATCH or batch_bytes >= CHECK_BATCH_BYTES:
-                    flush()
+                pool = self._hasher if self._small_local_check(s, d) else checkers
+                batches[pool].append((s, d))
+                batch_bytes[pool] += s.size
+                if len(batches[pool]) >= CHECK_BATCH or batch_bytes[pool] >= CHECK_BATCH_BYTES:
+                    flush(pool)
             elif verdict:
                 futures.append(self._submit(self._tslots, workers, self._transfer, s, d, verdict))
             else:
                 self._skip(s)
-        flush()
+        for pool in batches:
+            flush(pool)
 
     def _submit(self, slots, pool, fn, *args):
         slots.acquire()
@@ -484,6 +492,11 @@ class Sync:
         if s.kind == "file":
             return False if d.mtime >= s.mtime else "source newer"
         return False if int(d.mtime) >= int(s.mtime) else "source newer"
+
+    def _small_local_check(self, s: Entry, d: Entry) -> bool:
+        """The check hashes a small local file and asks S3 nothing (see SMALL_FILE)."""
+        return (self.o.mode != "checksum" and {s.kind, d.kind} == {"file", "object"}
+                and s.size < SMALL_FILE)
 
     def _kind_differs(self, s: Entry, d: Entry) -> bool:
         if s.kind == "file" or d.kind == "file":
