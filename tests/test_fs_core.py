@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import errno
+import logging
 import os
 import random
 import stat
@@ -811,3 +812,31 @@ def test_an_rsync_style_file_costs_few_requests(engine, bucket):
             (5000, 1_700_000_000_123_456_789, 0o640)
         assert read_file(fs, f"/f{i}") == blob(5000, i)
     fs.shutdown(0)
+
+
+def test_the_daemon_log_keeps_our_tracebacks_and_drops_the_sdks(tmp_path):
+    from s3pipefs.fs.daemon import setup_logging
+
+    target = tmp_path / "log" / "s3pipefs.log"
+    saved = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        setup_logging(str(target), foreground=False, debug=False, verbose=False)
+        for name in ("botocore.credentials", "s3pipefs.fs.operations"):
+            try:
+                raise RuntimeError(f"raised under {name}")
+            except RuntimeError:
+                logging.getLogger(name).warning("logged by %s", name, exc_info=True)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        text = target.read_text()
+    finally:
+        root = logging.getLogger()
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    assert "logged by botocore.credentials" in text and "raised under botocore" not in text
+    assert "logged by s3pipefs.fs.operations" in text
+    assert "Traceback" in text and "RuntimeError: raised under s3pipefs.fs.operations" in text

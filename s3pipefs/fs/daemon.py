@@ -132,6 +132,15 @@ def default_log_file() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "s3pipefs", "mount.log")
 
 
+def _no_library_tracebacks(record: logging.LogRecord) -> bool:
+    """botocore logs some warnings with a traceback (a credential refresh that failed,
+    sixty lines); the error logged next says what and where. Our own internal errors keep
+    theirs, for bug reports; debug keeps all."""
+    if not record.name.startswith("s3pipefs"):
+        record.exc_info = record.exc_text = None
+    return True
+
+
 def setup_logging(target: str, *, foreground: bool, debug: bool, verbose: bool) -> str:
     """Route all logging to one place; returns a description for messages ("syslog", a path)."""
     if target == "auto":
@@ -158,6 +167,8 @@ def setup_logging(target: str, *, foreground: bool, debug: bool, verbose: bool) 
         handler = logging.handlers.WatchedFileHandler(target)
         handler.setFormatter(logging.Formatter(
             "%(asctime)s s3pipefs[%(process)d] %(levelname)s %(message)s"))
+    if not debug:
+        handler.addFilter(_no_library_tracebacks)
     root.addHandler(handler)
     # Our own mount/unmount/commit lines at INFO; the engine's and libraries' chatter
     # (retries are warnings) only with verbose; everything with debug.
