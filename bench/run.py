@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import os
 import platform
@@ -178,17 +179,33 @@ def run_rows(ctx: Ctx, rows: list[Row]) -> None:
     repetition 2, and so on. The server and the page cache drift over a run (a copy
     row's wall time moved from 2.8 s to 4.7 s between consecutive runs); taking each
     tool's runs far apart in time spreads that drift over all tools instead of loading
-    it onto whichever rows ran during a slow stretch. Rows keep their order within a
-    repetition, so a read row still follows the write row it reads back."""
+    it onto whichever rows ran during a slow stretch.
+
+    Within each section the tools take turns at going first (see rotated): the first row
+    after a section change ran on a server still busy with the last section's deletes (a
+    copy run 1 s slower than the tool after it). A read row still follows the write row
+    it reads back, and sections keep their order."""
     for row in rows:
         if row.fn is None:
             print(f"[{row.label} / {row.variant}] {row.status}: {row.reason}", flush=True)
     live = [row for row in rows if row.fn is not None]
     for rep in range(1, ctx.args.repeat + 1):
-        for row in live:
+        for row in rotated(live, rep - 1):
             run_once(ctx, row, rep)
     for row in live:
         row.finish()
+
+
+def rotated(rows: list[Row], turn: int) -> list[Row]:
+    """``rows`` with each section's blocks rotated by ``turn``; a block is a run of rows
+    of one section and one variant (a mount's write and read rows stay together)."""
+    out: list[Row] = []
+    for _, section_rows in itertools.groupby(rows, key=lambda r: r.section):
+        blocks = [list(b) for _, b in itertools.groupby(section_rows, key=lambda r: r.variant)]
+        k = turn % len(blocks)
+        for block in blocks[k:] + blocks[:k]:
+            out.extend(block)
+    return out
 
 
 def run_once(ctx: Ctx, row: Row, rep: int) -> None:
