@@ -77,38 +77,49 @@ class QuickS3:
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
              start_after: str | None = None) -> Iterator[tuple]:
         """ListObjectsV2, all pages: a common prefix as a str, an object as (key, size, etag, mtime)."""
+        token = None
+        while True:
+            items, token = self.list_page(bucket, prefix, delimiter, start_after, token)
+            yield from items
+            if token is None:
+                return
+
+    def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+                  start_after: str | None = None, token: str | None = None,
+                  max_keys: int | None = None) -> tuple[list, str | None]:
+        """One ListObjectsV2 page: its items (common prefixes first, as from botocore's
+        path) and the token of the next page, None after the last."""
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if delimiter:
             params["delimiter"] = delimiter
-        if start_after:
-            params["start-after"] = start_after
-        while True:
-            r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=urlencode(sorted(params.items())))
-            root = _xml(r.content)
-            if root is None or _local(root.tag) != "ListBucketResult":
-                raise _unreadable(r, "ListObjectsV2")
-            encoded = _child_text(root, "EncodingType") == "url"
-            token, truncated = None, False
-            objects = []  # a page's prefixes come first, as from Store.list's botocore path
-            for el in root:
-                tag = _local(el.tag)
-                if tag == "Contents":
-                    f = {_local(c.tag): c.text or "" for c in el}
-                    key = unquote_plus(f.get("Key", "")) if encoded else f.get("Key", "")
-                    mtime = datetime.fromisoformat(f["LastModified"]).timestamp() if f.get("LastModified") else 0.0
-                    objects.append((key, int(f.get("Size") or 0), f.get("ETag", "").strip('"'), mtime))
-                elif tag == "CommonPrefixes":
-                    p = _child_text(el, "Prefix")
-                    yield unquote_plus(p) if encoded else p
-                elif tag == "NextContinuationToken":
-                    token = el.text
-                elif tag == "IsTruncated":
-                    truncated = (el.text or "").strip().lower() == "true"
-            yield from objects
-            if not truncated or not token:
-                return
+        if token:
             params["continuation-token"] = token
-            params.pop("start-after", None)
+        elif start_after:
+            params["start-after"] = start_after
+        if max_keys:
+            params["max-keys"] = str(max_keys)
+        r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=urlencode(sorted(params.items())))
+        root = _xml(r.content)
+        if root is None or _local(root.tag) != "ListBucketResult":
+            raise _unreadable(r, "ListObjectsV2")
+        encoded = _child_text(root, "EncodingType") == "url"
+        token, truncated = None, False
+        prefixes, objects = [], []
+        for el in root:
+            tag = _local(el.tag)
+            if tag == "Contents":
+                f = {_local(c.tag): c.text or "" for c in el}
+                key = unquote_plus(f.get("Key", "")) if encoded else f.get("Key", "")
+                mtime = datetime.fromisoformat(f["LastModified"]).timestamp() if f.get("LastModified") else 0.0
+                objects.append((key, int(f.get("Size") or 0), f.get("ETag", "").strip('"'), mtime))
+            elif tag == "CommonPrefixes":
+                p = _child_text(el, "Prefix")
+                prefixes.append(unquote_plus(p) if encoded else p)
+            elif tag == "NextContinuationToken":
+                token = el.text
+            elif tag == "IsTruncated":
+                truncated = (el.text or "").strip().lower() == "true"
+        return prefixes + objects, (token if truncated and token else None)
 
     def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict, op: str, query: str = ""):
         url = f"{self._endpoint}/{bucket}/{quote(key, safe='/~')}" + (f"?{query}" if query else "")

@@ -277,31 +277,39 @@ class Store:
 
         ``quick`` as for put(): the caller retries, so botocore's pipeline may be skipped.
         """
+        token = None
+        while True:
+            items, token = self.list_page(bucket, prefix, delimiter, start_after, token, quick=quick)
+            yield from items
+            if token is None:
+                return
+
+    def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+                  start_after: str | None = None, token: str | None = None, *,
+                  max_keys: int | None = None, quick: bool = False) -> tuple[list, str | None]:
+        """One page of list(): its items and the token of the next page (None after the last)."""
         fast = self._quick_path() if quick else None
-        if fast is not None:
-            try:
-                for item in fast.list(bucket, prefix, delimiter, start_after):
-                    yield item if isinstance(item, str) else ObjectInfo(*item)
-            except Exception as e:  # noqa: BLE001
-                raise translate(e, bucket, prefix, "list") from None
-            return
-        kw = {"Bucket": bucket, "Prefix": prefix}
-        if delimiter:
-            kw["Delimiter"] = delimiter
-        if start_after:
-            kw["StartAfter"] = start_after
-        pager = self.client.get_paginator("list_objects_v2")
         try:
-            for page in pager.paginate(**kw):
-                for p in page.get("CommonPrefixes", ()):
-                    yield p["Prefix"]
-                for o in page.get("Contents", ()):
-                    yield ObjectInfo(
-                        key=o["Key"], size=o["Size"], etag=o.get("ETag", "").strip('"'),
-                        last_modified=o["LastModified"].timestamp() if o.get("LastModified") else 0.0,
-                    )
+            if fast is not None:
+                items, token = fast.list_page(bucket, prefix, delimiter, start_after, token, max_keys)
+                return [i if isinstance(i, str) else ObjectInfo(*i) for i in items], token
+            kw = {"Bucket": bucket, "Prefix": prefix}
+            if delimiter:
+                kw["Delimiter"] = delimiter
+            if token:
+                kw["ContinuationToken"] = token
+            elif start_after:
+                kw["StartAfter"] = start_after
+            if max_keys:
+                kw["MaxKeys"] = max_keys
+            page = self.client.list_objects_v2(**kw)
         except Exception as e:  # noqa: BLE001
             raise translate(e, bucket, prefix, "list") from None
+        items: list = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+        items += [ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", "").strip('"'),
+                             last_modified=o["LastModified"].timestamp() if o.get("LastModified") else 0.0)
+                  for o in page.get("Contents", ())]
+        return items, (page.get("NextContinuationToken") if page.get("IsTruncated") else None)
 
     def any_key(self, bucket: str, prefix: str) -> bool:
         """True when at least one object lies under ``prefix`` (one request, one key)."""

@@ -46,6 +46,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
 from s3pipefs.engine import transfer
+from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
 from s3pipefs.store import ObjectInfo, Store
 
@@ -114,9 +115,10 @@ class Entry:
     digests: dict = field(default_factory=dict)  # "md5"/"sha256" -> hex, once computed
 
 
-def list_s3(store: Store, loc: S3Loc, retrier: Retrier) -> dict[str, Entry]:
-    """Objects and streams under the prefix, by relative path. One LIST per 1000 keys."""
-    infos = retrier.call(lambda: [o for o in store.list(loc.bucket, loc.prefix, quick=True) if not isinstance(o, str)])
+def list_s3(store: Store, loc: S3Loc, retrier: Retrier, workers: int = 16) -> dict[str, Entry]:
+    """Objects and streams under the prefix, by relative path. One LIST per 1000 keys, large
+    subtrees listed side by side (engine/listing.py)."""
+    infos = list_tree(store, loc.bucket, loc.prefix, retrier, workers=workers)
     roots: dict[str, ObjectInfo] = {}
     for o in infos:
         if o.key.endswith(MANIFEST_SUFFIX):
@@ -345,7 +347,7 @@ class Sync:
 
     def _list(self, loc) -> dict[str, Entry]:
         if isinstance(loc, S3Loc):
-            return list_s3(self.store, loc, self.retrier)
+            return list_s3(self.store, loc, self.retrier, self.o.checkers)
         return list_local(loc)
 
     def _run(self) -> None:
