@@ -93,6 +93,27 @@ def run_setup() -> None:
         print(f"bench: setup.sh exit status {r.returncode} (continuing)", file=sys.stderr)
 
 
+# Copies of the test data one repetition writes to the server's disk, per section: put
+# 4 tools; mount 4 variants plus rclone's and s3fs's local copies; copy 4 tools.
+_WRITES_PER_REP = {"put": 4, "mount": 6, "copy": 4}
+
+
+def disk_shortfall(a, workdir: Path) -> str | None:
+    """Why the workdir's disk cannot hold this run, or None. The server keeps deleted
+    objects' bytes until it vacuums, so a run's writes add up (a 3-repetition put, cat and
+    mount run left ~21 GiB); running out half-way fails rows late and for the wrong reason."""
+    copies = sum(n for section, n in _WRITES_PER_REP.items() if section in a.sections)
+    if not copies:
+        return None
+    need = (copies * a.repeat + 2) * a.size_bytes + GiB  # + sources and seeds, + slack
+    free = shutil.disk_usage(workdir).free
+    if free >= need:
+        return None
+    return (f"{workdir}: {free / GiB:.1f} GiB free, this run may write {need / GiB:.1f} GiB "
+            "(deleted data stays on the server's disk until it vacuums); free some space, pass "
+            "--workdir on a larger disk, or lower --repeat or --size")
+
+
 def start_server(workdir: Path):
     from measure import descendants
 
@@ -293,6 +314,10 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     meta: dict = {}
     try:
+        short = disk_shortfall(a, workdir)
+        if short:
+            print(f"bench: {short}", file=sys.stderr)
+            return 2
         fastdir, fast_why = choose_fastdir(a, workdir)
         print(f"bench: workdir {workdir}, test data in {fastdir} ({fast_why}), logs in {logdir}", flush=True)
         try:
