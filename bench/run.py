@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -290,8 +291,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def _stop_on_sigterm(signum, frame):
+    # As Ctrl-C: the cleanup below unmounts, stops the server and removes the workdir. A
+    # plain SIGTERM (pkill, a CI timeout) used to leave mounts and a 20 GB workdir behind.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if not a.no_setup:
         run_setup()
 
@@ -424,4 +432,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted; mounts, server and workdir cleaned up", file=sys.stderr)
+        sys.exit(130)
