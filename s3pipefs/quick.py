@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import xml.etree.ElementTree as ET
 from datetime import datetime
-from typing import Iterator
 from urllib.parse import quote, unquote_plus, urlencode
 
 import botocore.auth
@@ -73,16 +72,6 @@ class QuickS3:
             if _local(child.tag) == "ETag":
                 return (child.text or "").strip('"')
         return ""
-
-    def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
-             start_after: str | None = None) -> Iterator[tuple]:
-        """ListObjectsV2, all pages: a common prefix as a str, an object as (key, size, etag, mtime)."""
-        token = None
-        while True:
-            items, token = self.list_page(bucket, prefix, delimiter, start_after, token)
-            yield from items
-            if token is None:
-                return
 
     def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
                   start_after: str | None = None, token: str | None = None,
