@@ -19,6 +19,7 @@ keys are listed again with their subtree (at most one page of duplicates, droppe
 from __future__ import annotations
 
 import concurrent.futures as cf
+from typing import Iterator
 
 from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.store import ObjectInfo, Store
@@ -33,23 +34,24 @@ def list_tree(store: Store, bucket: str, prefix: str, retrier: Retrier, *, worke
               page_size: int | None = None) -> list[ObjectInfo]:
     """Every object under ``prefix``, in key order (see the module docstring)."""
     first, token = retrier.call(store.list_page, bucket, prefix, max_keys=page_size, quick=True)
-    objects = [o for o in first if not isinstance(o, str)]
+    objects = _objects(first)
     if token is None:
         return objects
     if _subtrees_seen(objects, prefix) > MAX_SUBTREES_ON_FIRST_PAGE or workers < 2:
-        return objects + _rest(store, bucket, prefix, token, retrier, page_size)
+        return objects + _objects(_pages(store, bucket, prefix, retrier, page_size, token=token))
     found: dict[str, ObjectInfo] = {o.key: o for o in objects}
     with cf.ThreadPoolExecutor(workers, thread_name_prefix="s3pipefs-list") as pool:
         subtrees = [prefix]
         for _ in range(MAX_SPLIT_DEPTH):
-            split = list(pool.map(lambda p: _split(store, bucket, p, retrier, page_size), subtrees))
+            split = list(pool.map(lambda p: list(_pages(store, bucket, p, retrier, page_size, delimiter="/")),
+                                  subtrees))
             subtrees = []
-            for direct, children in split:
-                found.update((o.key, o) for o in direct)
-                subtrees += children
+            for items in split:  # the objects directly under a subtree, and its own subtrees
+                found.update((o.key, o) for o in _objects(items))
+                subtrees += [i for i in items if isinstance(i, str)]
             if len(subtrees) >= workers or not subtrees:
                 break
-        for listed in pool.map(lambda p: _all(store, bucket, p, retrier, page_size), subtrees):
+        for listed in pool.map(lambda p: _objects(_pages(store, bucket, p, retrier, page_size)), subtrees):
             found.update((o.key, o) for o in listed)
     return [found[k] for k in sorted(found)]
 
@@ -60,29 +62,15 @@ def _subtrees_seen(objects: list[ObjectInfo], prefix: str) -> int:
     return len({o.key[start:].split("/", 1)[0] + ("/" if "/" in o.key[start:] else "") for o in objects})
 
 
-def _split(store, bucket, prefix, retrier, page_size) -> tuple[list[ObjectInfo], list[str]]:
-    """The objects directly under ``prefix`` and its subtrees (one delimited listing)."""
-    direct, children = [], []
-    token = None
+def _pages(store, bucket, prefix, retrier, page_size, *, delimiter=None, token=None) -> Iterator:
+    """The items of every page from ``token`` on (None: from the first), each page retried."""
     while True:
-        items, token = retrier.call(store.list_page, bucket, prefix, "/", None, token,
+        items, token = retrier.call(store.list_page, bucket, prefix, delimiter, None, token,
                                     max_keys=page_size, quick=True)
-        for i in items:
-            (children if isinstance(i, str) else direct).append(i)
+        yield from items
         if token is None:
-            return direct, children
+            return
 
 
-def _all(store, bucket, prefix, retrier, page_size) -> list[ObjectInfo]:
-    first, token = retrier.call(store.list_page, bucket, prefix, max_keys=page_size, quick=True)
-    objects = [o for o in first if not isinstance(o, str)]
-    return objects if token is None else objects + _rest(store, bucket, prefix, token, retrier, page_size)
-
-
-def _rest(store, bucket, prefix, token, retrier, page_size) -> list[ObjectInfo]:
-    out = []
-    while token is not None:
-        items, token = retrier.call(store.list_page, bucket, prefix, None, None, token,
-                                    max_keys=page_size, quick=True)
-        out += [o for o in items if not isinstance(o, str)]
-    return out
+def _objects(items) -> list[ObjectInfo]:
+    return [o for o in items if not isinstance(o, str)]
