@@ -386,7 +386,8 @@ def add_sync_arguments(p: argparse.ArgumentParser) -> None:
                    help="include matching paths (repeatable)")
     p.add_argument("--exclude", metavar="GLOB", action=_FilterAction, const="exclude", dest="filters",
                    help="exclude matching paths (repeatable)")
-    p.add_argument("--checkers", type=int, metavar="N", help=f"parallel comparisons, and listings of large subtrees (default {DEFAULT_CHECKERS}; "
+    p.add_argument("--checkers", type=int, metavar="N",
+                   help=f"parallel comparisons, and listings of large subtrees (default {DEFAULT_CHECKERS}; "
                         "small local files are hashed on one thread)")
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size for uploads (default 32M)")
     p.add_argument("--allow-incomplete", action="store_true",
