@@ -157,7 +157,7 @@ def make_s3_config(a) -> S3Config:
 
 
 def make_store(a):
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
 
     return Store(make_s3_config(a))
 

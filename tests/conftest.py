@@ -30,7 +30,7 @@ import pytest
 from s3pipefs.config import S3Config
 from s3pipefs.errors import S3PipeError
 from s3pipefs.server import LocalServer
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 
 pytest_plugins = ["tests.faultfixtures", "tests.fs_fixtures"]
 

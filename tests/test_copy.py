@@ -14,7 +14,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.engine import copy as copy_mod
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 

@@ -19,7 +19,7 @@ from s3pipefs.config import S3Config
 from s3pipefs.engine.ratelimit import (PERMANENT, THROTTLE, TRANSIENT, RateLimiter, Retrier,
                                        TransientError, classify)
 from s3pipefs.engine.sync import Sync, SyncOptions, parse_location
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.faultproxy import FaultProxy, Rule
 
 

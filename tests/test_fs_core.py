@@ -23,7 +23,7 @@ from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.handles import WriteHandle
 from s3pipefs.fs.namespace import DIR_CONTENT_TYPE
 from s3pipefs.fs.options import FsConfig
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 
 SEG = 64 * KiB
 WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC

@@ -20,7 +20,7 @@ import pytest
 
 from s3pipefs.config import S3Config, TransferConfig
 from s3pipefs.engine import Engine
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.fs_fixtures import helper_cmd, require_fuse, tool, wait_for, wait_gone
 
 pytestmark = pytest.mark.fuse

@@ -13,7 +13,7 @@ from s3pipefs.config import KiB, MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.options import FsConfig
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.fs_fixtures import CoreDriver, EngineDriver, MountDriver, wait_for
 
 SEG = 256 * KiB

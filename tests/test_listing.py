@@ -13,7 +13,7 @@ import pytest
 from s3pipefs.config import S3Config
 from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.faultproxy import Rule
 
 PAGE = 10

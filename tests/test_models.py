@@ -1,4 +1,4 @@
-"""botocore model loading (s3pipefs/models.py): other services still load, and the parsed-model
+"""botocore model loading (s3pipefs/s3/models.py): other services still load, and the parsed-model
 cache is used when it is ours, and ignored when it is stale or anyone else could have written it."""
 import http.server
 import marshal
@@ -12,8 +12,8 @@ import botocore.loaders
 import pytest
 
 from s3pipefs.config import S3Config
-from s3pipefs.models import ModelCache, S3FirstLoader, cache_file_name
-from s3pipefs.store import Store
+from s3pipefs.s3.models import ModelCache, S3FirstLoader, cache_file_name
+from s3pipefs.s3 import Store
 
 
 class _StsStub(http.server.BaseHTTPRequestHandler):

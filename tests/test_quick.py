@@ -1,4 +1,4 @@
-"""The quick request path (s3pipefs/quick.py) must be indistinguishable from botocore's:
+"""The quick request path (s3pipefs/s3/fastpath.py) must be indistinguishable from botocore's:
 same objects stored, same errors raised, same retry classification."""
 import base64
 import hashlib
@@ -8,7 +8,7 @@ import pytest
 from s3pipefs import errors
 from s3pipefs.config import S3Config
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats, classify, THROTTLE
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.faultproxy import Rule
 
 ODD_KEYS = ["plain.txt", "a b/c+d%e~f.bin", "ü/ж/日本.txt", "x?y#z&=;:@,$!'()*[]"]

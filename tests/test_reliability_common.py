@@ -202,6 +202,6 @@ def own_env(srv, base_env: dict) -> dict:
 
 def own_store(srv):
     from s3pipefs.config import S3Config
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
 
     return Store(S3Config(endpoint_url=srv.endpoint))

@@ -228,7 +228,7 @@ def hostile(s3_server, tmp_path_factory):
     import uuid
 
     from s3pipefs.config import S3Config
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
     from tests.faultfixtures import fault_proxy_for, proxied_env_for
 
     store = Store(S3Config(endpoint_url=s3_server.endpoint))
@@ -363,7 +363,7 @@ def odd_names(s3_server, tmp_path_factory):
     import uuid
 
     from s3pipefs.config import S3Config
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
 
     store = Store(S3Config(endpoint_url=s3_server.endpoint))
     buckets = {}
@@ -441,7 +441,7 @@ def two_users(tmp_path_factory):
     env.update(srv.env())
     assert run(env, "put", "s3://theirs/x", input=b"no").returncode == 1  # bucket missing: sanity
     from s3pipefs.config import S3Config
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
     admin = Store(S3Config(endpoint_url=srv.endpoint))
     admin.create_bucket("private")
     admin.create_bucket("theirs")

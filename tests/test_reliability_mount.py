@@ -18,7 +18,7 @@ import pytest
 
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.faultproxy import Rule
 from tests.fs_fixtures import helper_cmd, wait_for, wait_gone
 from tests.test_reliability_common import (blob, manifest_of, own_env, own_server, own_store, run,  # noqa: F401

@@ -22,7 +22,7 @@ import pytest
 from s3pipefs.config import S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.engine.verify import verify_stream
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.faultproxy import Rule
 from tests.test_reliability_common import (SEG, blob, manifest_of, own_env, own_server, run, seg_key,  # noqa: F401
                                            slow_feeder, spawn, wait_until)

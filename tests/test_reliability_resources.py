@@ -12,7 +12,7 @@ import pytest
 
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.test_reliability_common import SEG, blob, manifest_of, run, slow_feeder, spawn, wait_until
 
 

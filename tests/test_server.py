@@ -25,7 +25,7 @@ import pytest
 from s3pipefs import errors, server as server_mod
 from s3pipefs.config import MiB, S3Config
 from s3pipefs.server import LocalServer
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.conftest import make_bytes, unique_name
 
 

@@ -14,7 +14,7 @@ import pytest
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import KiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 
 SEG = 64 * KiB  # small segments: many-segment cases stay fast
 

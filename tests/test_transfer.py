@@ -20,7 +20,7 @@ from s3pipefs import errors
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine, transfer
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 

@@ -27,7 +27,7 @@ import time
 
 from s3pipefs import errors
 from s3pipefs.config import MiB, TransferConfig, parse_duration, parse_size
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 
 PROG = "s3pipefs"
 KEY_ENV = "S3PIPEFS_SSE_C_KEY"

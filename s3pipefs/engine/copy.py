@@ -44,7 +44,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, MiB, TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.store import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
 
 log = logging.getLogger(__name__)
 

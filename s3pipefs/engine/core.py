@@ -15,7 +15,7 @@ from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, Store
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3

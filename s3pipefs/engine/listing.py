@@ -22,7 +22,7 @@ import concurrent.futures as cf
 from typing import Iterator
 
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, Store
 
 # Fan out when the first page holds at most this many subtrees (so each has hundreds of keys).
 MAX_SUBTREES_ON_FIRST_PAGE = 2

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.store import Store
+from s3pipefs.s3 import Store
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Two layers handle S3 errors, and this module is the outer one:
 
-1. *Inside each request* botocore's ``adaptive`` retry mode (configured in store.py) retries
+1. *Inside each request* botocore's ``adaptive`` retry mode (configured in s3/store.py) retries
    throttles and transient failures with exponential back-off and full jitter, and its
    client-side token bucket lowers the send rate of the whole client (shared by every
    thread using one Store) when a response says ``SlowDown``. ``tests/test_copy_backoff.py``
@@ -42,7 +42,7 @@ THROTTLE, TRANSIENT, PERMANENT = "throttle", "transient", "permanent"
 
 
 def error_code(exc: BaseException) -> tuple[str, int | None]:
-    """(S3 error code, HTTP status) of an exception from store.py, or ("", None).
+    """(S3 error code, HTTP status) of an exception from s3/store.py, or ("", None).
 
     store.translate() keeps the botocore ClientError as the translated error's context
     (``raise ... from None`` hides it from tracebacks but keeps ``__context__``). An

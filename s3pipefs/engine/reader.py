@@ -33,7 +33,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 

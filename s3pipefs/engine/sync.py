@@ -48,7 +48,7 @@ from s3pipefs.engine import copy as copy_mod
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
-from s3pipefs.store import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors
 from s3pipefs.config import MiB
 from s3pipefs.engine.ratelimit import Retrier, TransientError
-from s3pipefs.store import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
 
 log = logging.getLogger(__name__)
 

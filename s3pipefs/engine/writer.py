@@ -35,7 +35,7 @@ from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.staging import StagedFile, StagingDir
-from s3pipefs.store import Store, b64 as store_b64
+from s3pipefs.s3 import Store, b64 as store_b64
 
 log = logging.getLogger(__name__)
 

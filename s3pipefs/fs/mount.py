@@ -164,7 +164,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     from s3pipefs.fs import fuselib
     from s3pipefs.fs.filesystem import Filesystem
     from s3pipefs.fs.operations import Operations
-    from s3pipefs.store import Store
+    from s3pipefs.s3 import Store
 
     where = f"s3://{plan.bucket}/{plan.prefix}"
     try:

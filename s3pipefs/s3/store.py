@@ -22,8 +22,8 @@ import urllib3.exceptions
 
 from s3pipefs import errors
 from s3pipefs.config import S3Config
-from s3pipefs.models import S3FirstLoader
-from s3pipefs.quick import QuickS3
+from s3pipefs.s3.models import S3FirstLoader
+from s3pipefs.s3.fastpath import QuickS3
 
 log = logging.getLogger(__name__)
 
