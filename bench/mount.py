@@ -19,7 +19,7 @@ from typing import Callable
 
 import psutil
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, parse_digest, show, tail
+from common import BASELINE, RCLONE_REMOTE, Ctx, Row, Run, parse_digest, show, tail
 from measure import Proc, TreeMonitor, descendants, wait_all
 
 
@@ -49,6 +49,9 @@ def _s3fs_passwd(ctx: Ctx) -> Path:
 VARIANTS = [
     Variant("s3pipefs", "s3pipefs", "s3pipefs",
             lambda ctx, b, m, c: [ctx.tools.paths["s3pipefs"], "mount", b, m, "-o", f"endpoint={ctx.endpoint}"],
+            foreground=False),
+    Variant("s3pipefs-base", BASELINE, BASELINE,
+            lambda ctx, b, m, c: [ctx.tools.paths[BASELINE], "mount", b, m, "-o", f"endpoint={ctx.endpoint}"],
             foreground=False),
     Variant("rclone-off", "rclone", "rclone vfs=off",
             lambda ctx, b, m, c: [ctx.tools.paths["rclone"], "mount", f"{RCLONE_REMOTE}:{b}", m,

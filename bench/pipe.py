@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, parse_digest, show, tail, tool_rows
+from common import BASELINE, RCLONE_REMOTE, Ctx, family, Row, Run, parse_digest, show, tail, tool_rows
 from measure import Proc, TreeMonitor, wait_all
 
 BUCKET = "bench-pipe"
@@ -26,7 +26,7 @@ def put_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
         "s5cmd": lambda: [p, "--endpoint-url", e, "pipe", _url(key)],
         "rclone": lambda: [p, "rcat", f"{RCLONE_REMOTE}:{BUCKET}/{key}"],
         "aws": lambda: [p, "--endpoint-url", e, "s3", "cp", "-", _url(key)],
-    }[tool]()
+    }[family(tool)]()
 
 
 def cat_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
@@ -36,10 +36,10 @@ def cat_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
         "s5cmd": lambda: [p, "--endpoint-url", e, "cat", _url(key)],
         "rclone": lambda: [p, "cat", f"{RCLONE_REMOTE}:{BUCKET}/{key}"],
         "aws": lambda: [p, "--endpoint-url", e, "s3", "cp", _url(key), "-"],
-    }[tool]()
+    }[family(tool)]()
 
 
-PIPE_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws")
+PIPE_TOOLS = ("s3pipefs", BASELINE, "s5cmd", "rclone", "aws")
 
 
 def put_rows(ctx: Ctx, tools: list[str]) -> list[Row]:

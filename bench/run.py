@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ALL_TOOLS, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools  # noqa: E402
+from common import ALL_TOOLS, BASELINE, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools  # noqa: E402
 
 SECTIONS = ("put", "cat", "mount", "sync", "copy")
 HASHERS = ("md5sum", "sha1sum", "b2sum", "cksum")
@@ -63,6 +63,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-setup", action="store_true", help="do not run bench/setup.sh (installs missing tools)")
     ap.add_argument("--no-drop-caches", action="store_true", help="do not drop the page cache before read rows")
     ap.add_argument("--keep", action="store_true", help="keep the workdir and the test data afterwards")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also run s3pipefs as of git commit REV (rows named s3pipefs-base) beside the working "
+                         "tree's, to judge a change against the same server and load in one run")
     a = ap.parse_args(argv)
     a.size_bytes = parse_size(a.size)
     only = set()
@@ -83,6 +86,8 @@ def parse_args(argv=None):
             ap.error(f"--tools: unknown tool {t!r} (choose from {', '.join(ALL_TOOLS)})")
     if a.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if a.baseline and "s3pipefs" in a.tool_list:
+        a.tool_list.insert(a.tool_list.index("s3pipefs") + 1, BASELINE)
     return a
 
 
@@ -113,6 +118,21 @@ def disk_shortfall(a, workdir: Path) -> str | None:
     return (f"{workdir}: {free / GiB:.1f} GiB free, this run may write {need / GiB:.1f} GiB "
             "(deleted data stays on the server's disk until it vacuums); free some space, pass "
             "--workdir on a larger disk, or lower --repeat or --size")
+
+
+def make_baseline(rev: str, workdir: Path) -> str:
+    """A launcher that runs s3pipefs as of commit ``rev`` (exported from this repository)
+    with this venv's Python and libraries; the mount daemon it starts inherits the path."""
+    src = workdir / "baseline-src"
+    src.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "s3pipefs"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    launcher = workdir / "bin" / BASELINE
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    launcher.write_text(f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" -m s3pipefs "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
 
 
 def start_server(workdir: Path):
@@ -336,9 +356,10 @@ def main(argv=None) -> int:
             return 2
         env = make_env(server, workdir)
         print(f"bench: S3 server {server.endpoint} (pids {server_pids})", flush=True)
-        tools = Tools.discover(env)
-        for name in ALL_TOOLS:
-            print(f"bench:   {name:9s} {tools.versions.get(name) or 'UNAVAILABLE: ' + tools.missing.get(name, '?')}")
+        baseline = make_baseline(a.baseline, workdir) if a.baseline else None
+        tools = Tools.discover(env, baseline)
+        for name in ALL_TOOLS + ((BASELINE,) if baseline else ()):
+            print(f"bench:   {name:13s} {tools.versions.get(name) or 'UNAVAILABLE: ' + tools.missing.get(name, '?')}")
         hasher = [a.hasher]
         ctx = Ctx(args=a, endpoint=server.endpoint, env=env, s3=make_s3(env), tools=tools, workdir=workdir,
                   fastdir=fastdir, logdir=logdir, hasher=hasher, server_pids=server_pids)

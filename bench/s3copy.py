@@ -32,7 +32,7 @@ import hashlib
 import re
 import subprocess
 
-from common import RCLONE_REMOTE, GiB, MiB, Ctx, Row, Run, show, tail, timed_command, tool_rows
+from common import BASELINE, RCLONE_REMOTE, GiB, family, MiB, Ctx, Row, Run, show, tail, timed_command, tool_rows
 from measure import Proc, wait_all
 
 SRC_BUCKET = "bench-copy-src"
@@ -40,7 +40,7 @@ DST_BUCKET = "bench-copy-dst"
 SRC_STREAM = "big.stream"   # s3pipefs's source: a stream
 SRC_OBJECT = "big.bin"      # everyone else's source: a plain object
 
-COPY_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws")
+COPY_TOOLS = ("s3pipefs", BASELINE, "s5cmd", "rclone", "aws")
 
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 _SEGMENT = re.compile(r"[0-9]{15}")
@@ -60,11 +60,11 @@ def copy_argv(ctx: Ctx, tool: str, key: str) -> list[str]:
                            f"{RCLONE_REMOTE}:{DST_BUCKET}/{key}"],
         "s5cmd": lambda: [p, "--endpoint-url", e, "cp", src, dst],
         "aws": lambda: [p, "--endpoint-url", e, "s3", "cp", src, dst],
-    }[tool]()
+    }[family(tool)]()
 
 
 def _source_cmd(ctx: Ctx, tool: str) -> str:
-    if tool == "s3pipefs":
+    if family(tool) == "s3pipefs":
         return show([ctx.tools.paths["s3pipefs"], "put", _url(SRC_BUCKET, SRC_STREAM)], ctx) + " < DATA"
     return f"boto3 upload_file DATA {_url(SRC_BUCKET, SRC_OBJECT)} (one PUT)"
 
@@ -229,7 +229,7 @@ def _prepare_object(ctx: Ctx) -> str | None:
 
 def source(ctx: Ctx, tool: str) -> str | None:
     """Prepare the tool's source once per run (untimed). None when ready, else why not."""
-    kind = "stream" if tool == "s3pipefs" else "object"
+    kind = "stream" if family(tool) == "s3pipefs" else "object"
     slot = f"copy-source-{kind}"
     if slot not in ctx.extra:
         ctx.ensure_bucket(SRC_BUCKET)
@@ -255,7 +255,7 @@ def run_copy(ctx: Ctx, tool: str, key: str) -> Run:
     with open(log, "wb") as logf:
         run = timed_command(ctx, tool, argv, logf, log, ctx.timeout, note)
     if not run.reason:
-        bad = (check_stream(ctx, DST_BUCKET, key, like=(SRC_BUCKET, SRC_STREAM)) if tool == "s3pipefs"
+        bad = (check_stream(ctx, DST_BUCKET, key, like=(SRC_BUCKET, SRC_STREAM)) if family(tool) == "s3pipefs"
                else check_object(ctx, DST_BUCKET, key))
         if bad:
             run.reason = f"exit status 0 but {bad}"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import RCLONE_REMOTE, Ctx, Row, Run, show, tail, timed_command
+from common import BASELINE, RCLONE_REMOTE, Ctx, family, Row, Run, show, tail, timed_command
 from measure import Proc, wait_all
 
 SRC_BUCKET = "bench-sync-src"
@@ -125,7 +125,13 @@ SCENARIOS: list[Scenario] = [
     Scenario("dir->bucket re-run", prepare_dir, DIR_TO_BUCKET, warmup=True, slug="rerun"),
 ]
 
-SYNC_TOOLS = ("s3pipefs", "s5cmd", "rclone", "aws")
+SYNC_TOOLS = ("s3pipefs", BASELINE, "s5cmd", "rclone", "aws")
+
+
+def sync_argv(ctx: Ctx, sc: Scenario, tool: str, src: str, bucket: str, prefix: str) -> list[str]:
+    """The scenario's command for ``tool``; the baseline runs s3pipefs's with its own program."""
+    argv = sc.commands[family(tool)](ctx, src, bucket, prefix)
+    return [ctx.tools.paths[tool], *argv[1:]]
 
 
 def _short(argv: list[str], ctx: Ctx) -> str:
@@ -136,7 +142,7 @@ def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
     out = []
     for sc in SCENARIOS:
         for tool in SYNC_TOOLS:
-            if tool not in tools or tool not in sc.commands:
+            if tool not in tools or family(tool) not in sc.commands:
                 continue
             row = Row("sync", sc.name, tool, tool, units=ctx.args.objects, unit="objects")
             why = ctx.tools.why_unavailable(tool)
@@ -144,7 +150,7 @@ def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
                 row.status, row.reason = "unavailable", why
             else:
                 src = str(ctx.fastdir / "sync-src") if sc.prepare is prepare_dir else f"s3://{SRC_BUCKET}"
-                argv = sc.commands[tool](ctx, src, f"bench-sync-{tool}", f"{sc.slug or 'x'}-rN")
+                argv = sync_argv(ctx, sc, tool, src, f"bench-sync-{tool}", f"{sc.slug or 'x'}-rN")
                 row.commands = [_short(argv, ctx) + (" (twice; the second run is timed)" if sc.warmup else "")]
                 row.fn = lambda ctx, rep, sc=sc, tool=tool: run_sync(ctx, sc, tool, rep)
             out.append(row)
@@ -164,7 +170,7 @@ def run_sync(ctx: Ctx, sc: Scenario, tool: str, rep: int) -> Run:
     bucket, prefix = f"bench-sync-{tool}", f"{sc.slug or 'x'}-r{rep}"
     ctx.ensure_bucket(bucket)
     ctx.delete_prefix(bucket, prefix + "/")
-    argv = sc.commands[tool](ctx, src, bucket, prefix)
+    argv = sync_argv(ctx, sc, tool, src, bucket, prefix)
     log = ctx.log(f"sync-{sc.slug}-{tool}")
     timeout = ctx.sync_timeout
     note = ""
