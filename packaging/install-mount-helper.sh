@@ -18,7 +18,8 @@
 #                   PATH; a helper this script wrote counts as the script it runs)
 #   --sbin DIR      where to install the helpers (default: /sbin; for packaging: $DESTDIR/sbin)
 #   --mandir DIR    where to install the manual pages (default: $DESTDIR$PREFIX/share/man,
-#                   PREFIX defaulting to /usr/local); mandb(8) is run on it when present
+#                   PREFIX defaulting to /usr/local); mandb(8) indexes it when it is one of
+#                   the system's manual directories
 #   --uninstall     remove the helpers and pages this script installed (and nothing else)
 set -eu
 
@@ -48,9 +49,12 @@ ours() {  # a file this script wrote (helpers and pages alike carry $MARK)
 }
 
 update_man_index() {  # optional: man(1) finds the pages without it, apropos(1) does not
-    if [ -z "${DESTDIR:-}" ] && command -v mandb >/dev/null 2>&1; then
-        mandb -q "$mandir" >/dev/null 2>&1 || true
-    fi
+    [ -z "${DESTDIR:-}" ] && command -v mandb >/dev/null 2>&1 || return 0
+    # Only a directory of the system's manpath: elsewhere mandb would put its database
+    # into the directory itself and hand the directory to the man user.
+    case ":$(manpath -g 2>/dev/null):" in
+        *":$mandir:"*) mandb -q "$mandir" >/dev/null 2>&1 || true ;;
+    esac
 }
 
 if [ "$uninstall" = 1 ]; then
