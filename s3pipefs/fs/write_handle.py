@@ -104,6 +104,9 @@ RULES: dict[WriteState, dict[str, WriteState | str]] = {
 
 
 class WriteHandle:
+    """One open-for-writing file of the mount: the engine writer behind it, the attributes
+    its next commit writes, and its WriteState. Operations run one at a time (a lock)."""
+
     def __init__(self, path: str, where: str, open_writer: Callable[[str], object], *, mode: str,
                  size: int, append: bool, base_complete: bool = True,
                  on_commit: Callable[["WriteHandle"], None] | None = None):
