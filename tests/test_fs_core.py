@@ -20,7 +20,7 @@ from s3pipefs.config import KiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.fs import fserrors
 from s3pipefs.fs.filesystem import Filesystem
-from s3pipefs.fs.handles import WriteHandle
+from s3pipefs.fs.write_handle import WriteHandle
 from s3pipefs.fs.namespace import DIR_CONTENT_TYPE
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3 import Store

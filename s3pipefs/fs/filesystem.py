@@ -40,7 +40,8 @@ from s3pipefs import errors
 from s3pipefs.engine import Engine
 from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.fs import fserrors
-from s3pipefs.fs.handles import HandleTable, ReadHandle, WriteHandle
+from s3pipefs.fs.handles import HandleTable, ReadHandle
+from s3pipefs.fs.write_handle import WriteHandle
 from s3pipefs.fs.namespace import Namespace, split
 from s3pipefs.fs.options import FsConfig
 
@@ -119,7 +120,7 @@ class Filesystem:
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         w = self.handles.writer(path)
-        if w is not None and not w.done.is_set():
+        if w is not None:
             return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm)
         entry = self.ns.lookup(path)
         if entry is None:
@@ -169,9 +170,9 @@ class Filesystem:
     def _settle(self, path: str) -> WriteHandle | None:
         """Wait for this mount's previous writer of ``path`` to finish its last commit."""
         w = self.handles.writer(path)
-        if w is not None and w.releasing:
-            w.done.wait(_SETTLE_TIMEOUT)
-        return w if (w is not None and not w.done.is_set()) else None
+        if w is not None and w.is_releasing:
+            w.wait_released(_SETTLE_TIMEOUT)
+        return w if (w is not None and w.is_live) else None
 
     def _open_read(self, path: str) -> Opened:
         writing = self._settle(path)
@@ -300,16 +301,14 @@ class Filesystem:
             finally:
                 self.handles.remove(fh)
             return
-        if not h.needs_final_work():
-            h.done.set()
+        if h.release():
+            self._pool().submit(self._final_release, fh, h)
+        else:
             self.handles.remove(fh)
-            return
-        h.releasing = True
-        self._pool().submit(self._final_release, fh, h)
 
     def _final_release(self, fh: int, h: WriteHandle) -> None:
         try:
-            h.release()
+            h.finish_release()
         except Exception as e:  # noqa: BLE001 - nobody is left to tell but the log
             log.error("%s: final commit at close failed, stream left incomplete: %s", h.where, e)
         finally:
@@ -329,8 +328,7 @@ class Filesystem:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         h = self._handle_or_none(fh) if fh is not None else None
         if not isinstance(h, WriteHandle):
-            w = self.handles.writer(path)
-            h = w if (w is not None and not w.done.is_set()) else None
+            h = self.handles.writer(path)
         if h is not None:
             h.truncate(length)
             return
@@ -425,8 +423,7 @@ class Filesystem:
     def touch_metadata(self, path: str) -> None:
         """chown, and a utimens that leaves mtime alone: S3 keeps no owner or atime;
         succeed so tar x and rsync -a work, once the file is known to exist."""
-        w = self.handles.writer(path)
-        if (w is None or w.done.is_set()) and self.ns.lookup(path) is None:
+        if self.handles.writer(path) is None and self.ns.lookup(path) is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
 
     # -- the end ----------------------------------------------------------------------------
@@ -436,25 +433,21 @@ class Filesystem:
         first = not self._closing
         self._closing = True
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(not w.done.is_set() and not w.releasing
-                                                  for w in self.handles.writers()):
+        while time.monotonic() < deadline and any(w.is_open for w in self.handles.writers()):
             time.sleep(0.1)
         for w in self.handles.writers():
-            if not w.done.is_set() and not w.releasing:
+            if w.is_open:
                 if not w.abort_for_shutdown(lock_timeout=max(1.0, deadline - time.monotonic())):
                     log.warning("%s: still busy at unmount (a commit or upload in progress)", w.where)
         for r in self.handles.readers():
-            try:
-                r.reader.close()
-            except Exception:  # noqa: BLE001
-                pass
+            r.abort_for_shutdown()
         if first:
             log.info("s3://%s/%s: no longer accepting new files", self.bucket, self.ns.prefix)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait for release work (final commits) to finish; True when all done."""
         deadline = time.monotonic() + timeout
-        while any(w.releasing and not w.done.is_set() for w in self.handles.writers()):
+        while any(w.is_releasing for w in self.handles.writers()):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)

@@ -44,3 +44,8 @@ class ShuttingDown(S3PipeError):
 
 class BadHandle(S3PipeError):
     errno = _errno.EBADF
+
+
+class HandleStateError(BadHandle):
+    """An operation the state of an open file does not allow (a write after its release):
+    a bug in the caller, reported instead of being ignored."""

@@ -1,0 +1,378 @@
+"""A file open for writing: POSIX close() semantics over an append-only stream, as states.
+
+A WriteHandle is always in one WriteState, and RULES below is the one place that says
+what each operation may do in each state and which state it leads to. The methods do
+the engine work the rule's target asks for; they never decide on loose flags.
+
+What the states mean for a program using the file:
+
+* The engine writer is opened at the first write (OPENED or CREATED -> WRITING), or at
+  the first flush or fsync of a file that is created or truncated (CREATED -> CLAIMED):
+  the shell's ``>`` closes its own copy of the descriptor before the command writes. From
+  then on the file exists for everyone, as a stream being written (readers elsewhere
+  follow it), so a file closed empty is visible before its release. An append handle
+  closed unused (OPENED) never opens a writer: an appending engine writer marks the
+  stream incomplete for as long as it is open.
+* flush (every close(2) of every dup of the descriptor, in every process) commits
+  (WRITING -> COMMITTED) only when the process closing it wrote since the last commit.
+  The kernel tags writes and flushes with a lock owner, an id of the closing process's
+  file table. So ``cmd > f`` commits once, when cmd exits; the close of the shell's
+  unused copy costs nothing; and a writer that forks (tar -z, anything calling
+  subprocess) does not see its stream committed early when the child's exec closes the
+  inherited descriptor, which would show live readers a complete stream halfway through.
+* Writes after a commit (``exec 3>f; echo a >&3; echo b >&3``: each builtin's
+  redirection closes a dup, so each echo is committed) reopen the stream in append mode
+  and continue at the same offset (COMMITTED -> WRITING); the next flush commits again.
+* release (the last close, whose errors the kernel drops) does only what no flush could:
+  commit a file that was created or truncated and never written (an empty stream), or
+  commit writes that arrived after the last flush. Such a release goes to RELEASING and
+  its commit (finish_release) runs on the filesystem's own thread; every other release
+  is instant (RELEASED). See Filesystem.release.
+* A failed write or commit aborts the engine writer (the stream stays incomplete, never
+  complete and truncated) and the error sticks (FAILED): every later write, fsync and
+  close on the handle reports it. A write at the wrong offset is *not* sticky: it is
+  refused with ESPIPE, the state stays, and nothing written so far changes.
+* An unmount while the file is open (SHUT_DOWN) uploads what was written and leaves the
+  stream incomplete, to be appended to or resumed later.
+
+One lock per handle serialises a handle's operations (the kernel may run a flush from
+one dup concurrently with a write from another). An operation the state does not allow
+(a write after release) is a caller's bug and raises HandleStateError (EBADF).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from typing import Callable
+
+from s3pipefs import errors
+from s3pipefs.fs import fserrors
+
+log = logging.getLogger(__name__)
+
+
+class WriteState(enum.Enum):
+    CREATED = "created"      # created or truncated, nothing written, no engine writer: closes as an empty file
+    OPENED = "opened"        # an existing stream opened to append to, nothing written: closes unchanged
+    CLAIMED = "claimed"      # engine writer open (the stream is taken), nothing written since
+    WRITING = "writing"      # engine writer open, written since the last commit
+    COMMITTED = "committed"  # clean after a commit, no engine writer: a write reopens it in append mode
+    FAILED = "failed"        # a write or commit failed: the engine writer was aborted, the error sticks
+    SHUT_DOWN = "shut down"  # unmounted while open: written bytes uploaded, stream left incomplete
+    RELEASING = "releasing"  # the last close came; its final commit (finish_release) is still to run
+    RELEASED = "released"    # finished; nothing more happens to this handle
+
+
+S = WriteState
+STICKY = "sticky"  # the operation reports the error that stuck, and the state stays
+
+# For each state: operation -> the state it leads to. An operation missing from a row is
+# not allowed (HandleStateError). A call that is refused (a write at the wrong offset, a
+# truncate a stream cannot do) or finds nothing to do (a flush by a process that did not
+# write since the last commit) leaves the state as it is. "fail" is where a failed engine
+# call leads. The methods do what a change of state needs (take the stream on the way to
+# CLAIMED, commit on the way to COMMITTED and out of RELEASING, start over empty on the
+# way to CREATED, abort on the way to SHUT_DOWN); write and fsync also work in place.
+RULES: dict[WriteState, dict[str, WriteState | str]] = {
+    S.CREATED: {"write": S.WRITING, "flush": S.CLAIMED, "fsync": S.CLAIMED, "truncate": S.CREATED,
+                "hold_attrs": S.CREATED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "fail": S.FAILED},
+    S.OPENED: {"write": S.WRITING, "flush": S.OPENED, "fsync": S.OPENED, "truncate": S.CREATED,
+               "hold_attrs": S.OPENED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
+               "fail": S.FAILED},
+    S.CLAIMED: {"write": S.WRITING, "flush": S.CLAIMED, "fsync": S.CLAIMED, "truncate": S.CLAIMED,
+                "hold_attrs": S.CLAIMED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "fail": S.FAILED},
+    S.WRITING: {"write": S.WRITING, "flush": S.COMMITTED, "fsync": S.WRITING, "truncate": S.WRITING,
+                "hold_attrs": S.WRITING, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "fail": S.FAILED},
+    S.COMMITTED: {"write": S.WRITING, "flush": S.COMMITTED, "fsync": S.COMMITTED, "truncate": S.COMMITTED,
+                  "hold_attrs": S.COMMITTED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
+                  "fail": S.FAILED},
+    S.FAILED: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY,
+               "hold_attrs": S.FAILED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN},
+    S.SHUT_DOWN: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY,
+                  "hold_attrs": S.SHUT_DOWN, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN},
+    # Path operations (stat, truncate, chmod) may still find a releasing or just released
+    # handle: its size is final and a commit is (or was) coming.
+    S.RELEASING: {"truncate": S.RELEASING, "hold_attrs": S.RELEASING, "finish_release": S.RELEASED,
+                  "abort_for_shutdown": S.RELEASING, "fail": S.RELEASED},
+    S.RELEASED: {"truncate": S.RELEASED, "hold_attrs": S.RELEASED, "abort_for_shutdown": S.RELEASED},
+}
+
+
+class WriteHandle:
+    """One open-for-writing file of the mount: the engine writer behind it, the attributes
+    its next commit writes, and its WriteState. Operations run one at a time (a lock)."""
+
+    def __init__(self, path: str, where: str, open_writer: Callable[[str], object], *, mode: str,
+                 size: int, append: bool, base_complete: bool = True,
+                 on_commit: Callable[["WriteHandle"], None] | None = None):
+        """``mode``: how the file was opened, "create" (created or truncated) or "append"."""
+        if mode not in ("create", "append"):
+            raise ValueError(f"mode must be 'create' or 'append', not {mode!r}")
+        self.path = path
+        self.where = where
+        self._open_writer = open_writer
+        self._state = S.CREATED if mode == "create" else S.OPENED
+        self.size = size  # bytes in the stream as this handle sees it: the next write goes here
+        self.append = append  # O_APPEND: every write goes to the end, whatever offset the kernel passes
+        self.base_complete = base_complete
+        self.on_commit = on_commit
+        self._writer = None  # the engine writer: open in CLAIMED and WRITING (and RELEASING after them)
+        # Lock owners (fd tables) that wrote since the last commit; None: unknown owner.
+        self._owners: set[int | None] = set()
+        self._error: BaseException | None = None  # what FAILED and SHUT_DOWN report
+        self.last_commit = None  # the manifest the last commit wrote, for the caches
+        self.mtime = time.time()
+        # Set through the mount while open (cp -p, tar x): written with the commit. A
+        # write after utimens clears the stored time, as it would on a local disk.
+        self.stored_mtime_ns: int | None = None
+        self.perm: int | None = None
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+
+    # -- the state, for the filesystem and the handle table --------------------------------
+    @property
+    def state(self) -> WriteState:
+        return self._state
+
+    @property
+    def is_live(self) -> bool:
+        """This mount's writer of its path: stat shows it, a second writer gets EBUSY."""
+        return self._state is not S.RELEASED
+
+    @property
+    def is_open(self) -> bool:
+        """Not released by the kernel yet (a program may still write through it)."""
+        return self._state not in (S.RELEASING, S.RELEASED)
+
+    @property
+    def is_releasing(self) -> bool:
+        """Closed, with its final commit still to run."""
+        return self._state is S.RELEASING
+
+    def wait_released(self, timeout: float) -> bool:
+        return self._released.wait(timeout)
+
+    def needs_final_work(self) -> bool:
+        """Does release have to talk to S3? (Otherwise it is instant.)"""
+        return RULES[self._state].get("release") is S.RELEASING
+
+    def _commit_coming(self) -> bool:
+        return self.needs_final_work() or self._state is S.RELEASING
+
+    def _allow(self, op: str) -> WriteState:
+        """The state ``op`` leads to; raises what the state says instead when it may not run."""
+        target = RULES[self._state].get(op)
+        if target is None:
+            raise fserrors.HandleStateError(
+                f"{self.where}: {op} on a file handle that is {self._state.value} (not allowed)")
+        if target == STICKY:
+            raise self._error
+        return target
+
+    def _become(self, op: str) -> None:
+        self._state = self._allow(op)
+
+    # -- the write path -------------------------------------------------------------------
+    def write(self, data: bytes, offset: int, owner: int | None = None) -> int:
+        with self._lock:
+            self._allow("write")
+            if not self.append and offset != self.size:
+                raise errors.SeekNotAllowed(
+                    f"{self.where}: write of {len(data)} bytes at offset {offset} refused: streams are "
+                    f"append-only and the next byte goes at {self.size}; nothing written so far changed")
+            if self._writer is None:
+                self._writer = self._take_stream()
+            try:
+                self._writer.write(data)
+            except BaseException as e:
+                self._fail(e)
+                raise
+            self.size = self._writer.offset
+            self._owners.add(owner or None)
+            self.mtime = time.time()
+            if self.stored_mtime_ns is not None:
+                self.stored_mtime_ns = self._writer.mtime_ns = None
+            self._become("write")
+            return len(data)
+
+    def _new_writer(self, mode: str):
+        w = self._open_writer(mode)
+        if self.perm is None:
+            self.perm = w.mode  # an existing stream's stored mode carries over
+        self._give_attrs(w)
+        return w
+
+    def _give_attrs(self, w) -> None:
+        """The engine writer puts the attributes this handle holds into its manifests."""
+        w.mtime_ns = self.stored_mtime_ns
+        if self.perm is not None:
+            w.mode = self.perm
+
+    def hold_attrs(self, mtime_ns: int | None = None, mode: int | None = None) -> bool:
+        """Keep attributes for this handle's coming commit. False when no commit is
+        coming (nothing written since the last one): then they belong in S3 now."""
+        with self._lock:
+            self._allow("hold_attrs")
+            if mtime_ns is not None:
+                self.stored_mtime_ns = mtime_ns
+            if mode is not None:
+                self.perm = mode
+            if self._writer is not None:
+                self._give_attrs(self._writer)
+            return self._commit_coming()
+
+    def _take_stream(self):
+        """Open the engine writer: a new stream if created or truncated, else append."""
+        mode = "create" if self._state is S.CREATED else "append"
+        try:
+            w = self._new_writer(mode)
+        except BaseException as e:
+            # Lost the stream to another writer (or cannot reach it): this handle is done,
+            # and its close must not commit anything over the winner's data.
+            self._fail(e)
+            raise
+        if w.offset != self.size:
+            if self.append:
+                self.size = w.offset  # grew elsewhere meanwhile; O_APPEND writes go to the end anyway
+            else:
+                # The stream changed since open (appended elsewhere): the kernel's offsets no
+                # longer match it. Give the stream back as it was; the state stays.
+                size = w.offset
+                try:
+                    w.close() if (self.base_complete or self._state is S.COMMITTED) else w.abort()
+                except errors.S3PipeError as e:
+                    log.warning("%s: could not release the stream: %s", self.where, e)
+                raise errors.Busy(f"{self.where}: stream changed since it was opened (now {size} bytes, "
+                                  f"expected {self.size}); open it again")
+        return w
+
+    def _fail(self, e: BaseException) -> None:
+        """A write or commit failed: abort (stream stays incomplete); the error sticks."""
+        if not isinstance(e, errors.S3PipeError):
+            e = errors.S3PipeError(f"{self.where}: {type(e).__name__}: {e}")
+        self._become("fail")
+        self._error = e
+        w, self._writer = self._writer, None
+        if w is not None and not w.closed:
+            try:
+                w.abort()
+            except Exception as ae:  # noqa: BLE001 - the first error is the one to report
+                log.warning("%s: abort after failure also failed: %s", self.where, ae)
+
+    # -- durability -----------------------------------------------------------------------
+    def fsync(self) -> None:
+        """Everything written so far durable in S3; the stream stays open (not complete)."""
+        with self._lock:
+            if self._allow("fsync") is not self._state:
+                self._writer = self._take_stream()  # an fsync'd new file exists, even while empty
+            if self._writer is not None:
+                try:
+                    self._writer.flush()
+                except BaseException as e:
+                    self._fail(e)
+                    raise
+            self._become("fsync")
+
+    def flush(self, owner: int | None = None) -> None:
+        """close(2) of one descriptor: commit if the closing process wrote since the last commit."""
+        with self._lock:
+            target = self._allow("flush")
+            if target is self._state:
+                return  # nothing written since the last commit
+            if target is S.CLAIMED:
+                # Created or truncated, nothing written yet: take the stream now, so that it
+                # exists (as being written) once close(2) returns. Its release commits it.
+                self._writer = self._take_stream()
+                self._become("flush")
+            elif not owner or owner in self._owners or None in self._owners:
+                self._commit("flush")
+
+    def _commit(self, op: str) -> None:
+        w = self._writer
+        try:
+            w.close()
+        except BaseException as e:
+            self._fail(e)
+            raise
+        self._writer = None
+        self._owners.clear()
+        self.last_commit = getattr(w, "committed", None)  # the manifest it wrote, for the caches
+        self.mtime = time.time()
+        self._become(op)
+        if self.on_commit is not None:
+            self.on_commit(self)
+
+    def truncate(self, length: int) -> None:
+        with self._lock:
+            target = self._allow("truncate")
+            if length == self.size:
+                return
+            if length == 0 and target is S.CREATED:
+                # open(O_TRUNC) on a kernel without atomic_o_trunc: open, then truncate(0).
+                self.size = 0
+                self._become("truncate")
+                return
+            raise fserrors.NotSupported(
+                f"{self.where}: streams are append-only: truncate only to 0 before the first write "
+                f"or to the current size ({self.size}), not to {length}")
+
+    # -- the end ----------------------------------------------------------------------------
+    def release(self) -> bool:
+        """The last close. True when a commit is still due (RELEASING): then call
+        finish_release, which talks to S3; otherwise the handle is done (RELEASED)."""
+        with self._lock:
+            self._become("release")
+            if self._state is S.RELEASED:
+                self._released.set()
+                return False
+            return True
+
+    def finish_release(self) -> None:
+        """Commit what no flush committed: writes after the last flush, or the empty
+        stream of a file created or truncated and never written."""
+        with self._lock:
+            self._allow("finish_release")
+            try:
+                if self._writer is None:
+                    try:
+                        self._writer = self._new_writer("create")
+                    except BaseException as e:
+                        self._fail(e)
+                        raise
+                self._commit("finish_release")
+            finally:
+                if self._state is S.RELEASED:
+                    self._released.set()
+
+    def abort_for_shutdown(self, lock_timeout: float) -> bool:
+        """Unmount while open: make what was written durable, leave the stream incomplete.
+
+        Returns False when a commit or write still holds the handle after lock_timeout.
+        """
+        if not self._lock.acquire(timeout=lock_timeout):
+            return False
+        try:
+            if self._allow("abort_for_shutdown") is self._state:
+                return True  # already shut down, or closed: nothing left to abort
+            w, self._writer = self._writer, None
+            if w is not None:
+                try:
+                    w.flush()  # upload what we have: durable and readable, stream not complete
+                except Exception as e:  # noqa: BLE001
+                    log.warning("%s: could not upload the last data before unmount: %s", self.where, e)
+                try:
+                    w.abort()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("%s: abort at unmount failed: %s", self.where, e)
+                log.warning("%s: unmounted while being written: stream left incomplete at %d bytes "
+                            "(append to it, or `s3pipefs put --resume` it)", self.where, self.size)
+            self._error = fserrors.ShuttingDown(f"{self.where}: filesystem unmounted while the file was open")
+            self._become("abort_for_shutdown")
+            return True
+        finally:
+            self._lock.release()
