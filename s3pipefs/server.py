@@ -48,7 +48,6 @@ Behaviour of this SeaweedFS (4.48) that s3pipefs may rely on, checked by experim
 """
 from __future__ import annotations
 
-import argparse
 import configparser
 import ctypes
 import json
@@ -511,18 +510,7 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {text[:200]}"
 
 
-# -- `s3pipefs serve` ---------------------------------------------------------------------
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help=f"where the data, keys and log live (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--host", default=LOOPBACK,
-                        help="address the S3 endpoint listens on (default 127.0.0.1); "
-                             "SeaweedFS's internal ports always stay on loopback")
-    parser.add_argument("--port", type=int, default=8333, help="S3 port (default 8333; 0 = any free port)")
-    parser.add_argument("--bucket", action="append", default=[], metavar="NAME",
-                        help="create this bucket if it does not exist (repeatable)")
+# -- helpers of `s3pipefs serve` (commands/serve.py) -----------------------------------------
 
 
 def export_lines(server: LocalServer) -> list[str]:
@@ -534,42 +522,8 @@ def export_lines(server: LocalServer) -> list[str]:
     return lines
 
 
-def serve_main(args) -> int:
-    """Run a LocalServer in the foreground until SIGINT/SIGTERM; return the exit status."""
-    if not 0 <= args.port <= 65535:
-        print(f"s3pipefs serve: not a TCP port: {args.port}", file=sys.stderr)
-        return UsageError.exit_status
-    stop = threading.Event()
-    saved = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, lambda *_: stop.set())
-    server = LocalServer(args.data_dir, host=args.host, port=args.port)
-    try:
-        server.start()
-        if stop.is_set():
-            return 0
-        _create_buckets(server, args.bucket)
-        print("\n".join(export_lines(server)), flush=True)
-        print(f"s3pipefs serve: ready in {server.startup_seconds:.1f}s; log in {server.log_path}; "
-              "stop with Ctrl-C", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            if not server.running():
-                print(f"s3pipefs serve: SeaweedFS exited unexpectedly; see {server.log_path}",
-                      file=sys.stderr)
-                return 1
-        return 0
-    except S3PipeError as e:
-        print(f"s3pipefs serve: {e}", file=sys.stderr)
-        return e.exit_status
-    finally:
-        server.stop()
-        print("s3pipefs serve: stopped", file=sys.stderr, flush=True)
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def _create_buckets(server: LocalServer, names: list[str]) -> None:
+def create_buckets(server: LocalServer, names: list[str]) -> None:
+    """Create each bucket in ``names`` unless it exists."""
     if not names:
         return
     client = server._client()

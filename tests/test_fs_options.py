@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from s3pipefs.config import MiB
+from s3pipefs import options as table
+from s3pipefs.config import MiB, parse_duration, parse_size
 from s3pipefs.errors import UsageError
 from s3pipefs.fs import options
 from s3pipefs.fs.mount_helper import build_parser
@@ -141,10 +142,10 @@ _values = {
     options._octal: st.integers(0, 0o777),
     options._user: st.integers(0, 65534),
     options._group: st.integers(0, 65534),
-    options._duration: st.floats(0.001, 1e6, allow_nan=False).map(lambda f: round(f, 3)),
-    options._nonempty: _text,
-    options._url: st.from_regex(r"\Ahttps?://[a-z0-9.]{1,20}(:[0-9]{1,5})?\Z"),
-    options._addressing: st.booleans(),
+    parse_duration: st.floats(0.001, 1e6, allow_nan=False).map(lambda f: round(f, 3)),
+    table.nonempty: _text,
+    table.http_url: st.from_regex(r"\Ahttps?://[a-z0-9.]{1,20}(:[0-9]{1,5})?\Z"),
+    table.addressing: st.booleans(),
     options._log: st.sampled_from(["auto", "syslog", "stderr", "/var/log/s.log", "/tmp/a,b.log"]),
 }
 
@@ -152,7 +153,7 @@ _values = {
 def _value_for(opt):
     if opt.name == "segment_size":
         return st.integers(1024, 1 << 30)
-    if opt.parse is options._size:
+    if opt.parse is parse_size:
         return st.integers(1, 1 << 40)
     if hasattr(opt.parse, "bounds"):
         return st.integers(*opt.parse.bounds)

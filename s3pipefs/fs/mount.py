@@ -1,6 +1,7 @@
-"""`s3pipefs mount BUCKET[/PREFIX] MOUNTPOINT [-o OPTS] [-f]`: parse, daemonize, serve, unmount.
+"""The mount machinery behind `s3pipefs mount` and mount.s3pipefs: check, daemonize, serve, unmount.
 
-Order matters:
+The arguments are parsed by commands/mount.py (and fs/mount_helper.py for mount(8)) into
+MountOptions; ``make_plan`` and ``mount`` take it from there. Order matters:
 
 1. Parse the source and options (pure) and check the mount point, before any fork, so
    mistakes come back on the terminal with status 2.
@@ -17,7 +18,6 @@ Order matters:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from s3pipefs import errors
 from s3pipefs.fs import daemon, readahead
 from s3pipefs.fs.mounttable import mounted_at
-from s3pipefs.fs.options import OPTIONS, MountOptions, default_of, parse_options, parse_source
+from s3pipefs.config import S3Config
+from s3pipefs.fs.options import MountOptions, parse_source
 from s3pipefs.memory import tune_malloc
 
 log = logging.getLogger("s3pipefs.fs")
@@ -47,35 +48,12 @@ class MountPlan:
     source: str
 
 
-def add_mount_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="BUCKET[/PREFIX]", help="bucket, optionally with a key prefix to mount")
-    p.add_argument("mountpoint", help="an existing directory")
-    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="mount options, comma separated (repeatable); see below")
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    width = max(len(o.name) for o in OPTIONS) + 6
-    lines = []
-    for o in OPTIONS:
-        label = o.name if o.is_flag else f"{o.name}=..."
-        default = default_of(o)
-        lines.append(f"  {label:<{width}} {o.help}" + (f" (default {default})" if default else ""))
-    p.epilog = ("mount options (full reference: docs/mount.md, `man mount.s3pipefs`):\n" + "\n".join(lines)
-                + "\n  also accepted and ignored: _netdev, nofail, auto, noauto, defaults, user, x-systemd.*, ...")
-
-
-def plan_from_args(args) -> MountPlan:
-    opts, warnings = parse_options(getattr(args, "options", None) or [], sloppy=getattr(args, "sloppy", False))
-    for w in warnings:
-        print(f"s3pipefs: warning: {w}", file=sys.stderr)
-    if getattr(args, "foreground", False):
-        opts = dataclasses.replace(opts, daemon=dataclasses.replace(opts.daemon, foreground=True))
-    if getattr(args, "verbose", False):
-        opts = dataclasses.replace(opts, daemon=dataclasses.replace(opts.daemon, verbose=True))
+def make_plan(source: str, mountpoint: str, opts: MountOptions) -> MountPlan:
+    """Check the source and the mount point (before any fork, so mistakes reach the terminal)."""
     if opts.daemon.log == "syslog" and not os.path.exists("/dev/log"):
         raise errors.UsageError("log=syslog, but there is no syslog socket /dev/log; use log=/path/to/file")
-    bucket, prefix = parse_source(args.source)
-    mountpoint = os.path.abspath(args.mountpoint)
+    bucket, prefix = parse_source(source)
+    mountpoint = os.path.abspath(mountpoint)
     _clear_stale_mount(mountpoint)
     if not os.path.isdir(mountpoint):
         raise errors.UsageError(f"mount point {mountpoint} is not a directory")
@@ -84,14 +62,12 @@ def plan_from_args(args) -> MountPlan:
     if not os.path.exists("/dev/fuse"):
         raise errors.S3PipeError("/dev/fuse is missing: load the fuse module (modprobe fuse) "
                                  "or give the container the device")
-    return MountPlan(bucket, prefix, mountpoint, opts, args.source)
+    return MountPlan(bucket, prefix, mountpoint, opts, source)
 
 
-def mount_main(args) -> int:
-    """Entry point of `s3pipefs mount`. Raises S3PipeError on failure (the CLI prints it)."""
-    plan = plan_from_args(args)
-    if getattr(args, "fake", False):  # mount -f: do everything but the mount
-        return 0
+def mount(plan: MountPlan) -> int:
+    """Mount: serve in the foreground, or fork a daemon and return once it is mounted.
+    Raises S3PipeError on failure (the caller prints it)."""
     if plan.opts.daemon.foreground:
         return serve(plan, daemon.Readiness(None), capture=None)
     got = daemon.fork_with_readiness()
@@ -109,6 +85,26 @@ def mount_main(args) -> int:
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def connection_pool_size(opts: MountOptions) -> int:
+    """S3 connections the mount's requests in flight can use at once:
+
+        max_writers * workers                       every writer uploading with all its workers
+      + max(prefetch, read_memory // segment_size)  the readers' prefetch: one reader's window,
+                                                    or as many segments as the shared read
+                                                    budget holds when many files are open
+      + 8                                           stats, listings and manifests of FUSE threads
+
+    at least S3Config's default and at most 256. A pool smaller than the requests in
+    flight makes urllib3 open a connection per extra request and drop it afterwards (a
+    new TCP and TLS handshake each time, and a "pool is full" warning); past 256 one
+    client gains nothing more from S3 and throttling (503) starts to bite.
+    With the defaults: 4 * 8 + max(8, 512M // 16M) + 8 = 72.
+    """
+    t, fs = opts.transfer, opts.fs
+    want = fs.max_writers * t.workers + max(t.prefetch, fs.read_memory // t.segment_size) + 8
+    return max(S3Config.max_pool_connections, min(256, want))
 
 
 def _fuse_kwargs(plan: MountPlan, fuselib) -> dict:
@@ -168,7 +164,8 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
 
     where = f"s3://{plan.bucket}/{plan.prefix}"
     try:
-        engine = Engine(Store(opts.s3), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory))
+        s3cfg = dataclasses.replace(opts.s3, max_pool_connections=connection_pool_size(opts))
+        engine = Engine(Store(s3cfg), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory))
         try:
             engine.store.bucket_exists(plan.bucket)
         except errors.NotFound:

@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: -N (mount namespaces) is not supported", file=sys.stderr)
         return EXIT_USAGE
     args.foreground = False
-    from s3pipefs.fs.mount import mount_main  # after argv checks: keeps --help fast
+    from s3pipefs.commands import mount  # after argv checks: keeps --help fast
 
     try:
-        return mount_main(args)
+        return mount.run(args)
     except errors.UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,9 +1,11 @@
 """Mount options (`-o a,b=c`) and the mount source, parsed into frozen config objects.
 
-Pure: no S3, no FUSE, no environment reads. One table, ``OPTIONS``, names every option,
-where its value goes (S3Config, TransferConfig, FsConfig or DaemonConfig) and how it
-parses; docs/mount.md documents exactly these names (a test keeps the two in step) and
-``render`` turns a config back into an option string (property-tested round trip).
+Pure: no S3, no FUSE, no environment reads. ``OPTIONS`` names every option, where its
+value goes (S3Config, TransferConfig, FsConfig or DaemonConfig) and how it parses: the
+S3 and transfer entries are the CLI's own (s3pipefs/options.py, so ``--workers 4`` and
+``-o workers=4`` are one knob), the filesystem and daemon entries are the mount's alone.
+docs/mount.md documents exactly these names (a test keeps the two in step) and ``render``
+turns a config back into an option string (property-tested round trip).
 
 Options that mount(8), fstab and systemd pass along (``_netdev``, ``nofail``, ``auto``,
 ``defaults``, ``x-systemd.*`` ...) are accepted and recorded as ignored. Anything else
@@ -17,10 +19,12 @@ import grp
 import pwd
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from s3pipefs.config import S3Config, TransferConfig, parse_duration, parse_size
 from s3pipefs.errors import UsageError
+from s3pipefs.options import S3_OPTIONS, TRANSFER_OPTIONS, Option, nonempty, render_default, render_value, \
+    whole_number
 
 
 @dataclass(frozen=True)
@@ -82,20 +86,7 @@ class MountOptions:
     ignored: tuple[str, ...] = ()
 
 
-# -- value parsers -------------------------------------------------------------------
-
-
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            v = int(text, 10)
-        except ValueError:
-            raise UsageError(f"not a whole number: {text!r}") from None
-        if not lo <= v <= hi:
-            raise UsageError(f"{v} is out of range {lo}..{hi}")
-        return v
-    parse.bounds = (lo, hi)  # for the docs and the property tests
-    return parse
+# -- value parsers of the mount's own options (the shared ones are in s3pipefs/options.py) --
 
 
 def _octal(text: str) -> int:
@@ -107,7 +98,7 @@ def _octal(text: str) -> int:
 
 def _user(text: str) -> int:
     if text.isdigit():
-        return _int(0, 2**32 - 2)(text)
+        return whole_number(0, 2**32 - 2)(text)
     try:
         return pwd.getpwnam(text).pw_uid
     except (KeyError, ValueError):  # ValueError: a NUL byte in the name
@@ -116,37 +107,11 @@ def _user(text: str) -> int:
 
 def _group(text: str) -> int:
     if text.isdigit():
-        return _int(0, 2**32 - 2)(text)
+        return whole_number(0, 2**32 - 2)(text)
     try:
         return grp.getgrnam(text).gr_gid
     except (KeyError, ValueError):  # ValueError: a NUL byte in the name
         raise UsageError(f"no such group: {text!r}") from None
-
-
-def _size(text: str) -> int:
-    return parse_size(text)
-
-
-def _duration(text: str) -> float:
-    return parse_duration(text)
-
-
-def _nonempty(text: str) -> str:
-    if not text:
-        raise UsageError("needs a value")
-    return text
-
-
-def _url(text: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", text):
-        raise UsageError(f"not an http(s) URL: {text!r}")
-    return text
-
-
-def _addressing(text: str) -> bool:
-    if text not in ("path", "virtual"):
-        raise UsageError(f"must be 'path' or 'virtual', not {text!r}")
-    return text == "path"
 
 
 def _log(text: str) -> str:
@@ -157,89 +122,46 @@ def _log(text: str) -> str:
 
 # -- the table -------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    target: str  # "fs" | "s3" | "transfer" | "daemon" | "top"
-    field: str
-    parse: Callable[[str], Any] | None  # None: a flag, ``value`` is what it sets
-    help: str
-    value: Any = True
-
-    @property
-    def is_flag(self) -> bool:
-        return self.parse is None
-
-
-OPTIONS: tuple[Option, ...] = (
-    # the tree
+_FS_OPTIONS: tuple[Option, ...] = (
     Option("ro", "fs", "read_only", None, "mount read-only: writes, creates and removals fail with EROFS"),
     Option("rw", "fs", "read_only", None, "mount read-write (the default)", value=False),
     Option("allow_other", "fs", "allow_other", None, "let other users access the mount (kernel-checked permissions)"),
     Option("allow_root", "fs", "allow_root", None, "let root access the mount besides the mounting user"),
     Option("uid", "fs", "uid", _user, "owner of every file and directory (number or name)"),
     Option("gid", "fs", "gid", _group, "group of every file and directory (number or name)"),
-    Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)"),
-    Option("metadata_ttl", "fs", "metadata_ttl", _duration, "cache stats and listings this long"),
-    Option("max_writers", "fs", "max_writers", _int(1, 1024), "files open for writing at once; more get ENOMEM"),
-    Option("read_memory", "fs", "read_memory", _size, "read-ahead memory shared by all files open for reading"),
+    Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)", render=lambda v: f"{v:03o}"),
+    Option("metadata_ttl", "fs", "metadata_ttl", parse_duration, "cache stats and listings this long"),
+    Option("max_writers", "fs", "max_writers", whole_number(1, 1024), "files open for writing at once; more get ENOMEM"),
+    Option("read_memory", "fs", "read_memory", parse_size, "read-ahead memory shared by all files open for reading"),
     Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
-    Option("kernel_read_ahead", "fs", "kernel_read_ahead", _size,
+    Option("kernel_read_ahead", "fs", "kernel_read_ahead", parse_size,
            "the kernel's read-ahead for the mount (as root; 0 leaves the kernel's 128K)"),
-    Option("max_threads", "fs", "max_threads", _int(2, 100000), "FUSE worker threads, libfuse 3"),
-    Option("shutdown_timeout", "fs", "shutdown_timeout", _duration,
+    Option("max_threads", "fs", "max_threads", whole_number(2, 100000), "FUSE worker threads, libfuse 3"),
+    Option("shutdown_timeout", "fs", "shutdown_timeout", parse_duration,
            "on SIGTERM, time open writers get to close before streams are left incomplete"),
-    # S3
-    Option("endpoint", "s3", "endpoint_url", _url, "S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS)"),
-    Option("profile", "s3", "profile", _nonempty, "AWS profile (default: $AWS_PROFILE)"),
-    Option("region", "s3", "region", _nonempty, "S3 region"),
-    Option("credentials", "top", "credentials", _nonempty, "AWS shared credentials file for this mount"),
-    Option("retries", "s3", "max_attempts", _int(1, 100), "attempts per S3 request"),
-    Option("addressing", "s3", "path_style", _addressing, "bucket addressing: path or virtual"),
-    # the engine
-    Option("segment_size", "transfer", "segment_size", _size, "segment size of new streams"),
-    Option("workers", "transfer", "workers", _int(1, 256), "parallel S3 requests per open file"),
-    Option("staging", "transfer", "staging_dir", _nonempty, "directory for staged segments (default $TMPDIR or /tmp)"),
-    Option("cache_size", "transfer", "cache_size", _size, "verified read data kept per open file"),
-    Option("read_ahead", "transfer", "read_ahead", _size, "bytes prefetched ahead of sequential reads"),
-    Option("prefetch", "transfer", "prefetch", _int(1, 1024), "segments fetched ahead at most"),
-    Option("tries", "transfer", "tries", _int(1, 100), "attempts per segment that fails verification"),
-    Option("follow_timeout", "transfer", "follow_timeout", _duration,
-           "a read waiting on a growing stream fails (EIO) after its writer is silent this long"),
-    Option("poll_interval", "transfer", "poll_interval", _duration, "how often a waiting read polls the manifest"),
-    Option("stale_after", "transfer", "stale_after", _duration,
-           "a writer whose heartbeat is older than this is dead"),
-    Option("heartbeat", "transfer", "heartbeat_interval", _duration,
-           "how often a writer refreshes its lease in the manifest"),
-    # the daemon
+)
+_CREDENTIALS = Option("credentials", "top", "credentials", nonempty, "AWS shared credentials file for this mount")
+_DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("foreground", "daemon", "foreground", None, "stay in the foreground (also: s3pipefs mount -f)"),
     Option("log", "daemon", "log", _log, "where the daemon logs: auto, syslog, stderr or /path/to/file"),
     Option("debug", "daemon", "debug", None, "log every failed operation, with tracebacks"),
     Option("verbose", "daemon", "verbose", None, "log informational messages (mounts, commits)"),
-    Option("fsname", "daemon", "fsname", _nonempty, "source shown in /proc/mounts (default BUCKET[/PREFIX])"),
+    Option("fsname", "daemon", "fsname", nonempty, "source shown in /proc/mounts (default BUCKET[/PREFIX])"),
+)
+OPTIONS: tuple[Option, ...] = (
+    _FS_OPTIONS
+    + tuple(o for o in S3_OPTIONS if o.mount) + (_CREDENTIALS,)
+    + tuple(o for o in TRANSFER_OPTIONS if o.mount)
+    + _DAEMON_OPTIONS
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
 
 def default_of(opt: Option) -> str | None:
-    """The default of a valued option as an option value would spell it ("32M", "5s"),
-    rendered from the config dataclasses so help and docs cannot drift from the code."""
-    if opt.is_flag:
-        return None
+    """The default of a valued option as an option value would spell it ("32M", "5s")."""
     base = MountOptions()
     section = base if opt.target == "top" else getattr(base, opt.target)
-    value = getattr(section, opt.field)
-    if value is None or opt.name in ("staging",):
-        return None
-    if opt.parse is _size:
-        for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-            if value % scale == 0:
-                return f"{value // scale}{unit}"
-        return str(value)
-    if opt.parse is _duration:
-        return f"{value:g}s"
-    return _render_value(opt, value)
+    return render_default(opt, getattr(section, opt.field))
 
 # Generic mount flags the kernel understands: handed to FUSE as they are.
 KERNEL_FLAGS = frozenset({"exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime",
@@ -330,21 +252,6 @@ def parse_options(texts: Iterable[str], *, sloppy: bool = False,
     ), warnings
 
 
-def _render_value(opt: Option, value: Any) -> str:
-    if opt.parse is _octal:
-        return f"{value:03o}"
-    if opt.parse is _addressing:
-        return "path" if value else "virtual"
-    if isinstance(value, float):
-        # Positional, never '1e-05': exact for the shortest repr, and parses back.
-        import decimal
-
-        text = format(decimal.Decimal(repr(value)), "f")
-        return text[:-2] if text.endswith(".0") else text
-    text = str(value)
-    return f'"{text}"' if "," in text else text
-
-
 def render(opts: MountOptions) -> str:
     """The option string that parses back to ``opts`` (non-default values only)."""
     default = MountOptions()
@@ -364,7 +271,7 @@ def render(opts: MountOptions) -> str:
             flag = next(o for o in OPTIONS if (o.target, o.field) == key and o.value == value)
             parts.append(flag.name)
         else:
-            parts.append(f"{opt.name}={_render_value(opt, value)}")
+            parts.append(f"{opt.name}={render_value(opt, value)}")
         done.add(key)
     parts.extend(opts.fs.kernel_flags)
     parts.extend(opts.ignored)
