@@ -5,7 +5,7 @@ CopyObject, larger objects with UploadPartCopy in parallel parts. The user metad
 s3pipefs readers verify against (``crc32``/``md5`` per segment) travels with CopyObject's
 default COPY directive, and with the multipart path it is read from the source first.
 
-A stream copy follows the one-writer protocol of engine/manifests.py:
+A stream copy follows the one-writer protocol of engine/lease.py:
 
 1. read and validate the source manifest (the bytes that will be published at the end);
 2. take the destination's lease: an *incomplete, empty* manifest with our writer id, written
@@ -36,15 +36,15 @@ import errno as _errno
 import hashlib
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, MiB, TransferConfig
 from s3pipefs.engine import manifests
+from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -210,95 +210,6 @@ def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str
     return segs
 
 
-class _Lease:
-    """The destination's manifest while a copy runs: incomplete, empty, ours, kept fresh."""
-
-    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, prefix: str, template: mf.Manifest,
-                 sse: bytes, where: str):
-        from s3pipefs.engine.writer import new_writer_id
-
-        self.store, self.cfg, self.bucket, self.prefix, self.sse, self.where = store, cfg, bucket, prefix, sse, where
-        # host:pid:copy-token: still a writer id manifests.local_writer_dead() understands,
-        # so a copy killed here frees its destination at once (like a killed put).
-        host_pid, token = new_writer_id().rsplit(":", 1)
-        self.writer_id = f"{host_pid}:copy-{token}"
-        self.template = mf.Manifest(
-            completed=False, segment_size=template.segment_size, upload_began=mf.now_iso(),
-            layout=mf.Layout(), writer_id=self.writer_id)
-        self.etag: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-        self.existing = None
-
-    def take(self) -> None:
-        load = Retrier().call  # a manifest GET broken in transit is fetched again
-        got = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
-        if got is None:
-            self.store.bucket_seen(self.bucket)
-            self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
-        else:
-            m, _data, info = got
-            if manifests.writer_alive(m, self.cfg.stale_after):
-                raise errors.Busy(f"{self.where}: another writer ({m.writer_id}) is writing this stream "
-                                  f"(last heartbeat {time.time() - m.heartbeat:.0f}s ago)")
-            self.existing = m
-            self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=info.etag)
-        back = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
-        if back is None or back[0].writer_id != self.writer_id:
-            raise errors.Busy(f"{self.where}: another writer took this stream")
-        self.etag = back[2].etag
-        self._thread = threading.Thread(target=self._beat, name="s3pipefs-copy-lease", daemon=True)
-        self._thread.start()
-
-    def _save(self, m: mf.Manifest | bytes, *, create: bool = False, if_match: str | None = None) -> str:
-        body = m if isinstance(m, bytes) else mf.render(m)
-        digest = hashlib.md5(body)
-        key = manifests.manifest_key(self.prefix)
-        try:
-            return self.store.put(self.bucket, key, body, md5=_b64(digest.digest()), content_type="text/plain",
-                                  if_none_match=create, if_match=if_match, sse_key=self.sse)
-        except errors.Busy:
-            # A retried conditional PUT whose first reply was lost fails against our own
-            # write: if the manifest is exactly this body, it landed (see manifests.save).
-            info = self.store.head(self.bucket, key, sse_key=self.sse)
-            if info is not None and info.plain_md5 == digest.hexdigest():
-                return info.etag
-            raise
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.cfg.heartbeat_interval):
-            try:
-                self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=self.etag)
-            except BaseException as e:  # noqa: BLE001 - checked by the copy before it commits
-                self.error = e
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.error is not None:
-            raise errors.Busy(f"{self.where}: lost the stream's lease during the copy ({self.error})")
-
-    def commit(self, body: bytes) -> None:
-        self.stop()  # joins the heartbeat thread: self.etag is final from here on
-        self._save(body, if_match=self.etag)
-        self.etag = None
-
-    def release(self, m: mf.Manifest) -> None:
-        """Leave the destination incomplete with heartbeat 0: nobody is writing it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.etag is None:
-            return  # never taken, or already committed
-        try:
-            self._save(m.with_(writer_id=self.writer_id, heartbeat=0.0), if_match=self.etag)
-        except errors.S3PipeError as e:
-            log.warning("%s: could not release the stream: %s", self.where, e)
-
-
 def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                 workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, cfg: TransferConfig | None = None,
@@ -319,14 +230,23 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         raise errors.NotFound(f"{src_where}: no such stream")
     m, body, _ = got
     if not m.completed and not allow_incomplete:
-        state = "being written" if manifests.writer_alive(m, cfg.stale_after) else "its writer stopped"
+        state = "being written" if writer_alive(m, cfg.stale_after) else "its writer stopped"
         raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
                                       "copy it with --allow-incomplete, or wait for it to complete")
     segs = call(_segments, store, src_bucket, src_prefix, m, src_where)
     total = sum(o.size for o in segs)
 
-    lease = _Lease(store, cfg, dst_bucket, dst_prefix, m, dkey, dst_where)
-    lease.take()
+    # host:pid:copy-token: a writer id lease.local_writer_dead() understands, so a copy
+    # killed here frees its destination at once (like a killed put).
+    lease = Lease(store, dst_bucket, dst_prefix, new_writer_id("copy-"), where=dst_where, sse_key=dkey)
+    # The destination while the copy runs: incomplete, empty, ours, kept fresh.
+    template = mf.Manifest(completed=False, segment_size=m.segment_size, upload_began=mf.now_iso(),
+                           layout=mf.Layout(), writer_id=lease.writer_id)
+    existing = manifests.load(store, dst_bucket, dst_prefix, sse_key=dkey)
+    if existing is None:
+        store.bucket_seen(dst_bucket)
+    lease.take(template.with_(heartbeat=time.time()), existing, cfg.stale_after)
+    lease.keep_alive(cfg.heartbeat_interval, lambda: template.with_(heartbeat=time.time()))
     try:
         def one(o: ObjectInfo) -> int:
             if lease.error is not None:
@@ -349,7 +269,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                         f.cancel()
                     raise
         # An older, longer stream here left segments `cat 0*` would pick up.
-        if lease.existing is not None:
+        if existing is not None:
             _delete_past(store, dst_bucket, dst_prefix, len(segs), retrier)
         if m.completed and "replacing" not in m.extra:
             final = body
@@ -367,7 +287,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
             final = mf.render(snap)
         call(lease.commit, final)
     except BaseException:
-        lease.release(lease.template)
+        lease.release(template)
         raise
     return CopyResult("stream", total, requests + 4, complete=m.completed)
 

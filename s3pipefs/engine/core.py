@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
+from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.s3 import ObjectInfo, Store
@@ -69,7 +70,7 @@ class Engine:
         else:
             mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
 
     def stat(self, bucket: str, key: str) -> Entry | None:
         key = key.strip("/")
@@ -134,7 +135,7 @@ class Engine:
             if loaded is None:
                 return None
             m = loaded.manifest
-            if manifests.writer_alive(m, self.cfg.stale_after):
+            if writer_alive(m, self.cfg.stale_after):
                 if attempt == 0 and known is not None:
                     continue  # the cache may be older than that writer's end: ask S3
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is writing it ({m.writer_id}); "
