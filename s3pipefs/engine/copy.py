@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno as _errno
-import hashlib
 import logging
 import math
 import time
@@ -163,20 +162,6 @@ def _check_etag(src_etag: str, dst_etag: str, sse: bytes, where: str) -> None:
 
 # -- streams ------------------------------------------------------------------------------------
 
-def _load_manifest(store: Store, bucket: str, prefix: str, sse: bytes) -> tuple[mf.Manifest, bytes, ObjectInfo] | None:
-    key = manifests.manifest_key(prefix)
-    try:
-        data, info = store.get(bucket, key, sse_key=sse)
-    except errors.BucketNotFound:
-        raise
-    except errors.NotFound:
-        return None
-    if not sse and info.plain_md5 and hashlib.md5(data).hexdigest() != info.plain_md5:
-        # Damaged in transit: IntegrityError is transient, the Retrier fetches it again.
-        raise errors.IntegrityError(f"read s3://{bucket}/{key}: body does not match its MD5 ETag")
-    return mf.parse(data, where=f"s3://{bucket}/{key}"), data, info
-
-
 def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
     """The segments the manifest names, from one listing, checked against its layout."""
     found: dict[int, ObjectInfo] = {}
@@ -225,10 +210,10 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
     call = (retrier or Retrier()).call
 
-    got = call(_load_manifest, store, src_bucket, src_prefix, skey)
+    got = call(manifests.load, store, src_bucket, src_prefix, sse_key=skey)
     if got is None:
         raise errors.NotFound(f"{src_where}: no such stream")
-    m, body, _ = got
+    m, body = got.manifest, got.body
     if not m.completed and not allow_incomplete:
         state = "being written" if writer_alive(m, cfg.stale_after) else "its writer stopped"
         raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
@@ -314,7 +299,7 @@ def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes 
         return None if e is None else e.kind
     k = key.strip("/")
     # Retried: a manifest GET that broke in transit is transient, not "no such stream".
-    if k and Retrier().call(_load_manifest, store, bucket, k + "/", _key(store, sse_key)) is not None:
+    if k and Retrier().call(manifests.load, store, bucket, k + "/", sse_key=_key(store, sse_key)) is not None:
         return "stream"
     if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
         return "object"

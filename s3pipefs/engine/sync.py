@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
+from s3pipefs.engine import manifests
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
@@ -548,9 +549,9 @@ class Sync:
         return False if d.mtime >= s.mtime else "source newer"
 
     def _manifest(self, loc: S3Loc, e: Entry, key) -> mf.Manifest | None:
-        got = self.retrier.call(copy_mod._load_manifest, self.store, loc.bucket, loc.key(e.rel) + "/",
-                                copy_mod._key(self.store, key))
-        return got[0] if got else None
+        got = self.retrier.call(manifests.load, self.store, loc.bucket, loc.key(e.rel) + "/",
+                                sse_key=copy_mod._key(self.store, key))
+        return got.manifest if got else None
 
     def _local_digest(self, loc: LocalLoc, e: Entry, algo: str) -> str:
         got = e.digests.get(algo)
