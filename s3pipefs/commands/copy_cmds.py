@@ -191,15 +191,15 @@ def add_cp_arguments(p: argparse.ArgumentParser) -> None:
 
 def _source_kind(s3, s, src: str, skey) -> str:
     """"stream" or "object" for a cp source; a clear error for nothing or a directory."""
-    from s3pipefs.engine import copy as copy_mod
+    from s3pipefs.engine import kinds
 
-    kind = copy_mod.entry_kind(s3, s.bucket, s.key, sse_key=skey)
-    if kind is None:
+    found = kinds.find(s3, s.bucket, s.key, sse_key=skey)
+    if found is None:
         s3.bucket_exists(s.bucket)
         raise errors.NotFound(f"{src}: no such stream or object")
-    if kind == "dir":
+    if found.kind == kinds.DIR:
         raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
-    return kind
+    return found.kind
 
 
 def cp_main(args, store, tcfg: TransferConfig | None = None) -> int:

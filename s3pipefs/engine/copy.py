@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, MiB, TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import kinds, manifests
 from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
 from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.s3 import ObjectInfo, Store
@@ -292,28 +292,11 @@ def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Ret
 
 # -- dispatch -----------------------------------------------------------------------------------
 
-def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes | None = None) -> str | None:
-    """"stream", "object", "dir" or None. Uses the engine's namespace when one is given."""
-    if engine is not None and hasattr(engine, "stat"):
-        e = engine.stat(bucket, key)
-        return None if e is None else e.kind
-    k = key.strip("/")
-    # Retried: a manifest GET that broke in transit is transient, not "no such stream".
-    if k and Retrier().call(manifests.load, store, bucket, k + "/", sse_key=_key(store, sse_key)) is not None:
-        return "stream"
-    if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
-        return "object"
-    for _ in store.list(bucket, (k + "/") if k else "", delimiter="/"):
-        return "dir"
-    return None
-
-
 def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                **kw) -> CopyResult:
     """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
 
-    ``engine_or_cfg`` is an Engine (its ``stat`` decides the kind and its ``cfg`` gives the
-    worker count) or a TransferConfig. ``kind=`` skips that lookup when the caller has just
+    ``engine_or_cfg`` is an Engine (its ``cfg`` gives the worker count) or a TransferConfig. ``kind=`` skips that lookup when the caller has just
     made it. Other keyword arguments go to copy_stream/copy_object.
     A directory raises IsADirectory (EISDIR); a missing source NotFound.
     """
@@ -321,7 +304,10 @@ def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_b
     cfg = getattr(engine_or_cfg, "cfg", None) if engine is not None else engine_or_cfg
     if not isinstance(cfg, TransferConfig):
         cfg = TransferConfig()
-    kind = kw.pop("kind", None) or entry_kind(store, src_bucket, src_key, engine, kw.get("source_sse_key"))
+    kind = kw.pop("kind", None)
+    if kind is None:
+        found = kinds.find(store, src_bucket, src_key, sse_key=_key(store, kw.get("source_sse_key")))
+        kind = found.kind if found else None
     if kind is None:
         raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
     if kind == "dir":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import kinds, manifests
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
@@ -73,19 +73,20 @@ class Engine:
                      writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
 
     def stat(self, bucket: str, key: str) -> Entry | None:
+        """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
+        ignored: "x/" finds an object "x" as well."""
         key = key.strip("/")
-        if not key:
-            self.store.bucket_exists(bucket)
-            return Entry("dir", bucket, "")
-        loaded = manifests.load(self.store, bucket, key + "/")
-        if loaded is not None:
-            return self.stream_entry(bucket, key, loaded)
-        info = self.store.head(bucket, key)
-        if info is not None:
-            return Entry("object", bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
-        if self.store.any_key(bucket, key + "/"):
-            return Entry("dir", bucket, key)
-        return None
+        return self._entry(bucket, key, kinds.find(self.store, bucket, key))
+
+    def _entry(self, bucket: str, key: str, found: kinds.Found | None) -> Entry | None:
+        if found is None:
+            return None
+        if found.kind == kinds.STREAM:
+            return self.stream_entry(bucket, key, found.loaded)
+        if found.kind == kinds.OBJECT:
+            info = found.info
+            return Entry(kinds.OBJECT, bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
+        return Entry(kinds.DIR, bucket, key)
 
     def listdir(self, bucket: str, prefix: str) -> list[Entry]:
         """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs."""
@@ -102,15 +103,9 @@ class Engine:
         entries = [Entry("object", bucket, o.key, size=o.size, mtime=o.last_modified, etag=o.etag)
                    for o in objects if not o.key.endswith("/")]
 
-        # A common prefix is a stream when it holds a manifest; look them up in parallel.
+        # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
-            loaded = manifests.load(self.store, bucket, p)
-            if loaded is not None:
-                return self.stream_entry(bucket, p.rstrip("/"), loaded)
-            # Some servers (SeaweedFS) list an emptied prefix for a while; S3 never does.
-            if not self.store.any_key(bucket, p):
-                return None
-            return Entry("dir", bucket, p.rstrip("/"))
+            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p))
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
-from s3pipefs.engine import manifests
+from s3pipefs.engine import kinds, manifests
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
@@ -120,40 +120,18 @@ def list_s3(store: Store, loc: S3Loc, retrier: Retrier, workers: int = 16) -> di
     """Objects and streams under the prefix, by relative path. One LIST per 1000 keys, large
     subtrees listed side by side (engine/listing.py)."""
     infos = list_tree(store, loc.bucket, loc.prefix, retrier, workers=workers)
-    roots: dict[str, ObjectInfo] = {}
-    for o in infos:
-        if o.key.endswith(MANIFEST_SUFFIX):
-            roots[o.key[:-len(mf.MANIFEST_NAME)]] = o
+    objects, streams = kinds.split_listing(infos, loc.prefix)
     out: dict[str, Entry] = {}
-    sizes: dict[str, int] = {}
-    for o in infos:
-        root = _stream_root(o.key, roots, len(loc.prefix))
-        if root is not None:
-            if o.key != root + mf.MANIFEST_NAME and mf.segment_index(o.key[len(root):]) is not None:
-                sizes[root] = sizes.get(root, 0) + o.size
-            continue
+    for o in objects:
         rel = o.key[len(loc.prefix):]
-        if not rel:
-            continue
-        out[rel] = Entry(rel, "object", o.size, o.etag, o.last_modified, o)
-    for root, man in roots.items():
-        if _stream_root(root[:-1], roots, len(loc.prefix)) is not None:
-            continue  # a stream nested inside another stream's prefix belongs to it
+        if rel:
+            out[rel] = Entry(rel, "object", o.size, o.etag, o.last_modified, o)
+    for root, (man, size) in streams.items():
         rel = root[len(loc.prefix):-1]
         if not rel:
             continue  # the prefix itself is a stream: sync works on trees (cp copies one stream)
-        out[rel] = Entry(rel, "stream", sizes.get(root, 0), man.etag, man.last_modified, man)
+        out[rel] = Entry(rel, "stream", size, man.etag, man.last_modified, man)
     return out
-
-
-def _stream_root(key: str, roots: dict, start: int) -> str | None:
-    i = key.find("/", start)
-    while i != -1:
-        p = key[:i + 1]
-        if p in roots:
-            return p
-        i = key.find("/", i + 1)
-    return None
 
 
 def list_local(loc: LocalLoc) -> dict[str, Entry]:
