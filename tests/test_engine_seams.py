@@ -125,3 +125,50 @@ def test_lease_release_leaves_heartbeat_zero(store, bucket):
     got = manifests.load(store, bucket, "rel/").manifest
     assert got.heartbeat == 0 and got.writer_id == lease.writer_id
     assert not Engine(store, TCFG).stat(bucket, "rel").writer_alive
+
+
+# -- deleting a stream ---------------------------------------------------------------------
+
+def test_stream_deletion_takes_the_manifest_first(s3_server, store, bucket):
+    # DeleteObjects (the segments) is refused: the stream must not be left looking whole.
+    from s3pipefs.config import S3Config
+    from s3pipefs.s3 import Store
+    from tests.faultproxy import FaultProxy, Rule
+
+    write_stream(store, bucket, "doomed", b"z" * (2 * SEG + 10))
+    with FaultProxy(s3_server.endpoint) as proxy:
+        proxy.add(Rule("status", method="POST", query_contains="delete", status=403, code="AccessDenied",
+                       times=-1))
+        with pytest.raises(errors.S3PipeError):
+            Engine(Store(S3Config(endpoint_url=proxy.endpoint)), TCFG).delete(bucket, "doomed")
+    assert manifests.load(store, bucket, "doomed/") is None
+    assert len([o for o in store.list(bucket, "doomed/")]) == 3   # the segments are still there
+    assert kind(store, bucket, "doomed") == kinds.DIR              # no stream, complete or not
+
+
+def test_leftovers_spare_the_live_staging_dir_and_the_stream(store, bucket):
+    from s3pipefs.engine import deletion
+
+    for k in ("s/000000000000001", "s/000000000000002", "s/000000000000003", "s/.manifest",
+              "s/.next-dead/000000000000001", "s/.next-mine/000000000000001", "s/other"):
+        store.put(bucket, k, b"1")
+    deletion.delete_leftovers(store, bucket, "s/", keep=2, spare=".next-mine/")
+    assert sorted(o.key for o in store.list(bucket, "s/")) == [
+        "s/.manifest", "s/.next-mine/000000000000001", "s/000000000000001", "s/000000000000002", "s/other"]
+    deletion.delete_leftovers(store, bucket, "s/", keep=2)   # nothing spared: every staging dir goes
+    assert "s/.next-mine/000000000000001" not in [o.key for o in store.list(bucket, "s/")]
+
+
+# -- part sizes ----------------------------------------------------------------------------
+
+def test_part_size_fits_every_size_into_s3s_limits():
+    from s3pipefs.engine.parts import COPY_PART, MAX_PARTS, MIN_PART, UPLOAD_PART, part_size
+
+    assert part_size(1000, 4096) == 4096                 # one part: no minimum, no rounding
+    assert part_size(100 * MiB, 1 * MiB) == MIN_PART      # several parts: at least 5 MiB
+    assert part_size(None, 1 * MiB) == MIN_PART           # a pipe may need several
+    five_tib = 5 * 1024 ** 4
+    for wanted in (UPLOAD_PART, COPY_PART):
+        p = part_size(five_tib, wanted)
+        assert p % MiB == 0 and -(-five_tib // p) <= MAX_PARTS and p >= wanted
+    assert part_size(6 * 1000 ** 3, COPY_PART) == COPY_PART

@@ -210,6 +210,7 @@ def cp_main(args, store, tcfg: TransferConfig | None = None) -> int:
 def _cp(a, store_or_factory, tcfg) -> int:
     from s3pipefs.engine import copy as copy_mod
     from s3pipefs.engine import transfer
+    from s3pipefs.engine.parts import READ_RANGE
     from s3pipefs.engine.ratelimit import RateLimiter, Retrier
 
     tcfg = _tcfg(a, tcfg)
@@ -273,7 +274,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
                 else:
                     eng = _engine(_with_key(base, dkey), tcfg)
                     r = transfer.url_to_stream(eng, src, d.bucket, d.key, workers=workers,
-                                               part_size=min(part, transfer.DEFAULT_RANGE), resume=a.resume,
+                                               part_size=min(part, READ_RANGE), resume=a.resume,
                                                retrier=retrier, progress=prog.update)
             else:
                 f = _open_input(src)
@@ -311,7 +312,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
                 eng = _engine(_with_key(base, skey), tcfg)
                 return transfer.download_stream(eng, s.bucket, s.key, out, progress=prog.update)
             return transfer.download_object(s3, s.bucket, s.key, out, workers=workers,
-                                            part_size=min(part, transfer.DEFAULT_RANGE), sse_key=skey,
+                                            part_size=min(part, READ_RANGE), sse_key=skey,
                                             retrier=retrier, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer

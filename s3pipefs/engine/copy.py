@@ -34,14 +34,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import errno as _errno
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.config import GiB, MiB, TransferConfig
-from s3pipefs.engine import kinds, manifests
+from s3pipefs.config import GiB, TransferConfig
+from s3pipefs.engine import deletion, kinds, manifests, parts
 from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
+from s3pipefs.engine.parts import COPY_PART
 from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.s3 import ObjectInfo, Store
 
@@ -49,11 +49,6 @@ log = logging.getLogger(__name__)
 
 # S3's limit for CopyObject and for one part; above it UploadPartCopy is required.
 MAX_SINGLE_COPY = 5 * GiB
-# S3 allows at most 10,000 parts; parts (but the last) must be at least 5 MiB.
-MAX_PARTS = 10_000
-MIN_PART = 5 * MiB
-# 512 MiB parts: a 5 TiB object in ~10,000 parts, and a 6 GB one still in 12 parallel parts.
-DEFAULT_COPY_PART = 512 * MiB
 
 
 class IsADirectory(errors.S3PipeError):
@@ -75,12 +70,6 @@ def _key(store: Store, given: bytes | None) -> bytes:
     return given
 
 
-def part_size_for(size: int, wanted: int = DEFAULT_COPY_PART) -> int:
-    """A part size >= wanted (and 5 MiB) that keeps ``size`` within 10,000 parts, MiB-aligned."""
-    need = max(wanted, MIN_PART, math.ceil(size / MAX_PARTS))
-    return math.ceil(need / MiB) * MiB
-
-
 def _plain_md5(etag: str) -> str | None:
     return ObjectInfo("", 0, etag).plain_md5
 
@@ -88,7 +77,7 @@ def _plain_md5(etag: str) -> str | None:
 # -- plain objects ------------------------------------------------------------------------------
 
 def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
-                workers: int = 8, info: ObjectInfo | None = None, part_size: int = DEFAULT_COPY_PART,
+                workers: int = 8, info: ObjectInfo | None = None, part_size: int = COPY_PART,
                 max_single: int = MAX_SINGLE_COPY, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> CopyResult:
     """Copy one object on the server: CopyObject up to ``max_single``, else parallel part copies.
@@ -123,7 +112,7 @@ def _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, worke
         if full is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: vanished during the copy")
         info = full
-    psize = part_size_for(info.size, part_size)
+    psize = parts.part_size(info.size, part_size)
     ranges = [(i + 1, off, min(off + psize, info.size)) for i, off in enumerate(range(0, info.size, psize))]
     upload = call(store.mpu_create, dst_bucket, dst_key, metadata=info.metadata or None,
                   content_type=info.content_type or None, sse_key=dkey)
@@ -255,7 +244,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                     raise
         # An older, longer stream here left segments `cat 0*` would pick up.
         if existing is not None:
-            _delete_past(store, dst_bucket, dst_prefix, len(segs), retrier)
+            (retrier or Retrier()).call(deletion.delete_leftovers, store, dst_bucket, dst_prefix, len(segs))
         if m.completed and "replacing" not in m.extra:
             final = body
         else:
@@ -275,19 +264,6 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         lease.release(template)
         raise
     return CopyResult("stream", total, requests + 4, complete=m.completed)
-
-
-def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Retrier | None) -> None:
-    doomed = []
-    for o in store.list(bucket, prefix):
-        if isinstance(o, str):
-            continue
-        rel = o.key[len(prefix):]
-        idx = mf.segment_index(rel)
-        if (idx is not None and idx > keep) or rel.startswith(".next-"):
-            doomed.append(o.key)
-    if doomed:
-        (retrier or Retrier()).call(store.delete_many, bucket, doomed)
 
 
 # -- dispatch -----------------------------------------------------------------------------------

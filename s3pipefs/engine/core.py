@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import kinds, manifests
+from s3pipefs.engine import deletion, kinds, manifests
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
@@ -163,23 +163,26 @@ class Engine:
         return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False,
                       budget=self.read_budget)
 
-    def delete(self, bucket: str, key: str) -> Entry:
-        """Remove a stream (segments, manifest, staged leftovers) or an object."""
+    def delete(self, bucket: str, key: str, kind: str | None = None) -> Entry | None:
+        """Remove a stream (manifest first, then segments and staged leftovers) or an object.
+
+        ``kind`` ("stream" or "object") removes that one without looking first and
+        returns None: a rename removes the destination it replaced with one of the other
+        kind, which a lookup would no longer find under that name.
+        """
         key = key.strip("/")
-        entry = self.stat(bucket, key)
-        if entry is None:
-            raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
-        if entry.kind == "dir":
-            raise errors.S3PipeError(f"s3://{bucket}/{key}: is a directory")
-        if entry.kind == "stream":
-            if entry.writer_alive:
+        entry = None
+        if kind is None:
+            entry = self.stat(bucket, key)
+            if entry is None:
+                raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
+            if entry.kind == kinds.DIR:
+                raise errors.S3PipeError(f"s3://{bucket}/{key}: is a directory")
+            if entry.kind == kinds.STREAM and entry.writer_alive:
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is still writing it ({entry.manifest.writer_id})")
-            prefix = key + "/"
-            # Manifest first: a half-deleted stream must never look complete.
-            self.store.delete(bucket, manifests.manifest_key(prefix))
-            keys = [o.key for o in self.store.list(bucket, prefix)]
-            if keys:
-                self.store.delete_many(bucket, keys)
+            kind = entry.kind
+        if kind == kinds.STREAM:
+            deletion.delete_stream(self.store, bucket, key + "/")
         else:
             self.store.delete(bucket, key)
         return entry

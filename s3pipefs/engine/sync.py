@@ -45,15 +45,15 @@ from dataclasses import dataclass, field
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
-from s3pipefs.engine import kinds, manifests
+from s3pipefs.engine import deletion, kinds, manifests
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
+from s3pipefs.engine.parts import UPLOAD_PART, part_size
 from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
 from s3pipefs.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIX = "/" + mf.MANIFEST_NAME
 TMP_MARK = ".s3pipefs-"
 MODES = ("existing", "etag", "checksum")
 # Entries per checker task, and bytes to hash per task (large files stay parallel).
@@ -199,7 +199,7 @@ class SyncOptions:
     filters: list = field(default_factory=list)
     workers: int = 16
     checkers: int = 16
-    part_size: int = 32 * MiB
+    part_size: int = UPLOAD_PART
     allow_incomplete: bool = False
     source_sse_key: bytes | None = None
     sse_key: bytes | None = None
@@ -663,12 +663,7 @@ class Sync:
             if self.engine is not None and hasattr(self.engine, "delete"):
                 self.retrier.call(self.engine.delete, loc.bucket, key)
                 return
-            # The manifest goes first: never a complete stream with segments missing.
-            self.retrier.call(self.store.delete, loc.bucket, key + MANIFEST_SUFFIX)
-            keys = self.retrier.call(lambda: [o.key for o in self.store.list(loc.bucket, key + "/")
-                                              if not isinstance(o, str)])
-            if keys:
-                self.retrier.call(self.store.delete_many, loc.bucket, keys)
+            self.retrier.call(deletion.delete_stream, self.store, loc.bucket, key + "/")
         else:
             self.retrier.call(self.store.delete, loc.bucket, key)
 
@@ -774,7 +769,7 @@ def part_size_candidates(size: int, parts: int, our_part: int) -> list[int]:
     import math
 
     lo = math.ceil(size / parts)
-    cands = [transfer.part_size_for(size, our_part), math.ceil(lo / MiB) * MiB, lo]
+    cands = [part_size(size, our_part), math.ceil(lo / MiB) * MiB, lo]
     cands += [m * MiB for m in COMMON_PART_MIB]
     out = []
     for p in cands:

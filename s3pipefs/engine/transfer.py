@@ -45,16 +45,13 @@ from dataclasses import dataclass, field
 
 from s3pipefs import errors
 from s3pipefs.config import MiB
+from s3pipefs.engine import parts
+from s3pipefs.engine.parts import READ_RANGE, UPLOAD_PART
 from s3pipefs.engine.ratelimit import Retrier, TransientError
 from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
 
 log = logging.getLogger(__name__)
 
-MAX_PARTS = 10_000
-MIN_PART = 5 * MiB
-# Why 8 MiB: large enough that a ranged GET's latency is amortised on loopback and WAN,
-# small enough that workers + 1 of them in flight stay well under 100 MiB.
-DEFAULT_RANGE = 8 * MiB
 # Chunks handed to a stream writer / read from a pipe.
 CHUNK = 8 * MiB
 URL_TIMEOUT = 60.0
@@ -74,14 +71,6 @@ class Result:
     # local file a download makes; None: not stored.
     mtime_ns: int | None = None
     mode: int | None = None
-
-
-def part_size_for(size: int | None, wanted: int) -> int:
-    """``wanted`` grown (MiB-aligned) so that ``size`` fits into 10,000 parts."""
-    need = max(wanted, MIN_PART if size is None or size > wanted else 1)
-    if size is not None:
-        need = max(need, math.ceil(size / MAX_PARTS))
-    return math.ceil(need / MiB) * MiB if need > MiB else need
 
 
 def multipart_etag(part_md5s: list[bytes]) -> str:
@@ -246,7 +235,7 @@ def _resume_hint(where: str, kept: bool) -> str:
 
 # -- local file / pipe -> object ---------------------------------------------------------------------
 
-def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, part_size: int = 32 * MiB,
+def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, part_size: int = UPLOAD_PART,
                 content_type: str | None = None, metadata: dict | None = None, sse_key: bytes | None = None,
                 resume: bool = False, keep_on_failure: bool = True, retrier: Retrier | None = None,
                 progress=None) -> Result:
@@ -264,7 +253,7 @@ def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, p
                                sse_key=sse_key, resume=resume, keep_on_failure=keep_on_failure,
                                retrier=retrier, progress=progress)
     size = _file_size(src)
-    psize = part_size_for(size, part_size)
+    psize = parts.part_size(size, part_size)
     if size is not None and size <= psize and not resume:
         data = _pread(src, 0, size) if size else b""
         return _put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier, progress)
@@ -363,7 +352,7 @@ def _read_full(f, n: int) -> bytes:
 # -- object -> local file / pipe ---------------------------------------------------------------------
 
 def download_object(store: Store, bucket: str, key: str, out, *, workers: int = 8,
-                    part_size: int = DEFAULT_RANGE, info: ObjectInfo | None = None,
+                    part_size: int = READ_RANGE, info: ObjectInfo | None = None,
                     sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> Result:
     """Write a plain object to the binary file object ``out`` with parallel ranged GETs."""
     retrier = retrier or Retrier()
@@ -629,7 +618,7 @@ def _read_body(src: UrlSource, n: int) -> bytes:
 
 
 def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int = 8,
-                  part_size: int = 32 * MiB, content_type: str | None = None, metadata: dict | None = None,
+                  part_size: int = UPLOAD_PART, content_type: str | None = None, metadata: dict | None = None,
                   sse_key: bytes | None = None, resume: bool = False, retrier: Retrier | None = None,
                   progress=None, timeout: float = URL_TIMEOUT) -> Result:
     """Copy an http(s) URL to a plain object, parallel when the server serves ranges."""
@@ -645,7 +634,7 @@ def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int
                                content_type=ctype, metadata=metadata, sse_key=sse_key, resume=resume,
                                retrier=retrier, progress=progress)
         size = src.size
-        psize = part_size_for(size, part_size)
+        psize = parts.part_size(size, part_size)
         if size <= psize and not resume:
             data = retrier.call(_fetch_range, src, 0, size) if size else b""
             return _put_one(store, bucket, key, data, ctype, metadata, sse_key, retrier, progress)
@@ -708,7 +697,7 @@ class _BodyReader:
         raise OSError("not a file")
 
 
-def url_chunks(url: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE, retrier: Retrier | None = None,
+def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retrier: Retrier | None = None,
                timeout: float = URL_TIMEOUT):
     """The bytes of ``url`` in order, as chunks: parallel ranged GETs when possible."""
     retrier = retrier or Retrier()
@@ -729,7 +718,7 @@ def url_chunks(url: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE, re
         src.close()
 
 
-def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE,
+def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = READ_RANGE,
                   resume: bool = False, retrier: Retrier | None = None, progress=None,
                   timeout: float = URL_TIMEOUT) -> Result:
     """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed."""

@@ -31,7 +31,7 @@ import time
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import deletion, manifests
 from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.staging import StagedFile, StagingDir
 from s3pipefs.s3 import Store, b64 as store_b64
@@ -127,7 +127,7 @@ class StreamWriter:
                     chain = ""  # s3pipe2 streams carry no chain; verify falls back to ETags
             elif m.completed:
                 self._replacing = True
-                self._data_prefix = f"{self.prefix}.next-{self.writer_id.rsplit(':', 1)[-1]}/"
+                self._data_prefix = f"{self.prefix}{deletion.STAGING_MARK}{self.writer_id.rsplit(':', 1)[-1]}/"
         self._base = base
         self._chain = chain
         self._began = began
@@ -166,18 +166,10 @@ class StreamWriter:
         return mf.Layout.from_sizes(sizes[i] for i in range(1, m.num_segments + 1))
 
     def _delete_leftovers(self, keep: int) -> None:
-        """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers."""
-        doomed = []
-        # Our own staged replacement, if one is still being written ("" once swapped in:
-        # then every .next-* dir is stale, and "" must not count as a prefix of them all).
-        own = self._data_prefix[len(self.prefix):]
-        for o in self.store.list(self.bucket, self.prefix):
-            rel = o.key[len(self.prefix):]
-            idx = mf.segment_index(rel)
-            if (idx is not None and idx > keep) or (rel.startswith(".next-") and not (own and rel.startswith(own))):
-                doomed.append(o.key)
-        if doomed:
-            self.store.delete_many(self.bucket, doomed)
+        """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers,
+        sparing our own staged replacement while it is still being written."""
+        own = self._data_prefix[len(self.prefix):]  # "" once swapped in
+        deletion.delete_leftovers(self.store, self.bucket, self.prefix, keep, spare=own)
 
     # -- the write path ------------------------------------------------------------
     @property
@@ -462,9 +454,7 @@ class StreamWriter:
         got = manifests.load(self.store, self.bucket, self.prefix)
         if got is not None and got.manifest.writer_id == self.writer_id and got.manifest.completed:
             manifests.save(self.store, self.bucket, self.prefix, old, if_match=got.etag)
-        doomed = [o.key for o in self.store.list(self.bucket, self._data_prefix)]
-        if doomed:
-            self.store.delete_many(self.bucket, doomed)
+        deletion.delete_under(self.store, self.bucket, self._data_prefix)
 
     def _teardown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -475,9 +465,7 @@ class StreamWriter:
         done = self._data_prefix_done
         if done:
             try:
-                doomed = [o.key for o in self.store.list(self.bucket, done)]
-                if doomed:
-                    self.store.delete_many(self.bucket, doomed)
+                deletion.delete_under(self.store, self.bucket, done)
             except errors.S3PipeError as e:
                 log.warning("%s: leftover staged copy not removed: %s", self.where, e)
 
