@@ -189,13 +189,13 @@ def add_cp_arguments(p: argparse.ArgumentParser) -> None:
     _add_key_options(p)
 
 
-def _source_kind(s3, s, src: str, skey) -> str:
+def _source_kind(eng, s, src: str, skey) -> str:
     """"stream" or "object" for a cp source; a clear error for nothing or a directory."""
     from s3pipefs.engine import kinds
 
-    found = kinds.find(s3, s.bucket, s.key, sse_key=skey)
+    found = eng.find(s.bucket, s.key, sse_key=skey)
     if found is None:
-        s3.bucket_exists(s.bucket)
+        eng.store.bucket_exists(s.bucket)
         raise errors.NotFound(f"{src}: no such stream or object")
     if found.kind == kinds.DIR:
         raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
@@ -208,7 +208,6 @@ def cp_main(args, store, tcfg: TransferConfig | None = None) -> int:
 
 
 def _cp(a, store_or_factory, tcfg) -> int:
-    from s3pipefs.engine import copy as copy_mod
     from s3pipefs.engine import transfer
     from s3pipefs.engine.parts import READ_RANGE
     from s3pipefs.engine.ratelimit import RateLimiter, Retrier
@@ -230,7 +229,9 @@ def _cp(a, store_or_factory, tcfg) -> int:
         raise errors.UsageError("--part-size must be positive")
     skey, dkey = _keys(a)
     base = _store(store_or_factory)
-    s3 = _with_key(base, None)  # explicit keys on every call below
+    # Explicit keys on every call below but a stream's reader and writer, which use the
+    # store's: the source's when reading to a local file, else the destination's.
+    eng = _engine(_with_key(base, skey if src_s3 and not dst_s3 else dkey), tcfg)
     workers = _workers(a, tcfg)
     retrier = Retrier(RateLimiter(), tries=tcfg.tries)
     t0 = time.monotonic()
@@ -239,15 +240,11 @@ def _cp(a, store_or_factory, tcfg) -> int:
         s, d = _parse_s3(src), _parse_s3(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = _source_kind(s3, s, src, skey)
+        kind = _source_kind(eng, s, src, skey)
         with _progress(a, f"cp {src}") as prog:
-            if kind == "stream":
-                r = copy_mod.copy_stream(s3, s.bucket, s.key, d.bucket, d.key, workers,
-                                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
-                                         cfg=tcfg, retrier=retrier, progress=prog.update)
-            else:
-                r = copy_mod.copy_object(s3, s.bucket, s.key, d.bucket, d.key, workers=workers,
-                                         source_sse_key=skey, sse_key=dkey, retrier=retrier, progress=prog.update)
+            r = eng.copy(s.bucket, s.key, d.bucket, d.key, kind=kind, workers=workers,
+                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
+                         retrier=retrier, progress=prog.update)
         _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
         return 0
 
@@ -267,30 +264,23 @@ def _cp(a, store_or_factory, tcfg) -> int:
             d = d.child(name)
         with _progress(a, f"cp {src}") as prog:
             if _is_url(src):
-                if a.object:
-                    r = transfer.url_to_object(s3, src, d.bucket, d.key, workers=workers, part_size=part,
-                                               content_type=a.content_type, sse_key=dkey, resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
-                else:
-                    eng = _engine(_with_key(base, dkey), tcfg)
-                    r = transfer.url_to_stream(eng, src, d.bucket, d.key, workers=workers,
-                                               part_size=min(part, READ_RANGE), resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
+                r = eng.upload_url(src, d.bucket, d.key, as_object=a.object, workers=workers,
+                                   part_size=part if a.object else min(part, READ_RANGE),
+                                   content_type=a.content_type, sse_key=dkey, resume=a.resume,
+                                   retrier=retrier, progress=prog.update)
             else:
                 f = _open_input(src)
                 try:
                     if a.object:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
-                        r = transfer.upload_file(s3, f, d.bucket, d.key, workers=workers, part_size=part,
-                                                 content_type=ctype, sse_key=dkey, resume=a.resume,
-                                                 retrier=retrier, progress=prog.update)
+                        r = eng.upload(f, d.bucket, d.key, as_object=True, workers=workers, part_size=part,
+                                       content_type=ctype, sse_key=dkey, resume=a.resume,
+                                       retrier=retrier, progress=prog.update)
                     else:
-                        eng = _engine(_with_key(base, dkey), tcfg)
                         # A file's time and mode go with it, as with cp -p into a mount.
                         st = os.fstat(f.fileno()) if src != "-" else None
-                        r = transfer.upload_to_stream(eng, f, d.bucket, d.key,
-                                                      mode="resume" if a.resume else "create", progress=prog.update,
-                                                      file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
+                        r = eng.upload(f, d.bucket, d.key, resume=a.resume, progress=prog.update,
+                                       file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
                 finally:
                     if f is not sys.stdin.buffer:
                         f.close()
@@ -301,19 +291,16 @@ def _cp(a, store_or_factory, tcfg) -> int:
 
     # S3 -> local file or stdout
     s = _parse_s3(src)
-    kind = _source_kind(s3, s, src, skey)
+    kind = _source_kind(eng, s, src, skey)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))
 
     def fetch(out):
         with _progress(a, f"cp {src}") as prog:
-            if kind == "stream":
-                eng = _engine(_with_key(base, skey), tcfg)
-                return transfer.download_stream(eng, s.bucket, s.key, out, progress=prog.update)
-            return transfer.download_object(s3, s.bucket, s.key, out, workers=workers,
-                                            part_size=min(part, READ_RANGE), sse_key=skey,
-                                            retrier=retrier, progress=prog.update)
+            return eng.download(s.bucket, s.key, out, kind=kind, workers=workers,
+                                part_size=min(part, READ_RANGE), sse_key=skey,
+                                retrier=retrier, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)
@@ -404,7 +391,7 @@ def sync_main(args, store, tcfg: TransferConfig | None = None) -> int:
 
 
 def _sync(a, store_or_factory, tcfg) -> int:
-    from s3pipefs.engine.sync import LocalLoc, S3Loc, Sync, SyncOptions, parse_location
+    from s3pipefs.engine.sync import LocalLoc, SyncOptions, parse_location
 
     tcfg = _tcfg(a, tcfg)
     src, dst = parse_location(a.src), parse_location(a.dst)
@@ -419,14 +406,9 @@ def _sync(a, store_or_factory, tcfg) -> int:
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey, tries=tcfg.tries)
-    s3 = _with_key(base, None)
-    engine = None
-    if isinstance(src, S3Loc) or isinstance(dst, S3Loc):
-        # Streams: read with the source key (S3 -> local); S3 -> S3 uses explicit keys.
-        try:
-            engine = _engine(_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)
-        except ImportError:
-            engine = None
+    # Streams: read with the source key (S3 -> local), written with the destination's;
+    # every other call passes its key explicitly.
+    engine = _engine(_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)
     bar = None
     if _show_progress(a) and not a.json:
         from tqdm import tqdm
@@ -442,7 +424,7 @@ def _sync(a, store_or_factory, tcfg) -> int:
     else:
         progress = None
     try:
-        report = Sync(s3, src, dst, opts, engine=engine, progress=progress).run()
+        report = engine.sync(src, dst, opts, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, TransferConfig
-from s3pipefs.engine import deletion, kinds, manifests, parts
+from s3pipefs.engine import deletion, manifests, parts
 from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
 from s3pipefs.engine.parts import COPY_PART
 from s3pipefs.engine.ratelimit import Retrier
@@ -63,7 +63,7 @@ class CopyResult:
     complete: bool = True
 
 
-def _key(store: Store, given: bytes | None) -> bytes:
+def resolve_key(store: Store, given: bytes | None) -> bytes:
     """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
     if given is None:
         return store.cfg.sse_c_key or b""
@@ -87,7 +87,7 @@ def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     """
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
-    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
     call = (retrier or Retrier()).call
     if info is None:
         info = call(store.head, src_bucket, src_key, sse_key=skey)
@@ -196,7 +196,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         raise errors.UsageError(f"s3://{dst_bucket}/: a stream needs a name, not just a bucket")
     if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
         raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
-    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
     call = (retrier or Retrier()).call
 
     got = call(manifests.load, store, src_bucket, src_prefix, sse_key=skey)
@@ -264,33 +264,3 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         lease.release(template)
         raise
     return CopyResult("stream", total, requests + 4, complete=m.completed)
-
-
-# -- dispatch -----------------------------------------------------------------------------------
-
-def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-               **kw) -> CopyResult:
-    """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
-
-    ``engine_or_cfg`` is an Engine (its ``cfg`` gives the worker count) or a TransferConfig. ``kind=`` skips that lookup when the caller has just
-    made it. Other keyword arguments go to copy_stream/copy_object.
-    A directory raises IsADirectory (EISDIR); a missing source NotFound.
-    """
-    engine = engine_or_cfg if hasattr(engine_or_cfg, "stat") else None
-    cfg = getattr(engine_or_cfg, "cfg", None) if engine is not None else engine_or_cfg
-    if not isinstance(cfg, TransferConfig):
-        cfg = TransferConfig()
-    kind = kw.pop("kind", None)
-    if kind is None:
-        found = kinds.find(store, src_bucket, src_key, sse_key=_key(store, kw.get("source_sse_key")))
-        kind = found.kind if found else None
-    if kind is None:
-        raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
-    if kind == "dir":
-        raise IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory (use `s3pipefs sync` for a tree)")
-    if kind == "stream":
-        return copy_stream(store, src_bucket, src_key, dst_bucket, dst_key, kw.pop("workers", cfg.workers),
-                           cfg=cfg, **kw)
-    kw.pop("allow_incomplete", None)
-    return copy_object(store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
-                       workers=kw.pop("workers", cfg.workers), **kw)

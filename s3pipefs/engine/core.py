@@ -72,6 +72,10 @@ class Engine:
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
                      writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
 
+    def find(self, bucket: str, key: str, *, sse_key: bytes | None = None) -> kinds.Found | None:
+        """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
+        return kinds.find(self.store, bucket, key, sse_key=sse_key)
+
     def stat(self, bucket: str, key: str) -> Entry | None:
         """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
         ignored: "x/" finds an object "x" as well."""
@@ -187,8 +191,93 @@ class Engine:
             self.store.delete(bucket, key)
         return entry
 
-    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, kind: str | None = None) -> None:
-        """Server-side copy of a stream or object (used by rename); ``kind`` if known."""
-        from s3pipefs.engine import copy as _copy
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *, kind: str | None = None,
+             workers: int | None = None, info: ObjectInfo | None = None, allow_incomplete: bool = False,
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, retrier=None, progress=None):
+        """Server-side copy of the stream or object ``src_key`` (engine/copy.py); a CopyResult.
 
-        _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key, kind=kind)
+        ``kind``: what the source is, when the caller has just looked (else kinds.find
+        decides). ``info``: an object's listing entry (saves a HEAD). A directory raises
+        IsADirectory (EISDIR), a missing source NotFound. SSE-C keys: None = the store's,
+        b"" = none.
+        """
+        from s3pipefs.engine import copy as copying  # imported on use: put/cat/mount never copy
+
+        workers = workers or self.cfg.workers
+        if kind is None:
+            found = kinds.find(self.store, src_bucket, src_key,
+                               sse_key=copying.resolve_key(self.store, source_sse_key))
+            if found is None:
+                raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
+            kind = found.kind
+        if kind == kinds.DIR:
+            raise copying.IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory "
+                                       "(use `s3pipefs sync` for a tree)")
+        if kind == kinds.STREAM:
+            return copying.copy_stream(self.store, src_bucket, src_key, dst_bucket, dst_key, workers,
+                                       allow_incomplete=allow_incomplete, source_sse_key=source_sse_key,
+                                       sse_key=sse_key, cfg=self.cfg, retrier=retrier, progress=progress)
+        return copying.copy_object(self.store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
+                                   workers=workers, info=info, source_sse_key=source_sse_key, sse_key=sse_key,
+                                   retrier=retrier, progress=progress)
+
+    def upload(self, src, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
+               workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
+               metadata: dict | None = None, sse_key: bytes | None = None, keep_on_failure: bool = True,
+               file_stat=None, retrier=None, progress=None):
+        """A local file (a path or a binary file object) or a pipe into a stream, or with
+        ``as_object`` into a plain object (parallel multipart); a transfer.Result.
+
+        Streams: ``resume`` is the writer's resume, ``file_stat`` the source's stat whose
+        mtime and mode the stream keeps. Objects: ``resume`` continues the unfinished
+        multipart upload; ``keep_on_failure`` leaves a failed one for it.
+        """
+        from s3pipefs.engine import parts, transfer  # imported on use: a mount never uploads this way
+
+        if not as_object:
+            return transfer.upload_to_stream(self, src, bucket, key, mode="resume" if resume else "create",
+                                             progress=progress, file_stat=file_stat)
+        return transfer.upload_file(self.store, src, bucket, key, workers=workers or self.cfg.workers,
+                                    part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
+                                    metadata=metadata, sse_key=sse_key, resume=resume,
+                                    keep_on_failure=keep_on_failure, retrier=retrier, progress=progress)
+
+    def upload_url(self, url: str, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
+                   workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
+                   sse_key: bytes | None = None, retrier=None, progress=None):
+        """An http(s) URL into a stream, or with ``as_object`` a plain object; parallel
+        ranged GETs when the server serves ranges (engine/transfer.py)."""
+        from s3pipefs.engine import parts, transfer
+
+        workers = workers or self.cfg.workers
+        if as_object:
+            return transfer.url_to_object(self.store, url, bucket, key, workers=workers,
+                                          part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
+                                          sse_key=sse_key, resume=resume, retrier=retrier, progress=progress)
+        return transfer.url_to_stream(self, url, bucket, key, workers=workers, part_size=part_size or parts.READ_RANGE,
+                                      resume=resume, retrier=retrier, progress=progress)
+
+    def download(self, bucket: str, key: str, out, *, kind: str | None = None, follow: bool = False,
+                 workers: int | None = None, part_size: int | None = None, info: ObjectInfo | None = None,
+                 sse_key: bytes | None = None, retrier=None, progress=None):
+        """Write the stream or object ``key`` to the binary file object ``out``, in order;
+        a transfer.Result. ``kind`` as for copy(); ``follow`` reads a stream as it grows."""
+        from s3pipefs.engine import parts, transfer
+
+        if kind is None:
+            found = kinds.find(self.store, bucket, key, sse_key=sse_key)
+            kind = found.kind if found is not None else kinds.OBJECT  # download_object names what is missing
+        if kind == kinds.STREAM:
+            return transfer.download_stream(self, bucket, key, out, follow=follow, progress=progress)
+        return transfer.download_object(self.store, bucket, key, out, workers=workers or self.cfg.workers,
+                                        part_size=part_size or parts.READ_RANGE, info=info, sse_key=sse_key,
+                                        retrier=retrier, progress=progress)
+
+    def sync(self, src, dst, opts, *, progress=None):
+        """Run one sync job between s3:// locations and local directories (engine/sync.py);
+        ``src``/``dst`` as text or parsed. Returns its Report."""
+        from s3pipefs.engine.sync import Sync, parse_location
+
+        src = parse_location(src) if isinstance(src, str) else src
+        dst = parse_location(dst) if isinstance(dst, str) else dst
+        return Sync(self, src, dst, opts, progress=progress).run()

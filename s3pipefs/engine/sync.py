@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
-from s3pipefs.engine import deletion, kinds, manifests
+from s3pipefs.engine import kinds, manifests
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
 from s3pipefs.engine.parts import UPLOAD_PART, part_size
@@ -282,7 +282,9 @@ class RequestCounter:
 # -- the sync job ------------------------------------------------------------------------------------
 
 class Sync:
-    def __init__(self, store: Store, src, dst, opts: SyncOptions, *, engine=None, progress=None):
+    """One sync job between ``src`` and ``dst`` (S3Loc or LocalLoc), run through ``engine``."""
+
+    def __init__(self, engine, src, dst, opts: SyncOptions, *, progress=None):
         if opts.mode not in MODES:
             raise errors.UsageError(f"unknown compare mode {opts.mode!r}")
         if isinstance(src, LocalLoc) and isinstance(dst, LocalLoc):
@@ -290,8 +292,8 @@ class Sync:
         if isinstance(src, S3Loc) and isinstance(dst, S3Loc) and src.bucket == dst.bucket and (
                 src.prefix.startswith(dst.prefix) or dst.prefix.startswith(src.prefix)):
             raise errors.UsageError(f"{src} and {dst} overlap")
-        self.store, self.src, self.dst, self.o = store, src, dst, opts
-        self.engine = engine
+        self.engine, self.store = engine, engine.store
+        self.src, self.dst, self.o = src, dst, opts
         self.progress = progress
         self.limiter = RateLimiter()  # shared by listing, checker and transfer pools
         self.stats = RetryStats()
@@ -528,7 +530,7 @@ class Sync:
 
     def _manifest(self, loc: S3Loc, e: Entry, key) -> mf.Manifest | None:
         got = self.retrier.call(manifests.load, self.store, loc.bucket, loc.key(e.rel) + "/",
-                                sse_key=copy_mod._key(self.store, key))
+                                sse_key=copy_mod.resolve_key(self.store, key))
         return got.manifest if got else None
 
     def _local_digest(self, loc: LocalLoc, e: Entry, algo: str) -> str:
@@ -540,7 +542,7 @@ class Sync:
     def _content_digest(self, e: Entry, loc, key, algo: str) -> str | None:
         if e.kind == "file":
             return self._local_digest(loc, e, algo)
-        sse = copy_mod._key(self.store, key)
+        sse = copy_mod.resolve_key(self.store, key)
         if e.kind == "stream":
             m = self._manifest(loc, e, key)
             if m is None or not m.completed:
@@ -560,19 +562,17 @@ class Sync:
         class _Sink:
             def write(self, b):
                 h.update(b)
-        transfer.download_object(self.store, loc.bucket, loc.key(e.rel), _Sink(), workers=4, info=info,
-                                 sse_key=sse, retrier=self.retrier)
+        self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="object", workers=4, info=info,
+                             sse_key=sse, retrier=self.retrier)
         return h.hexdigest()
 
     def _hash_remote_stream(self, loc: S3Loc, e: Entry) -> str | None:
-        if self.engine is None:
-            return None
         h = hashlib.sha256()
 
         class _Sink:
             def write(self, b):
                 h.update(b)
-        transfer.download_stream(self.engine, loc.bucket, loc.key(e.rel), _Sink())
+        self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="stream")
         return h.hexdigest()
 
     # -- doing ------------------------------------------------------------------------------------
@@ -609,39 +609,29 @@ class Sync:
     def _do_transfer(self, s: Entry, d: Entry | None) -> int:
         src, dst, o = self.src, self.dst, self.o
         if isinstance(src, S3Loc) and isinstance(dst, S3Loc):
-            if s.kind == "stream":
-                r = copy_mod.copy_stream(self.store, src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel),
-                                         workers=min(o.workers, 8), allow_incomplete=o.allow_incomplete,
-                                         source_sse_key=self._skey(), sse_key=self._dkey(),
-                                         cfg=getattr(self.engine, "cfg", None), retrier=self.retrier)
-            else:
-                r = copy_mod.copy_object(self.store, src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel),
-                                         workers=min(o.workers, 8), info=None if self._skey() else s.info,
-                                         source_sse_key=self._skey(), sse_key=self._dkey(), retrier=self.retrier)
+            r = self.engine.copy(src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel), kind=s.kind,
+                                 workers=min(o.workers, 8), allow_incomplete=o.allow_incomplete,
+                                 info=None if self._skey() else s.info,
+                                 source_sse_key=self._skey(), sse_key=self._dkey(), retrier=self.retrier)
             if d is not None and d.kind != s.kind:
                 self._remove(dst, d)
             return r.size
         if isinstance(src, LocalLoc):
             path = src.path(s.rel)
             meta = {"md5": s.digests["md5"]} if "md5" in s.digests else None
-            r = transfer.upload_file(self.store, path, dst.bucket, dst.key(s.rel), workers=min(o.workers, 8),
-                                     part_size=o.part_size, content_type=transfer.guess_type(s.rel),
-                                     metadata=meta, sse_key=self._dkey(), keep_on_failure=False,
-                                     retrier=self.retrier)
+            r = self.engine.upload(path, dst.bucket, dst.key(s.rel), as_object=True, workers=min(o.workers, 8),
+                                   part_size=o.part_size, content_type=transfer.guess_type(s.rel),
+                                   metadata=meta, sse_key=self._dkey(), keep_on_failure=False,
+                                   retrier=self.retrier)
             if d is not None and d.kind == "stream":
                 self._remove(dst, d)
             return r.size
         # S3 -> local
         path = dst.path(s.rel)
-        if s.kind == "stream":
-            if self.engine is None:
-                raise errors.S3PipeError(f"{src}{s.rel}: streams need the engine to be read")
-            fn = lambda f: transfer.download_stream(self.engine, src.bucket, src.key(s.rel), f)  # noqa: E731
-        else:
-            info = None if self._skey() else s.info
-            fn = lambda f: transfer.download_object(self.store, src.bucket, src.key(s.rel), f,  # noqa: E731
-                                                    workers=min(o.workers, 8), info=info,
-                                                    sse_key=self._skey(), retrier=self.retrier)
+        info = None if self._skey() or s.kind == "stream" else s.info
+        fn = lambda f: self.engine.download(src.bucket, src.key(s.rel), f, kind=s.kind,  # noqa: E731
+                                            workers=min(o.workers, 8), info=info,
+                                            sse_key=self._skey(), retrier=self.retrier)
         if os.path.isdir(path):
             raise errors.S3PipeError(f"{path}: is a directory, cannot write {s.kind} {src}{s.rel} there")
         r = transfer.download_to_path(fn, path, mtime=s.mtime)
@@ -660,10 +650,7 @@ class Sync:
             return
         key = loc.key(e.rel)
         if e.kind == "stream":
-            if self.engine is not None and hasattr(self.engine, "delete"):
-                self.retrier.call(self.engine.delete, loc.bucket, key)
-                return
-            self.retrier.call(deletion.delete_stream, self.store, loc.bucket, key + "/")
+            self.retrier.call(self.engine.delete, loc.bucket, key)
         else:
             self.retrier.call(self.store.delete, loc.bucket, key)
 
@@ -808,8 +795,3 @@ def _local_multipart_etags(path: str, size: int, parts: int, our_part: int) -> s
             digests.append(h.digest())
         out.add(transfer.multipart_etag(digests))
     return out
-
-
-def run_sync(store: Store, src: str, dst: str, opts: SyncOptions, *, engine=None, progress=None) -> Report:
-    """Parse both locations and run one sync job."""
-    return Sync(store, parse_location(src), parse_location(dst), opts, engine=engine, progress=progress).run()
