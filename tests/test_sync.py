@@ -284,11 +284,11 @@ def test_sync_counts_every_request_and_rides_out_faults_on_the_quick_path(store,
 def test_small_local_files_are_hashed_on_one_thread_and_changes_still_found(store, bucket, tmp_path, monkeypatch):
     # Hashing a small file is Python's per-file work under the GIL: one thread does it
     # faster than sixteen passing the GIL around. Large files still hash in parallel.
-    import s3pipefs.engine.sync as sync_mod
+    from s3pipefs.engine.sync import compare, digests
 
     src = tmp_path / "src"
     files = {f"d{i % 5}/f{i:03d}": os.urandom(1000 + i) for i in range(150)}
-    files.update({"big/a": os.urandom(sync_mod.SMALL_FILE + 1), "big/b": os.urandom(sync_mod.SMALL_FILE + 7)})
+    files.update({"big/a": os.urandom(compare.SMALL_FILE + 1), "big/b": os.urandom(compare.SMALL_FILE + 7)})
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
@@ -297,12 +297,12 @@ def test_small_local_files_are_hashed_on_one_thread_and_changes_still_found(stor
     for rel in ("d3/f008", "big/b"):  # same size, other bytes: only a hash can tell
         (src / rel).write_bytes(os.urandom(len(files[rel])))
     threads = {}
-    real = sync_mod._file_digest
+    real = digests.file_digest
 
     def spy(path, algo="md5"):
         threads[os.path.relpath(path, src)] = threading.current_thread().name
         return real(path, algo)
-    monkeypatch.setattr(sync_mod, "_file_digest", spy)
+    monkeypatch.setattr(digests, "file_digest", spy)
     again = Sync(Engine(store), parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
     assert (again.copied, again.skipped, again.failed) == (2, len(files) - 2, 0)
     assert store.get(bucket, "t/d3/f008")[0] == (src / "d3/f008").read_bytes()
