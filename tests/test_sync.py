@@ -1,4 +1,4 @@
-"""`s3pipefs sync` (engine/sync.py) against a real SeaweedFS: buckets, prefixes, directories."""
+"""`s3pipefs sync` (engine/sync/) against a real SeaweedFS: buckets, prefixes, directories."""
 from __future__ import annotations
 
 import concurrent.futures as cf

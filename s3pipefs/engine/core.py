@@ -246,7 +246,7 @@ class Engine:
                    workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
                    sse_key: bytes | None = None, retrier=None, progress=None):
         """An http(s) URL into a stream, or with ``as_object`` a plain object; parallel
-        ranged GETs when the server serves ranges (engine/transfer.py)."""
+        ranged GETs when the server serves ranges (engine/transfer/urls.py)."""
         from s3pipefs.engine import parts, transfer
 
         workers = workers or self.cfg.workers
@@ -274,7 +274,7 @@ class Engine:
                                         retrier=retrier, progress=progress)
 
     def sync(self, src, dst, opts, *, progress=None):
-        """Run one sync job between s3:// locations and local directories (engine/sync.py);
+        """Run one sync job between s3:// locations and local directories (engine/sync/);
         ``src``/``dst`` as text or parsed. Returns its Report."""
         from s3pipefs.engine.sync import Sync, parse_location
 
