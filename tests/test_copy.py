@@ -169,19 +169,19 @@ def test_failed_part_copy_aborts_the_upload(store, bucket, bucket2, proxy):
     assert store.head(bucket2, "o") is None
 
 
-def test_copy_entry_dispatches_by_kind(store, bucket, bucket2):
+def test_engine_copy_dispatches_by_kind(store, bucket, bucket2):
     data = os.urandom(SEG + 1)
     write_stream(store, bucket, "dir/s", data)
     store.put(bucket, "dir/o", b"plain")
     eng = Engine(store, TCFG)
-    assert copy_mod.copy_entry(store, eng, bucket, "dir/s", bucket2, "s2").kind == "stream"
-    assert copy_mod.copy_entry(store, TCFG, bucket, "dir/o", bucket2, "o2").kind == "object"
+    assert eng.copy(bucket, "dir/s", bucket2, "s2").kind == "stream"
+    assert eng.copy(bucket, "dir/o", bucket2, "o2").kind == "object"
     assert read_stream(store, bucket2, "s2") == data
     assert store.get(bucket2, "o2")[0] == b"plain"
     with pytest.raises(copy_mod.IsADirectory):
-        copy_mod.copy_entry(store, eng, bucket, "dir", bucket2, "x")
+        eng.copy(bucket, "dir", bucket2, "x")
     with pytest.raises(errors.NotFound):
-        copy_mod.copy_entry(store, TCFG, bucket, "nothing", bucket2, "x")
+        eng.copy(bucket, "nothing", bucket2, "x")
     with pytest.raises(errors.UsageError):
         copy_mod.copy_stream(store, bucket, "dir/s", bucket, "dir/s/inner", cfg=TCFG)
 

@@ -16,6 +16,7 @@ import pytest
 
 from s3pipefs import errors
 from s3pipefs.config import S3Config
+from s3pipefs.engine import Engine
 from s3pipefs.engine.ratelimit import (PERMANENT, THROTTLE, TRANSIENT, RateLimiter, Retrier,
                                        TransientError, classify)
 from s3pipefs.engine.sync import Sync, SyncOptions, parse_location
@@ -212,7 +213,7 @@ def test_sync_rides_out_a_slowdown_storm(store, bucket, bucket2, proxy):
     # slowly it comes, so a longer storm only makes the test slower, not harder.
     storm = proxy.add(Rule("status", status=503, code="SlowDown", method="PUT", path_contains=f"/{bucket2}/",
                            times=storm_size))
-    job = Sync(via, parse_location(f"s3://{bucket}/s"), parse_location(f"s3://{bucket2}/s"),
+    job = Sync(Engine(via), parse_location(f"s3://{bucket}/s"), parse_location(f"s3://{bucket2}/s"),
                SyncOptions(workers=16, checkers=4))
     t0 = time.monotonic()
     rep = job.run()

@@ -1,4 +1,4 @@
-"""`s3pipefs sync` (engine/sync.py) against a real SeaweedFS: buckets, prefixes, directories."""
+"""`s3pipefs sync` (engine/sync/) against a real SeaweedFS: buckets, prefixes, directories."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -253,7 +253,7 @@ def test_unsafe_keys_are_refused_for_local_destinations():
 
 def test_sync_in_process_reports_requests(store, bucket, bucket2):
     fill(store, bucket, "p/", 50)
-    rep = Sync(store, parse_location(f"s3://{bucket}/p"), parse_location(f"s3://{bucket2}/p"),
+    rep = Sync(Engine(store), parse_location(f"s3://{bucket}/p"), parse_location(f"s3://{bucket2}/p"),
                SyncOptions(workers=8, checkers=4)).run()
     assert rep.copied == 50 and rep.requests >= 50
     d = rep.as_dict()
@@ -284,26 +284,26 @@ def test_sync_counts_every_request_and_rides_out_faults_on_the_quick_path(store,
 def test_small_local_files_are_hashed_on_one_thread_and_changes_still_found(store, bucket, tmp_path, monkeypatch):
     # Hashing a small file is Python's per-file work under the GIL: one thread does it
     # faster than sixteen passing the GIL around. Large files still hash in parallel.
-    import s3pipefs.engine.sync as sync_mod
+    from s3pipefs.engine.sync import compare, digests
 
     src = tmp_path / "src"
     files = {f"d{i % 5}/f{i:03d}": os.urandom(1000 + i) for i in range(150)}
-    files.update({"big/a": os.urandom(sync_mod.SMALL_FILE + 1), "big/b": os.urandom(sync_mod.SMALL_FILE + 7)})
+    files.update({"big/a": os.urandom(compare.SMALL_FILE + 1), "big/b": os.urandom(compare.SMALL_FILE + 7)})
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
-    first = Sync(store, parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
+    first = Sync(Engine(store), parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
     assert first.copied == len(files) and first.failed == 0
     for rel in ("d3/f008", "big/b"):  # same size, other bytes: only a hash can tell
         (src / rel).write_bytes(os.urandom(len(files[rel])))
     threads = {}
-    real = sync_mod._file_digest
+    real = digests.file_digest
 
     def spy(path, algo="md5"):
         threads[os.path.relpath(path, src)] = threading.current_thread().name
         return real(path, algo)
-    monkeypatch.setattr(sync_mod, "_file_digest", spy)
-    again = Sync(store, parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
+    monkeypatch.setattr(digests, "file_digest", spy)
+    again = Sync(Engine(store), parse_location(str(src)), parse_location(f"s3://{bucket}/t/"), SyncOptions()).run()
     assert (again.copied, again.skipped, again.failed) == (2, len(files) - 2, 0)
     assert store.get(bucket, "t/d3/f008")[0] == (src / "d3/f008").read_bytes()
     assert store.get(bucket, "t/big/b")[0] == (src / "big/b").read_bytes()

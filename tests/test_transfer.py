@@ -1,4 +1,4 @@
-"""Local files, pipes and http(s) URLs <-> S3 (engine/transfer.py, `s3pipefs cp`, `s3pipefs abort`).
+"""Local files, pipes and http(s) URLs <-> S3 (engine/transfer/, `s3pipefs cp`, `s3pipefs abort`).
 
 The URL tests run a small HTTP server in the test: one handler serves byte ranges (206,
 Content-Range, ETag/If-Range), the other ignores Range like many servers do. Either can cut

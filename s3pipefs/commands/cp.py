@@ -1,7 +1,7 @@
 """`s3pipefs cp SRC DST`: copy streams, objects, local files, stdin/stdout and http(s) URLs.
 
 Argument wiring only: where the bytes go is decided here (see the epilog), how they go is
-engine/copy.py (server-side S3 -> S3) and engine/transfer.py (files, pipes, URLs).
+the engine's (``Engine.copy``, ``upload``, ``upload_url``, ``download``).
 """
 from __future__ import annotations
 
@@ -54,22 +54,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_key_arguments(p)
 
 
-def _source_kind(s3, s, src: str, skey) -> str:
+def _source_kind(eng, s, src: str, skey) -> str:
     """"stream" or "object" for a cp source; a clear error for nothing or a directory."""
-    from s3pipefs.engine import copy as copy_mod
+    from s3pipefs.engine import kinds
 
-    kind = copy_mod.entry_kind(s3, s.bucket, s.key, sse_key=skey)
-    if kind is None:
-        s3.bucket_exists(s.bucket)
+    found = eng.find(s.bucket, s.key, sse_key=skey)
+    if found is None:
+        eng.store.bucket_exists(s.bucket)
         raise errors.NotFound(f"{src}: no such stream or object")
-    if kind == "dir":
+    if found.kind == kinds.DIR:
         raise errors.UsageError(f"{src}: is a directory; use `{PROG} sync` to copy a tree")
-    return kind
+    return found.kind
 
 
 def run(a: argparse.Namespace) -> int:
-    from s3pipefs.engine import copy as copy_mod
     from s3pipefs.engine import transfer
+    from s3pipefs.engine.parts import READ_RANGE
     from s3pipefs.engine.ratelimit import RateLimiter, Retrier
 
     tcfg = common.transfer_config(a)
@@ -89,7 +89,9 @@ def run(a: argparse.Namespace) -> int:
         raise errors.UsageError("--part-size must be positive")
     skey, dkey = common.keys(a)
     base = common.store(a)
-    s3 = common.store_with_key(base, None)  # explicit keys on every call below
+    # Explicit keys on every call below but a stream's reader and writer, which use the
+    # store's: the source's when reading to a local file, else the destination's.
+    eng = common.engine_over(common.store_with_key(base, skey if src_s3 and not dst_s3 else dkey), tcfg)
     workers = tcfg.workers
     retrier = Retrier(RateLimiter(), tries=tcfg.tries)
     t0 = time.monotonic()
@@ -98,15 +100,11 @@ def run(a: argparse.Namespace) -> int:
         s, d = parse_s3url(src), parse_s3url(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = _source_kind(s3, s, src, skey)
+        kind = _source_kind(eng, s, src, skey)
         with common.progress(a, f"cp {src}") as prog:
-            if kind == "stream":
-                r = copy_mod.copy_stream(s3, s.bucket, s.key, d.bucket, d.key, workers,
-                                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
-                                         cfg=tcfg, retrier=retrier, progress=prog.update)
-            else:
-                r = copy_mod.copy_object(s3, s.bucket, s.key, d.bucket, d.key, workers=workers,
-                                         source_sse_key=skey, sse_key=dkey, retrier=retrier, progress=prog.update)
+            r = eng.copy(s.bucket, s.key, d.bucket, d.key, kind=kind, workers=workers,
+                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
+                         retrier=retrier, progress=prog.update)
         _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
         return 0
 
@@ -126,30 +124,23 @@ def run(a: argparse.Namespace) -> int:
             d = d.child(name)
         with common.progress(a, f"cp {src}") as prog:
             if _is_url(src):
-                if a.object:
-                    r = transfer.url_to_object(s3, src, d.bucket, d.key, workers=workers, part_size=part,
-                                               content_type=a.content_type, sse_key=dkey, resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
-                else:
-                    eng = common.engine_over(common.store_with_key(base, dkey), tcfg)
-                    r = transfer.url_to_stream(eng, src, d.bucket, d.key, workers=workers,
-                                               part_size=min(part, transfer.DEFAULT_RANGE), resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
+                r = eng.upload_url(src, d.bucket, d.key, as_object=a.object, workers=workers,
+                                   part_size=part if a.object else min(part, READ_RANGE),
+                                   content_type=a.content_type, sse_key=dkey, resume=a.resume,
+                                   retrier=retrier, progress=prog.update)
             else:
                 f = _open_input(src)
                 try:
                     if a.object:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
-                        r = transfer.upload_file(s3, f, d.bucket, d.key, workers=workers, part_size=part,
-                                                 content_type=ctype, sse_key=dkey, resume=a.resume,
-                                                 retrier=retrier, progress=prog.update)
+                        r = eng.upload(f, d.bucket, d.key, as_object=True, workers=workers, part_size=part,
+                                       content_type=ctype, sse_key=dkey, resume=a.resume,
+                                       retrier=retrier, progress=prog.update)
                     else:
-                        eng = common.engine_over(common.store_with_key(base, dkey), tcfg)
                         # A file's time and mode go with it, as with cp -p into a mount.
                         st = os.fstat(f.fileno()) if src != "-" else None
-                        r = transfer.upload_to_stream(eng, f, d.bucket, d.key,
-                                                      mode="resume" if a.resume else "create", progress=prog.update,
-                                                      file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
+                        r = eng.upload(f, d.bucket, d.key, resume=a.resume, progress=prog.update,
+                                       file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
                 finally:
                     if f is not sys.stdin.buffer:
                         f.close()
@@ -160,19 +151,16 @@ def run(a: argparse.Namespace) -> int:
 
     # S3 -> local file or stdout
     s = parse_s3url(src)
-    kind = _source_kind(s3, s, src, skey)
+    kind = _source_kind(eng, s, src, skey)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))
 
     def fetch(out):
         with common.progress(a, f"cp {src}") as prog:
-            if kind == "stream":
-                eng = common.engine_over(common.store_with_key(base, skey), tcfg)
-                return transfer.download_stream(eng, s.bucket, s.key, out, progress=prog.update)
-            return transfer.download_object(s3, s.bucket, s.key, out, workers=workers,
-                                            part_size=min(part, transfer.DEFAULT_RANGE), sse_key=skey,
-                                            retrier=retrier, progress=prog.update)
+            return eng.download(s.bucket, s.key, out, kind=kind, workers=workers,
+                                part_size=min(part, READ_RANGE), sse_key=skey,
+                                retrier=retrier, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)

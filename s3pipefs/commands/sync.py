@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from s3pipefs.engine.sync import LocalLoc, S3Loc, Sync, SyncOptions, parse_location
+    from s3pipefs.engine.sync import LocalLoc, SyncOptions, parse_location
 
     tcfg = common.transfer_config(a)
     src, dst = parse_location(a.src), parse_location(a.dst)
@@ -90,11 +90,9 @@ def run(a: argparse.Namespace) -> int:
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey, tries=tcfg.tries)
-    s3 = common.store_with_key(base, None)
-    engine = None
-    if isinstance(src, S3Loc) or isinstance(dst, S3Loc):
-        # Streams: read with the source key (S3 -> local); S3 -> S3 uses explicit keys.
-        engine = common.engine_over(common.store_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)
+    # Streams: read with the source key (S3 -> local), written with the destination's;
+    # every other call passes its key explicitly.
+    engine = common.engine_over(common.store_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)
     bar = None
     if common.show_progress(a):
         from tqdm import tqdm
@@ -110,7 +108,7 @@ def run(a: argparse.Namespace) -> int:
     else:
         progress = None
     try:
-        report = Sync(s3, src, dst, opts, engine=engine, progress=progress).run()
+        report = engine.sync(src, dst, opts, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -5,7 +5,7 @@ CopyObject, larger objects with UploadPartCopy in parallel parts. The user metad
 s3pipefs readers verify against (``crc32``/``md5`` per segment) travels with CopyObject's
 default COPY directive, and with the multipart path it is read from the source first.
 
-A stream copy follows the one-writer protocol of engine/manifests.py:
+A stream copy follows the one-writer protocol of engine/lease.py:
 
 1. read and validate the source manifest (the bytes that will be published at the end);
 2. take the destination's lease: an *incomplete, empty* manifest with our writer id, written
@@ -33,28 +33,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno as _errno
-import hashlib
 import logging
-import math
-import threading
 import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.config import GiB, MiB, TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.config import GiB, TransferConfig
+from s3pipefs.engine import deletion, manifests, parts
+from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
+from s3pipefs.engine.parts import COPY_PART
 from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
 # S3's limit for CopyObject and for one part; above it UploadPartCopy is required.
 MAX_SINGLE_COPY = 5 * GiB
-# S3 allows at most 10,000 parts; parts (but the last) must be at least 5 MiB.
-MAX_PARTS = 10_000
-MIN_PART = 5 * MiB
-# 512 MiB parts: a 5 TiB object in ~10,000 parts, and a 6 GB one still in 12 parallel parts.
-DEFAULT_COPY_PART = 512 * MiB
 
 
 class IsADirectory(errors.S3PipeError):
@@ -69,17 +63,11 @@ class CopyResult:
     complete: bool = True
 
 
-def _key(store: Store, given: bytes | None) -> bytes:
+def resolve_key(store: Store, given: bytes | None) -> bytes:
     """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
     if given is None:
         return store.cfg.sse_c_key or b""
     return given
-
-
-def part_size_for(size: int, wanted: int = DEFAULT_COPY_PART) -> int:
-    """A part size >= wanted (and 5 MiB) that keeps ``size`` within 10,000 parts, MiB-aligned."""
-    need = max(wanted, MIN_PART, math.ceil(size / MAX_PARTS))
-    return math.ceil(need / MiB) * MiB
 
 
 def _plain_md5(etag: str) -> str | None:
@@ -89,7 +77,7 @@ def _plain_md5(etag: str) -> str | None:
 # -- plain objects ------------------------------------------------------------------------------
 
 def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
-                workers: int = 8, info: ObjectInfo | None = None, part_size: int = DEFAULT_COPY_PART,
+                workers: int = 8, info: ObjectInfo | None = None, part_size: int = COPY_PART,
                 max_single: int = MAX_SINGLE_COPY, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> CopyResult:
     """Copy one object on the server: CopyObject up to ``max_single``, else parallel part copies.
@@ -99,7 +87,7 @@ def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     """
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
-    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
     call = (retrier or Retrier()).call
     if info is None:
         info = call(store.head, src_bucket, src_key, sse_key=skey)
@@ -124,7 +112,7 @@ def _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, worke
         if full is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: vanished during the copy")
         info = full
-    psize = part_size_for(info.size, part_size)
+    psize = parts.part_size(info.size, part_size)
     ranges = [(i + 1, off, min(off + psize, info.size)) for i, off in enumerate(range(0, info.size, psize))]
     upload = call(store.mpu_create, dst_bucket, dst_key, metadata=info.metadata or None,
                   content_type=info.content_type or None, sse_key=dkey)
@@ -163,20 +151,6 @@ def _check_etag(src_etag: str, dst_etag: str, sse: bytes, where: str) -> None:
 
 # -- streams ------------------------------------------------------------------------------------
 
-def _load_manifest(store: Store, bucket: str, prefix: str, sse: bytes) -> tuple[mf.Manifest, bytes, ObjectInfo] | None:
-    key = manifests.manifest_key(prefix)
-    try:
-        data, info = store.get(bucket, key, sse_key=sse)
-    except errors.BucketNotFound:
-        raise
-    except errors.NotFound:
-        return None
-    if not sse and info.plain_md5 and hashlib.md5(data).hexdigest() != info.plain_md5:
-        # Damaged in transit: IntegrityError is transient, the Retrier fetches it again.
-        raise errors.IntegrityError(f"read s3://{bucket}/{key}: body does not match its MD5 ETag")
-    return mf.parse(data, where=f"s3://{bucket}/{key}"), data, info
-
-
 def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
     """The segments the manifest names, from one listing, checked against its layout."""
     found: dict[int, ObjectInfo] = {}
@@ -210,95 +184,6 @@ def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str
     return segs
 
 
-class _Lease:
-    """The destination's manifest while a copy runs: incomplete, empty, ours, kept fresh."""
-
-    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, prefix: str, template: mf.Manifest,
-                 sse: bytes, where: str):
-        from s3pipefs.engine.writer import new_writer_id
-
-        self.store, self.cfg, self.bucket, self.prefix, self.sse, self.where = store, cfg, bucket, prefix, sse, where
-        # host:pid:copy-token: still a writer id manifests.local_writer_dead() understands,
-        # so a copy killed here frees its destination at once (like a killed put).
-        host_pid, token = new_writer_id().rsplit(":", 1)
-        self.writer_id = f"{host_pid}:copy-{token}"
-        self.template = mf.Manifest(
-            completed=False, segment_size=template.segment_size, upload_began=mf.now_iso(),
-            layout=mf.Layout(), writer_id=self.writer_id)
-        self.etag: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-        self.existing = None
-
-    def take(self) -> None:
-        load = Retrier().call  # a manifest GET broken in transit is fetched again
-        got = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
-        if got is None:
-            self.store.bucket_seen(self.bucket)
-            self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
-        else:
-            m, _data, info = got
-            if manifests.writer_alive(m, self.cfg.stale_after):
-                raise errors.Busy(f"{self.where}: another writer ({m.writer_id}) is writing this stream "
-                                  f"(last heartbeat {time.time() - m.heartbeat:.0f}s ago)")
-            self.existing = m
-            self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=info.etag)
-        back = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
-        if back is None or back[0].writer_id != self.writer_id:
-            raise errors.Busy(f"{self.where}: another writer took this stream")
-        self.etag = back[2].etag
-        self._thread = threading.Thread(target=self._beat, name="s3pipefs-copy-lease", daemon=True)
-        self._thread.start()
-
-    def _save(self, m: mf.Manifest | bytes, *, create: bool = False, if_match: str | None = None) -> str:
-        body = m if isinstance(m, bytes) else mf.render(m)
-        digest = hashlib.md5(body)
-        key = manifests.manifest_key(self.prefix)
-        try:
-            return self.store.put(self.bucket, key, body, md5=_b64(digest.digest()), content_type="text/plain",
-                                  if_none_match=create, if_match=if_match, sse_key=self.sse)
-        except errors.Busy:
-            # A retried conditional PUT whose first reply was lost fails against our own
-            # write: if the manifest is exactly this body, it landed (see manifests.save).
-            info = self.store.head(self.bucket, key, sse_key=self.sse)
-            if info is not None and info.plain_md5 == digest.hexdigest():
-                return info.etag
-            raise
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.cfg.heartbeat_interval):
-            try:
-                self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=self.etag)
-            except BaseException as e:  # noqa: BLE001 - checked by the copy before it commits
-                self.error = e
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.error is not None:
-            raise errors.Busy(f"{self.where}: lost the stream's lease during the copy ({self.error})")
-
-    def commit(self, body: bytes) -> None:
-        self.stop()  # joins the heartbeat thread: self.etag is final from here on
-        self._save(body, if_match=self.etag)
-        self.etag = None
-
-    def release(self, m: mf.Manifest) -> None:
-        """Leave the destination incomplete with heartbeat 0: nobody is writing it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.etag is None:
-            return  # never taken, or already committed
-        try:
-            self._save(m.with_(writer_id=self.writer_id, heartbeat=0.0), if_match=self.etag)
-        except errors.S3PipeError as e:
-            log.warning("%s: could not release the stream: %s", self.where, e)
-
-
 def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                 workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, cfg: TransferConfig | None = None,
@@ -311,22 +196,31 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         raise errors.UsageError(f"s3://{dst_bucket}/: a stream needs a name, not just a bucket")
     if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
         raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
-    skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
+    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
     call = (retrier or Retrier()).call
 
-    got = call(_load_manifest, store, src_bucket, src_prefix, skey)
+    got = call(manifests.load, store, src_bucket, src_prefix, sse_key=skey)
     if got is None:
         raise errors.NotFound(f"{src_where}: no such stream")
-    m, body, _ = got
+    m, body = got.manifest, got.body
     if not m.completed and not allow_incomplete:
-        state = "being written" if manifests.writer_alive(m, cfg.stale_after) else "its writer stopped"
+        state = "being written" if writer_alive(m, cfg.stale_after) else "its writer stopped"
         raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
                                       "copy it with --allow-incomplete, or wait for it to complete")
     segs = call(_segments, store, src_bucket, src_prefix, m, src_where)
     total = sum(o.size for o in segs)
 
-    lease = _Lease(store, cfg, dst_bucket, dst_prefix, m, dkey, dst_where)
-    lease.take()
+    # host:pid:copy-token: a writer id lease.local_writer_dead() understands, so a copy
+    # killed here frees its destination at once (like a killed put).
+    lease = Lease(store, dst_bucket, dst_prefix, new_writer_id("copy-"), where=dst_where, sse_key=dkey)
+    # The destination while the copy runs: incomplete, empty, ours, kept fresh.
+    template = mf.Manifest(completed=False, segment_size=m.segment_size, upload_began=mf.now_iso(),
+                           layout=mf.Layout(), writer_id=lease.writer_id)
+    existing = manifests.load(store, dst_bucket, dst_prefix, sse_key=dkey)
+    if existing is None:
+        store.bucket_seen(dst_bucket)
+    lease.take(template.with_(heartbeat=time.time()), existing, cfg.stale_after)
+    lease.keep_alive(cfg.heartbeat_interval, lambda: template.with_(heartbeat=time.time()))
     try:
         def one(o: ObjectInfo) -> int:
             if lease.error is not None:
@@ -349,8 +243,8 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                         f.cancel()
                     raise
         # An older, longer stream here left segments `cat 0*` would pick up.
-        if lease.existing is not None:
-            _delete_past(store, dst_bucket, dst_prefix, len(segs), retrier)
+        if existing is not None:
+            (retrier or Retrier()).call(deletion.delete_leftovers, store, dst_bucket, dst_prefix, len(segs))
         if m.completed and "replacing" not in m.extra:
             final = body
         else:
@@ -367,63 +261,6 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
             final = mf.render(snap)
         call(lease.commit, final)
     except BaseException:
-        lease.release(lease.template)
+        lease.release(template)
         raise
     return CopyResult("stream", total, requests + 4, complete=m.completed)
-
-
-def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Retrier | None) -> None:
-    doomed = []
-    for o in store.list(bucket, prefix):
-        if isinstance(o, str):
-            continue
-        rel = o.key[len(prefix):]
-        idx = mf.segment_index(rel)
-        if (idx is not None and idx > keep) or rel.startswith(".next-"):
-            doomed.append(o.key)
-    if doomed:
-        (retrier or Retrier()).call(store.delete_many, bucket, doomed)
-
-
-# -- dispatch -----------------------------------------------------------------------------------
-
-def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes | None = None) -> str | None:
-    """"stream", "object", "dir" or None. Uses the engine's namespace when one is given."""
-    if engine is not None and hasattr(engine, "stat"):
-        e = engine.stat(bucket, key)
-        return None if e is None else e.kind
-    k = key.strip("/")
-    # Retried: a manifest GET that broke in transit is transient, not "no such stream".
-    if k and Retrier().call(_load_manifest, store, bucket, k + "/", _key(store, sse_key)) is not None:
-        return "stream"
-    if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
-        return "object"
-    for _ in store.list(bucket, (k + "/") if k else "", delimiter="/"):
-        return "dir"
-    return None
-
-
-def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-               **kw) -> CopyResult:
-    """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
-
-    ``engine_or_cfg`` is an Engine (its ``stat`` decides the kind and its ``cfg`` gives the
-    worker count) or a TransferConfig. ``kind=`` skips that lookup when the caller has just
-    made it. Other keyword arguments go to copy_stream/copy_object.
-    A directory raises IsADirectory (EISDIR); a missing source NotFound.
-    """
-    engine = engine_or_cfg if hasattr(engine_or_cfg, "stat") else None
-    cfg = getattr(engine_or_cfg, "cfg", None) if engine is not None else engine_or_cfg
-    if not isinstance(cfg, TransferConfig):
-        cfg = TransferConfig()
-    kind = kw.pop("kind", None) or entry_kind(store, src_bucket, src_key, engine, kw.get("source_sse_key"))
-    if kind is None:
-        raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
-    if kind == "dir":
-        raise IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory (use `s3pipefs sync` for a tree)")
-    if kind == "stream":
-        return copy_stream(store, src_bucket, src_key, dst_bucket, dst_key, kw.pop("workers", cfg.workers),
-                           cfg=cfg, **kw)
-    kw.pop("allow_incomplete", None)
-    return copy_object(store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
-                       workers=kw.pop("workers", cfg.workers), **kw)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import deletion, kinds, manifests
+from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.s3 import ObjectInfo, Store
@@ -69,22 +70,27 @@ class Engine:
         else:
             mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=manifests.writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+
+    def find(self, bucket: str, key: str, *, sse_key: bytes | None = None) -> kinds.Found | None:
+        """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
+        return kinds.find(self.store, bucket, key, sse_key=sse_key)
 
     def stat(self, bucket: str, key: str) -> Entry | None:
+        """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
+        ignored: "x/" finds an object "x" as well."""
         key = key.strip("/")
-        if not key:
-            self.store.bucket_exists(bucket)
-            return Entry("dir", bucket, "")
-        loaded = manifests.load(self.store, bucket, key + "/")
-        if loaded is not None:
-            return self.stream_entry(bucket, key, loaded)
-        info = self.store.head(bucket, key)
-        if info is not None:
-            return Entry("object", bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
-        if self.store.any_key(bucket, key + "/"):
-            return Entry("dir", bucket, key)
-        return None
+        return self._entry(bucket, key, kinds.find(self.store, bucket, key))
+
+    def _entry(self, bucket: str, key: str, found: kinds.Found | None) -> Entry | None:
+        if found is None:
+            return None
+        if found.kind == kinds.STREAM:
+            return self.stream_entry(bucket, key, found.loaded)
+        if found.kind == kinds.OBJECT:
+            info = found.info
+            return Entry(kinds.OBJECT, bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
+        return Entry(kinds.DIR, bucket, key)
 
     def listdir(self, bucket: str, prefix: str) -> list[Entry]:
         """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs."""
@@ -101,15 +107,9 @@ class Engine:
         entries = [Entry("object", bucket, o.key, size=o.size, mtime=o.last_modified, etag=o.etag)
                    for o in objects if not o.key.endswith("/")]
 
-        # A common prefix is a stream when it holds a manifest; look them up in parallel.
+        # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
-            loaded = manifests.load(self.store, bucket, p)
-            if loaded is not None:
-                return self.stream_entry(bucket, p.rstrip("/"), loaded)
-            # Some servers (SeaweedFS) list an emptied prefix for a while; S3 never does.
-            if not self.store.any_key(bucket, p):
-                return None
-            return Entry("dir", bucket, p.rstrip("/"))
+            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p))
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
@@ -134,7 +134,7 @@ class Engine:
             if loaded is None:
                 return None
             m = loaded.manifest
-            if manifests.writer_alive(m, self.cfg.stale_after):
+            if writer_alive(m, self.cfg.stale_after):
                 if attempt == 0 and known is not None:
                     continue  # the cache may be older than that writer's end: ask S3
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is writing it ({m.writer_id}); "
@@ -167,29 +167,117 @@ class Engine:
         return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False,
                       budget=self.read_budget)
 
-    def delete(self, bucket: str, key: str) -> Entry:
-        """Remove a stream (segments, manifest, staged leftovers) or an object."""
+    def delete(self, bucket: str, key: str, kind: str | None = None) -> Entry | None:
+        """Remove a stream (manifest first, then segments and staged leftovers) or an object.
+
+        ``kind`` ("stream" or "object") removes that one without looking first and
+        returns None: a rename removes the destination it replaced with one of the other
+        kind, which a lookup would no longer find under that name.
+        """
         key = key.strip("/")
-        entry = self.stat(bucket, key)
-        if entry is None:
-            raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
-        if entry.kind == "dir":
-            raise errors.S3PipeError(f"s3://{bucket}/{key}: is a directory")
-        if entry.kind == "stream":
-            if entry.writer_alive:
+        entry = None
+        if kind is None:
+            entry = self.stat(bucket, key)
+            if entry is None:
+                raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
+            if entry.kind == kinds.DIR:
+                raise errors.S3PipeError(f"s3://{bucket}/{key}: is a directory")
+            if entry.kind == kinds.STREAM and entry.writer_alive:
                 raise errors.Busy(f"s3://{bucket}/{key}: a writer is still writing it ({entry.manifest.writer_id})")
-            prefix = key + "/"
-            # Manifest first: a half-deleted stream must never look complete.
-            self.store.delete(bucket, manifests.manifest_key(prefix))
-            keys = [o.key for o in self.store.list(bucket, prefix)]
-            if keys:
-                self.store.delete_many(bucket, keys)
+            kind = entry.kind
+        if kind == kinds.STREAM:
+            deletion.delete_stream(self.store, bucket, key + "/")
         else:
             self.store.delete(bucket, key)
         return entry
 
-    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, kind: str | None = None) -> None:
-        """Server-side copy of a stream or object (used by rename); ``kind`` if known."""
-        from s3pipefs.engine import copy as _copy
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *, kind: str | None = None,
+             workers: int | None = None, info: ObjectInfo | None = None, allow_incomplete: bool = False,
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, retrier=None, progress=None):
+        """Server-side copy of the stream or object ``src_key`` (engine/copy.py); a CopyResult.
 
-        _copy.copy_entry(self.store, self, src_bucket, src_key, dst_bucket, dst_key, kind=kind)
+        ``kind``: what the source is, when the caller has just looked (else kinds.find
+        decides). ``info``: an object's listing entry (saves a HEAD). A directory raises
+        IsADirectory (EISDIR), a missing source NotFound. SSE-C keys: None = the store's,
+        b"" = none.
+        """
+        from s3pipefs.engine import copy as copying  # imported on use: put/cat/mount never copy
+
+        workers = workers or self.cfg.workers
+        if kind is None:
+            found = kinds.find(self.store, src_bucket, src_key,
+                               sse_key=copying.resolve_key(self.store, source_sse_key))
+            if found is None:
+                raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
+            kind = found.kind
+        if kind == kinds.DIR:
+            raise copying.IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory "
+                                       "(use `s3pipefs sync` for a tree)")
+        if kind == kinds.STREAM:
+            return copying.copy_stream(self.store, src_bucket, src_key, dst_bucket, dst_key, workers,
+                                       allow_incomplete=allow_incomplete, source_sse_key=source_sse_key,
+                                       sse_key=sse_key, cfg=self.cfg, retrier=retrier, progress=progress)
+        return copying.copy_object(self.store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
+                                   workers=workers, info=info, source_sse_key=source_sse_key, sse_key=sse_key,
+                                   retrier=retrier, progress=progress)
+
+    def upload(self, src, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
+               workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
+               metadata: dict | None = None, sse_key: bytes | None = None, keep_on_failure: bool = True,
+               file_stat=None, retrier=None, progress=None):
+        """A local file (a path or a binary file object) or a pipe into a stream, or with
+        ``as_object`` into a plain object (parallel multipart); a transfer.Result.
+
+        Streams: ``resume`` is the writer's resume, ``file_stat`` the source's stat whose
+        mtime and mode the stream keeps. Objects: ``resume`` continues the unfinished
+        multipart upload; ``keep_on_failure`` leaves a failed one for it.
+        """
+        from s3pipefs.engine import parts, transfer  # imported on use: a mount never uploads this way
+
+        if not as_object:
+            return transfer.upload_to_stream(self, src, bucket, key, mode="resume" if resume else "create",
+                                             progress=progress, file_stat=file_stat)
+        return transfer.upload_file(self.store, src, bucket, key, workers=workers or self.cfg.workers,
+                                    part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
+                                    metadata=metadata, sse_key=sse_key, resume=resume,
+                                    keep_on_failure=keep_on_failure, retrier=retrier, progress=progress)
+
+    def upload_url(self, url: str, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
+                   workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
+                   sse_key: bytes | None = None, retrier=None, progress=None):
+        """An http(s) URL into a stream, or with ``as_object`` a plain object; parallel
+        ranged GETs when the server serves ranges (engine/transfer/urls.py)."""
+        from s3pipefs.engine import parts, transfer
+
+        workers = workers or self.cfg.workers
+        if as_object:
+            return transfer.url_to_object(self.store, url, bucket, key, workers=workers,
+                                          part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
+                                          sse_key=sse_key, resume=resume, retrier=retrier, progress=progress)
+        return transfer.url_to_stream(self, url, bucket, key, workers=workers, part_size=part_size or parts.READ_RANGE,
+                                      resume=resume, retrier=retrier, progress=progress)
+
+    def download(self, bucket: str, key: str, out, *, kind: str | None = None, follow: bool = False,
+                 workers: int | None = None, part_size: int | None = None, info: ObjectInfo | None = None,
+                 sse_key: bytes | None = None, retrier=None, progress=None):
+        """Write the stream or object ``key`` to the binary file object ``out``, in order;
+        a transfer.Result. ``kind`` as for copy(); ``follow`` reads a stream as it grows."""
+        from s3pipefs.engine import parts, transfer
+
+        if kind is None:
+            found = kinds.find(self.store, bucket, key, sse_key=sse_key)
+            kind = found.kind if found is not None else kinds.OBJECT  # download_object names what is missing
+        if kind == kinds.STREAM:
+            return transfer.download_stream(self, bucket, key, out, follow=follow, progress=progress)
+        return transfer.download_object(self.store, bucket, key, out, workers=workers or self.cfg.workers,
+                                        part_size=part_size or parts.READ_RANGE, info=info, sse_key=sse_key,
+                                        retrier=retrier, progress=progress)
+
+    def sync(self, src, dst, opts, *, progress=None):
+        """Run one sync job between s3:// locations and local directories (engine/sync/);
+        ``src``/``dst`` as text or parsed. Returns its Report."""
+        from s3pipefs.engine.sync import Sync, parse_location
+
+        src = parse_location(src) if isinstance(src, str) else src
+        dst = parse_location(dst) if isinstance(dst, str) else dst
+        return Sync(self, src, dst, opts, progress=progress).run()

@@ -1,18 +1,15 @@
-"""Reading and writing a stream's manifest object, and the one-writer lease.
+"""Reading and writing a stream's manifest object: the one loader and the one saver.
 
-The lease lives in the manifest itself: ``writer_id`` plus ``heartbeat`` (epoch seconds).
-A writer whose heartbeat is younger than ``stale_after`` owns the stream. Manifest writes
-are conditional (If-None-Match / If-Match on the last ETag) so two writers racing to take
-a stream cannot both win; on a server that ignores conditional headers the writer reads
-the manifest back after taking it and gives up when another id is there.
+Everything that reads a manifest (stat, readers, writers, copy, sync) goes through
+``load``; everything that writes one through ``save``. Writes are conditional
+(If-None-Match / If-Match on the last ETag): the one-writer lease built on them lives in
+engine/lease.py.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import random
-import socket
 import time
 from dataclasses import dataclass
 
@@ -25,6 +22,7 @@ class Loaded:
     manifest: mf.Manifest
     etag: str
     last_modified: float
+    body: bytes = b""  # the manifest object's bytes as read (a copy publishes them unchanged)
 
 
 def manifest_key(prefix: str) -> str:
@@ -42,11 +40,11 @@ def _pause(attempt: int) -> None:
     time.sleep(0.1 * 2 ** attempt * (0.5 + random.random()))
 
 
-def load(store: Store, bucket: str, prefix: str) -> Loaded | None:
+def load(store: Store, bucket: str, prefix: str, *, sse_key: bytes | None = None) -> Loaded | None:
     """The manifest under ``prefix`` (which ends with '/'), or None when there is none.
 
-    The body is checked against its ETag (the MD5 of a single-part upload) unless the
-    store uses an SSE-C key. A body that broke or was damaged in transit is fetched
+    The body is checked against its ETag (the MD5 of a single-part upload) unless it is
+    read with an SSE-C key (``sse_key``; None: the store's, b"": none). A body that broke or was damaged in transit is fetched
     again, so one bad packet never turns into a "malformed manifest". A mismatch that
     repeats with identical bytes is an ETag that is not an MD5 (SSE-KMS), not damage.
     """
@@ -56,7 +54,7 @@ def load(store: Store, bucket: str, prefix: str) -> Loaded | None:
     for attempt in range(MANIFEST_TRIES):
         last = attempt == MANIFEST_TRIES - 1
         try:
-            data, info = store.get(bucket, key)
+            data, info = store.get(bucket, key, sse_key=sse_key)
         except errors.BucketNotFound:
             raise
         except errors.NotFound:
@@ -66,7 +64,7 @@ def load(store: Store, bucket: str, prefix: str) -> Loaded | None:
                 raise
             _pause(attempt)
             continue
-        sse_c = getattr(getattr(store, "cfg", None), "sse_c_key", None)
+        sse_c = sse_key if sse_key is not None else getattr(getattr(store, "cfg", None), "sse_c_key", None)
         md5 = None if sse_c else info.plain_md5
         damaged = md5 is not None and hashlib.md5(data).hexdigest() != md5
         try:
@@ -80,13 +78,14 @@ def load(store: Store, bucket: str, prefix: str) -> Loaded | None:
             previous = data
             _pause(attempt)
             continue
-        return Loaded(m, info.etag, info.last_modified)
+        return Loaded(m, info.etag, info.last_modified, data)
     raise AssertionError("unreachable")
 
 
-def save(store: Store, bucket: str, prefix: str, m: mf.Manifest, *, if_match: str | None = None,
-         create: bool = False) -> str:
-    """Write the manifest; returns its new ETag. Busy when the condition fails.
+def save(store: Store, bucket: str, prefix: str, m: mf.Manifest | bytes, *, if_match: str | None = None,
+         create: bool = False, sse_key: bytes | None = None) -> str:
+    """Write the manifest (or its rendered bytes); returns its new ETag. Busy when the
+    condition fails. ``sse_key`` as for load().
 
     A conditional PUT whose reply was lost is retried (by botocore, or here) with the
     same condition, which then fails against our own write. So when the condition
@@ -94,16 +93,16 @@ def save(store: Store, bucket: str, prefix: str, m: mf.Manifest, *, if_match: st
     landed. The body names this writer and a millisecond heartbeat, so no other
     writer's manifest can be the same bytes.
     """
-    body = mf.render(m)
+    body = m if isinstance(m, bytes) else mf.render(m)
     digest = hashlib.md5(body)
     key = manifest_key(prefix)
     for attempt in range(MANIFEST_TRIES):
         try:
             return store.put(bucket, key, body, md5=base64.b64encode(digest.digest()).decode(),
-                             content_type="text/plain", if_match=if_match, if_none_match=create)
+                             content_type="text/plain", if_match=if_match, if_none_match=create, sse_key=sse_key)
         except errors.Busy:
             if if_match or create:
-                info = store.head(bucket, key)
+                info = store.head(bucket, key, sse_key=sse_key)
                 if info is not None and info.plain_md5 == digest.hexdigest():
                     return info.etag
             raise
@@ -112,43 +111,3 @@ def save(store: Store, bucket: str, prefix: str, m: mf.Manifest, *, if_match: st
                 raise
             _pause(attempt)
     raise AssertionError("unreachable")
-
-
-def writer_alive(m: mf.Manifest, stale_after: float, now: float | None = None) -> bool:
-    """True when a writer holds the lease: an s3pipefs writer with a fresh heartbeat.
-
-    A writer on this host whose process is gone (crash, kill -9) has no lease, however
-    fresh its last heartbeat: ``put --resume`` after a local crash need not wait.
-    """
-    if not m.own or not m.writer_id or not m.heartbeat:
-        return False
-    if m.completed and "replacing" not in m.extra:
-        return False
-    if local_writer_dead(m.writer_id):
-        return False
-    now = time.time() if now is None else now
-    return now - m.heartbeat < stale_after
-
-
-def local_writer_dead(writer_id: str) -> bool:
-    """True when ``host:pid:token`` names this host and process ``pid`` is gone.
-
-    A zombie is gone too: a killed mount daemon is reparented to PID 1, and in a
-    container whose PID 1 reaps late (or never) it would otherwise hold the lease until
-    its heartbeat went stale.
-    """
-    parts = writer_id.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/{int(parts[1])}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]  # after "pid (comm)"
-    except (OSError, IndexError):
-        return False
-    return state in (b"Z", b"X")

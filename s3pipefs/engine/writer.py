@@ -24,16 +24,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import deletion, manifests
+from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.staging import StagedFile, StagingDir
 from s3pipefs.s3 import Store, b64 as store_b64
 
@@ -44,10 +43,6 @@ MODES = ("create", "append", "resume")
 # keeping live readers no more than this far behind the writer.
 MIN_MANIFEST_INTERVAL = 0.25
 MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
-
-
-def new_writer_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class StreamWriter:
@@ -67,6 +62,7 @@ class StreamWriter:
             raise errors.UsageError(f"{self.where[:60]}...: name too long for a stream: S3 keys are at most "
                                     f"{MAX_KEY_BYTES} bytes, and segment keys add 16 to the name")
         self.writer_id = writer_id or new_writer_id()
+        self._lease = Lease(store, bucket, self.prefix, self.writer_id, where=self.where)
         self.closed = False
         self.committed: manifests.Loaded | None = None  # the complete manifest, once closed
 
@@ -86,14 +82,13 @@ class StreamWriter:
         self._replacing = False
         self._data_prefix = self.prefix
         self._data_prefix_done: str | None = None  # a swapped-in replacement's staging prefix
-        self._manifest_etag: str | None = None
         self._manifest_dirty = False
         # Set by close. The landing of its last outstanding segment publishes no progress
         # manifest: the commit's follows at once (one PUT less per small file). Earlier
         # landings still do, so a crash during a long close loses no named progress.
         self._committing = False
         self._stop_manifest = threading.Event()
-        # Serialises manifest saves: each one is conditional on the ETag of the last.
+        # Serialises building and saving progress manifests, so a newer one never lands first.
         self._manifest_lock = threading.Lock()
 
         self._open(mode)
@@ -114,10 +109,7 @@ class StreamWriter:
         chain = ""
         if existing is not None:
             m = existing.manifest
-            if manifests.writer_alive(m, cfg.stale_after) and m.writer_id != self.writer_id:
-                age = time.time() - m.heartbeat
-                raise errors.Busy(f"{self.where}: another writer ({m.writer_id}) is writing this stream "
-                                  f"(last heartbeat {age:.0f}s ago)")
+            self._lease.refuse_if_held(existing, cfg.stale_after)
             if mode == "resume" and m.completed:
                 raise errors.Exists(f"{self.where}: stream is already complete; nothing to resume")
             if mode in ("append", "resume"):
@@ -135,7 +127,7 @@ class StreamWriter:
                     chain = ""  # s3pipe2 streams carry no chain; verify falls back to ETags
             elif m.completed:
                 self._replacing = True
-                self._data_prefix = f"{self.prefix}.next-{self.writer_id.rsplit(':', 1)[-1]}/"
+                self._data_prefix = f"{self.prefix}{deletion.STAGING_MARK}{self.writer_id.rsplit(':', 1)[-1]}/"
         self._base = base
         self._chain = chain
         self._began = began
@@ -151,25 +143,13 @@ class StreamWriter:
         if self._replacing:
             # Take the lease on the old, still complete manifest without changing its data.
             old = existing.manifest
-            marked = old.owned().with_(writer_id=self.writer_id, heartbeat=time.time(),
-                                       extra={**old.extra, "replacing": self._data_prefix[len(self.prefix):]})
-            self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, marked, if_match=existing.etag)
+            first = old.owned().with_(writer_id=self.writer_id, heartbeat=time.time(),
+                                      extra={**old.extra, "replacing": self._data_prefix[len(self.prefix):]})
         else:
             first = self._manifest(completed=False)
-            self._manifest_etag = manifests.save(
-                self.store, self.bucket, self.prefix, first,
-                if_match=existing.etag if existing else None, create=existing is None)
-        self._confirm_lease()
+        self._lease.take(first, existing, cfg.stale_after)
         if existing is not None and mode == "create" and not self._replacing:
             self._delete_leftovers(keep=0)
-
-    def _confirm_lease(self) -> None:
-        """Read the manifest back: on servers without conditional PUT this catches a race."""
-        got = manifests.load(self.store, self.bucket, self.prefix)
-        if got is None or got.manifest.writer_id != self.writer_id:
-            other = got.manifest.writer_id if got else "nobody"
-            raise errors.Busy(f"{self.where}: another writer ({other}) took this stream")
-        self._manifest_etag = got.etag
 
     def _existing_layout(self, m: mf.Manifest) -> mf.Layout:
         if m.own and m.layout is not None:
@@ -186,18 +166,10 @@ class StreamWriter:
         return mf.Layout.from_sizes(sizes[i] for i in range(1, m.num_segments + 1))
 
     def _delete_leftovers(self, keep: int) -> None:
-        """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers."""
-        doomed = []
-        # Our own staged replacement, if one is still being written ("" once swapped in:
-        # then every .next-* dir is stale, and "" must not count as a prefix of them all).
-        own = self._data_prefix[len(self.prefix):]
-        for o in self.store.list(self.bucket, self.prefix):
-            rel = o.key[len(self.prefix):]
-            idx = mf.segment_index(rel)
-            if (idx is not None and idx > keep) or (rel.startswith(".next-") and not (own and rel.startswith(own))):
-                doomed.append(o.key)
-        if doomed:
-            self.store.delete_many(self.bucket, doomed)
+        """Remove segments numbered above ``keep`` and stale .next-* dirs of dead writers,
+        sparing our own staged replacement while it is still being written."""
+        own = self._data_prefix[len(self.prefix):]  # "" once swapped in
+        deletion.delete_leftovers(self.store, self.bucket, self.prefix, keep, spare=own)
 
     # -- the write path ------------------------------------------------------------
     @property
@@ -334,29 +306,20 @@ class StreamWriter:
             writer_id=self.writer_id, heartbeat=time.time(), mtime_ns=self.mtime_ns, mode=self.mode,
         )
 
-    def _write_manifest(self, completed: bool = False, heartbeat: float | None = None) -> None:
+    def _write_manifest(self, completed: bool = False) -> None:
         with self._manifest_lock:
-            self._write_manifest_locked(completed, heartbeat)
+            self._write_manifest_locked(completed)
 
-    def _write_manifest_locked(self, completed: bool, heartbeat: float | None) -> None:
+    def _write_manifest_locked(self, completed: bool) -> None:
         with self._cond:
             layout, chain = self._contiguous()
             self._manifest_dirty = False
         if self._replacing and not completed:
-            return self._heartbeat_replacing()
+            return self._lease.renew()  # a replacement is invisible until commit: heartbeat only
         m = self._manifest(completed, layout, chain)
-        if heartbeat is not None:
-            m = m.with_(heartbeat=heartbeat)
-        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=self._manifest_etag)
+        etag = self._lease.save(m)
         if completed:
-            self.committed = manifests.Loaded(m, self._manifest_etag, time.time())
-
-    def _heartbeat_replacing(self) -> None:
-        got = manifests.load(self.store, self.bucket, self.prefix)
-        if got is None or got.manifest.writer_id != self.writer_id:
-            raise errors.Busy(f"{self.where}: lost the stream to another writer")
-        m = got.manifest.with_(heartbeat=time.time())
-        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=got.etag)
+            self.committed = manifests.Loaded(m, etag, time.time())
 
     def _manifest_loop(self) -> None:
         last = time.monotonic()
@@ -450,7 +413,7 @@ class StreamWriter:
         count = layout.count
         self._replacing = False
         m = self._manifest(False, mf.Layout(), "")
-        self._manifest_etag = manifests.save(self.store, self.bucket, self.prefix, m, if_match=self._manifest_etag)
+        self._lease.save(m)
         names = [mf.segment_name(i) for i in range(1, count + 1)]
         list(self._pool.map(lambda n: self.store.copy(self.bucket, self._data_prefix + n, self.bucket,
                                                       self.prefix + n), names))
@@ -477,8 +440,10 @@ class StreamWriter:
             if self._replacing:
                 self._restore_replaced()
             else:
-                # heartbeat 0 tells readers and writers at once that nobody is writing.
-                self._write_manifest(completed=False, heartbeat=0.0)
+                with self._manifest_lock:
+                    with self._cond:
+                        layout, chain = self._contiguous()
+                    self._lease.release(self._manifest(False, layout, chain))
         except errors.S3PipeError as e:
             log.warning("%s: could not release the stream: %s", self.where, e)
         finally:
@@ -489,9 +454,7 @@ class StreamWriter:
         got = manifests.load(self.store, self.bucket, self.prefix)
         if got is not None and got.manifest.writer_id == self.writer_id and got.manifest.completed:
             manifests.save(self.store, self.bucket, self.prefix, old, if_match=got.etag)
-        doomed = [o.key for o in self.store.list(self.bucket, self._data_prefix)]
-        if doomed:
-            self.store.delete_many(self.bucket, doomed)
+        deletion.delete_under(self.store, self.bucket, self._data_prefix)
 
     def _teardown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -502,9 +465,7 @@ class StreamWriter:
         done = self._data_prefix_done
         if done:
             try:
-                doomed = [o.key for o in self.store.list(self.bucket, done)]
-                if doomed:
-                    self.store.delete_many(self.bucket, doomed)
+                deletion.delete_under(self.store, self.bucket, done)
             except errors.S3PipeError as e:
                 log.warning("%s: leftover staged copy not removed: %s", self.where, e)
 

@@ -214,10 +214,8 @@ class Namespace:
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
             # it, or it would shadow the new one or linger beside it.
-            if dst.kind == "object":
-                self.store.delete(self.bucket, dkey)
-            else:
-                self._delete_stream_files(dkey)
+            self.engine.delete(self.bucket, dkey, kind=dst.kind)
+            if dst.kind == "stream":
                 self._drop_folder(dkey)
         self.engine.delete(self.bucket, skey)
         if src.kind == "stream":
@@ -237,17 +235,6 @@ class Namespace:
             self.store.delete(self.bucket, key + "/")
         except errors.S3PipeError as e:
             log.debug("%s/: %s", key, e)
-
-    def _delete_stream_files(self, key: str) -> None:
-        prefix = key + "/"
-        keys = [o.key for o in self.store.list(self.bucket, prefix) if not isinstance(o, str)]
-        # Manifest first: a half-deleted stream must never look complete.
-        manifest = [k for k in keys if k.endswith("/.manifest") and k.count("/") == prefix.count("/")]
-        for k in manifest:
-            self.store.delete(self.bucket, k)
-        rest = [k for k in keys if k not in manifest]
-        if rest:
-            self.store.delete_many(self.bucket, rest)
 
     def _rename_dir(self, old: str, new: str, dst: Entry | None) -> None:
         if dst is not None and dst.kind != "dir":

@@ -1,0 +1,90 @@
+"""What a key names: a stream, a plain object, a directory or nothing, decided in one place.
+
+Every caller that must tell them apart asks ``find``: Engine.stat (and through it the
+mount's lookups and rename), Engine.listdir for each common prefix, the copy dispatch and
+cp's source check. The order is the precedence:
+
+1. **stream**: ``KEY/.manifest`` exists. A stream wins over an object of the same name.
+2. **object**: HEAD ``KEY`` answers, unless the key is written with a trailing '/',
+   which names a directory or a stream, never an object.
+3. **directory**: at least one object lies under ``KEY/``. Some servers (SeaweedFS) go on
+   listing a prefix whose last object was deleted; S3 never does, so a prefix with no
+   object under it is nothing.
+
+The empty key is the bucket itself: a directory once the bucket is known to exist.
+
+``split_listing`` applies the same rule to one recursive listing (sync), where asking
+per key would cost a request each: a prefix holding ``.manifest`` is a stream, and every
+key under it (segments, staged replacements, streams nested inside) belongs to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from s3pipefs import manifest as mf
+from s3pipefs.engine import manifests
+from s3pipefs.s3 import ObjectInfo, Store
+
+STREAM, OBJECT, DIR = "stream", "object", "dir"
+
+
+@dataclass(frozen=True)
+class Found:
+    kind: str                                  # STREAM, OBJECT or DIR
+    loaded: manifests.Loaded | None = None     # a stream's manifest
+    info: ObjectInfo | None = None             # an object's HEAD
+
+
+def find(store: Store, bucket: str, key: str, *, sse_key: bytes | None = None) -> Found | None:
+    """What ``key`` names (see the module docstring), or None for nothing.
+
+    ``sse_key`` reads the manifest and HEADs the object (None: the store's key).
+    """
+    name = key.strip("/")
+    if not name:
+        store.bucket_exists(bucket)
+        return Found(DIR)
+    loaded = manifests.load(store, bucket, name + "/", sse_key=sse_key)
+    if loaded is not None:
+        return Found(STREAM, loaded=loaded)
+    if not key.endswith("/"):
+        info = store.head(bucket, name, sse_key=sse_key)
+        if info is not None:
+            return Found(OBJECT, info=info)
+    if store.any_key(bucket, name + "/"):
+        return Found(DIR)
+    return None
+
+
+def split_listing(infos: list[ObjectInfo], prefix: str) -> tuple[list[ObjectInfo], dict[str, tuple[ObjectInfo, int]]]:
+    """The plain objects and the streams among the keys listed under ``prefix``.
+
+    Streams: their prefix (ending in '/') -> (the manifest's ObjectInfo, bytes in their
+    segments). The listed prefix itself is no stream of the listing.
+    """
+    manifest_suffix = "/" + mf.MANIFEST_NAME
+    roots = {o.key[:-len(mf.MANIFEST_NAME)]: o for o in infos if o.key.endswith(manifest_suffix)}
+    start = len(prefix)
+    objects: list[ObjectInfo] = []
+    sizes: dict[str, int] = {}
+    for o in infos:
+        root = _stream_root(o.key, roots, start)
+        if root is None:
+            objects.append(o)
+        elif o.key != root + mf.MANIFEST_NAME and mf.segment_index(o.key[len(root):]) is not None:
+            sizes[root] = sizes.get(root, 0) + o.size
+    streams = {root: (man, sizes.get(root, 0)) for root, man in roots.items()
+               # a stream nested inside another stream's prefix belongs to it
+               if _stream_root(root[:-1], roots, start) is None}
+    return objects, streams
+
+
+def _stream_root(key: str, roots: dict, start: int) -> str | None:
+    """The outermost stream prefix (past ``start``) that ``key`` lies under, if any."""
+    i = key.find("/", start)
+    while i != -1:
+        p = key[:i + 1]
+        if p in roots:
+            return p
+        i = key.find("/", i + 1)
+    return None
