@@ -48,7 +48,7 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", "-n", type=int, default=argparse.SUPPRESS, help=f"parallel S3 requests (default {d['workers'].default})")
     g.add_argument("--staging", "-p", default=argparse.SUPPRESS, metavar="DIR",
                    help="staging directory for segments (default $TMPDIR or /tmp)")
-    g.add_argument("--tries", "-t", type=int, default=argparse.SUPPRESS, help=f"attempts per segment (default {d['tries'].default})")
+    g.add_argument("--tries", "-t", type=int, default=argparse.SUPPRESS, help=f"attempts per S3 request and per segment (default {d['tries'].default})")
     g.add_argument("-b", dest="buffer_kb", type=int, default=argparse.SUPPRESS, metavar="KB",
                    help="read buffer in KB (s3pipe2 compatible; default 1024)")
     g.add_argument("--follow-timeout", default=argparse.SUPPRESS, metavar="SECONDS",
@@ -152,6 +152,8 @@ def make_s3_config(a) -> S3Config:
         or os.environ.get("AWS_ENDPOINT_URL") or None,
         profile=getattr(a, "profile", None),
         region=getattr(a, "region", None),
+        # --tries bounds every request's attempts, as it bounds a segment's.
+        max_attempts=getattr(a, "tries", S3Config.max_attempts),
         max_pool_connections=max(32, 2 * getattr(a, "workers", 8)),
     )
 

@@ -210,7 +210,7 @@ def cp_main(args, store, tcfg: TransferConfig | None = None) -> int:
 def _cp(a, store_or_factory, tcfg) -> int:
     from s3pipefs.engine import copy as copy_mod
     from s3pipefs.engine import transfer
-    from s3pipefs.engine.ratelimit import RateLimiter, Retrier
+    from s3pipefs.s3.retry import RateLimiter, RetryPolicy
 
     tcfg = _tcfg(a, tcfg)
     src, dst = a.src, a.dst
@@ -231,7 +231,8 @@ def _cp(a, store_or_factory, tcfg) -> int:
     base = _store(store_or_factory)
     s3 = _with_key(base, None)  # explicit keys on every call below
     workers = _workers(a, tcfg)
-    retrier = Retrier(RateLimiter(), tries=tcfg.tries)
+    # The store retries its own requests; this policy retries the reads of an http(s) source.
+    url_retrier = RetryPolicy(tcfg.tries, limiter=RateLimiter())
     t0 = time.monotonic()
 
     if src_s3 and dst_s3:
@@ -243,10 +244,10 @@ def _cp(a, store_or_factory, tcfg) -> int:
             if kind == "stream":
                 r = copy_mod.copy_stream(s3, s.bucket, s.key, d.bucket, d.key, workers,
                                          allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
-                                         cfg=tcfg, retrier=retrier, progress=prog.update)
+                                         cfg=tcfg, progress=prog.update)
             else:
                 r = copy_mod.copy_object(s3, s.bucket, s.key, d.bucket, d.key, workers=workers,
-                                         source_sse_key=skey, sse_key=dkey, retrier=retrier, progress=prog.update)
+                                         source_sse_key=skey, sse_key=dkey, progress=prog.update)
         _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
         return 0
 
@@ -269,12 +270,12 @@ def _cp(a, store_or_factory, tcfg) -> int:
                 if a.object:
                     r = transfer.url_to_object(s3, src, d.bucket, d.key, workers=workers, part_size=part,
                                                content_type=a.content_type, sse_key=dkey, resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
+                                               retrier=url_retrier, progress=prog.update)
                 else:
                     eng = _engine(_with_key(base, dkey), tcfg)
                     r = transfer.url_to_stream(eng, src, d.bucket, d.key, workers=workers,
                                                part_size=min(part, transfer.DEFAULT_RANGE), resume=a.resume,
-                                               retrier=retrier, progress=prog.update)
+                                               retrier=url_retrier, progress=prog.update)
             else:
                 f = _open_input(src)
                 try:
@@ -282,7 +283,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
                         r = transfer.upload_file(s3, f, d.bucket, d.key, workers=workers, part_size=part,
                                                  content_type=ctype, sse_key=dkey, resume=a.resume,
-                                                 retrier=retrier, progress=prog.update)
+                                                 progress=prog.update)
                     else:
                         eng = _engine(_with_key(base, dkey), tcfg)
                         # A file's time and mode go with it, as with cp -p into a mount.
@@ -312,7 +313,7 @@ def _cp(a, store_or_factory, tcfg) -> int:
                 return transfer.download_stream(eng, s.bucket, s.key, out, progress=prog.update)
             return transfer.download_object(s3, s.bucket, s.key, out, workers=workers,
                                             part_size=min(part, transfer.DEFAULT_RANGE), sse_key=skey,
-                                            retrier=retrier, progress=prog.update)
+                                            progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)
@@ -417,7 +418,7 @@ def _sync(a, store_or_factory, tcfg) -> int:
         mode="existing" if a.existing_only else "checksum" if a.checksum else "etag",
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
-        allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey, tries=tcfg.tries)
+        allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey)
     s3 = _with_key(base, None)
     engine = None
     if isinstance(src, S3Loc) or isinstance(dst, S3Loc):

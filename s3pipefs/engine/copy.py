@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, MiB, TransferConfig
 from s3pipefs.engine import manifests
-from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, ObjectStore, b64 as _b64
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class CopyResult:
     complete: bool = True
 
 
-def _key(store: Store, given: bytes | None) -> bytes:
+def _key(store: ObjectStore, given: bytes | None) -> bytes:
     """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
     if given is None:
         return store.cfg.sse_c_key or b""
@@ -88,10 +87,10 @@ def _plain_md5(etag: str) -> str | None:
 
 # -- plain objects ------------------------------------------------------------------------------
 
-def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+def copy_object(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
                 workers: int = 8, info: ObjectInfo | None = None, part_size: int = DEFAULT_COPY_PART,
                 max_single: int = MAX_SINGLE_COPY, source_sse_key: bytes | None = None,
-                sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> CopyResult:
+                sse_key: bytes | None = None, progress=None) -> CopyResult:
     """Copy one object on the server: CopyObject up to ``max_single``, else parallel part copies.
 
     ``info`` (size, ETag) saves a HEAD when the caller listed the source already.
@@ -100,52 +99,50 @@ def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
     skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
-    call = (retrier or Retrier()).call
     if info is None:
-        info = call(store.head, src_bucket, src_key, sse_key=skey)
+        info = store.head(src_bucket, src_key, sse_key=skey)
         if info is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such object or stream")
     if info.size <= max_single:
-        etag = call(store.copy, src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey,
-                    quick=True)
+        etag = store.copy(src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey, quick=True)
         _check_etag(info.etag, etag, skey or dkey, f"s3://{dst_bucket}/{dst_key}")
         if progress:
             progress(info.size)
         return CopyResult("object", info.size, 1)
     return _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
-                           skey, dkey, call, progress)
+                           skey, dkey, progress)
 
 
 def _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
-                    skey, dkey, call, progress) -> CopyResult:
+                    skey, dkey, progress) -> CopyResult:
     # CopyObject keeps metadata by itself; a multipart upload has to be given it.
     if not info.content_type and not info.metadata:
-        full = call(store.head, src_bucket, src_key, sse_key=skey)
+        full = store.head(src_bucket, src_key, sse_key=skey)
         if full is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: vanished during the copy")
         info = full
     psize = part_size_for(info.size, part_size)
     ranges = [(i + 1, off, min(off + psize, info.size)) for i, off in enumerate(range(0, info.size, psize))]
-    upload = call(store.mpu_create, dst_bucket, dst_key, metadata=info.metadata or None,
-                  content_type=info.content_type or None, sse_key=dkey)
+    upload = store.mpu_create(dst_bucket, dst_key, metadata=info.metadata or None,
+                              content_type=info.content_type or None, sse_key=dkey)
     try:
         def one(r):
             n, a, b = r
-            etag = call(store.mpu_part_copy, src_bucket, src_key, dst_bucket, dst_key, upload, n, a, b,
-                        source_sse_key=skey, sse_key=dkey)
+            etag = store.mpu_part_copy(src_bucket, src_key, dst_bucket, dst_key, upload, n, a, b,
+                                       source_sse_key=skey, sse_key=dkey)
             if progress:
                 progress(b - a)
             return etag
         with cf.ThreadPoolExecutor(max(1, min(workers, len(ranges))), thread_name_prefix="s3pipefs-copy") as pool:
             etags = list(pool.map(one, ranges))
-        call(store.mpu_complete, dst_bucket, dst_key, upload, etags)
+        store.mpu_complete(dst_bucket, dst_key, upload, etags)
     except BaseException:
         _abort_quietly(store, dst_bucket, dst_key, upload)
         raise
     return CopyResult("object", info.size, len(ranges) + 2)
 
 
-def _abort_quietly(store: Store, bucket: str, key: str, upload: str) -> None:
+def _abort_quietly(store: ObjectStore, bucket: str, key: str, upload: str) -> None:
     try:
         store.mpu_abort(bucket, key, upload)
     except errors.S3PipeError as e:
@@ -163,21 +160,23 @@ def _check_etag(src_etag: str, dst_etag: str, sse: bytes, where: str) -> None:
 
 # -- streams ------------------------------------------------------------------------------------
 
-def _load_manifest(store: Store, bucket: str, prefix: str, sse: bytes) -> tuple[mf.Manifest, bytes, ObjectInfo] | None:
+def _load_manifest(store: ObjectStore, bucket: str, prefix: str, sse: bytes) -> tuple[mf.Manifest, bytes, ObjectInfo] | None:
     key = manifests.manifest_key(prefix)
+
+    def check(data: bytes, info: ObjectInfo) -> None:
+        # Damaged in transit: IntegrityError is transient, the store fetches it again.
+        if not sse and info.plain_md5 and hashlib.md5(data).hexdigest() != info.plain_md5:
+            raise errors.IntegrityError(f"read s3://{bucket}/{key}: body does not match its MD5 ETag")
     try:
-        data, info = store.get(bucket, key, sse_key=sse)
+        data, info = store.get(bucket, key, sse_key=sse, verify=check)
     except errors.BucketNotFound:
         raise
     except errors.NotFound:
         return None
-    if not sse and info.plain_md5 and hashlib.md5(data).hexdigest() != info.plain_md5:
-        # Damaged in transit: IntegrityError is transient, the Retrier fetches it again.
-        raise errors.IntegrityError(f"read s3://{bucket}/{key}: body does not match its MD5 ETag")
     return mf.parse(data, where=f"s3://{bucket}/{key}"), data, info
 
 
-def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
+def _segments(store: ObjectStore, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
     """The segments the manifest names, from one listing, checked against its layout."""
     found: dict[int, ObjectInfo] = {}
     for o in store.list(bucket, prefix):
@@ -213,7 +212,7 @@ def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str
 class _Lease:
     """The destination's manifest while a copy runs: incomplete, empty, ours, kept fresh."""
 
-    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, prefix: str, template: mf.Manifest,
+    def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, prefix: str, template: mf.Manifest,
                  sse: bytes, where: str):
         from s3pipefs.engine.writer import new_writer_id
 
@@ -232,8 +231,7 @@ class _Lease:
         self.existing = None
 
     def take(self) -> None:
-        load = Retrier().call  # a manifest GET broken in transit is fetched again
-        got = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
+        got = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
         if got is None:
             self.store.bucket_seen(self.bucket)
             self.etag = self._save(self.template.with_(heartbeat=time.time()), create=True)
@@ -244,7 +242,7 @@ class _Lease:
                                   f"(last heartbeat {time.time() - m.heartbeat:.0f}s ago)")
             self.existing = m
             self.etag = self._save(self.template.with_(heartbeat=time.time()), if_match=info.etag)
-        back = load(_load_manifest, self.store, self.bucket, self.prefix, self.sse)
+        back = _load_manifest(self.store, self.bucket, self.prefix, self.sse)
         if back is None or back[0].writer_id != self.writer_id:
             raise errors.Busy(f"{self.where}: another writer took this stream")
         self.etag = back[2].etag
@@ -299,10 +297,10 @@ class _Lease:
             log.warning("%s: could not release the stream: %s", self.where, e)
 
 
-def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+def copy_stream(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                 workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, cfg: TransferConfig | None = None,
-                retrier: Retrier | None = None, progress=None) -> CopyResult:
+                progress=None) -> CopyResult:
     """Copy the stream ``src_key`` to ``dst_key`` on the server; the manifest is written last."""
     cfg = cfg or TransferConfig()
     src_prefix, dst_prefix = src_key.strip("/") + "/", dst_key.strip("/") + "/"
@@ -312,9 +310,8 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
         raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
     skey, dkey = _key(store, source_sse_key), _key(store, sse_key)
-    call = (retrier or Retrier()).call
 
-    got = call(_load_manifest, store, src_bucket, src_prefix, skey)
+    got = _load_manifest(store, src_bucket, src_prefix, skey)
     if got is None:
         raise errors.NotFound(f"{src_where}: no such stream")
     m, body, _ = got
@@ -322,7 +319,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         state = "being written" if manifests.writer_alive(m, cfg.stale_after) else "its writer stopped"
         raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
                                       "copy it with --allow-incomplete, or wait for it to complete")
-    segs = call(_segments, store, src_bucket, src_prefix, m, src_where)
+    segs = _segments(store, src_bucket, src_prefix, m, src_where)
     total = sum(o.size for o in segs)
 
     lease = _Lease(store, cfg, dst_bucket, dst_prefix, m, dkey, dst_where)
@@ -333,7 +330,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                 raise lease.error
             name = o.key[len(src_prefix):]
             r = copy_object(store, src_bucket, o.key, dst_bucket, dst_prefix + name, workers=1, info=o,
-                            source_sse_key=skey, sse_key=dkey, retrier=retrier)
+                            source_sse_key=skey, sse_key=dkey)
             if progress:
                 progress(o.size)
             return r.requests
@@ -350,7 +347,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                     raise
         # An older, longer stream here left segments `cat 0*` would pick up.
         if lease.existing is not None:
-            _delete_past(store, dst_bucket, dst_prefix, len(segs), retrier)
+            _delete_past(store, dst_bucket, dst_prefix, len(segs))
         if m.completed and "replacing" not in m.extra:
             final = body
         else:
@@ -365,14 +362,14 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                 snap = snap.with_(sha256="", own=True, format=mf.FORMAT_VERSION,
                                   chain=m.chain if (m.own and m.layout is not None) else "")
             final = mf.render(snap)
-        call(lease.commit, final)
+        lease.commit(final)
     except BaseException:
         lease.release(lease.template)
         raise
     return CopyResult("stream", total, requests + 4, complete=m.completed)
 
 
-def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Retrier | None) -> None:
+def _delete_past(store: ObjectStore, bucket: str, prefix: str, keep: int) -> None:
     doomed = []
     for o in store.list(bucket, prefix):
         if isinstance(o, str):
@@ -382,19 +379,19 @@ def _delete_past(store: Store, bucket: str, prefix: str, keep: int, retrier: Ret
         if (idx is not None and idx > keep) or rel.startswith(".next-"):
             doomed.append(o.key)
     if doomed:
-        (retrier or Retrier()).call(store.delete_many, bucket, doomed)
+        store.delete_many(bucket, doomed)
 
 
 # -- dispatch -----------------------------------------------------------------------------------
 
-def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes | None = None) -> str | None:
+def entry_kind(store: ObjectStore, bucket: str, key: str, engine=None, sse_key: bytes | None = None) -> str | None:
     """"stream", "object", "dir" or None. Uses the engine's namespace when one is given."""
     if engine is not None and hasattr(engine, "stat"):
         e = engine.stat(bucket, key)
         return None if e is None else e.kind
     k = key.strip("/")
-    # Retried: a manifest GET that broke in transit is transient, not "no such stream".
-    if k and Retrier().call(_load_manifest, store, bucket, k + "/", _key(store, sse_key)) is not None:
+    # A manifest GET that broke in transit is retried by the store, not "no such stream".
+    if k and _load_manifest(store, bucket, k + "/", _key(store, sse_key)) is not None:
         return "stream"
     if k and not key.endswith("/") and store.head(bucket, k, sse_key=_key(store, sse_key)) is not None:
         return "object"
@@ -403,7 +400,7 @@ def entry_kind(store: Store, bucket: str, key: str, engine=None, sse_key: bytes 
     return None
 
 
-def copy_entry(store: Store, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+def copy_entry(store: ObjectStore, engine_or_cfg, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                **kw) -> CopyResult:
     """Copy a stream or a plain object server-side, whichever ``src_key`` is (FUSE rename uses this).
 

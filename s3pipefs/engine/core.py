@@ -15,7 +15,7 @@ from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3
@@ -55,7 +55,7 @@ def _iso_to_epoch(text: str) -> float:
 
 
 class Engine:
-    def __init__(self, store: Store, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
+    def __init__(self, store: ObjectStore, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
         self.store = store
         self.cfg = (cfg or TransferConfig()).validate()
         # Shared by every reader this engine opens (a mount); None: each has its own read_ahead.

@@ -13,8 +13,9 @@ Flow::
 * Streams are entries too: a prefix holding ``.manifest`` is one stream, named by the
   prefix, never a pile of segments. S3->S3 copies them with copy_stream (server-side,
   manifest last); S3<->local goes through the engine's reader/writer.
-* Every S3 call of both pools goes through one Retrier sharing one RateLimiter, so a
-  SlowDown storm slows the whole job down instead of failing objects (engine/ratelimit.py).
+* Every S3 call of every pool runs under the store's retry policy and its one shared rate
+  limiter, so a SlowDown storm slows the whole job down instead of failing objects
+  (s3/retry.py).
 
 Comparison (``mode``):
 
@@ -47,8 +48,7 @@ from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
 from s3pipefs.engine import transfer
 from s3pipefs.engine.listing import list_tree
-from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,10 @@ class Entry:
     digests: dict = field(default_factory=dict)  # "md5"/"sha256" -> hex, once computed
 
 
-def list_s3(store: Store, loc: S3Loc, retrier: Retrier, workers: int = 16) -> dict[str, Entry]:
+def list_s3(store: ObjectStore, loc: S3Loc, workers: int = 16) -> dict[str, Entry]:
     """Objects and streams under the prefix, by relative path. One LIST per 1000 keys, large
     subtrees listed side by side (engine/listing.py)."""
-    infos = list_tree(store, loc.bucket, loc.prefix, retrier, workers=workers)
+    infos = list_tree(store, loc.bucket, loc.prefix, workers=workers)
     roots: dict[str, ObjectInfo] = {}
     for o in infos:
         if o.key.endswith(MANIFEST_SUFFIX):
@@ -224,7 +224,6 @@ class SyncOptions:
     allow_incomplete: bool = False
     source_sse_key: bytes | None = None
     sse_key: bytes | None = None
-    tries: int = 5
 
 
 @dataclass
@@ -273,37 +272,10 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-class RequestCounter:
-    """Counts the S3 requests a store sends, retries included: botocore's through its
-    'before-send' event, the quick path's (store.quick_requests) by its own count."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self._n = 0
-        self._quick0 = 0
-        self._lock = threading.Lock()
-
-    @property
-    def n(self) -> int:
-        return self._n + self.store.quick_requests - self._quick0
-
-    def _on(self, **kw):
-        with self._lock:
-            self._n += 1
-
-    def __enter__(self):
-        self._quick0 = self.store.quick_requests
-        self.store.client.meta.events.register("before-send.s3", self._on, unique_id=f"s3pipefs-count-{id(self)}")
-        return self
-
-    def __exit__(self, *exc):
-        self.store.client.meta.events.unregister("before-send.s3", unique_id=f"s3pipefs-count-{id(self)}")
-
-
 # -- the sync job ------------------------------------------------------------------------------------
 
 class Sync:
-    def __init__(self, store: Store, src, dst, opts: SyncOptions, *, engine=None, progress=None):
+    def __init__(self, store: ObjectStore, src, dst, opts: SyncOptions, *, engine=None, progress=None):
         if opts.mode not in MODES:
             raise errors.UsageError(f"unknown compare mode {opts.mode!r}")
         if isinstance(src, LocalLoc) and isinstance(dst, LocalLoc):
@@ -314,9 +286,6 @@ class Sync:
         self.store, self.src, self.dst, self.o = store, src, dst, opts
         self.engine = engine
         self.progress = progress
-        self.limiter = RateLimiter()  # shared by listing, checker and transfer pools
-        self.stats = RetryStats()
-        self.retrier = Retrier(self.limiter, tries=opts.tries, stats=self.stats)
         self.report = Report(dry_run=opts.dry_run)
         self.ok = make_filter(opts.filters)
         self._tslots = threading.BoundedSemaphore(opts.workers * 4)
@@ -335,19 +304,20 @@ class Sync:
 
     def run(self) -> Report:
         t0 = time.monotonic()
-        with RequestCounter(self.store) as counter:
-            try:
-                self._run()
-            finally:
-                self.report.elapsed = time.monotonic() - t0
-                self.report.requests = counter.n
-                self.report.retries = self.stats.retries
-                self.report.throttles = self.stats.throttles
+        # The store counts its requests (every attempt), retries and throttles.
+        stats = self.store.stats
+        before = (stats.requests, stats.retries, stats.throttles)
+        try:
+            self._run()
+        finally:
+            self.report.elapsed = time.monotonic() - t0
+            self.report.requests, self.report.retries, self.report.throttles = (
+                now - then for now, then in zip((stats.requests, stats.retries, stats.throttles), before))
         return self.report
 
     def _list(self, loc) -> dict[str, Entry]:
         if isinstance(loc, S3Loc):
-            return list_s3(self.store, loc, self.retrier, self.o.checkers)
+            return list_s3(self.store, loc, self.o.checkers)
         return list_local(loc)
 
     def _run(self) -> None:
@@ -356,7 +326,7 @@ class Sync:
         for loc in (self.src, self.dst):
             if isinstance(loc, S3Loc):
                 try:
-                    self.retrier.call(self.store.bucket_exists, loc.bucket)
+                    self.store.bucket_exists(loc.bucket)
                 except errors.NotFound:
                     raise errors.BucketNotFound(f"s3://{loc.bucket}: no such bucket") from None
         with cf.ThreadPoolExecutor(2, thread_name_prefix="s3pipefs-list") as lp:
@@ -548,8 +518,7 @@ class Sync:
         return False if d.mtime >= s.mtime else "source newer"
 
     def _manifest(self, loc: S3Loc, e: Entry, key) -> mf.Manifest | None:
-        got = self.retrier.call(copy_mod._load_manifest, self.store, loc.bucket, loc.key(e.rel) + "/",
-                                copy_mod._key(self.store, key))
+        got = copy_mod._load_manifest(self.store, loc.bucket, loc.key(e.rel) + "/", copy_mod._key(self.store, key))
         return got[0] if got else None
 
     def _local_digest(self, loc: LocalLoc, e: Entry, algo: str) -> str:
@@ -569,7 +538,7 @@ class Sync:
             if m.sha256:
                 return m.sha256
             return self._hash_remote_stream(loc, e)
-        info = self.retrier.call(self.store.head, loc.bucket, loc.key(e.rel), sse_key=sse)
+        info = self.store.head(loc.bucket, loc.key(e.rel), sse_key=sse)
         if info is None:
             return None
         if info.metadata.get("md5"):
@@ -582,7 +551,7 @@ class Sync:
             def write(self, b):
                 h.update(b)
         transfer.download_object(self.store, loc.bucket, loc.key(e.rel), _Sink(), workers=4, info=info,
-                                 sse_key=sse, retrier=self.retrier)
+                                 sse_key=sse)
         return h.hexdigest()
 
     def _hash_remote_stream(self, loc: S3Loc, e: Entry) -> str | None:
@@ -634,11 +603,11 @@ class Sync:
                 r = copy_mod.copy_stream(self.store, src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel),
                                          workers=min(o.workers, 8), allow_incomplete=o.allow_incomplete,
                                          source_sse_key=self._skey(), sse_key=self._dkey(),
-                                         cfg=getattr(self.engine, "cfg", None), retrier=self.retrier)
+                                         cfg=getattr(self.engine, "cfg", None))
             else:
                 r = copy_mod.copy_object(self.store, src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel),
                                          workers=min(o.workers, 8), info=None if self._skey() else s.info,
-                                         source_sse_key=self._skey(), sse_key=self._dkey(), retrier=self.retrier)
+                                         source_sse_key=self._skey(), sse_key=self._dkey())
             if d is not None and d.kind != s.kind:
                 self._remove(dst, d)
             return r.size
@@ -647,8 +616,7 @@ class Sync:
             meta = {"md5": s.digests["md5"]} if "md5" in s.digests else None
             r = transfer.upload_file(self.store, path, dst.bucket, dst.key(s.rel), workers=min(o.workers, 8),
                                      part_size=o.part_size, content_type=transfer.guess_type(s.rel),
-                                     metadata=meta, sse_key=self._dkey(), keep_on_failure=False,
-                                     retrier=self.retrier)
+                                     metadata=meta, sse_key=self._dkey(), keep_on_failure=False)
             if d is not None and d.kind == "stream":
                 self._remove(dst, d)
             return r.size
@@ -662,7 +630,7 @@ class Sync:
             info = None if self._skey() else s.info
             fn = lambda f: transfer.download_object(self.store, src.bucket, src.key(s.rel), f,  # noqa: E731
                                                     workers=min(o.workers, 8), info=info,
-                                                    sse_key=self._skey(), retrier=self.retrier)
+                                                    sse_key=self._skey())
         if os.path.isdir(path):
             raise errors.S3PipeError(f"{path}: is a directory, cannot write {s.kind} {src}{s.rel} there")
         r = transfer.download_to_path(fn, path, mtime=s.mtime)
@@ -682,16 +650,15 @@ class Sync:
         key = loc.key(e.rel)
         if e.kind == "stream":
             if self.engine is not None and hasattr(self.engine, "delete"):
-                self.retrier.call(self.engine.delete, loc.bucket, key)
+                self.engine.delete(loc.bucket, key)
                 return
             # The manifest goes first: never a complete stream with segments missing.
-            self.retrier.call(self.store.delete, loc.bucket, key + MANIFEST_SUFFIX)
-            keys = self.retrier.call(lambda: [o.key for o in self.store.list(loc.bucket, key + "/")
-                                              if not isinstance(o, str)])
+            self.store.delete(loc.bucket, key + MANIFEST_SUFFIX)
+            keys = [o.key for o in self.store.list(loc.bucket, key + "/") if not isinstance(o, str)]
             if keys:
-                self.retrier.call(self.store.delete_many, loc.bucket, keys)
+                self.store.delete_many(loc.bucket, keys)
         else:
-            self.retrier.call(self.store.delete, loc.bucket, key)
+            self.store.delete(loc.bucket, key)
 
     def _delete_extra(self, src_entries: dict, dst_entries: dict) -> None:
         extra = [e for rel, e in sorted(dst_entries.items()) if rel not in src_entries and self.ok(rel)]
@@ -715,7 +682,7 @@ class Sync:
             keys = [self.dst.key(e.rel) for e in objs]
             try:
                 if keys:
-                    self.retrier.call(self.store.delete_many, self.dst.bucket, keys)
+                    self.store.delete_many(self.dst.bucket, keys)
                 with self.report.lock:
                     self.report.deleted += len(objs)
             except errors.S3PipeError as ex:
@@ -836,6 +803,6 @@ def _local_multipart_etags(path: str, size: int, parts: int, our_part: int) -> s
     return out
 
 
-def run_sync(store: Store, src: str, dst: str, opts: SyncOptions, *, engine=None, progress=None) -> Report:
+def run_sync(store: ObjectStore, src: str, dst: str, opts: SyncOptions, *, engine=None, progress=None) -> Report:
     """Parse both locations and run one sync job."""
     return Sync(store, parse_location(src), parse_location(dst), opts, engine=engine, progress=progress).run()

@@ -24,7 +24,8 @@ Resume (``resume=True``)
     digest chain of the segments already uploaded and uploads only the rest.
 
 A failed upload is left in place for ``--resume`` and named in the error; ``s3pipefs abort``
-cancels it. Every S3 call goes through a Retrier (engine/ratelimit.py).
+cancels it. Every S3 call is retried by the store's policy (s3/retry.py); the reads of an
+http(s) source by a RetryPolicy of their own (``retrier``).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ from dataclasses import dataclass, field
 
 from s3pipefs import errors
 from s3pipefs.config import MiB
-from s3pipefs.engine.ratelimit import Retrier, TransientError
-from s3pipefs.s3 import ObjectInfo, Store, b64 as _b64
+from s3pipefs.s3 import ObjectInfo, ObjectStore, b64 as _b64
+from s3pipefs.s3.retry import RetryPolicy, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,10 @@ def ordered(pool: cf.Executor, fn, items, window: int):
 class _Multipart:
     """One multipart upload: create or resume it, send parts in parallel, complete it."""
 
-    def __init__(self, store: Store, bucket: str, key: str, *, workers: int, retrier: Retrier,
+    def __init__(self, store: ObjectStore, bucket: str, key: str, *, workers: int,
                  metadata=None, content_type=None, sse_key=None, resume=False, progress=None):
         self.store, self.bucket, self.key = store, bucket, key
         self.where = f"s3://{bucket}/{key}"
-        self.call = retrier.call
         self.sse = sse_key
         self.progress = progress
         self.md5s: dict[int, bytes] = {}
@@ -130,14 +130,14 @@ class _Multipart:
         self.result = Result()
         self._lock = threading.Lock()
         if resume:
-            self.upload_id = find_upload(store, bucket, key, retrier) or ""
+            self.upload_id = find_upload(store, bucket, key) or ""
             if self.upload_id:
-                for p in self.call(store.mpu_parts, bucket, key, self.upload_id):
+                for p in store.mpu_parts(bucket, key, self.upload_id):
                     self.existing[p["PartNumber"]] = p
                 log.info("%s: resuming upload %s with %d parts there", self.where, self.upload_id, len(self.existing))
         if not self.upload_id:
-            self.upload_id = self.call(store.mpu_create, bucket, key, metadata=metadata or None,
-                                       content_type=content_type, sse_key=sse_key)
+            self.upload_id = store.mpu_create(bucket, key, metadata=metadata or None,
+                                              content_type=content_type, sse_key=sse_key)
         self.result.upload_id = self.upload_id
         self.pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="s3pipefs-up")
         self.slots = threading.BoundedSemaphore(max(1, workers) + 1)
@@ -189,8 +189,8 @@ class _Multipart:
         if data is None:  # the producer decided the part is already there
             return
         md5 = hashlib.md5(data).digest()
-        etag = self.call(self.store.mpu_part, self.bucket, self.key, self.upload_id, number, data,
-                         md5=_b64(md5), sse_key=self.sse)
+        etag = self.store.mpu_part(self.bucket, self.key, self.upload_id, number, data,
+                                   md5=_b64(md5), sse_key=self.sse)
         if not self.sse and etag.strip('"').lower() != md5.hex():
             raise errors.IntegrityError(f"{self.where}: part {number} stored with ETag {etag}, sent MD5 {md5.hex()}")
         with self._lock:
@@ -209,7 +209,7 @@ class _Multipart:
         if missing:
             raise errors.S3PipeError(f"{self.where}: parts {missing[:5]} missing before completion")
         etags = [f'"{self.md5s[n].hex()}"' for n in range(1, count + 1)]
-        etag = self.call(self.store.mpu_complete, self.bucket, self.key, self.upload_id, etags)
+        etag = self.store.mpu_complete(self.bucket, self.key, self.upload_id, etags)
         want = multipart_etag([self.md5s[n] for n in range(1, count + 1)])
         if not self.sse and "-" in etag and etag.strip('"') != want:
             raise errors.IntegrityError(f"{self.where}: completed with ETag {etag}, expected {want}")
@@ -229,10 +229,9 @@ class _Multipart:
             log.warning("%s (`s3pipefs abort %s` removes the unfinished upload)", e, self.where)
 
 
-def find_upload(store: Store, bucket: str, key: str, retrier: Retrier | None = None) -> str | None:
+def find_upload(store: ObjectStore, bucket: str, key: str) -> str | None:
     """The newest unfinished multipart upload for exactly ``key``."""
-    call = (retrier or Retrier()).call
-    ups = [u for u in call(lambda: list(store.mpu_list(bucket, key))) if u.get("Key") == key]
+    ups = [u for u in store.mpu_list(bucket, key) if u.get("Key") == key]
     if not ups:
         return None
     ups.sort(key=lambda u: u.get("Initiated") or 0)
@@ -246,12 +245,10 @@ def _resume_hint(where: str, kept: bool) -> str:
 
 # -- local file / pipe -> object ---------------------------------------------------------------------
 
-def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, part_size: int = 32 * MiB,
+def upload_file(store: ObjectStore, src, bucket: str, key: str, *, workers: int = 8, part_size: int = 32 * MiB,
                 content_type: str | None = None, metadata: dict | None = None, sse_key: bytes | None = None,
-                resume: bool = False, keep_on_failure: bool = True, retrier: Retrier | None = None,
-                progress=None) -> Result:
+                resume: bool = False, keep_on_failure: bool = True, progress=None) -> Result:
     """Upload a local file (a path) or a pipe (a binary file object) as one plain object."""
-    retrier = retrier or Retrier()
     where = f"s3://{bucket}/{key}"
     if isinstance(src, (str, os.PathLike)):
         try:
@@ -262,19 +259,19 @@ def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, p
             return upload_file(store, f, bucket, key, workers=workers, part_size=part_size,
                                content_type=content_type or guess_type(os.fspath(src)), metadata=metadata,
                                sse_key=sse_key, resume=resume, keep_on_failure=keep_on_failure,
-                               retrier=retrier, progress=progress)
+                               progress=progress)
     size = _file_size(src)
     psize = part_size_for(size, part_size)
     if size is not None and size <= psize and not resume:
         data = _pread(src, 0, size) if size else b""
-        return _put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier, progress)
+        return _put_one(store, bucket, key, data, content_type, metadata, sse_key, progress)
     first = None
     if size is None and not resume:
         # A pipe: a first short part means one PUT is enough.
         first = _read_full(src, psize)
         if len(first) < psize:
-            return _put_one(store, bucket, key, first, content_type, metadata, sse_key, retrier, progress)
-    mp = _Multipart(store, bucket, key, workers=workers, retrier=retrier, metadata=metadata,
+            return _put_one(store, bucket, key, first, content_type, metadata, sse_key, progress)
+    mp = _Multipart(store, bucket, key, workers=workers, metadata=metadata,
                     content_type=content_type, sse_key=sse_key, resume=resume, progress=progress)
     if mp.landed_size():
         psize = mp.landed_size() if mp.existing.get(2) or size is None or size > mp.landed_size() else psize
@@ -315,11 +312,11 @@ def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, p
         raise
 
 
-def _put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier, progress) -> Result:
+def _put_one(store, bucket, key, data, content_type, metadata, sse_key, progress) -> Result:
     md5 = hashlib.md5(data).digest()
     meta = dict(metadata or {})
-    etag = retrier.call(store.put, bucket, key, data, md5=_b64(md5), content_type=content_type,
-                        metadata=meta or None, sse_key=sse_key, quick=True)
+    etag = store.put(bucket, key, data, md5=_b64(md5), content_type=content_type,
+                     metadata=meta or None, sse_key=sse_key, quick=True)
     if progress:
         progress(len(data))
     return Result(size=len(data), sent=len(data), parts=0, etag=etag, md5=md5.hex())
@@ -362,14 +359,13 @@ def _read_full(f, n: int) -> bytes:
 
 # -- object -> local file / pipe ---------------------------------------------------------------------
 
-def download_object(store: Store, bucket: str, key: str, out, *, workers: int = 8,
+def download_object(store: ObjectStore, bucket: str, key: str, out, *, workers: int = 8,
                     part_size: int = DEFAULT_RANGE, info: ObjectInfo | None = None,
-                    sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> Result:
+                    sse_key: bytes | None = None, progress=None) -> Result:
     """Write a plain object to the binary file object ``out`` with parallel ranged GETs."""
-    retrier = retrier or Retrier()
     where = f"s3://{bucket}/{key}"
     if info is None:
-        info = retrier.call(store.head, bucket, key, sse_key=sse_key)
+        info = store.head(bucket, key, sse_key=sse_key)
         if info is None:
             raise errors.NotFound(f"{where}: no such object")
     # s3pipefs's md5 metadata holds under SSE too; an SSE-C ETag is no MD5 on AWS.
@@ -379,9 +375,10 @@ def download_object(store: Store, bucket: str, key: str, out, *, workers: int = 
 
     def fetch(r):
         a, b = r
-        data, got = retrier.call(store.get, bucket, key, a, b, sse_key=sse_key)
-        if len(data) != b - a:
-            raise errors.IntegrityError(f"{where}: range {a}-{b} returned {len(data)} bytes")
+        def check(data, got: ObjectInfo) -> None:  # a short range is fetched again
+            if len(data) != b - a:
+                raise errors.IntegrityError(f"{where}: range {a}-{b} returned {len(data)} bytes")
+        data, got = store.get(bucket, key, a, b, sse_key=sse_key, verify=check)
         if info.etag and got.etag and got.etag != info.etag:
             raise errors.S3PipeError(f"{where}: object changed during the download")
         return data
@@ -567,7 +564,7 @@ def _open(url: str, headers: dict, timeout: float):
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: Retrier | None = None) -> UrlSource:
+def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: RetryPolicy | None = None) -> UrlSource:
     """Probe ``url`` with a one-byte ranged GET: a 206 means ranges, a 200 is kept as the body."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
@@ -575,7 +572,7 @@ def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: Retrier | None 
 
     def probe():
         return _open(url, {"Range": "bytes=0-0"}, timeout)
-    resp = (retrier or Retrier()).call(probe)
+    resp = (retrier or RetryPolicy()).call(probe)
     ctype = resp.headers.get("Content-Type")
     if ctype and ctype.split(";")[0].strip() in ("application/octet-stream", ""):
         ctype = None
@@ -628,12 +625,13 @@ def _read_body(src: UrlSource, n: int) -> bytes:
         raise _http_error(src.url, e) from None
 
 
-def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int = 8,
+def url_to_object(store: ObjectStore, url: str, bucket: str, key: str, *, workers: int = 8,
                   part_size: int = 32 * MiB, content_type: str | None = None, metadata: dict | None = None,
-                  sse_key: bytes | None = None, resume: bool = False, retrier: Retrier | None = None,
+                  sse_key: bytes | None = None, resume: bool = False, retrier: RetryPolicy | None = None,
                   progress=None, timeout: float = URL_TIMEOUT) -> Result:
-    """Copy an http(s) URL to a plain object, parallel when the server serves ranges."""
-    retrier = retrier or Retrier()
+    """Copy an http(s) URL to a plain object, parallel when the server serves ranges.
+    ``retrier`` retries the URL's reads (the store retries its own requests)."""
+    retrier = retrier or RetryPolicy()
     where = f"s3://{bucket}/{key}"
     src = open_url(url, timeout=timeout, retrier=retrier)
     ctype = content_type or src.content_type or guess_type(urllib.parse.urlsplit(url).path)
@@ -643,13 +641,13 @@ def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int
             reader = _BodyReader(src)
             return upload_file(store, reader, bucket, key, workers=workers, part_size=part_size,
                                content_type=ctype, metadata=metadata, sse_key=sse_key, resume=resume,
-                               retrier=retrier, progress=progress)
+                               progress=progress)
         size = src.size
         psize = part_size_for(size, part_size)
         if size <= psize and not resume:
             data = retrier.call(_fetch_range, src, 0, size) if size else b""
-            return _put_one(store, bucket, key, data, ctype, metadata, sse_key, retrier, progress)
-        mp = _Multipart(store, bucket, key, workers=workers, retrier=retrier, metadata=metadata,
+            return _put_one(store, bucket, key, data, ctype, metadata, sse_key, progress)
+        mp = _Multipart(store, bucket, key, workers=workers, metadata=metadata,
                         content_type=ctype, sse_key=sse_key, resume=resume, progress=progress)
         try:
             if mp.landed_size():
@@ -675,7 +673,7 @@ def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int
         src.close()
 
 
-def _check_unchanged(src: UrlSource, mp: _Multipart, n: int, psize: int, size: int, retrier: Retrier) -> None:
+def _check_unchanged(src: UrlSource, mp: _Multipart, n: int, psize: int, size: int, retrier: RetryPolicy) -> None:
     """Resume: fetch one landed part back; a source that changed since must start over."""
     a, b = (n - 1) * psize, min(n * psize, size)
     data = retrier.call(_fetch_range, src, a, b)
@@ -708,10 +706,10 @@ class _BodyReader:
         raise OSError("not a file")
 
 
-def url_chunks(url: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE, retrier: Retrier | None = None,
+def url_chunks(url: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE, retrier: RetryPolicy | None = None,
                timeout: float = URL_TIMEOUT):
     """The bytes of ``url`` in order, as chunks: parallel ranged GETs when possible."""
-    retrier = retrier or Retrier()
+    retrier = retrier or RetryPolicy()
     src = open_url(url, timeout=timeout, retrier=retrier)
     try:
         if not src.ranges:
@@ -730,7 +728,7 @@ def url_chunks(url: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE, re
 
 
 def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = DEFAULT_RANGE,
-                  resume: bool = False, retrier: Retrier | None = None, progress=None,
+                  resume: bool = False, retrier: RetryPolicy | None = None, progress=None,
                   timeout: float = URL_TIMEOUT) -> Result:
     """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed."""
     chunks = _counted(url_chunks(url, workers=workers, part_size=part_size, retrier=retrier, timeout=timeout))
