@@ -110,7 +110,8 @@ def _client_config(c: S3Config, region: str) -> botocore.config.Config:
         # One attempt: the store's RetryPolicy retries (s3/retry.py), so attempts are
         # bounded once and every throttle reaches its shared rate limiter.
         retries={"mode": "standard", "total_max_attempts": 1},
-        s3={"addressing_style": "path" if c.path_style else "auto",
+        # "virtual", not "auto": with a custom endpoint "auto" means path-style.
+        s3={"addressing_style": "path" if c.path_style else "virtual",
             # Every upload carries a Content-MD5 or x-amz-checksum-crc32 header, which is
             # signed and which the server checks: hashing the body again with SHA-256 for
             # the signature (botocore does so over http) cost 0.6 s of CPU per GiB.
