@@ -181,7 +181,8 @@ class Store:
 
     @property
     def quick_requests(self) -> int:
-        """Requests sent by the quick path (botocore's own are seen by its events)."""
+        """Requests sent by the fast path, so that a test can tell which path was taken
+        (``stats.requests`` counts every request, whichever path sent it)."""
         return self._quick.sent if self._quick is not None else 0
 
     def _quick_path(self) -> QuickS3 | None:
