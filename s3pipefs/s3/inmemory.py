@@ -24,7 +24,7 @@ from typing import Iterator
 from s3pipefs import errors
 from s3pipefs.checksum import crc32 as _crc32
 from s3pipefs.config import S3Config
-from s3pipefs.s3.interface import ObjectInfo, Verify, b64
+from s3pipefs.s3.interface import ObjectInfo, Verify, b64, every_page
 from s3pipefs.s3.retry import RetryPolicy, RetryStats
 
 PAGE = 1000  # keys per listing page, as S3's default
@@ -128,12 +128,7 @@ class MemoryStore:
 
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
              start_after: str | None = None, quick: bool = False) -> Iterator[ObjectInfo | str]:
-        token = None
-        while True:
-            items, token = self.list_page(bucket, prefix, delimiter, start_after, token)
-            yield from items
-            if token is None:
-                return
+        return every_page(self.list_page, bucket, prefix, delimiter, start_after, quick)
 
     def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
                   start_after: str | None = None, token: str | None = None, *,

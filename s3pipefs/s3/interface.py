@@ -50,6 +50,17 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def every_page(list_page, bucket: str, prefix: str, delimiter: str | None, start_after: str | None,
+               quick: bool) -> Iterator[ObjectInfo | str]:
+    """ObjectStore.list() made of list_page() calls, page after page (each one request)."""
+    token = None
+    while True:
+        items, token = list_page(bucket, prefix, delimiter, start_after, token, quick=quick)
+        yield from items
+        if token is None:
+            return
+
+
 # verify(data, info) runs inside each attempt of a get; an IntegrityError it raises has the
 # body fetched again (another attempt), any other error ends the call.
 Verify = Callable[[bytes, ObjectInfo], None]

@@ -26,7 +26,7 @@ from s3pipefs import errors
 from s3pipefs.config import S3Config
 from s3pipefs.s3 import internals
 from s3pipefs.s3.fastpath import QuickS3
-from s3pipefs.s3.interface import ObjectInfo, Verify
+from s3pipefs.s3.interface import ObjectInfo, Verify, every_page
 from s3pipefs.s3.models import S3FirstLoader
 from s3pipefs.s3.retry import RateLimiter, RetryPolicy, RetryStats
 
@@ -281,12 +281,7 @@ class Store:
 
         ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
-        token = None
-        while True:
-            items, token = self.list_page(bucket, prefix, delimiter, start_after, token, quick=quick)
-            yield from items
-            if token is None:
-                return
+        return every_page(self.list_page, bucket, prefix, delimiter, start_after, quick)
 
     def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
                   start_after: str | None = None, token: str | None = None, *,
