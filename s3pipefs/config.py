@@ -62,7 +62,8 @@ class S3Config:
     endpoint_url: str | None = None
     profile: str | None = None
     region: str | None = None
-    # Attempts per request, the first included, for transient errors (botocore adaptive mode).
+    # Attempts per request, the first included, for transient errors (the store's retry
+    # policy, s3/retry.py; a throttled request gets 2 * max_attempts + 2).
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -91,7 +92,8 @@ class TransferConfig:
     cache_size: int = 32 * MiB
     # Range size for plain objects (no per-range checksum exists to verify against).
     block_size: int = 8 * MiB
-    # Attempts for a segment/block whose bytes fail verification or break mid-body.
+    # Attempts for a stream segment's or an object block's request, instead of
+    # S3Config.max_attempts: a transfer's data may be given more (or fewer) than the rest.
     tries: int = 5
     # Live follow: poll interval, and how long a silent writer may stay silent.
     poll_interval: float = 0.5

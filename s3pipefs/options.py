@@ -111,7 +111,8 @@ S3_OPTIONS: tuple[Option, ...] = (
            flags=("--profile",), metavar="NAME"),
     Option("region", "s3", "region", nonempty, "S3 region", flags=("--region", "-r"), metavar="REGION"),
     Option("retries", "s3", "max_attempts", whole_number(1, 100),
-           "attempts per S3 request, the first included (adaptive retry mode)", flags=("--retries",)),
+           "attempts per S3 request, the first included; a throttled one gets twice as many and two "
+           "more", flags=("--retries",)),
     Option("addressing", "s3", "path_style", addressing, "bucket addressing: path or virtual",
            flags=("--addressing",), metavar="path|virtual", render=lambda v: "path" if v else "virtual"),
     Option("access_key", "cli", "access_key", any_text, "", flags=("-a",), mount=False, hidden=True,
@@ -137,8 +138,9 @@ TRANSFER_OPTIONS: tuple[Option, ...] = (
            flags=("--read-ahead",)),
     Option("prefetch", "transfer", "prefetch", whole_number(1, 1024), "segments fetched ahead at most",
            flags=("--prefetch",)),
-    Option("tries", "transfer", "tries", whole_number(1, 100), "attempts per segment that fails verification",
-           flags=("--tries", "-t")),
+    Option("tries", "transfer", "tries", whole_number(1, 100),
+           "attempts per segment request, the first included (a failed checksum or a broken transfer "
+           "is tried again)", flags=("--tries", "-t")),
     Option("follow_timeout", "transfer", "follow_timeout", parse_duration,
            "a read waiting on a growing stream gives up after its writer is silent this long",
            flags=("--follow-timeout",)),

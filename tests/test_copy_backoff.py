@@ -1,9 +1,10 @@
-"""Back-off: botocore's adaptive mode (inside each request) and the shared limiter (around tasks).
+"""Back-off: the store's one retry policy and its shared rate limiter (s3/retry.py).
 
-* 503 SlowDown lowers the request rate and is retried with jitter;
-* other transient errors (500) are retried a bounded number of times;
-* permanent errors (403, 404) are not retried at all;
-* a sync survives a SlowDown storm that outlasts botocore's own retries.
+* 503 SlowDown is retried with jitter and lowers the store's request rate;
+* other transient errors (500) are retried a bounded number of times, and the bound is
+  not multiplied by the engine above the store;
+* permanent errors (403, 404, 412) are not retried at all;
+* a sync survives a SlowDown storm, and its report counts the retries.
 """
 from __future__ import annotations
 
@@ -11,38 +12,20 @@ import concurrent.futures as cf
 import os
 import time
 
-import botocore.retries.adaptive
 import pytest
 
 from s3pipefs import errors
-from s3pipefs.config import S3Config
-from s3pipefs.engine import Engine
-from s3pipefs.engine.ratelimit import (PERMANENT, THROTTLE, TRANSIENT, RateLimiter, Retrier,
-                                       TransientError, classify)
+from s3pipefs.config import MiB, S3Config, TransferConfig
+from s3pipefs.engine import Engine, manifests
 from s3pipefs.engine.sync import Sync, SyncOptions, parse_location
 from s3pipefs.s3 import Store
+from s3pipefs.s3.retry import PERMANENT, THROTTLE, TRANSIENT, RateLimiter, RetryPolicy, TransientError, classify
 from tests.faultproxy import FaultProxy, Rule
 
 
-def attempts(store: Store) -> int:
-    """Total attempts botocore makes per request with this store's configuration.
-
-    botocore's ``max_attempts`` key counts *retries* (total = max_attempts + 1);
-    ``total_max_attempts`` counts attempts.
-    """
-    r = store.client.meta.config.retries
-    return r["total_max_attempts"] if "total_max_attempts" in r else r["max_attempts"] + 1
-
-
 def one_shot(store: Store) -> Store:
-    """The same store with botocore retries off: every error reaches the caller's back-off."""
-    import boto3
-    import botocore.config
-
-    c = store._make_client()
-    store._client = boto3.session.Session().client(
-        "s3", endpoint_url=store.cfg.endpoint_url,
-        config=c.meta.config.merge(botocore.config.Config(retries={"mode": "adaptive", "total_max_attempts": 1})))
+    """The same store trying each request once: every error reaches the caller."""
+    store.retry = RetryPolicy(1, throttle_tries=1)
     return store
 
 
@@ -52,43 +35,36 @@ def proxy(s3_server):
         yield p
 
 
-@pytest.fixture
-def limiters(monkeypatch):
-    """Capture botocore's adaptive ClientRateLimiter of every client created in the test."""
-    got = []
-    real = botocore.retries.adaptive.register_retry_handler
-
-    def spy(client):
-        lim = real(client)
-        got.append(lim)
-        return lim
-    monkeypatch.setattr(botocore.retries.adaptive, "register_retry_handler", spy)
-    return got
-
-
-def test_adaptive_mode_retries_slowdown_and_lowers_the_rate(store, bucket, proxy, limiters):
+def test_slowdown_is_retried_and_lowers_the_store_rate(store, bucket, proxy):
     store.put(bucket, "k", b"v")
     via = Store(S3Config(endpoint_url=proxy.endpoint))
     via.get(bucket, "k")  # warm up: creates the client
-    (lim,) = limiters
-    assert not lim._enabled  # no throttle seen: no client-side limit
+    lim = via.retry.limiter
+    assert lim.rate is None  # no throttle seen: no limit
     proxy.add(Rule("status", status=503, code="SlowDown", method="GET", path_contains=f"/{bucket}/k", times=4))
     t0 = time.monotonic()
     data, _ = via.get(bucket, "k")
     took = time.monotonic() - t0
     assert data == b"v"
     assert proxy.count("GET", f"/{bucket}/k") == 1 + 5  # warm-up, 4 throttled, 1 success
-    # The client now limits its own send rate, and it did back off between attempts.
-    assert lim._enabled
-    assert lim._token_bucket.max_rate < 50
+    # The store now limits its own send rate, and it did back off between attempts.
+    assert lim.rate is not None and lim.rate < 50 and lim.throttles == 4
+    assert (via.stats.retries, via.stats.throttles) == (4, 4)
     assert took > 0.05
+    # One limiter for the whole store: puts through it are spaced by the lowered rate too
+    # (unlimited, two puts on loopback take milliseconds).
+    rate = lim.rate
+    t0 = time.monotonic()
+    via.put(bucket, "p0", b"x")
+    via.put(bucket, "p1", b"x")
+    assert time.monotonic() - t0 >= 0.5 / rate
 
 
 def test_transient_errors_retry_a_bounded_number_of_times(store, bucket, proxy):
     store.put(bucket, "k", b"v")
     via = Store(S3Config(endpoint_url=proxy.endpoint, max_attempts=3))
-    n = attempts(via)
-    assert n >= 3
+    n = via.retry.tries
+    assert n == 3
     proxy.add(Rule("status", status=500, method="GET", path_contains=f"/{bucket}/k", times=n - 1))
     assert via.get(bucket, "k")[0] == b"v"
     assert proxy.count("GET", f"/{bucket}/k") == n
@@ -98,11 +74,26 @@ def test_transient_errors_retry_a_bounded_number_of_times(store, bucket, proxy):
         via.get(bucket, "k")
     assert proxy.count("GET", f"/{bucket}/k") == n  # bounded, then the error
     assert classify(ei.value) == TRANSIENT
-    # The outer layer retries it a bounded number of times too.
-    proxy.reset_log()
+
+
+def test_the_engine_does_not_multiply_attempts(store, bucket, proxy, tmp_path):
+    """A manifest and a segment failing forever: max_attempts and tries requests, not
+    their product with an engine loop around the store."""
+    cfg = TransferConfig(segment_size=MiB, workers=2, tries=2, staging_dir=str(tmp_path))
+    with Engine(store, cfg).open_writer(bucket, "s") as w:
+        w.write(os.urandom(3 * MiB))
+    via = Store(S3Config(endpoint_url=proxy.endpoint, max_attempts=3))
+    proxy.add(Rule("status", status=500, method="GET", path_contains=f"/{bucket}/s/.manifest", times=-1))
     with pytest.raises(errors.S3PipeError):
-        Retrier(tries=2, base=0.001).call(via.get, bucket, "k")
-    assert proxy.count("GET", f"/{bucket}/k") == 2 * n
+        manifests.load(via, bucket, "s/")
+    assert proxy.count("GET", f"/{bucket}/s/.manifest") == 3
+    proxy.clear()
+    proxy.reset_log()
+    proxy.add(Rule("status", status=500, method="GET", path_contains=f"/{bucket}/s/000000000000002", times=-1))
+    with pytest.raises(errors.S3PipeError):
+        with Engine(via, cfg).open_reader(bucket, "s", follow=False) as r:
+            r.read(0, 3 * MiB)
+    assert proxy.count("GET", f"/{bucket}/s/000000000000002") == cfg.tries
 
 
 @pytest.mark.parametrize("status,code,exc", [(403, "AccessDenied", errors.AccessDenied),
@@ -111,15 +102,20 @@ def test_permanent_errors_are_not_retried(store, bucket, proxy, status, code, ex
     store.put(bucket, "k", b"v")
     via = Store(S3Config(endpoint_url=proxy.endpoint))
     proxy.add(Rule("status", status=status, code=code, method="GET", path_contains=f"/{bucket}/k", times=-1))
-    calls = []
-
-    def task():
-        calls.append(1)
-        return via.get(bucket, "k")
     with pytest.raises(exc) as ei:
-        Retrier(RateLimiter(), tries=5, base=0.001).call(task)
+        via.get(bucket, "k")
     assert classify(ei.value) == PERMANENT
-    assert proxy.count("GET", f"/{bucket}/k") == 1 and len(calls) == 1
+    assert proxy.count("GET", f"/{bucket}/k") == 1 and via.stats.retries == 0
+
+
+def test_a_failed_condition_is_not_retried(store, bucket, proxy):
+    via = Store(S3Config(endpoint_url=proxy.endpoint))
+    via.put(bucket, "c", b"first", if_none_match=True)
+    proxy.reset_log()
+    with pytest.raises(errors.Busy):
+        via.put(bucket, "c", b"second", if_none_match=True)
+    assert proxy.count("PUT", f"/{bucket}/c") == 1
+    assert store.get(bucket, "c")[0] == b"first"
 
 
 def test_classify_by_code_not_text(store, bucket, proxy):
@@ -189,9 +185,9 @@ def test_rate_limiter_is_aimd_and_shared():
     assert lim.throttles == 53
 
 
-def test_retrier_jitter_and_bounds():
+def test_retry_policy_jitter_and_bounds():
     c = _Clock()
-    r = Retrier(tries=3, throttle_tries=4, base=0.1, cap=1.0, sleep=c.sleep, rand=lambda: 0.5)
+    r = RetryPolicy(3, throttle_tries=4, base=0.1, cap=1.0, sleep=c.sleep, rand=lambda: 0.5)
     attempts = []
 
     def flaky():
@@ -200,15 +196,42 @@ def test_retrier_jitter_and_bounds():
     with pytest.raises(TransientError):
         r.call(flaky)
     assert len(attempts) == 3 and c.slept == pytest.approx(0.5 * (0.2 + 0.4))
-    assert r.stats.retries == 2
+    assert (r.stats.requests, r.stats.retries) == (3, 2)
+    # A call may bound its own transient attempts; throttles get twice as many plus two.
+    attempts.clear()
+    with pytest.raises(TransientError):
+        r.call(flaky, tries=5)
+    assert len(attempts) == 5
+    throttled = []
+    slow_down = errors.S3PipeError("x")
+    slow_down.code = "SlowDown"
+
+    def storm():
+        throttled.append(1)
+        raise slow_down
+
+    def no_code():
+        throttled.append(1)
+        raise errors.S3PipeError("503 SlowDown")
+    with pytest.raises(errors.S3PipeError):
+        r.call(storm)
+    assert len(throttled) == 4
+    throttled.clear()
+    with pytest.raises(errors.S3PipeError):
+        RetryPolicy(2, sleep=c.sleep).call(storm)
+    assert len(throttled) == 2 * 2 + 2
+    throttled.clear()
+    with pytest.raises(errors.S3PipeError):  # no code, no status: permanent, whatever the text
+        r.call(no_code)
+    assert len(throttled) == 1
 
 
 def test_sync_rides_out_a_slowdown_storm(store, bucket, bucket2, proxy):
-    """botocore is told to try once, so every 503 reaches the sync's own back-off."""
+    """botocore tries once, so every 503 reaches the store's policy and its shared limiter."""
     n, storm_size = 120, 10
     with cf.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: store.put(bucket, f"s/{i:03d}", os.urandom(100)), range(n)))
-    via = one_shot(Store(S3Config(endpoint_url=proxy.endpoint)))
+    via = Store(S3Config(endpoint_url=proxy.endpoint))
     # The proxy throttles by count, not by rate: every request of the storm gets 503 however
     # slowly it comes, so a longer storm only makes the test slower, not harder.
     storm = proxy.add(Rule("status", status=503, code="SlowDown", method="PUT", path_contains=f"/{bucket2}/",
@@ -221,17 +244,15 @@ def test_sync_rides_out_a_slowdown_storm(store, bucket, bucket2, proxy):
     assert storm.hits == storm_size
     assert (rep.copied, rep.failed) == (n, 0), rep.failures[:3]
     assert rep.throttles == storm_size and rep.retries == storm_size
-    assert job.limiter.throttles == storm_size
-    assert job.limiter.lowest is not None  # the shared rate was lowered
+    assert via.retry.limiter.throttles == storm_size
+    assert via.retry.limiter.lowest is not None  # the shared rate was lowered
     assert len(list(store.list(bucket2, "s/"))) == n
     assert rep.requests == 2 + 2 + n + storm_size  # bucket checks, listings, copies, retries
     print(f"\nSlowDown storm: {n} objects, {storm_size} throttles, {took:.1f}s, "
-          f"lowest shared rate {job.limiter.lowest:.1f}/s")
+          f"lowest shared rate {via.retry.limiter.lowest:.1f}/s")
 
 
 def test_stream_copy_rides_out_slowdown_on_its_segment_copies(store, bucket, bucket2, proxy):
-    from s3pipefs.config import MiB, TransferConfig
-    from s3pipefs.engine import Engine
     from s3pipefs.engine.copy import copy_stream
 
     cfg = TransferConfig(segment_size=MiB, workers=4)
@@ -239,12 +260,11 @@ def test_stream_copy_rides_out_slowdown_on_its_segment_copies(store, bucket, buc
     w = Engine(store, cfg).open_writer(bucket, "s")
     w.write(data)
     w.close()
-    via = one_shot(Store(S3Config(endpoint_url=proxy.endpoint)))
+    via = Store(S3Config(endpoint_url=proxy.endpoint))
     storm = proxy.add(Rule("status", status=503, code="SlowDown", method="PUT", path_contains=f"/{bucket2}/c/0",
                            times=5))
-    r = copy_stream(via, bucket, "s", bucket2, "c", workers=4, cfg=cfg,
-                    retrier=Retrier(RateLimiter(), base=0.01))
-    assert storm.hits == 5 and r.complete
+    r = copy_stream(via, bucket, "s", bucket2, "c", workers=4, cfg=cfg)
+    assert storm.hits == 5 and r.complete and via.stats.throttles == 5
     rd = Engine(store, cfg).open_reader(bucket2, "c", follow=False)
     try:
         assert b"".join(bytes(c) for c in rd.chunks(0)) == data

@@ -12,7 +12,6 @@ import pytest
 
 from s3pipefs.config import S3Config
 from s3pipefs.engine.listing import list_tree
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.s3 import Store
 from tests.faultproxy import Rule
 
@@ -47,7 +46,7 @@ def test_large_subtrees_are_listed_side_by_side_and_nothing_is_missed(proxied_st
     fault_proxy.requests.clear()
     # One page in three of the subtree listings answers 503 first: retried, not dropped.
     flaky = fault_proxy.add(Rule("status", method="GET", query_contains="continuation-token", times=2, skip=1))
-    got = list_tree(proxied_store, bucket, "t/", Retrier(), workers=4, page_size=PAGE)
+    got = list_tree(proxied_store, bucket, "t/", workers=4, page_size=PAGE)
     assert flaky.hits == 2
     assert len(same_as_one_by_one(proxied_store, bucket, "t/", got)) == len(keys)
     seen = listings(fault_proxy)
@@ -61,7 +60,7 @@ def test_a_lone_top_directory_is_split_a_level_deeper(proxied_store, fault_proxy
     keys = [f"top/{d}/k{i:03d}" for d in ("x", "y") for i in range(25)]
     put_all(proxied_store, bucket, keys)
     fault_proxy.requests.clear()
-    got = list_tree(proxied_store, bucket, "", Retrier(), workers=4, page_size=PAGE)
+    got = list_tree(proxied_store, bucket, "", workers=4, page_size=PAGE)
     same_as_one_by_one(proxied_store, bucket, "", got)
     split = sorted(q["prefix"] for q in listings(fault_proxy) if q.get("delimiter") == "/")
     assert split[:2] == ["", "top/"]  # then x/ and y/ are split too: fewer subtrees than workers
@@ -75,7 +74,7 @@ def test_small_subtrees_and_flat_prefixes_cost_one_request_a_page(proxied_store,
         keys = [f"f/d{i:02d}/k{j}" for i in range(12) for j in range(3)]
     put_all(proxied_store, bucket, keys)
     fault_proxy.requests.clear()
-    got = list_tree(proxied_store, bucket, "f/", Retrier(), workers=8, page_size=PAGE)
+    got = list_tree(proxied_store, bucket, "f/", workers=8, page_size=PAGE)
     seen = listings(fault_proxy)
     same_as_one_by_one(proxied_store, bucket, "f/", got)
     assert len(seen) == 4 and not any("delimiter" in q for q in seen)  # one request a page
@@ -95,7 +94,7 @@ def test_with_latency_the_subtrees_pages_are_in_flight_together(proxied_store, f
         finally:
             spans.append((t, time.monotonic(), a[1]))
     proxied_store.list_page = timed
-    got = list_tree(proxied_store, bucket, "l/", Retrier(), workers=8, page_size=PAGE)
+    got = list_tree(proxied_store, bucket, "l/", workers=8, page_size=PAGE)
     assert [o.key for o in got] == sorted(keys)
     subtree_spans = [s for s in spans if s[2] != "l/"]
     most = max(sum(1 for a, b, _ in subtree_spans if a <= t < b) for t, _, _ in subtree_spans)

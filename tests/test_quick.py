@@ -7,8 +7,8 @@ import pytest
 
 from s3pipefs import errors
 from s3pipefs.config import S3Config
-from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats, classify, THROTTLE
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import Store, internals
+from s3pipefs.s3.retry import THROTTLE, RateLimiter, RetryPolicy, classify
 from tests.faultproxy import Rule
 
 ODD_KEYS = ["plain.txt", "a b/c+d%e~f.bin", "ü/ж/日本.txt", "x?y#z&=;:@,$!'()*[]"]
@@ -59,22 +59,24 @@ def test_quick_errors_are_botocore_errors(store, bucket):
 
 def test_quick_with_wrong_secret_is_access_denied(s3_server, bucket):
     bad = Store(S3Config(endpoint_url=s3_server.endpoint))
-    bad.client._request_signer._credentials.secret_key = "zz-bad-secret-zz"  # noqa: SLF001 - the test's point
-    bad._quick._creds = bad.client._request_signer._credentials  # noqa: SLF001
+    internals.signer_credentials(bad.client).secret_key = "zz-bad-secret-zz"  # the fast path signs with these
     kind, msg, _ = _error(lambda: bad.put(bucket, "k", b"x", md5=_md5(b"x"), quick=True))
+    assert bad.quick_requests == 1
     assert kind is errors.AccessDenied and "zz-bad-secret-zz" not in msg
 
 
 def test_quick_throttles_are_classified_and_retried(s3_server, fault_proxy, bucket):
     store = Store(S3Config(endpoint_url=fault_proxy.endpoint))
+    store.retry = RetryPolicy(1, throttle_tries=1)  # one attempt: the error itself comes out
     fault_proxy.add(Rule("status", status=503, code="SlowDown", method="PUT", path_contains=f"/{bucket}/t", times=3))
     with pytest.raises(errors.S3PipeError) as e:
         store.put(bucket, "t0", b"x", md5=_md5(b"x"), quick=True)
     assert e.value.code == "SlowDown" and classify(e.value) == THROTTLE
-    stats = RetryStats()
-    retrier = Retrier(RateLimiter(), tries=3, stats=stats, sleep=lambda s: None)
-    retrier.call(store.put, bucket, "t1", b"y", md5=_md5(b"y"), quick=True)
-    assert stats.throttles == 2
+    store.retry = RetryPolicy(3, limiter=RateLimiter(), sleep=lambda s: None)
+    store.put(bucket, "t1", b"y", md5=_md5(b"y"), quick=True)
+    assert store.quick_requests == 4  # every attempt took the quick path
+    assert (store.stats.requests, store.stats.retries, store.stats.throttles) == (3, 2, 2)
+    assert store.retry.limiter.rate is not None  # the store's rate was lowered
     assert store.get(bucket, "t1")[0] == b"y"
 
 

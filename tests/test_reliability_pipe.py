@@ -215,7 +215,7 @@ CAT_PERSISTENT = {
     "truncate-forever": (Rule("truncate", method="GET", path_contains=SEG3, after_bytes=100, times=-1),
                          "transfer broke"),
     "403-forever": (Rule("status", method="GET", path_contains=SEG3, status=403, times=-1), "access denied"),
-    # (503 forever is the put cell above: the same botocore path, ~20 s of adaptive back-off.)
+    # (503 forever is the put cell above: the same store retry policy, seconds of throttled back-off.)
 }
 
 
@@ -333,9 +333,9 @@ def test_cat_across_a_server_crash_continues_or_fails_cleanly(own_server, s3_env
 @pytest.mark.parametrize("method", ["PUT", "GET"])
 def test_a_server_that_never_answers_is_bounded_by_timeouts_times_attempts(method, fault_proxy, store, bucket,
                                                                            tmp_path):
-    """A stall forever is bounded by read_timeout x attempts x tries: with 1 s, 2 and 2 the
-    writer (PUT) or reader (GET) gives up in seconds with a clear EndpointError. (The CLI's
-    defaults are 60 s x 5 x 5: see docs/reliability.md, "Limits".)"""
+    """A stall forever is bounded by read_timeout x attempts (a segment's: tries): with 1 s
+    and 2 the writer (PUT) or reader (GET) gives up in seconds with a clear EndpointError.
+    (The CLI's defaults are 60 s x 5: see docs/reliability.md, "Limits".)"""
     from s3pipefs import errors
 
     if method == "GET":

@@ -19,8 +19,8 @@ import pytest
 from s3pipefs import errors
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine, transfer
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.s3 import Store
+from s3pipefs.s3.retry import RetryPolicy
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 
@@ -31,8 +31,8 @@ def proxy(s3_server):
         yield p
 
 
-def fast_retrier() -> Retrier:
-    return Retrier(tries=3, base=0.01)
+def fast_retrier() -> RetryPolicy:
+    return RetryPolicy(3, base=0.01)
 
 
 # -- a local HTTP source ---------------------------------------------------------------------------

@@ -36,6 +36,9 @@ def s3_config(args: argparse.Namespace) -> S3Config:
         or None,
         # A connection per request in flight, and spares for the manifest and listing calls.
         max_pool_connections=max(cfg.max_pool_connections, 2 * workers),
+        # --tries bounds every request's attempts, as it bounds a segment's, unless --retries
+        # sets them apart.
+        max_attempts=getattr(args, "tries", cfg.max_attempts) if not hasattr(args, "retries") else cfg.max_attempts,
     )
 
 

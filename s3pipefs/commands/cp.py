@@ -70,7 +70,7 @@ def _source_kind(eng, s, src: str, skey) -> str:
 def run(a: argparse.Namespace) -> int:
     from s3pipefs.engine import transfer
     from s3pipefs.engine.parts import READ_RANGE
-    from s3pipefs.engine.ratelimit import RateLimiter, Retrier
+    from s3pipefs.s3.retry import RateLimiter, RetryPolicy
 
     tcfg = common.transfer_config(a)
     src, dst = a.src, a.dst
@@ -93,7 +93,8 @@ def run(a: argparse.Namespace) -> int:
     # store's: the source's when reading to a local file, else the destination's.
     eng = common.engine_over(common.store_with_key(base, skey if src_s3 and not dst_s3 else dkey), tcfg)
     workers = tcfg.workers
-    retrier = Retrier(RateLimiter(), tries=tcfg.tries)
+    # The store retries its own requests; this policy retries the reads of an http(s) source.
+    url_retrier = RetryPolicy(tcfg.tries, limiter=RateLimiter())
     t0 = time.monotonic()
 
     if src_s3 and dst_s3:
@@ -104,7 +105,7 @@ def run(a: argparse.Namespace) -> int:
         with common.progress(a, f"cp {src}") as prog:
             r = eng.copy(s.bucket, s.key, d.bucket, d.key, kind=kind, workers=workers,
                          allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
-                         retrier=retrier, progress=prog.update)
+                         progress=prog.update)
         _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
         return 0
 
@@ -127,7 +128,7 @@ def run(a: argparse.Namespace) -> int:
                 r = eng.upload_url(src, d.bucket, d.key, as_object=a.object, workers=workers,
                                    part_size=part if a.object else min(part, READ_RANGE),
                                    content_type=a.content_type, sse_key=dkey, resume=a.resume,
-                                   retrier=retrier, progress=prog.update)
+                                   retrier=url_retrier, progress=prog.update)
             else:
                 f = _open_input(src)
                 try:
@@ -135,7 +136,7 @@ def run(a: argparse.Namespace) -> int:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
                         r = eng.upload(f, d.bucket, d.key, as_object=True, workers=workers, part_size=part,
                                        content_type=ctype, sse_key=dkey, resume=a.resume,
-                                       retrier=retrier, progress=prog.update)
+                                       progress=prog.update)
                     else:
                         # A file's time and mode go with it, as with cp -p into a mount.
                         st = os.fstat(f.fileno()) if src != "-" else None
@@ -160,7 +161,7 @@ def run(a: argparse.Namespace) -> int:
         with common.progress(a, f"cp {src}") as prog:
             return eng.download(s.bucket, s.key, out, kind=kind, workers=workers,
                                 part_size=min(part, READ_RANGE), sse_key=skey,
-                                retrier=retrier, progress=prog.update)
+                                progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)

@@ -1,6 +1,6 @@
 """`s3pipefs sync SRC DST`: make a prefix, bucket or directory like another (S3 or local).
 
-Argument wiring only; comparing, listing and transferring are engine/sync.py. Its own
+Argument wiring only; comparing, listing and transferring are engine/sync/. Its own
 defaults: 16 transfer workers (--workers/-n) and 16 checkers, as small files dominate.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run(a: argparse.Namespace) -> int:
         mode="existing" if a.existing_only else "checksum" if a.checksum else "etag",
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
-        allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey, tries=tcfg.tries)
+        allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey)
     # Streams: read with the source key (S3 -> local), written with the destination's;
     # every other call passes its key explicitly.
     engine = common.engine_over(common.store_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)

@@ -42,8 +42,7 @@ from s3pipefs.config import GiB, TransferConfig
 from s3pipefs.engine import deletion, manifests, parts
 from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
 from s3pipefs.engine.parts import COPY_PART
-from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class CopyResult:
     complete: bool = True
 
 
-def resolve_key(store: Store, given: bytes | None) -> bytes:
+def resolve_key(store: ObjectStore, given: bytes | None) -> bytes:
     """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
     if given is None:
         return store.cfg.sse_c_key or b""
@@ -76,10 +75,10 @@ def _plain_md5(etag: str) -> str | None:
 
 # -- plain objects ------------------------------------------------------------------------------
 
-def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+def copy_object(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
                 workers: int = 8, info: ObjectInfo | None = None, part_size: int = COPY_PART,
                 max_single: int = MAX_SINGLE_COPY, source_sse_key: bytes | None = None,
-                sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> CopyResult:
+                sse_key: bytes | None = None, progress=None) -> CopyResult:
     """Copy one object on the server: CopyObject up to ``max_single``, else parallel part copies.
 
     ``info`` (size, ETag) saves a HEAD when the caller listed the source already.
@@ -88,52 +87,50 @@ def copy_object(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
     skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
-    call = (retrier or Retrier()).call
     if info is None:
-        info = call(store.head, src_bucket, src_key, sse_key=skey)
+        info = store.head(src_bucket, src_key, sse_key=skey)
         if info is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such object or stream")
     if info.size <= max_single:
-        etag = call(store.copy, src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey,
-                    quick=True)
+        etag = store.copy(src_bucket, src_key, dst_bucket, dst_key, source_sse_key=skey, sse_key=dkey, quick=True)
         _check_etag(info.etag, etag, skey or dkey, f"s3://{dst_bucket}/{dst_key}")
         if progress:
             progress(info.size)
         return CopyResult("object", info.size, 1)
     return _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
-                           skey, dkey, call, progress)
+                           skey, dkey, progress)
 
 
 def _copy_multipart(store, src_bucket, src_key, dst_bucket, dst_key, info, workers, part_size,
-                    skey, dkey, call, progress) -> CopyResult:
+                    skey, dkey, progress) -> CopyResult:
     # CopyObject keeps metadata by itself; a multipart upload has to be given it.
     if not info.content_type and not info.metadata:
-        full = call(store.head, src_bucket, src_key, sse_key=skey)
+        full = store.head(src_bucket, src_key, sse_key=skey)
         if full is None:
             raise errors.NotFound(f"s3://{src_bucket}/{src_key}: vanished during the copy")
         info = full
     psize = parts.part_size(info.size, part_size)
     ranges = [(i + 1, off, min(off + psize, info.size)) for i, off in enumerate(range(0, info.size, psize))]
-    upload = call(store.mpu_create, dst_bucket, dst_key, metadata=info.metadata or None,
-                  content_type=info.content_type or None, sse_key=dkey)
+    upload = store.mpu_create(dst_bucket, dst_key, metadata=info.metadata or None,
+                              content_type=info.content_type or None, sse_key=dkey)
     try:
         def one(r):
             n, a, b = r
-            etag = call(store.mpu_part_copy, src_bucket, src_key, dst_bucket, dst_key, upload, n, a, b,
-                        source_sse_key=skey, sse_key=dkey)
+            etag = store.mpu_part_copy(src_bucket, src_key, dst_bucket, dst_key, upload, n, a, b,
+                                       source_sse_key=skey, sse_key=dkey)
             if progress:
                 progress(b - a)
             return etag
         with cf.ThreadPoolExecutor(max(1, min(workers, len(ranges))), thread_name_prefix="s3pipefs-copy") as pool:
             etags = list(pool.map(one, ranges))
-        call(store.mpu_complete, dst_bucket, dst_key, upload, etags)
+        store.mpu_complete(dst_bucket, dst_key, upload, etags)
     except BaseException:
         _abort_quietly(store, dst_bucket, dst_key, upload)
         raise
     return CopyResult("object", info.size, len(ranges) + 2)
 
 
-def _abort_quietly(store: Store, bucket: str, key: str, upload: str) -> None:
+def _abort_quietly(store: ObjectStore, bucket: str, key: str, upload: str) -> None:
     try:
         store.mpu_abort(bucket, key, upload)
     except errors.S3PipeError as e:
@@ -151,7 +148,7 @@ def _check_etag(src_etag: str, dst_etag: str, sse: bytes, where: str) -> None:
 
 # -- streams ------------------------------------------------------------------------------------
 
-def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
+def _segments(store: ObjectStore, bucket: str, prefix: str, m: mf.Manifest, where: str) -> list[ObjectInfo]:
     """The segments the manifest names, from one listing, checked against its layout."""
     found: dict[int, ObjectInfo] = {}
     for o in store.list(bucket, prefix):
@@ -184,10 +181,10 @@ def _segments(store: Store, bucket: str, prefix: str, m: mf.Manifest, where: str
     return segs
 
 
-def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+def copy_stream(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                 workers: int = 8, *, allow_incomplete: bool = False, source_sse_key: bytes | None = None,
                 sse_key: bytes | None = None, cfg: TransferConfig | None = None,
-                retrier: Retrier | None = None, progress=None) -> CopyResult:
+                progress=None) -> CopyResult:
     """Copy the stream ``src_key`` to ``dst_key`` on the server; the manifest is written last."""
     cfg = cfg or TransferConfig()
     src_prefix, dst_prefix = src_key.strip("/") + "/", dst_key.strip("/") + "/"
@@ -197,9 +194,8 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
     if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
         raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
     skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
-    call = (retrier or Retrier()).call
 
-    got = call(manifests.load, store, src_bucket, src_prefix, sse_key=skey)
+    got = manifests.load(store, src_bucket, src_prefix, sse_key=skey)
     if got is None:
         raise errors.NotFound(f"{src_where}: no such stream")
     m, body = got.manifest, got.body
@@ -207,7 +203,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
         state = "being written" if writer_alive(m, cfg.stale_after) else "its writer stopped"
         raise errors.StreamIncomplete(f"{src_where}: stream is incomplete ({state}); "
                                       "copy it with --allow-incomplete, or wait for it to complete")
-    segs = call(_segments, store, src_bucket, src_prefix, m, src_where)
+    segs = _segments(store, src_bucket, src_prefix, m, src_where)
     total = sum(o.size for o in segs)
 
     # host:pid:copy-token: a writer id lease.local_writer_dead() understands, so a copy
@@ -227,7 +223,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                 raise lease.error
             name = o.key[len(src_prefix):]
             r = copy_object(store, src_bucket, o.key, dst_bucket, dst_prefix + name, workers=1, info=o,
-                            source_sse_key=skey, sse_key=dkey, retrier=retrier)
+                            source_sse_key=skey, sse_key=dkey)
             if progress:
                 progress(o.size)
             return r.requests
@@ -244,7 +240,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                     raise
         # An older, longer stream here left segments `cat 0*` would pick up.
         if existing is not None:
-            (retrier or Retrier()).call(deletion.delete_leftovers, store, dst_bucket, dst_prefix, len(segs))
+            deletion.delete_leftovers(store, dst_bucket, dst_prefix, len(segs))
         if m.completed and "replacing" not in m.extra:
             final = body
         else:
@@ -259,7 +255,7 @@ def copy_stream(store: Store, src_bucket: str, src_key: str, dst_bucket: str, ds
                 snap = snap.with_(sha256="", own=True, format=mf.FORMAT_VERSION,
                                   chain=m.chain if (m.own and m.layout is not None) else "")
             final = mf.render(snap)
-        call(lease.commit, final)
+        lease.commit(final)
     except BaseException:
         lease.release(template)
         raise

@@ -1,7 +1,7 @@
 """Engine: the facade the CLI and the FUSE layer share.
 
 It classifies keys (stream, plain object, directory), lists one directory level, and opens
-writers and readers. It holds one Store and one TransferConfig and is thread-safe.
+writers and readers. It holds one ObjectStore and one TransferConfig and is thread-safe.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from s3pipefs.engine import deletion, kinds, manifests
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3
@@ -56,7 +56,7 @@ def _iso_to_epoch(text: str) -> float:
 
 
 class Engine:
-    def __init__(self, store: Store, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
+    def __init__(self, store: ObjectStore, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
         self.store = store
         self.cfg = (cfg or TransferConfig()).validate()
         # Shared by every reader this engine opens (a mount); None: each has its own read_ahead.
@@ -193,7 +193,7 @@ class Engine:
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *, kind: str | None = None,
              workers: int | None = None, info: ObjectInfo | None = None, allow_incomplete: bool = False,
-             source_sse_key: bytes | None = None, sse_key: bytes | None = None, retrier=None, progress=None):
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, progress=None):
         """Server-side copy of the stream or object ``src_key`` (engine/copy.py); a CopyResult.
 
         ``kind``: what the source is, when the caller has just looked (else kinds.find
@@ -216,15 +216,15 @@ class Engine:
         if kind == kinds.STREAM:
             return copying.copy_stream(self.store, src_bucket, src_key, dst_bucket, dst_key, workers,
                                        allow_incomplete=allow_incomplete, source_sse_key=source_sse_key,
-                                       sse_key=sse_key, cfg=self.cfg, retrier=retrier, progress=progress)
+                                       sse_key=sse_key, cfg=self.cfg, progress=progress)
         return copying.copy_object(self.store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
                                    workers=workers, info=info, source_sse_key=source_sse_key, sse_key=sse_key,
-                                   retrier=retrier, progress=progress)
+                                   progress=progress)
 
     def upload(self, src, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
                workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
                metadata: dict | None = None, sse_key: bytes | None = None, keep_on_failure: bool = True,
-               file_stat=None, retrier=None, progress=None):
+               file_stat=None, progress=None):
         """A local file (a path or a binary file object) or a pipe into a stream, or with
         ``as_object`` into a plain object (parallel multipart); a transfer.Result.
 
@@ -240,13 +240,14 @@ class Engine:
         return transfer.upload_file(self.store, src, bucket, key, workers=workers or self.cfg.workers,
                                     part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
                                     metadata=metadata, sse_key=sse_key, resume=resume,
-                                    keep_on_failure=keep_on_failure, retrier=retrier, progress=progress)
+                                    keep_on_failure=keep_on_failure, progress=progress)
 
     def upload_url(self, url: str, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
                    workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
                    sse_key: bytes | None = None, retrier=None, progress=None):
         """An http(s) URL into a stream, or with ``as_object`` a plain object; parallel
-        ranged GETs when the server serves ranges (engine/transfer/urls.py)."""
+        ranged GETs when the server serves ranges (engine/transfer/urls.py). ``retrier``: the
+        RetryPolicy for the URL's reads (the store retries its own requests)."""
         from s3pipefs.engine import parts, transfer
 
         workers = workers or self.cfg.workers
@@ -259,7 +260,7 @@ class Engine:
 
     def download(self, bucket: str, key: str, out, *, kind: str | None = None, follow: bool = False,
                  workers: int | None = None, part_size: int | None = None, info: ObjectInfo | None = None,
-                 sse_key: bytes | None = None, retrier=None, progress=None):
+                 sse_key: bytes | None = None, progress=None):
         """Write the stream or object ``key`` to the binary file object ``out``, in order;
         a transfer.Result. ``kind`` as for copy(); ``follow`` reads a stream as it grows."""
         from s3pipefs.engine import parts, transfer
@@ -271,7 +272,7 @@ class Engine:
             return transfer.download_stream(self, bucket, key, out, follow=follow, progress=progress)
         return transfer.download_object(self.store, bucket, key, out, workers=workers or self.cfg.workers,
                                         part_size=part_size or parts.READ_RANGE, info=info, sse_key=sse_key,
-                                        retrier=retrier, progress=progress)
+                                        progress=progress)
 
     def sync(self, src, dst, opts, *, progress=None):
         """Run one sync job between s3:// locations and local directories (engine/sync/);

@@ -9,7 +9,7 @@
   staging directories of replacements that died.
 * ``delete_under``: every object under a prefix (a replacement's staging directory).
 
-Keys go out in DeleteObjects batches of 1000 (Store.delete_many).
+Keys go out in DeleteObjects batches of 1000 (ObjectStore.delete_many).
 """
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ from typing import Callable
 
 from s3pipefs import manifest as mf
 from s3pipefs.engine import manifests
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import ObjectStore
 
 STAGING_MARK = ".next-"  # a replacement's segments are staged under NAME/.next-<token>/
 
 
-def delete_stream(store: Store, bucket: str, prefix: str) -> None:
+def delete_stream(store: ObjectStore, bucket: str, prefix: str) -> None:
     """Remove the stream under ``prefix`` (ending in '/'): manifest first, then the rest."""
     store.delete(bucket, manifests.manifest_key(prefix))
     delete_under(store, bucket, prefix)
 
 
-def delete_leftovers(store: Store, bucket: str, prefix: str, keep: int, spare: str = "") -> None:
+def delete_leftovers(store: ObjectStore, bucket: str, prefix: str, keep: int, spare: str = "") -> None:
     """Remove segments numbered above ``keep`` and ``.next-*`` staging directories,
     except ``spare`` (a staging directory name, relative to the prefix, still in use)."""
     def doomed(rel: str) -> bool:
@@ -40,7 +40,7 @@ def delete_leftovers(store: Store, bucket: str, prefix: str, keep: int, spare: s
     delete_under(store, bucket, prefix, doomed)
 
 
-def delete_under(store: Store, bucket: str, prefix: str, want: Callable[[str], bool] | None = None) -> None:
+def delete_under(store: ObjectStore, bucket: str, prefix: str, want: Callable[[str], bool] | None = None) -> None:
     """Remove the objects under ``prefix`` whose name relative to it ``want`` accepts (all)."""
     keys = [o.key for o in store.list(bucket, prefix)
             if not isinstance(o, str) and (want is None or want(o.key[len(prefix):]))]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from s3pipefs import manifest as mf
 from s3pipefs.engine import manifests
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 STREAM, OBJECT, DIR = "stream", "object", "dir"
 
@@ -35,7 +35,7 @@ class Found:
     info: ObjectInfo | None = None             # an object's HEAD
 
 
-def find(store: Store, bucket: str, key: str, *, sse_key: bytes | None = None) -> Found | None:
+def find(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = None) -> Found | None:
     """What ``key`` names (see the module docstring), or None for nothing.
 
     ``sse_key`` reads the manifest and HEADs the object (None: the store's key).

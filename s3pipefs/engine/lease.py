@@ -30,7 +30,7 @@ import time
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.engine import manifests
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Lease:
     ``sse_key`` is passed with every manifest request (None: the store's).
     """
 
-    def __init__(self, store: Store, bucket: str, prefix: str, writer_id: str, *, where: str,
+    def __init__(self, store: ObjectStore, bucket: str, prefix: str, writer_id: str, *, where: str,
                  sse_key: bytes | None = None):
         self.store, self.bucket, self.prefix = store, bucket, prefix
         self.writer_id, self.where, self.sse_key = writer_id, where, sse_key

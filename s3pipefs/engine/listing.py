@@ -21,8 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 from typing import Iterator
 
-from s3pipefs.engine.ratelimit import Retrier
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 # Fan out when the first page holds at most this many subtrees (so each has hundreds of keys).
 MAX_SUBTREES_ON_FIRST_PAGE = 2
@@ -30,20 +29,20 @@ MAX_SUBTREES_ON_FIRST_PAGE = 2
 MAX_SPLIT_DEPTH = 3
 
 
-def list_tree(store: Store, bucket: str, prefix: str, retrier: Retrier, *, workers: int = 16,
+def list_tree(store: ObjectStore, bucket: str, prefix: str, *, workers: int = 16,
               page_size: int | None = None) -> list[ObjectInfo]:
     """Every object under ``prefix``, in key order (see the module docstring)."""
-    first, token = retrier.call(store.list_page, bucket, prefix, max_keys=page_size, quick=True)
+    first, token = store.list_page(bucket, prefix, max_keys=page_size, quick=True)
     objects = _objects(first)
     if token is None:
         return objects
     if _subtrees_seen(objects, prefix) > MAX_SUBTREES_ON_FIRST_PAGE or workers < 2:
-        return objects + _objects(_pages(store, bucket, prefix, retrier, page_size, token=token))
+        return objects + _objects(_pages(store, bucket, prefix, page_size, token=token))
     found: dict[str, ObjectInfo] = {o.key: o for o in objects}
     with cf.ThreadPoolExecutor(workers, thread_name_prefix="s3pipefs-list") as pool:
         subtrees = [prefix]
         for _ in range(MAX_SPLIT_DEPTH):
-            split = list(pool.map(lambda p: list(_pages(store, bucket, p, retrier, page_size, delimiter="/")),
+            split = list(pool.map(lambda p: list(_pages(store, bucket, p, page_size, delimiter="/")),
                                   subtrees))
             subtrees = []
             for items in split:  # the objects directly under a subtree, and its own subtrees
@@ -51,7 +50,7 @@ def list_tree(store: Store, bucket: str, prefix: str, retrier: Retrier, *, worke
                 subtrees += [i for i in items if isinstance(i, str)]
             if len(subtrees) >= workers or not subtrees:
                 break
-        for listed in pool.map(lambda p: _objects(_pages(store, bucket, p, retrier, page_size)), subtrees):
+        for listed in pool.map(lambda p: _objects(_pages(store, bucket, p, page_size)), subtrees):
             found.update((o.key, o) for o in listed)
     return [found[k] for k in sorted(found)]
 
@@ -62,11 +61,11 @@ def _subtrees_seen(objects: list[ObjectInfo], prefix: str) -> int:
     return len({o.key[start:].split("/", 1)[0] + ("/" if "/" in o.key[start:] else "") for o in objects})
 
 
-def _pages(store, bucket, prefix, retrier, page_size, *, delimiter=None, token=None) -> Iterator:
-    """The items of every page from ``token`` on (None: from the first), each page retried."""
+def _pages(store, bucket, prefix, page_size, *, delimiter=None, token=None) -> Iterator:
+    """The items of every page from ``token`` on (None: from the first), each page one
+    request (which the store retries)."""
     while True:
-        items, token = retrier.call(store.list_page, bucket, prefix, delimiter, None, token,
-                                    max_keys=page_size, quick=True)
+        items, token = store.list_page(bucket, prefix, delimiter, None, token, max_keys=page_size, quick=True)
         yield from items
         if token is None:
             return

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
-import time
 from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import ObjectStore
 
 
 @dataclass
@@ -29,65 +27,49 @@ def manifest_key(prefix: str) -> str:
     return prefix + mf.MANIFEST_NAME
 
 
-# A manifest GET or PUT that broke in transit (reset, truncated or damaged body, a body
-# the server refused as damaged) is tried this often in all. botocore already retries
-# requests that fail before a body arrives; these are the failures it cannot see.
-MANIFEST_TRIES = 4
-
-
-def _pause(attempt: int) -> None:
-    # 0.1, 0.2, 0.4 s with jitter: a flaky link gets a moment, a reader is barely delayed.
-    time.sleep(0.1 * 2 ** attempt * (0.5 + random.random()))
-
-
-def load(store: Store, bucket: str, prefix: str, *, sse_key: bytes | None = None) -> Loaded | None:
+def load(store: ObjectStore, bucket: str, prefix: str, *, sse_key: bytes | None = None) -> Loaded | None:
     """The manifest under ``prefix`` (which ends with '/'), or None when there is none.
 
     The body is checked against its ETag (the MD5 of a single-part upload) unless it is
-    read with an SSE-C key (``sse_key``; None: the store's, b"": none). A body that broke or was damaged in transit is fetched
-    again, so one bad packet never turns into a "malformed manifest". A mismatch that
-    repeats with identical bytes is an ETag that is not an MD5 (SSE-KMS), not damage.
+    read with an SSE-C key (``sse_key``; None: the store's, b"": none). A body that broke
+    or was damaged in transit is fetched again by the store's retry policy, so one bad
+    packet never turns into a "malformed manifest". A mismatch that repeats with identical
+    bytes is an ETag that is not an MD5 (SSE-KMS), not damage.
     """
     key = manifest_key(prefix)
     where = f"s3://{bucket}/{key}"
-    previous: bytes | None = None
-    for attempt in range(MANIFEST_TRIES):
-        last = attempt == MANIFEST_TRIES - 1
-        try:
-            data, info = store.get(bucket, key, sse_key=sse_key)
-        except errors.BucketNotFound:
-            raise
-        except errors.NotFound:
-            return None
-        except (errors.EndpointError, errors.IntegrityError):
-            if last:
-                raise
-            _pause(attempt)
-            continue
-        sse_c = sse_key if sse_key is not None else getattr(getattr(store, "cfg", None), "sse_c_key", None)
+    sse_c = sse_key if sse_key is not None else store.cfg.sse_c_key
+    seen: list[bytes] = []  # the last body that parsed but did not match its ETag
+    parsed: list[mf.Manifest] = []
+
+    def check(data: bytes, info) -> None:  # inside the store's attempt: IntegrityError fetches again
         md5 = None if sse_c else info.plain_md5
         damaged = md5 is not None and hashlib.md5(data).hexdigest() != md5
         try:
             m = mf.parse(data, where=where)
         except errors.ManifestError:
-            if damaged and not last:
-                _pause(attempt)
-                continue
+            if damaged:
+                raise errors.IntegrityError(f"read {where}: body does not match its MD5 ETag") from None
             raise
-        if damaged and not last and data != previous:
-            previous = data
-            _pause(attempt)
-            continue
-        return Loaded(m, info.etag, info.last_modified, data)
-    raise AssertionError("unreachable")
+        if damaged and seen != [data]:
+            seen[:] = [data]
+            raise errors.IntegrityError(f"read {where}: body does not match its MD5 ETag")
+        parsed[:] = [m]
+    try:
+        data, info = store.get(bucket, key, sse_key=sse_key, verify=check)
+    except errors.BucketNotFound:
+        raise
+    except errors.NotFound:
+        return None
+    return Loaded(parsed[0], info.etag, info.last_modified, data)
 
 
-def save(store: Store, bucket: str, prefix: str, m: mf.Manifest | bytes, *, if_match: str | None = None,
+def save(store: ObjectStore, bucket: str, prefix: str, m: mf.Manifest | bytes, *, if_match: str | None = None,
          create: bool = False, sse_key: bytes | None = None) -> str:
     """Write the manifest (or its rendered bytes); returns its new ETag. Busy when the
     condition fails. ``sse_key`` as for load().
 
-    A conditional PUT whose reply was lost is retried (by botocore, or here) with the
+    A conditional PUT whose reply was lost is retried by the store's policy with the
     same condition, which then fails against our own write. So when the condition
     fails, the current manifest is checked: if it is exactly this body, the write
     landed. The body names this writer and a millisecond heartbeat, so no other
@@ -96,18 +78,12 @@ def save(store: Store, bucket: str, prefix: str, m: mf.Manifest | bytes, *, if_m
     body = m if isinstance(m, bytes) else mf.render(m)
     digest = hashlib.md5(body)
     key = manifest_key(prefix)
-    for attempt in range(MANIFEST_TRIES):
-        try:
-            return store.put(bucket, key, body, md5=base64.b64encode(digest.digest()).decode(),
-                             content_type="text/plain", if_match=if_match, if_none_match=create, sse_key=sse_key)
-        except errors.Busy:
-            if if_match or create:
-                info = store.head(bucket, key, sse_key=sse_key)
-                if info is not None and info.plain_md5 == digest.hexdigest():
-                    return info.etag
-            raise
-        except (errors.EndpointError, errors.IntegrityError):
-            if attempt == MANIFEST_TRIES - 1:
-                raise
-            _pause(attempt)
-    raise AssertionError("unreachable")
+    try:
+        return store.put(bucket, key, body, md5=base64.b64encode(digest.digest()).decode(),
+                         content_type="text/plain", if_match=if_match, if_none_match=create, sse_key=sse_key)
+    except errors.Busy:
+        if if_match or create:
+            info = store.head(bucket, key, sse_key=sse_key)
+            if info is not None and info.plain_md5 == digest.hexdigest():
+                return info.etag
+        raise

@@ -21,8 +21,6 @@ from __future__ import annotations
 import bisect
 import concurrent.futures as cf
 import hashlib
-import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -33,9 +31,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import manifests
-from s3pipefs.s3 import ObjectInfo, Store
-
-log = logging.getLogger(__name__)
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ class BlockUnits(_LazyUnits):
 class StreamPlan:
     """Where each byte of a stream lives; grows while the stream is written."""
 
-    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, key: str, loaded: manifests.Loaded | None = None):
+    def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, loaded: manifests.Loaded | None = None):
         self.store, self.cfg = store, cfg
         self.bucket, self.prefix = bucket, key.strip("/") + "/"
         self.where = f"s3://{bucket}/{key.strip('/')}"
@@ -246,7 +242,7 @@ class ReadBudget:
 class Reader:
     """Random and sequential reads with verification, prefetch and live follow."""
 
-    def __init__(self, store: Store, cfg: TransferConfig, plan, follow: bool = True,
+    def __init__(self, store: ObjectStore, cfg: TransferConfig, plan, follow: bool = True,
                  budget: ReadBudget | None = None):
         self.store, self.cfg, self.plan = store, cfg, plan
         self.bucket = plan.bucket
@@ -372,32 +368,26 @@ class Reader:
     def _fetch(self, i: int) -> bytes:
         u = self.plan.units[i]
         where = f"s3://{self.bucket}/{u.key}"
-        last: BaseException | None = None
         deadline = time.monotonic() + self.cfg.follow_timeout
-        attempt = 0
-        while attempt < self.cfg.tries:
+
+        def check(data, info) -> None:  # inside the store's attempt: a mismatch is fetched again
+            if len(data) != u.length:
+                raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {u.length}")
+            if u.start is None:
+                _verify_segment(where, data, info)
+        while True:
             try:
                 if u.start is None:
-                    data, info = self.store.get(self.bucket, u.key)
+                    data, _ = self.store.get(self.bucket, u.key, verify=check, tries=self.cfg.tries)
                 else:
-                    data, info = self.store.get(self.bucket, u.key, u.start, u.start + u.length)
-                if len(data) != u.length:
-                    raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {u.length}")
-                if u.start is None:
-                    _verify_segment(where, data, info)
+                    data, _ = self.store.get(self.bucket, u.key, u.start, u.start + u.length, verify=check,
+                                             tries=self.cfg.tries)
                 return data
             except errors.NotFound as e:
                 # An incomplete s3pipe2 stream can name a segment before it lands.
                 if self.plan.complete or time.monotonic() > deadline:
                     raise errors.StreamIncomplete(f"{where}: segment missing") from e
                 time.sleep(self.cfg.poll_interval)
-                continue
-            except (errors.EndpointError, errors.IntegrityError) as e:
-                last = e
-                attempt += 1
-                log.warning("%s (attempt %d of %d)", e, attempt, self.cfg.tries)
-                time.sleep(min(4.0, 0.1 * 2 ** attempt) * (0.5 + secrets.randbelow(1000) / 1000))
-        raise last if last else errors.IntegrityError(f"{where}: could not be read")
 
     def _check_object_md5(self, i: int, data: bytes) -> None:
         """Plain objects: verify the whole-object MD5 when a read has covered it in order."""

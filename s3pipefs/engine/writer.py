@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import logging
-import secrets
 import threading
 import time
 
@@ -34,7 +33,7 @@ from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, manifests
 from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.staging import StagedFile, StagingDir
-from s3pipefs.s3 import Store, b64 as store_b64
+from s3pipefs.s3 import ObjectStore, b64 as store_b64
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
 
 
 class StreamWriter:
-    def __init__(self, store: Store, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
+    def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
                  writer_id: str | None = None):
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
@@ -256,21 +255,12 @@ class StreamWriter:
         crc = mf.crc32_bytes(staged.crc)
         b64 = store_b64(crc)
         meta = {"crc32": crc.hex(), "gen": self.writer_id}
-        last: BaseException | None = None
-        for attempt in range(self.cfg.tries):
-            if self._error is not None:
-                return
-            try:
-                with open(staged.path, "rb") as f:
-                    # The server checks the CRC32 and refuses a body damaged in transit.
-                    self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta)
-                break
-            except (errors.EndpointError, errors.IntegrityError) as e:
-                last = e
-                log.warning("%s (attempt %d of %d)", e, attempt + 1, self.cfg.tries)
-                time.sleep(min(8.0, 0.2 * 2 ** attempt) * (0.5 + secrets.randbelow(1000) / 1000))
-        else:
-            raise last  # type: ignore[misc]
+        if self._error is not None:
+            return
+        with open(staged.path, "rb") as f:
+            # The server checks the CRC32 and refuses a body damaged in transit (retried,
+            # rewound, by the store: cfg.tries attempts).
+            self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, tries=self.cfg.tries)
         staged.remove()
         with self._cond:
             self._landed[index] = (staged.size, crc)

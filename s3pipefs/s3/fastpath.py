@@ -11,9 +11,11 @@ a listing page parsed in ~10 ms.
 
 Deliberately narrow:
 
-* only path-style addressing and no SSE-C; otherwise the Store uses botocore;
-* no retries here: the callers run these requests under ``engine.ratelimit.Retrier``,
-  which retries throttles and transient failures by their S3 error code;
+* only path-style addressing, no SSE-C, no conditional write, and only on a botocore
+  whose private attributes it needs were verified (s3/internals.py); otherwise the Store
+  uses botocore;
+* no retries here: the Store runs these requests under its retry policy (s3/retry.py),
+  as it runs botocore's;
 * failures are raised as the same botocore exceptions a client call would raise (a
   ClientError with the S3 code and status, or botocore's transport errors), so
   ``store.translate`` gives the same messages and classes whichever path sent a request.
@@ -29,28 +31,32 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.exceptions
 
+from s3pipefs.s3 import internals
+
 
 class QuickS3:
     """PUT, CopyObject and ListObjectsV2 for one botocore S3 client; see the module docstring."""
 
-    def __init__(self, client):
+    def __init__(self, client, creds, http):
         meta = client.meta
         self._endpoint = meta.endpoint_url.rstrip("/")
         self._region = meta.region_name
         self._config = meta.config
-        self._creds = client._request_signer._credentials  # refreshable: frozen per request
-        self._http = client._endpoint.http_session
-        self.sent = 0  # requests sent, for request counts in reports
+        self._creds = creds  # refreshable: frozen per request
+        self._http = http
+        self.sent = 0  # requests sent, so that tests can tell which path a request took
         self._lock = threading.Lock()
 
     @classmethod
     def for_client(cls, client, path_style: bool) -> "QuickS3 | None":
-        """A QuickS3 when this client's setup allows one, else None (use botocore)."""
+        """A QuickS3 when this client's setup allows one, else None (use botocore): only
+        for path-style addressing, and only where internals.py reaches the signer's
+        credentials and the HTTP session (a verified botocore)."""
         if not path_style:
             return None
         try:
-            return cls(client)
-        except AttributeError:  # a botocore whose internals moved: the slow path still works
+            return cls(client, internals.signer_credentials(client), internals.http_session(client))
+        except internals.Unavailable:
             return None
 
     def put(self, bucket: str, key: str, body: bytes, headers: dict[str, str]) -> str:

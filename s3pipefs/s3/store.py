@@ -1,17 +1,19 @@
-"""The one narrow interface to S3: get a range, put, head, list, copy, delete, multipart.
+"""The botocore implementation of ObjectStore (s3/interface.py): get a range, put, head,
+list, copy, delete, multipart.
 
 Everything above this module speaks in buckets, keys and S3PipeError; boto3 and its
-exceptions stay here. Transient failures are retried by botocore's *adaptive* mode,
-which also lowers the client's request rate when the server answers 503 SlowDown.
-Errors are classified by their code, never by their message text.
+exceptions stay here. botocore is told to try each request once: every request runs
+under the store's one retry policy (s3/retry.py), which retries throttles and transient
+failures a bounded number of times and lowers the store's request rate when the server
+answers 503 SlowDown. Errors are classified by their code, never by their message text.
+Small repeated requests may take the plain-HTTP fast path (s3/fastpath.py) where its
+conditions hold; botocore's private attributes are reached only through s3/internals.py.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import botocore.config
@@ -22,8 +24,11 @@ import urllib3.exceptions
 
 from s3pipefs import errors
 from s3pipefs.config import S3Config
-from s3pipefs.s3.models import S3FirstLoader
+from s3pipefs.s3 import internals
 from s3pipefs.s3.fastpath import QuickS3
+from s3pipefs.s3.interface import ObjectInfo, Verify, every_page
+from s3pipefs.s3.models import S3FirstLoader
+from s3pipefs.s3.retry import RateLimiter, RetryPolicy, RetryStats
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +42,6 @@ _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409
 UPLOAD_BLOCK = 1024 * 1024  # bytes per read()/send() of an upload body
 
 
-@dataclass
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str = ""
-    last_modified: float = 0.0
-    metadata: dict = field(default_factory=dict)
-    content_type: str = ""
-
-    @property
-    def plain_md5(self) -> str | None:
-        """The ETag when it is an MD5 of the body (single-part upload, no SSE-KMS/C)."""
-        e = self.etag.strip('"').lower()
-        if len(e) == 32 and all(c in "0123456789abcdef" for c in e):
-            return e
-        return None
-
-
-def b64(digest: bytes) -> str:
-    """A binary digest as the base64 text Content-MD5 and x-amz-checksum-* headers carry."""
-    return base64.b64encode(digest).decode()
-
-
 def _where(bucket: str, key: str | None) -> str:
     return f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
 
@@ -69,7 +51,7 @@ def translate(exc: Exception, bucket: str, key: str | None = None, action: str =
     """Map a boto3/botocore exception to an S3PipeError with a one-line message.
 
     The S3 error code and HTTP status travel along as ``.code`` and ``.status`` so that
-    retry policies can classify by code, never by message text.
+    the retry policy can classify by code, never by message text.
     """
     err = _translate(exc, bucket, key, action, sse)
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -125,9 +107,11 @@ def _client_config(c: S3Config, region: str) -> botocore.config.Config:
         max_pool_connections=c.max_pool_connections,
         connect_timeout=c.connect_timeout,
         read_timeout=c.read_timeout,
-        # total_max_attempts counts the first try too (max_attempts counts retries).
-        retries={"mode": "adaptive", "total_max_attempts": c.max_attempts},
-        s3={"addressing_style": "path" if c.path_style else "auto",
+        # One attempt: the store's RetryPolicy retries (s3/retry.py), so attempts are
+        # bounded once and every throttle reaches its shared rate limiter.
+        retries={"mode": "standard", "total_max_attempts": 1},
+        # "virtual", not "auto": with a custom endpoint "auto" means path-style.
+        s3={"addressing_style": "path" if c.path_style else "virtual",
             # Every upload carries a Content-MD5 or x-amz-checksum-crc32 header, which is
             # signed and which the server checks: hashing the body again with SHA-256 for
             # the signature (botocore does so over http) cost 0.6 s of CPU per GiB.
@@ -141,16 +125,19 @@ def _client_config(c: S3Config, region: str) -> botocore.config.Config:
     )
 
 
-def _resolve_credentials(client, profile: str | None) -> None:
+def _resolve_credentials(client, session, profile: str | None) -> None:
     """Fetch the credentials now, so that a role that cannot be assumed (STS down, access
     denied, an SSO login expired) is reported as a credentials problem, not as a failure
     of whichever S3 request came first. No credentials at all is left to that request.
 
-    They are the client's own (what its signer uses): asking the session again would run
-    the whole provider chain a second time when it found none."""
+    They are the client's own (what its signer uses) where internals.py can reach them:
+    asking the session again runs the whole provider chain a second time, the fallback."""
     what = "AWS credentials" + (f" (profile {p})" if (p := profile or os.environ.get("AWS_PROFILE")) else "")
-    creds = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     try:
+        try:
+            creds = internals.signer_credentials(client)
+        except internals.Unavailable:
+            creds = session.get_credentials()
         if creds is not None:
             creds.get_frozen_credentials()
     except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as e:
@@ -163,7 +150,8 @@ def _resolve_credentials(client, profile: str | None) -> None:
 
 
 class Store:
-    """Thread-safe S3 access for the engine. One botocore S3 client shared by all workers."""
+    """Thread-safe S3 access for the engine (an ObjectStore). One botocore S3 client, one
+    retry policy and one rate limiter shared by all workers."""
 
     def __init__(self, cfg: S3Config | None = None):
         self.cfg = cfg or S3Config()
@@ -171,6 +159,14 @@ class Store:
         self._quick: QuickS3 | None = None
         self._lock = threading.Lock()
         self._buckets_seen: set[str] = set()
+        # Retries of the store's requests are warnings: what a transfer rode out is worth
+        # seeing (a damaged segment, a flaky link) even when it succeeds in the end.
+        self.retry = RetryPolicy(self.cfg.max_attempts, limiter=RateLimiter(), log_level=logging.WARNING)
+
+    @property
+    def stats(self) -> RetryStats:
+        """Requests sent (every attempt), retries and throttles, since the store was made."""
+        return self.retry.stats
 
     # The client is created lazily so that a daemon can fork before any thread exists.
     @property
@@ -185,7 +181,8 @@ class Store:
 
     @property
     def quick_requests(self) -> int:
-        """Requests sent by the quick path (botocore's own are seen by its events)."""
+        """Requests sent by the fast path, so that a test can tell which path was taken
+        (``stats.requests`` counts every request, whichever path sent it)."""
         return self._quick.sent if self._quick is not None else 0
 
     def _quick_path(self) -> QuickS3 | None:
@@ -203,17 +200,14 @@ class Store:
             loader.model_cache.save()
         except botocore.exceptions.ProfileNotFound as e:
             raise errors.UsageError(f"AWS profile not found: {e.kwargs.get('profile') or c.profile}") from e
-        _resolve_credentials(client, c.profile)
+        _resolve_credentials(client, session, c.profile)
         # botocore sends every PUT body as "Expect: 100-continue": a round trip (and ~25
         # one-byte reads of the interim reply) before each upload. Our bodies are at most a
         # segment, so an early refusal would save little; the round trip costs every time.
         client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         # urllib3 sends a file body in 16 KiB read()+send() pairs: 65,000 of each per GiB.
-        # 1 MiB blocks cut that 64-fold. (Private in botocore; without it, 16 KiB it is.)
-        manager = getattr(getattr(client, "_endpoint", None), "http_session", None)
-        pool_kw = getattr(getattr(manager, "_manager", None), "connection_pool_kw", None)
-        if isinstance(pool_kw, dict):
-            pool_kw["blocksize"] = UPLOAD_BLOCK
+        # 1 MiB blocks cut that 64-fold. (Private in botocore; elsewhere 16 KiB it is.)
+        internals.set_upload_blocksize(client, UPLOAD_BLOCK)
         return client
 
     def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
@@ -224,6 +218,12 @@ class Store:
         return {f"{p}SSECustomerAlgorithm": "AES256", f"{p}SSECustomerKey": key}
 
     def _call(self, fn, bucket, key, action, **kw):
+        """One request under the retry policy."""
+        return self.retry.call(self._send, fn, bucket, key, action, kw)
+
+    @staticmethod
+    def _send(fn, bucket, key, action, kw):
+        """One attempt, its failure translated (the policy classifies the translation)."""
         try:
             return fn(**kw)
         except Exception as e:  # noqa: BLE001 - translated into our hierarchy
@@ -232,62 +232,64 @@ class Store:
 
     # -- reads -----------------------------------------------------------------
     def head(self, bucket: str, key: str, sse_key: bytes | None = None) -> ObjectInfo | None:
-        try:
-            r = self.client.head_object(Bucket=bucket, Key=key, **self._sse(sse_key))
-        except Exception as e:  # noqa: BLE001
-            err = translate(e, bucket, key, "head")
-            if type(err) is errors.NotFound:
-                return None
-            raise err from None
-        return _info(key, r)
+        kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+
+        def once():
+            try:
+                return _info(key, self.client.head_object(**kw))
+            except Exception as e:  # noqa: BLE001
+                err = translate(e, bucket, key, "head")
+                if type(err) is errors.NotFound:
+                    return None
+                raise err from None
+        return self.retry.call(once)
 
     def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None,
-            sse_key: bytes | None = None) -> tuple[bytes, ObjectInfo]:
-        """Body bytes [start, end) (whole object when start is None) and object info."""
+            sse_key: bytes | None = None, *, verify: Verify | None = None,
+            tries: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """Body bytes [start, end) (whole object when start is None) and object info.
+
+        ``verify(data, info)`` runs inside each attempt: an IntegrityError it raises has
+        the body fetched again. ``tries`` bounds this request's transient failures."""
         kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
         if start is not None:
             if end is not None and end <= start:
                 return b"", ObjectInfo(key, 0)
             kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        r = self._call(self.client.get_object, bucket, key, "read", **kw)
-        body = r["Body"]
-        try:
-            data = body.read()
-        except Exception as e:  # noqa: BLE001 - a body that broke mid-transfer
-            raise errors.EndpointError(f"read {_where(bucket, key)}: transfer broke ({type(e).__name__})") from None
-        finally:
-            body.close()
-        info = _info(key, r)
-        want = r.get("ContentLength")
-        if want is not None and len(data) != want:
-            raise errors.IntegrityError(f"read {_where(bucket, key)}: got {len(data)} of {want} bytes")
-        return data, info
 
-    def get_stream(self, bucket: str, key: str, start: int | None = None, sse_key: bytes | None = None):
-        """An open streaming body and object info, for single-pass copies."""
-        kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
-        if start:
-            kw["Range"] = f"bytes={start}-"
-        r = self._call(self.client.get_object, bucket, key, "read", **kw)
-        return r["Body"], _info(key, r)
+        def once():
+            r = self._send(self.client.get_object, bucket, key, "read", kw)
+            body = r["Body"]
+            try:
+                data = body.read()
+            except Exception as e:  # noqa: BLE001 - a body that broke mid-transfer
+                raise errors.EndpointError(f"read {_where(bucket, key)}: transfer broke ({type(e).__name__})") from None
+            finally:
+                body.close()
+            info = _info(key, r)
+            want = r.get("ContentLength")
+            if want is not None and len(data) != want:
+                raise errors.IntegrityError(f"read {_where(bucket, key)}: got {len(data)} of {want} bytes")
+            if verify is not None:
+                verify(data, info)
+            return data, info
+        return self.retry.call(once, tries=tries)
 
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
              start_after: str | None = None, quick: bool = False) -> Iterator[ObjectInfo | str]:
         """Objects (ObjectInfo) and, with a delimiter, common prefixes (str), in key order.
 
-        ``quick`` as for put(): the caller retries, so botocore's pipeline may be skipped.
+        ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
-        token = None
-        while True:
-            items, token = self.list_page(bucket, prefix, delimiter, start_after, token, quick=quick)
-            yield from items
-            if token is None:
-                return
+        return every_page(self.list_page, bucket, prefix, delimiter, start_after, quick)
 
     def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
                   start_after: str | None = None, token: str | None = None, *,
                   max_keys: int | None = None, quick: bool = False) -> tuple[list, str | None]:
         """One page of list(): its items and the token of the next page (None after the last)."""
+        return self.retry.call(self._list_page, bucket, prefix, delimiter, start_after, token, max_keys, quick)
+
+    def _list_page(self, bucket, prefix, delimiter, start_after, token, max_keys, quick) -> tuple[list, str | None]:
         fast = self._quick_path() if quick else None
         try:
             if fast is not None:
@@ -337,13 +339,15 @@ class Store:
             length: int | None = None,
             metadata: dict | None = None, content_type: str | None = None,
             if_none_match: bool = False, if_match: str | None = None,
-            sse_key: bytes | None = None, quick: bool = False) -> str:
+            sse_key: bytes | None = None, quick: bool = False, tries: int | None = None) -> str:
         """Upload one object; returns its ETag.
 
         ``md5`` is a base64 Content-MD5, ``crc32`` a base64 x-amz-checksum-crc32: the server
         refuses the upload (BadDigest) when the body it received does not match.
-        ``quick``: the caller retries failures itself (engine.ratelimit.Retrier), so a small
-        in-memory body may skip botocore's pipeline (quick.py).
+        ``quick``: one of many small requests: an in-memory body may skip botocore's
+        pipeline (fastpath.py) where the fast path's conditions hold.
+        A file body is rewound to where it was before each attempt; ``tries`` bounds
+        this request's transient failures.
         """
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
             sse_key or self.cfg.sse_c_key or if_match or if_none_match) else None
@@ -367,7 +371,8 @@ class Store:
             kw["IfNoneMatch"] = "*"
         if if_match:
             kw["IfMatch"] = if_match
-        r = self._call(self.client.put_object, bucket, key, "write", **kw)
+        r = self.retry.call(self._send, _rewinding(self.client.put_object, body), bucket, key, "write", kw,
+                            tries=tries)
         return r.get("ETag", "").strip('"')
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
@@ -375,7 +380,7 @@ class Store:
              sse_key: bytes | None = None, quick: bool = False) -> str:
         """Server-side copy of an object up to 5 GB; returns the new ETag.
 
-        ``quick`` as for put(): the caller retries, so botocore's pipeline may be skipped.
+        ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
         fast = self._quick_path() if quick and metadata is None and not (
             source_sse_key or sse_key or self.cfg.sse_c_key) else None
@@ -420,7 +425,8 @@ class Store:
               **self._sse(sse_key)}
         if md5:
             kw["ContentMD5"] = md5
-        return self._call(self.client.upload_part, bucket, key, f"upload part {number} of", **kw)["ETag"]
+        return self.retry.call(self._send, _rewinding(self.client.upload_part, body), bucket, key,
+                               f"upload part {number} of", kw)["ETag"]
 
     def mpu_part_copy(self, src_bucket: str, src_key: str, bucket: str, key: str, upload_id: str,
                       number: int, start: int, end: int, source_sse_key=None, sse_key=None) -> str:
@@ -442,23 +448,43 @@ class Store:
                    Bucket=bucket, Key=key, UploadId=upload_id)
 
     def mpu_list(self, bucket: str, prefix: str = "") -> Iterator[dict]:
-        """Unfinished multipart uploads under a prefix: dicts with Key, UploadId, Initiated."""
-        pager = self.client.get_paginator("list_multipart_uploads")
-        try:
-            for page in pager.paginate(Bucket=bucket, Prefix=prefix):
-                yield from page.get("Uploads", ())
-        except Exception as e:  # noqa: BLE001
-            raise translate(e, bucket, prefix, "list uploads in") from None
+        """Unfinished multipart uploads under a prefix: dicts with Key, UploadId, Initiated.
+        Page by page, each page one request under the retry policy."""
+        kw = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self._call(self.client.list_multipart_uploads, bucket, prefix, "list uploads in", **kw)
+            yield from page.get("Uploads", ())
+            if not page.get("IsTruncated"):
+                return
+            kw.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
 
     def mpu_parts(self, bucket: str, key: str, upload_id: str) -> list[dict]:
-        pager = self.client.get_paginator("list_parts")
-        out = []
-        try:
-            for page in pager.paginate(Bucket=bucket, Key=key, UploadId=upload_id):
-                out.extend(page.get("Parts", ()))
-        except Exception as e:  # noqa: BLE001
-            raise translate(e, bucket, key, "list parts of") from None
-        return out
+        """The parts uploaded so far: dicts with PartNumber, Size, ETag."""
+        kw = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        out: list[dict] = []
+        while True:
+            page = self._call(self.client.list_parts, bucket, key, "list parts of", **kw)
+            out.extend(page.get("Parts", ()))
+            if not page.get("IsTruncated"):
+                return out
+            kw["PartNumberMarker"] = page.get("NextPartNumberMarker", 0)
+
+
+def _rewinding(fn, body):
+    """``fn`` with a file ``body`` put back where it was before every attempt: a retry must
+    send the same bytes, not what the failed attempt left unread."""
+    seek = getattr(body, "seek", None)
+    try:
+        start = body.tell() if seek is not None else None
+    except (OSError, ValueError):  # a pipe: sent once, as botocore would
+        start = None
+    if start is None:
+        return fn
+
+    def again(**kw):
+        seek(start)
+        return fn(**kw)
+    return again
 
 
 def _info(key: str, r: dict) -> ObjectInfo:

@@ -2,8 +2,8 @@
 
 Modules, one job each: ``locations`` (where: S3Loc, LocalLoc, entries, filters),
 ``listings`` (what is there: one listing per side), ``compare`` (what must be copied),
-``digests`` (content hashes and ETag arithmetic), ``report`` (options, the report, the
-request count) and ``runner`` (the job: pools, transfers, deletions). Engine.sync runs one.
+``digests`` (content hashes and ETag arithmetic), ``report`` (options and the report)
+and ``runner`` (the job: pools, transfers, deletions). Engine.sync runs one.
 
 Flow::
 
@@ -18,8 +18,9 @@ Flow::
 * Streams are entries too: a prefix holding ``.manifest`` is one stream, named by the
   prefix, never a pile of segments. S3->S3 copies them with copy_stream (server-side,
   manifest last); S3<->local goes through the engine's reader/writer.
-* Every S3 call of both pools goes through one Retrier sharing one RateLimiter, so a
-  SlowDown storm slows the whole job down instead of failing objects (engine/ratelimit.py).
+* Every S3 call of every pool runs under the store's retry policy and its one shared rate
+  limiter, so a SlowDown storm slows the whole job down instead of failing objects
+  (s3/retry.py). The report's request, retry and throttle counts come from the store's.
 
 Comparison (``mode``):
 

@@ -10,7 +10,6 @@ from s3pipefs import manifest as mf
 from s3pipefs.config import MiB
 from s3pipefs.engine import copy as copy_mod
 from s3pipefs.engine import manifests
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.engine.sync import digests
 from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc
 from s3pipefs.engine.sync.report import SyncOptions
@@ -25,9 +24,9 @@ SMALL_FILE = 1 * MiB
 class Comparer:
     """The comparisons of one sync job between ``src`` and ``dst``."""
 
-    def __init__(self, engine, src, dst, opts: SyncOptions, retrier: Retrier):
+    def __init__(self, engine, src, dst, opts: SyncOptions):
         self.engine, self.store = engine, engine.store
-        self.src, self.dst, self.o, self.retrier = src, dst, opts, retrier
+        self.src, self.dst, self.o = src, dst, opts
 
     def quick(self, s: Entry, d: Entry | None):
         """A reason to copy, False to skip, or None when the checker pool must look closer."""
@@ -111,8 +110,8 @@ class Comparer:
         return False if d.mtime >= s.mtime else "source newer"
 
     def _manifest(self, loc: S3Loc, e: Entry, key) -> mf.Manifest | None:
-        got = self.retrier.call(manifests.load, self.store, loc.bucket, loc.key(e.rel) + "/",
-                                sse_key=copy_mod.resolve_key(self.store, key))
+        got = manifests.load(self.store, loc.bucket, loc.key(e.rel) + "/",
+                             sse_key=copy_mod.resolve_key(self.store, key))
         return got.manifest if got else None
 
     def _local_digest(self, loc: LocalLoc, e: Entry, algo: str) -> str:
@@ -132,7 +131,7 @@ class Comparer:
             if m.sha256:
                 return m.sha256
             return self._hash_remote_stream(loc, e)
-        info = self.retrier.call(self.store.head, loc.bucket, loc.key(e.rel), sse_key=sse)
+        info = self.store.head(loc.bucket, loc.key(e.rel), sse_key=sse)
         if info is None:
             return None
         if info.metadata.get("md5"):
@@ -145,7 +144,7 @@ class Comparer:
             def write(self, b):
                 h.update(b)
         self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="object", workers=4, info=info,
-                             sse_key=sse, retrier=self.retrier)
+                             sse_key=sse)
         return h.hexdigest()
 
     def _hash_remote_stream(self, loc: S3Loc, e: Entry) -> str | None:

@@ -8,18 +8,17 @@ import stat as _stat
 from s3pipefs import errors
 from s3pipefs.engine import kinds
 from s3pipefs.engine.listing import list_tree
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import ObjectStore
 
 # Temporary files of downloads in progress (transfer/downloads.py): never synced.
 TMP_MARK = ".s3pipefs-"
 
 
-def list_s3(store: Store, loc: S3Loc, retrier: Retrier, workers: int = 16) -> dict[str, Entry]:
+def list_s3(store: ObjectStore, loc: S3Loc, workers: int = 16) -> dict[str, Entry]:
     """Objects and streams under the prefix, by relative path. One LIST per 1000 keys, large
     subtrees listed side by side (engine/listing.py)."""
-    infos = list_tree(store, loc.bucket, loc.prefix, retrier, workers=workers)
+    infos = list_tree(store, loc.bucket, loc.prefix, workers=workers)
     objects, streams = kinds.split_listing(infos, loc.prefix)
     out: dict[str, Entry] = {}
     for o in objects:

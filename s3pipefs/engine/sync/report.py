@@ -1,11 +1,10 @@
-"""A sync's options, its report, and the count of the S3 requests it sent."""
+"""A sync's options and its report."""
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 
 from s3pipefs.engine.parts import UPLOAD_PART
-from s3pipefs.s3 import Store
 
 
 @dataclass
@@ -20,7 +19,6 @@ class SyncOptions:
     allow_incomplete: bool = False
     source_sse_key: bytes | None = None
     sse_key: bytes | None = None
-    tries: int = 5
 
 
 @dataclass
@@ -67,30 +65,3 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-class RequestCounter:
-    """Counts the S3 requests a store sends, retries included: botocore's through its
-    'before-send' event, the quick path's (store.quick_requests) by its own count."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self._n = 0
-        self._quick0 = 0
-        self._lock = threading.Lock()
-
-    @property
-    def n(self) -> int:
-        return self._n + self.store.quick_requests - self._quick0
-
-    def _on(self, **kw):
-        with self._lock:
-            self._n += 1
-
-    def __enter__(self):
-        self._quick0 = self.store.quick_requests
-        self.store.client.meta.events.register("before-send.s3", self._on, unique_id=f"s3pipefs-count-{id(self)}")
-        return self
-
-    def __exit__(self, *exc):
-        self.store.client.meta.events.unregister("before-send.s3", unique_id=f"s3pipefs-count-{id(self)}")

@@ -12,11 +12,10 @@ import time
 from s3pipefs import errors
 from s3pipefs.config import MiB
 from s3pipefs.engine import transfer
-from s3pipefs.engine.ratelimit import RateLimiter, Retrier, RetryStats
 from s3pipefs.engine.sync.compare import Comparer
 from s3pipefs.engine.sync.listings import list_local, list_s3
 from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc, make_filter, safe_rel
-from s3pipefs.engine.sync.report import Report, RequestCounter, SyncOptions
+from s3pipefs.engine.sync.report import Report, SyncOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,7 @@ class Sync:
         self.engine, self.store = engine, engine.store
         self.src, self.dst, self.o = src, dst, opts
         self.progress = progress
-        self.limiter = RateLimiter()  # shared by listing, checker and transfer pools
-        self.stats = RetryStats()
-        self.retrier = Retrier(self.limiter, tries=opts.tries, stats=self.stats)
-        self.cmp = Comparer(engine, src, dst, opts, self.retrier)
+        self.cmp = Comparer(engine, src, dst, opts)
         self.report = Report(dry_run=opts.dry_run)
         self.ok = make_filter(opts.filters)
         self._tslots = threading.BoundedSemaphore(opts.workers * 4)
@@ -62,19 +58,20 @@ class Sync:
 
     def run(self) -> Report:
         t0 = time.monotonic()
-        with RequestCounter(self.store) as counter:
-            try:
-                self._run()
-            finally:
-                self.report.elapsed = time.monotonic() - t0
-                self.report.requests = counter.n
-                self.report.retries = self.stats.retries
-                self.report.throttles = self.stats.throttles
+        # The store counts its requests (every attempt), retries and throttles.
+        stats = self.store.stats
+        before = (stats.requests, stats.retries, stats.throttles)
+        try:
+            self._run()
+        finally:
+            self.report.elapsed = time.monotonic() - t0
+            self.report.requests, self.report.retries, self.report.throttles = (
+                now - then for now, then in zip((stats.requests, stats.retries, stats.throttles), before))
         return self.report
 
     def _list(self, loc) -> dict[str, Entry]:
         if isinstance(loc, S3Loc):
-            return list_s3(self.store, loc, self.retrier, self.o.checkers)
+            return list_s3(self.store, loc, self.o.checkers)
         return list_local(loc)
 
     def _run(self) -> None:
@@ -83,7 +80,7 @@ class Sync:
         for loc in (self.src, self.dst):
             if isinstance(loc, S3Loc):
                 try:
-                    self.retrier.call(self.store.bucket_exists, loc.bucket)
+                    self.store.bucket_exists(loc.bucket)
                 except errors.NotFound:
                     raise errors.BucketNotFound(f"s3://{loc.bucket}: no such bucket") from None
         with cf.ThreadPoolExecutor(2, thread_name_prefix="s3pipefs-list") as lp:
@@ -229,7 +226,7 @@ class Sync:
             r = self.engine.copy(src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel), kind=s.kind,
                                  workers=min(o.workers, 8), allow_incomplete=o.allow_incomplete,
                                  info=None if self._skey() else s.info,
-                                 source_sse_key=self._skey(), sse_key=self._dkey(), retrier=self.retrier)
+                                 source_sse_key=self._skey(), sse_key=self._dkey())
             if d is not None and d.kind != s.kind:
                 self._remove(dst, d)
             return r.size
@@ -238,8 +235,7 @@ class Sync:
             meta = {"md5": s.digests["md5"]} if "md5" in s.digests else None
             r = self.engine.upload(path, dst.bucket, dst.key(s.rel), as_object=True, workers=min(o.workers, 8),
                                    part_size=o.part_size, content_type=transfer.guess_type(s.rel),
-                                   metadata=meta, sse_key=self._dkey(), keep_on_failure=False,
-                                   retrier=self.retrier)
+                                   metadata=meta, sse_key=self._dkey(), keep_on_failure=False)
             if d is not None and d.kind == "stream":
                 self._remove(dst, d)
             return r.size
@@ -248,7 +244,7 @@ class Sync:
         info = None if self._skey() or s.kind == "stream" else s.info
         fn = lambda f: self.engine.download(src.bucket, src.key(s.rel), f, kind=s.kind,  # noqa: E731
                                             workers=min(o.workers, 8), info=info,
-                                            sse_key=self._skey(), retrier=self.retrier)
+                                            sse_key=self._skey())
         if os.path.isdir(path):
             raise errors.S3PipeError(f"{path}: is a directory, cannot write {s.kind} {src}{s.rel} there")
         r = transfer.download_to_path(fn, path, mtime=s.mtime)
@@ -267,9 +263,9 @@ class Sync:
             return
         key = loc.key(e.rel)
         if e.kind == "stream":
-            self.retrier.call(self.engine.delete, loc.bucket, key)
+            self.engine.delete(loc.bucket, key)
         else:
-            self.retrier.call(self.store.delete, loc.bucket, key)
+            self.store.delete(loc.bucket, key)
 
     def _delete_extra(self, src_entries: dict, dst_entries: dict) -> None:
         extra = [e for rel, e in sorted(dst_entries.items()) if rel not in src_entries and self.ok(rel)]
@@ -293,7 +289,7 @@ class Sync:
             keys = [self.dst.key(e.rel) for e in objs]
             try:
                 if keys:
-                    self.retrier.call(self.store.delete_many, self.dst.bucket, keys)
+                    self.store.delete_many(self.dst.bucket, keys)
                 with self.report.lock:
                     self.report.deleted += len(objs)
             except errors.S3PipeError as ex:

@@ -24,7 +24,8 @@ Resume (``resume=True``)
     digest chain of the segments already uploaded and uploads only the rest.
 
 A failed upload is left in place for ``--resume`` and named in the error; ``s3pipefs abort``
-cancels it. Every S3 call goes through a Retrier (engine/ratelimit.py).
+cancels it. Every S3 call is retried by the store's policy (s3/retry.py); the reads of an
+http(s) source by a RetryPolicy of their own (``retrier``).
 
 Modules, one job each: ``multipart`` (file or pipe -> object, and the multipart upload
 they share with URLs), ``downloads`` (object -> file or pipe, and the temp-file-and-rename

@@ -10,19 +10,17 @@ import threading
 
 from s3pipefs import errors
 from s3pipefs.engine.parts import READ_RANGE
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.engine.transfer.common import Result, ordered, write_all
-from s3pipefs.s3 import ObjectInfo, Store
+from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 
-def download_object(store: Store, bucket: str, key: str, out, *, workers: int = 8,
+def download_object(store: ObjectStore, bucket: str, key: str, out, *, workers: int = 8,
                     part_size: int = READ_RANGE, info: ObjectInfo | None = None,
-                    sse_key: bytes | None = None, retrier: Retrier | None = None, progress=None) -> Result:
+                    sse_key: bytes | None = None, progress=None) -> Result:
     """Write a plain object to the binary file object ``out`` with parallel ranged GETs."""
-    retrier = retrier or Retrier()
     where = f"s3://{bucket}/{key}"
     if info is None:
-        info = retrier.call(store.head, bucket, key, sse_key=sse_key)
+        info = store.head(bucket, key, sse_key=sse_key)
         if info is None:
             raise errors.NotFound(f"{where}: no such object")
     # s3pipefs's md5 metadata holds under SSE too; an SSE-C ETag is no MD5 on AWS.
@@ -32,9 +30,11 @@ def download_object(store: Store, bucket: str, key: str, out, *, workers: int = 
 
     def fetch(r):
         a, b = r
-        data, got = retrier.call(store.get, bucket, key, a, b, sse_key=sse_key)
-        if len(data) != b - a:
-            raise errors.IntegrityError(f"{where}: range {a}-{b} returned {len(data)} bytes")
+
+        def check(data, got: ObjectInfo) -> None:  # a short range is fetched again
+            if len(data) != b - a:
+                raise errors.IntegrityError(f"{where}: range {a}-{b} returned {len(data)} bytes")
+        data, got = store.get(bucket, key, a, b, sse_key=sse_key, verify=check)
         if info.etag and got.etag and got.etag != info.etag:
             raise errors.S3PipeError(f"{where}: object changed during the download")
         return data

@@ -13,9 +13,8 @@ import threading
 from s3pipefs import errors
 from s3pipefs.engine import parts
 from s3pipefs.engine.parts import UPLOAD_PART
-from s3pipefs.engine.ratelimit import Retrier
 from s3pipefs.engine.transfer.common import Result, guess_type, multipart_etag, read_full
-from s3pipefs.s3 import Store, b64 as _b64
+from s3pipefs.s3 import ObjectStore, b64 as _b64
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +22,10 @@ log = logging.getLogger(__name__)
 class Multipart:
     """One multipart upload: create or resume it, send parts in parallel, complete it."""
 
-    def __init__(self, store: Store, bucket: str, key: str, *, workers: int, retrier: Retrier,
+    def __init__(self, store: ObjectStore, bucket: str, key: str, *, workers: int,
                  metadata=None, content_type=None, sse_key=None, resume=False, progress=None):
         self.store, self.bucket, self.key = store, bucket, key
         self.where = f"s3://{bucket}/{key}"
-        self.call = retrier.call
         self.sse = sse_key
         self.progress = progress
         self.md5s: dict[int, bytes] = {}
@@ -37,14 +35,14 @@ class Multipart:
         self.result = Result()
         self._lock = threading.Lock()
         if resume:
-            self.upload_id = find_upload(store, bucket, key, retrier) or ""
+            self.upload_id = find_upload(store, bucket, key) or ""
             if self.upload_id:
-                for p in self.call(store.mpu_parts, bucket, key, self.upload_id):
+                for p in store.mpu_parts(bucket, key, self.upload_id):
                     self.existing[p["PartNumber"]] = p
                 log.info("%s: resuming upload %s with %d parts there", self.where, self.upload_id, len(self.existing))
         if not self.upload_id:
-            self.upload_id = self.call(store.mpu_create, bucket, key, metadata=metadata or None,
-                                       content_type=content_type, sse_key=sse_key)
+            self.upload_id = store.mpu_create(bucket, key, metadata=metadata or None,
+                                              content_type=content_type, sse_key=sse_key)
         self.result.upload_id = self.upload_id
         self.pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="s3pipefs-up")
         self.slots = threading.BoundedSemaphore(max(1, workers) + 1)
@@ -96,8 +94,8 @@ class Multipart:
         if data is None:  # the producer decided the part is already there
             return
         md5 = hashlib.md5(data).digest()
-        etag = self.call(self.store.mpu_part, self.bucket, self.key, self.upload_id, number, data,
-                         md5=_b64(md5), sse_key=self.sse)
+        etag = self.store.mpu_part(self.bucket, self.key, self.upload_id, number, data,
+                                   md5=_b64(md5), sse_key=self.sse)
         if not self.sse and etag.strip('"').lower() != md5.hex():
             raise errors.IntegrityError(f"{self.where}: part {number} stored with ETag {etag}, sent MD5 {md5.hex()}")
         with self._lock:
@@ -116,7 +114,7 @@ class Multipart:
         if missing:
             raise errors.S3PipeError(f"{self.where}: parts {missing[:5]} missing before completion")
         etags = [f'"{self.md5s[n].hex()}"' for n in range(1, count + 1)]
-        etag = self.call(self.store.mpu_complete, self.bucket, self.key, self.upload_id, etags)
+        etag = self.store.mpu_complete(self.bucket, self.key, self.upload_id, etags)
         want = multipart_etag([self.md5s[n] for n in range(1, count + 1)])
         if not self.sse and "-" in etag and etag.strip('"') != want:
             raise errors.IntegrityError(f"{self.where}: completed with ETag {etag}, expected {want}")
@@ -136,10 +134,9 @@ class Multipart:
             log.warning("%s (`s3pipefs abort %s` removes the unfinished upload)", e, self.where)
 
 
-def find_upload(store: Store, bucket: str, key: str, retrier: Retrier | None = None) -> str | None:
+def find_upload(store: ObjectStore, bucket: str, key: str) -> str | None:
     """The newest unfinished multipart upload for exactly ``key``."""
-    call = (retrier or Retrier()).call
-    ups = [u for u in call(lambda: list(store.mpu_list(bucket, key))) if u.get("Key") == key]
+    ups = [u for u in store.mpu_list(bucket, key) if u.get("Key") == key]
     if not ups:
         return None
     ups.sort(key=lambda u: u.get("Initiated") or 0)
@@ -151,12 +148,10 @@ def resume_hint(where: str, kept: bool) -> str:
             f"`s3pipefs abort {where}`") if kept else ""
 
 
-def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, part_size: int = UPLOAD_PART,
+def upload_file(store: ObjectStore, src, bucket: str, key: str, *, workers: int = 8, part_size: int = UPLOAD_PART,
                 content_type: str | None = None, metadata: dict | None = None, sse_key: bytes | None = None,
-                resume: bool = False, keep_on_failure: bool = True, retrier: Retrier | None = None,
-                progress=None) -> Result:
+                resume: bool = False, keep_on_failure: bool = True, progress=None) -> Result:
     """Upload a local file (a path) or a pipe (a binary file object) as one plain object."""
-    retrier = retrier or Retrier()
     where = f"s3://{bucket}/{key}"
     if isinstance(src, (str, os.PathLike)):
         try:
@@ -167,20 +162,20 @@ def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, p
             return upload_file(store, f, bucket, key, workers=workers, part_size=part_size,
                                content_type=content_type or guess_type(os.fspath(src)), metadata=metadata,
                                sse_key=sse_key, resume=resume, keep_on_failure=keep_on_failure,
-                               retrier=retrier, progress=progress)
+                               progress=progress)
     size = _file_size(src)
     psize = parts.part_size(size, part_size)
     if size is not None and size <= psize and not resume:
         data = _pread(src, 0, size) if size else b""
-        return put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier, progress)
+        return put_one(store, bucket, key, data, content_type, metadata, sse_key, progress)
     first = None
     if size is None and not resume:
         # A pipe: a first short part means one PUT is enough.
         first = read_full(src, psize)
         if len(first) < psize:
-            return put_one(store, bucket, key, first, content_type, metadata, sse_key, retrier, progress)
-    mp = Multipart(store, bucket, key, workers=workers, retrier=retrier, metadata=metadata,
-                    content_type=content_type, sse_key=sse_key, resume=resume, progress=progress)
+            return put_one(store, bucket, key, first, content_type, metadata, sse_key, progress)
+    mp = Multipart(store, bucket, key, workers=workers, metadata=metadata,
+                   content_type=content_type, sse_key=sse_key, resume=resume, progress=progress)
     if mp.landed_size():
         psize = mp.landed_size() if mp.existing.get(2) or size is None or size > mp.landed_size() else psize
     try:
@@ -220,11 +215,11 @@ def upload_file(store: Store, src, bucket: str, key: str, *, workers: int = 8, p
         raise
 
 
-def put_one(store, bucket, key, data, content_type, metadata, sse_key, retrier, progress) -> Result:
+def put_one(store, bucket, key, data, content_type, metadata, sse_key, progress) -> Result:
     md5 = hashlib.md5(data).digest()
     meta = dict(metadata or {})
-    etag = retrier.call(store.put, bucket, key, data, md5=_b64(md5), content_type=content_type,
-                        metadata=meta or None, sse_key=sse_key, quick=True)
+    etag = store.put(bucket, key, data, md5=_b64(md5), content_type=content_type,
+                     metadata=meta or None, sse_key=sse_key, quick=True)
     if progress:
         progress(len(data))
     return Result(size=len(data), sent=len(data), parts=0, etag=etag, md5=md5.hex())

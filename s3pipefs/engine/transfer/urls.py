@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from s3pipefs import errors
 from s3pipefs.engine import parts
 from s3pipefs.engine.parts import READ_RANGE, UPLOAD_PART
-from s3pipefs.engine.ratelimit import Retrier, TransientError
 from s3pipefs.engine.transfer.common import CHUNK, Result, guess_type, ordered, read_full
 from s3pipefs.engine.transfer.multipart import Multipart, put_one, resume_hint, upload_file
 from s3pipefs.engine.transfer.streams import upload_to_stream
-from s3pipefs.s3 import Store
+from s3pipefs.s3 import ObjectStore
+from s3pipefs.s3.retry import RetryPolicy, TransientError
 
 URL_TIMEOUT = 60.0
 USER_AGENT = "s3pipefs"
@@ -76,7 +76,7 @@ def _open(url: str, headers: dict, timeout: float):
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: Retrier | None = None) -> UrlSource:
+def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: RetryPolicy | None = None) -> UrlSource:
     """Probe ``url`` with a one-byte ranged GET: a 206 means ranges, a 200 is kept as the body."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
@@ -84,7 +84,7 @@ def open_url(url: str, *, timeout: float = URL_TIMEOUT, retrier: Retrier | None 
 
     def probe():
         return _open(url, {"Range": "bytes=0-0"}, timeout)
-    resp = (retrier or Retrier()).call(probe)
+    resp = (retrier or RetryPolicy()).call(probe)
     ctype = resp.headers.get("Content-Type")
     if ctype and ctype.split(";")[0].strip() in ("application/octet-stream", ""):
         ctype = None
@@ -137,12 +137,13 @@ def _read_body(src: UrlSource, n: int) -> bytes:
         raise _http_error(src.url, e) from None
 
 
-def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int = 8,
+def url_to_object(store: ObjectStore, url: str, bucket: str, key: str, *, workers: int = 8,
                   part_size: int = UPLOAD_PART, content_type: str | None = None, metadata: dict | None = None,
-                  sse_key: bytes | None = None, resume: bool = False, retrier: Retrier | None = None,
+                  sse_key: bytes | None = None, resume: bool = False, retrier: RetryPolicy | None = None,
                   progress=None, timeout: float = URL_TIMEOUT) -> Result:
-    """Copy an http(s) URL to a plain object, parallel when the server serves ranges."""
-    retrier = retrier or Retrier()
+    """Copy an http(s) URL to a plain object, parallel when the server serves ranges.
+    ``retrier`` retries the URL's reads (the store retries its own requests)."""
+    retrier = retrier or RetryPolicy()
     where = f"s3://{bucket}/{key}"
     src = open_url(url, timeout=timeout, retrier=retrier)
     ctype = content_type or src.content_type or guess_type(urllib.parse.urlsplit(url).path)
@@ -152,14 +153,14 @@ def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int
             reader = _BodyReader(src)
             return upload_file(store, reader, bucket, key, workers=workers, part_size=part_size,
                                content_type=ctype, metadata=metadata, sse_key=sse_key, resume=resume,
-                               retrier=retrier, progress=progress)
+                               progress=progress)
         size = src.size
         psize = parts.part_size(size, part_size)
         if size <= psize and not resume:
             data = retrier.call(_fetch_range, src, 0, size) if size else b""
-            return put_one(store, bucket, key, data, ctype, metadata, sse_key, retrier, progress)
-        mp = Multipart(store, bucket, key, workers=workers, retrier=retrier, metadata=metadata,
-                        content_type=ctype, sse_key=sse_key, resume=resume, progress=progress)
+            return put_one(store, bucket, key, data, ctype, metadata, sse_key, progress)
+        mp = Multipart(store, bucket, key, workers=workers, metadata=metadata,
+                       content_type=ctype, sse_key=sse_key, resume=resume, progress=progress)
         try:
             if mp.landed_size():
                 psize = mp.landed_size() if mp.existing.get(2) or size > mp.landed_size() else psize
@@ -184,7 +185,7 @@ def url_to_object(store: Store, url: str, bucket: str, key: str, *, workers: int
         src.close()
 
 
-def _check_unchanged(src: UrlSource, mp: Multipart, n: int, psize: int, size: int, retrier: Retrier) -> None:
+def _check_unchanged(src: UrlSource, mp: Multipart, n: int, psize: int, size: int, retrier: RetryPolicy) -> None:
     """Resume: fetch one landed part back; a source that changed since must start over."""
     a, b = (n - 1) * psize, min(n * psize, size)
     data = retrier.call(_fetch_range, src, a, b)
@@ -217,10 +218,10 @@ class _BodyReader:
         raise OSError("not a file")
 
 
-def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retrier: Retrier | None = None,
+def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retrier: RetryPolicy | None = None,
                timeout: float = URL_TIMEOUT):
     """The bytes of ``url`` in order, as chunks: parallel ranged GETs when possible."""
-    retrier = retrier or Retrier()
+    retrier = retrier or RetryPolicy()
     src = open_url(url, timeout=timeout, retrier=retrier)
     try:
         if not src.ranges:
@@ -239,7 +240,7 @@ def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retri
 
 
 def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = READ_RANGE,
-                  resume: bool = False, retrier: Retrier | None = None, progress=None,
+                  resume: bool = False, retrier: RetryPolicy | None = None, progress=None,
                   timeout: float = URL_TIMEOUT) -> Result:
     """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed."""
     chunks = _counted(url_chunks(url, workers=workers, part_size=part_size, retrier=retrier, timeout=timeout))

@@ -1,30 +1,36 @@
-"""Back-off for worker pools: one shared request-rate limit plus bounded, classified retries.
+"""The one retry policy: classified, bounded, full-jitter retries under a shared rate limit.
 
-Two layers handle S3 errors, and this module is the outer one:
+Every request a Store sends runs inside :meth:`RetryPolicy.call`, and nowhere else is a
+request retried: botocore is told to try once (s3/store.py), and the engine calls the store
+without loops of its own. So the attempts a request gets are bounded once, never
+multiplied by nested layers.
 
-1. *Inside each request* botocore's ``adaptive`` retry mode (configured in s3/store.py) retries
-   throttles and transient failures with exponential back-off and full jitter, and its
-   client-side token bucket lowers the send rate of the whole client (shared by every
-   thread using one Store) when a response says ``SlowDown``. ``tests/test_copy_backoff.py``
-   checks that it really does both.
-2. *Around each task* (here). botocore gives up on a request after ``max_attempts`` or when
-   its retry quota (500 tokens, 5 per throttled retry) runs dry - which a long SlowDown
-   storm over hundreds of sync workers does. A task that still fails with a throttle
-   lowers the **shared** :class:`RateLimiter` of the sync/copy pools (multiplicative
-   decrease) and is retried after a jittered delay; a transient failure (5xx, a broken
-   connection, a body that failed its checksum) is retried a bounded number of times;
-   a permanent failure (403, 404, a bad request, a local file error) is raised at once.
+* An error is classified by its type and S3 error code, never by its message text
+  (:func:`classify`): a *throttle* (``SlowDown``, 429, a bare 503), a *transient* failure
+  (5xx, a broken or timed-out connection, a body that failed its checksum) or a
+  *permanent* one (403, 404, 412 and other 4xx, a local error), which is raised at once.
+* A transient failure is tried ``tries`` times in all; a throttle ``throttle_tries``
+  times (more: a storm is expected to pass, and each attempt is already rate-limited).
+  Between attempts: full jitter, uniform(0, min(cap, base * 2**attempt)).
+* Each store owns one :class:`RateLimiter` shared by all its threads. A throttle halves its
+  rate (AIMD, one cut per congestion event), so a SlowDown storm slows every command that
+  uses the store - put, cat, the mount, cp and sync alike - not only the one that saw it.
+* :class:`RetryStats` counts requests (attempts), retries and throttles; sync reports them.
 
-Errors are classified by type and S3 error code, never by message text.
+The same policy, with a limiter of its own, retries the reads of an http(s) source
+(engine/transfer/urls.py), whose failures are raised as :class:`TransientError`.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 
 from s3pipefs import errors
+
+log = logging.getLogger(__name__)
 
 # S3 error codes that mean "send fewer requests".
 THROTTLE_CODES = frozenset({
@@ -44,9 +50,9 @@ THROTTLE, TRANSIENT, PERMANENT = "throttle", "transient", "permanent"
 def error_code(exc: BaseException) -> tuple[str, int | None]:
     """(S3 error code, HTTP status) of an exception from s3/store.py, or ("", None).
 
-    store.translate() keeps the botocore ClientError as the translated error's context
-    (``raise ... from None`` hides it from tracebacks but keeps ``__context__``). An
-    explicit ``code``/``status`` attribute on the error wins when the store provides one.
+    store.translate() sets ``code``/``status`` on the errors it makes; otherwise the
+    botocore ClientError is looked for in the exception's context (``raise ... from None``
+    hides it from tracebacks but keeps ``__context__``).
     """
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", None)
@@ -93,7 +99,7 @@ class TransientError(errors.S3PipeError):
 
 
 class RateLimiter:
-    """A request-rate limit shared by all workers of a job (AIMD with slow start, like TCP).
+    """A request-rate limit shared by all threads of a store (AIMD with slow start, like TCP).
 
     Unlimited until the first throttle. Then every :meth:`acquire` is spaced ``1/rate``
     apart. A throttle halves the rate (at most once per ``cooldown`` seconds, so a burst of
@@ -152,6 +158,8 @@ class RateLimiter:
             self.lowest = self.rate if self.lowest is None else min(self.lowest, self.rate)
 
     def succeeded(self) -> None:
+        if self.rate is None:  # the common case, read without the lock: nothing to regrow
+            return
         with self._lock:
             if self.rate is None:
                 return
@@ -163,9 +171,16 @@ class RateLimiter:
 
 @dataclass
 class RetryStats:
+    """What a policy did: requests sent (every attempt), retries, and how many were throttles."""
+
+    requests: int = 0
     retries: int = 0
     throttles: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def sent(self) -> None:
+        with self.lock:
+            self.requests += 1
 
     def add(self, kind: str) -> None:
         with self.lock:
@@ -174,34 +189,44 @@ class RetryStats:
                 self.throttles += 1
 
 
-class Retrier:
-    """Runs a task under the shared limiter, retrying by error class.
+def throttle_tries_for(tries: int) -> int:
+    """Attempts for a request that keeps being throttled: twice the transient ones, plus
+    two (12 for the default 5): a storm is expected to pass, and each attempt is spaced
+    by the lowered rate already."""
+    return 2 * max(1, tries) + 2
 
-    ``tries`` bounds transient failures; throttles get ``throttle_tries`` (more, because
-    a storm is expected to pass and each attempt is already rate-limited). Delays are
-    full-jitter exponential: uniform(0, min(cap, base * 2**attempt)).
-    """
 
-    def __init__(self, limiter: RateLimiter | None = None, tries: int = 5, throttle_tries: int = 12,
+class RetryPolicy:
+    """Runs one request at a time under the limiter, retrying by error class (see the module
+    docstring). ``tries`` bounds transient failures, ``throttle_tries`` throttles.
+    A retried transient failure is logged at ``log_level``, a throttle at INFO."""
+
+    def __init__(self, tries: int = 5, throttle_tries: int | None = None, *, limiter: RateLimiter | None = None,
                  base: float = 0.1, cap: float = 5.0, stats: RetryStats | None = None,
-                 sleep=time.sleep, rand=random.random):
-        self.limiter = limiter
+                 log_level: int = logging.INFO, sleep=time.sleep, rand=random.random):
         self.tries = max(1, tries)
-        self.throttle_tries = max(1, throttle_tries)
+        self.throttle_tries = max(1, throttle_tries) if throttle_tries else throttle_tries_for(self.tries)
+        self.limiter = limiter
         self.base = base
         self.cap = cap
         self.stats = stats or RetryStats()
+        self.log_level = log_level
         self._sleep = sleep
         self._rand = rand
 
     def delay(self, attempt: int) -> float:
         return self._rand() * min(self.cap, self.base * (2 ** attempt))
 
-    def call(self, fn, *args, **kw):
+    def call(self, fn, *args, tries: int | None = None, **kw):
+        """``fn(*args, **kw)``, retried. ``tries``: this call's bound for transient failures
+        (a stream segment's own setting), instead of the policy's."""
+        tries = max(1, tries) if tries else self.tries
+        throttle_tries = self.throttle_tries if tries == self.tries else throttle_tries_for(tries)
         transient = throttles = 0
         while True:
             if self.limiter is not None:
                 self.limiter.acquire()
+            self.stats.sent()
             try:
                 out = fn(*args, **kw)
             except Exception as e:  # noqa: BLE001 - classified below, re-raised when final
@@ -212,14 +237,16 @@ class Retrier:
                     throttles += 1
                     if self.limiter is not None:
                         self.limiter.throttled()
-                    if throttles >= self.throttle_tries:
+                    if throttles >= throttle_tries:
                         raise
                     attempt = throttles
+                    log.info("%s (throttled; attempt %d of %d)", e, attempt, throttle_tries)
                 else:
                     transient += 1
-                    if transient >= self.tries:
+                    if transient >= tries:
                         raise
                     attempt = transient
+                    log.log(self.log_level, "%s (attempt %d of %d)", e, attempt, tries)
                 self.stats.add(kind)
                 self._sleep(self.delay(attempt))
                 continue

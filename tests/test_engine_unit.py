@@ -1,0 +1,227 @@
+"""The engine on the in-memory ObjectStore (s3/inmemory.py): fast, no server.
+
+First the store keeps the interface's contract where the engine relies on it; then stream
+scenarios: a round trip across segment boundaries, append, resume, a second writer refused,
+a manifest that says complete only after close, damaged segments fetched ``tries`` times.
+The same engine runs against the real server in the other test files.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from s3pipefs import errors, manifest as mf
+from s3pipefs.config import S3Config, TransferConfig
+from s3pipefs.engine import Engine, manifests
+from s3pipefs.s3 import ObjectStore, b64
+from s3pipefs.s3.inmemory import MemoryStore
+
+SEG = 1024  # the smallest segment size: a few KiB make many segments
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    s = MemoryStore()
+    s.create_bucket("b")
+    return s
+
+
+@pytest.fixture
+def cfg(tmp_path) -> TransferConfig:
+    return TransferConfig(segment_size=SEG, workers=3, staging_dir=str(tmp_path), tries=3)
+
+
+def read_all(engine: Engine, key: str) -> bytes:
+    with engine.open_reader("b", key, follow=False) as r:
+        return r.read(0, r.size + 1)
+
+
+# -- the store's contract ---------------------------------------------------------------------------
+
+def test_memory_store_is_an_object_store(store):
+    def takes(s: ObjectStore) -> ObjectStore:
+        return s
+    assert takes(store) is store
+    for name in ObjectStore.__dict__:
+        if not name.startswith("_"):
+            assert hasattr(store, name), name
+
+
+def test_conditional_puts_missing_keys_and_ranges(store):
+    etag = store.put("b", "k", b"0123456789", if_none_match=True)
+    assert etag == hashlib.md5(b"0123456789").hexdigest()
+    with pytest.raises(errors.Busy):
+        store.put("b", "k", b"other", if_none_match=True)
+    with pytest.raises(errors.Busy):
+        store.put("b", "k", b"other", if_match="0" * 32)
+    etag2 = store.put("b", "k", b"abcdefghij", if_match=etag)
+    data, info = store.get("b", "k", 2, 5)
+    assert (data, info.size, info.etag) == (b"cde", 10, etag2)
+    assert store.get("b", "k", 7)[0] == b"hij"
+    with pytest.raises(errors.NotFound):
+        store.get("b", "nothing")
+    with pytest.raises(errors.BucketNotFound):
+        store.get("no-bucket", "k")
+    assert store.head("b", "nothing") is None
+    with pytest.raises(errors.IntegrityError):
+        store.put("b", "bad", b"body", md5=b64(hashlib.md5(b"another body").digest()))
+    store.put("b", "enc", b"secret", sse_key=b"k" * 32)
+    with pytest.raises(errors.AccessDenied):
+        store.get("b", "enc")  # without the key it was written with
+    assert store.get("b", "enc", sse_key=b"k" * 32)[0] == b"secret"
+
+
+def test_listing_pages_and_common_prefixes(store):
+    keys = ["a/1", "a/2", "a/b/1", "a/b/2", "a/c/1", "a/d", "a/e/x/y", "z"]
+    for k in keys:
+        store.put("b", k, k.encode())
+    assert [o.key for o in store.list("b", "a/")] == [k for k in keys if k.startswith("a/")]
+    assert list(store.list("b", "a/", delimiter="/")) == \
+        ["a/b/", "a/c/", "a/e/"] + [o for o in store.list("b", "a/", delimiter="/") if not isinstance(o, str)]
+    got, token = store.list_page("b", "a/", delimiter="/", max_keys=3)
+    assert [g if isinstance(g, str) else g.key for g in got] == ["a/b/", "a/1", "a/2"]
+    rest, token2 = store.list_page("b", "a/", delimiter="/", token=token, max_keys=3)
+    assert [g if isinstance(g, str) else g.key for g in rest] == ["a/c/", "a/e/", "a/d"] and token2 is None
+    assert [o.key for o in store.list("b", "a/", start_after="a/b/2")] == ["a/c/1", "a/d", "a/e/x/y"]
+    assert store.any_key("b", "a/e/") and not store.any_key("b", "q/")
+    store.delete_many("b", ["a/1", "a/2", "missing"])
+    assert store.head("b", "a/1") is None
+
+
+def test_multipart_etag_and_resume_listing(store):
+    up = store.mpu_create("b", "big", metadata={"Md5": "x"})
+    parts = [os.urandom(100), os.urandom(50)]
+    etags = [store.mpu_part("b", "big", up, n, p) for n, p in enumerate(parts, 1)]
+    assert [p["Size"] for p in store.mpu_parts("b", "big", up)] == [100, 50]
+    assert [u["UploadId"] for u in store.mpu_list("b", "big")] == [up]
+    etag = store.mpu_complete("b", "big", up, etags)
+    want = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-2"
+    assert etag == want and store.head("b", "big").metadata == {"md5": "x"}
+    assert store.get("b", "big")[0] == b"".join(parts)
+    assert list(store.mpu_list("b")) == []
+
+
+def test_a_failing_verify_is_fetched_again_up_to_tries(store):
+    store.put("b", "k", b"body")
+    seen = []
+
+    def verify(data, info):
+        seen.append(data)
+        if len(seen) < 3:
+            raise errors.IntegrityError("damaged")
+    assert store.get("b", "k", verify=verify)[0] == b"body" and len(seen) == 3
+    seen.clear()
+
+    def always_damaged(data, info):
+        seen.append(data)
+        raise errors.IntegrityError("damaged")
+    with pytest.raises(errors.IntegrityError):
+        store.get("b", "k", verify=always_damaged, tries=2)
+    assert len(seen) == 2
+
+
+# -- streams --------------------------------------------------------------------------------------
+
+def test_round_trip_across_segment_boundaries(store, cfg):
+    eng = Engine(store, cfg)
+    data = os.urandom(10 * SEG + 17)
+    with eng.open_writer("b", "s") as w:
+        for i in range(0, len(data), 700):  # writes that straddle segment ends
+            w.write(data[i:i + 700])
+    m = manifests.load(store, "b", "s/").manifest
+    assert m.completed and m.num_segments == 11 and m.total_size == len(data)
+    assert m.sha256 == hashlib.sha256(data).hexdigest()
+    with eng.open_reader("b", "s", follow=False) as r:
+        assert r.read(0, len(data) + 1) == data
+        for off, n in ((SEG - 10, 20), (3 * SEG - 1, 2 * SEG + 2), (len(data) - 5, 100), (0, 1)):
+            assert r.read(off, n) == data[off:off + n]
+    assert eng.stat("b", "s").size == len(data)
+
+
+def test_append_continues_a_complete_stream(store, cfg):
+    eng = Engine(store, cfg)
+    a, b = os.urandom(2 * SEG + 5), os.urandom(3 * SEG + 1)
+    with eng.open_writer("b", "s") as w:
+        w.write(a)
+    with eng.open_writer("b", "s", mode="append") as w:
+        w.write(b)
+    assert read_all(eng, "s") == a + b
+    m = manifests.load(store, "b", "s/").manifest
+    assert m.completed and m.total_size == len(a + b)
+
+
+def test_resume_uploads_only_what_is_missing(store, cfg):
+    eng = Engine(store, cfg)
+    data = os.urandom(6 * SEG + 3)
+    w = eng.open_writer("b", "s")
+    w.write(data[:3 * SEG])
+    w.flush()  # three segments land and the manifest names them
+    w.abort()  # a writer that stopped: incomplete, lease released
+    m = manifests.load(store, "b", "s/").manifest
+    assert not m.completed and m.num_segments == 3
+    puts = []
+    real_put = store.put
+    store.put = lambda bucket, key, *a, **kw: puts.append(key) or real_put(bucket, key, *a, **kw)
+    with eng.open_writer("b", "s", mode="resume") as w:
+        w.write(data)
+    segments = sorted(k for k in puts if mf.segment_index(k.rsplit("/", 1)[1]))
+    assert segments == [f"s/{mf.segment_name(i)}" for i in range(4, 8)]
+    assert read_all(eng, "s") == data
+    with pytest.raises(errors.Exists):
+        eng.open_writer("b", "s", mode="resume")
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_stream(store, cfg):
+    eng = Engine(store, cfg)
+    first = eng.open_writer("b", "s")
+    first.write(os.urandom(2 * SEG))
+    with pytest.raises(errors.Busy):
+        eng.open_writer("b", "s")
+    first.close()
+    with eng.open_writer("b", "s") as again:  # done: it may be replaced
+        again.write(b"new")
+    assert read_all(eng, "s") == b"new"
+
+
+def test_the_manifest_says_complete_only_after_close(store, cfg):
+    eng = Engine(store, cfg)
+    data = os.urandom(4 * SEG + 1)
+    w = eng.open_writer("b", "s")
+    w.write(data)
+    w.flush()
+    m = manifests.load(store, "b", "s/").manifest
+    assert not m.completed and m.writer_id == w.writer_id and m.total_size == len(data)
+    with eng.open_reader("b", "s", follow=False) as r:
+        assert not r.complete and r.read(0, len(data)) == data  # what is named reads back
+    w.close()
+    m = manifests.load(store, "b", "s/").manifest
+    assert m.completed and m.total_size == len(data)
+
+
+def test_a_damaged_segment_is_fetched_tries_times_then_refused(store, cfg):
+    eng = Engine(store, cfg)
+    data = os.urandom(3 * SEG)
+    with eng.open_writer("b", "s") as w:
+        w.write(data)
+    key = f"s/{mf.segment_name(2)}"
+    info = store.head("b", key)
+    store.put("b", key, bytes(SEG), metadata=info.metadata)  # same CRC32 claimed, other bytes
+    before = store.stats.requests
+    with pytest.raises(errors.IntegrityError, match="CRC32"):
+        with eng.open_reader("b", "s", follow=False) as r:
+            r.read(SEG, SEG)
+    assert store.stats.requests - before == 1 + cfg.tries  # the manifest, then the segment's tries
+
+
+def test_with_an_sse_c_key_the_store_default_applies(tmp_path):
+    key = os.urandom(32)
+    store = MemoryStore(S3Config(sse_c_key=key))
+    store.create_bucket("b")
+    eng = Engine(store, TransferConfig(segment_size=SEG, staging_dir=str(tmp_path)))
+    with eng.open_writer("b", "s") as w:
+        w.write(b"x" * (2 * SEG))
+    assert read_all(eng, "s") == b"x" * (2 * SEG)
+    with pytest.raises(errors.AccessDenied):
+        store.get("b", f"s/{mf.segment_name(1)}", sse_key=b"")
