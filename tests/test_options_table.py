@@ -106,6 +106,13 @@ def test_addressing_and_retries_reach_the_s3_config():
     assert (cfg.path_style, cfg.max_attempts) == (True, S3Config().max_attempts)
 
 
+def test_tries_bounds_every_request_unless_retries_is_given():
+    cfg = common.s3_config(parse_cli("cat", "--tries", "3", "s3://b/k"))
+    assert cfg.max_attempts == 3
+    args = parse_cli("-t", "3", "cat", "--retries", "7", "s3://b/k")
+    assert (common.s3_config(args).max_attempts, common.transfer_config(args).tries) == (7, 3)
+
+
 def test_new_transfer_flags_reach_the_transfer_config():
     t = common.transfer_config(parse_cli("cat", "--cache-size", "4M", "--prefetch", "3", "--poll-interval", "100ms",
                                          "--stale-after", "2m", "--heartbeat", "1s", "s3://b/k"))

@@ -29,6 +29,10 @@ def s3_config(args: argparse.Namespace) -> S3Config:
     for warning in options.warnings(args):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     cfg = options.apply(args, "s3", S3Config())
+    if hasattr(args, "tries") and not hasattr(args, "retries"):
+        # --tries bounds every request's attempts, as it bounds a segment's, unless
+        # --retries sets them apart.
+        cfg = dataclasses.replace(cfg, max_attempts=args.tries)
     workers = getattr(args, "workers", TransferConfig.workers)
     return dataclasses.replace(
         cfg,
@@ -36,9 +40,6 @@ def s3_config(args: argparse.Namespace) -> S3Config:
         or None,
         # A connection per request in flight, and spares for the manifest and listing calls.
         max_pool_connections=max(cfg.max_pool_connections, 2 * workers),
-        # --tries bounds every request's attempts, as it bounds a segment's, unless --retries
-        # sets them apart.
-        max_attempts=getattr(args, "tries", cfg.max_attempts) if not hasattr(args, "retries") else cfg.max_attempts,
     )
 
 
