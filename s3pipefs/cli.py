@@ -40,6 +40,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cp", ()),
     ("sync", ()),
     ("abort", ()),
+    ("completion", ()),
 )
 
 
