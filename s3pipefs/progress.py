@@ -4,6 +4,17 @@ from __future__ import annotations
 import sys
 
 
+def human_size(n: float) -> str:
+    """Bytes with a binary unit: "512 B", "1.5 KiB", "3.00 MiB"."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.2f} {unit}" if abs(n) < 10 else f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
 class Progress:
     def __init__(self, desc: str, total: int | None = None, enabled: bool = False):
         self._bar = None

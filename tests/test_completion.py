@@ -75,7 +75,7 @@ def test_bash_script_is_valid_and_completes_commands_options_and_values(tmp_path
     assert subprocess.run([shell_path("bash"), "-n", str(path)], capture_output=True).returncode == 0
     got = bash_complete(tmp_path, "s3pipefs sy", "s3pipefs cat --no-", "s3pipefs t", "s3pipefs fr",
                         "s3pipefs --workers 4 c", "s3pipefs --addressing v", "s3pipefs ls --j",
-                        "s3pipefs completion ")
+                        "s3pipefs completion ", "s3pipefs rm --rec", "s3pipefs du --")
     assert got[0] == ["sync"]
     assert got[1] == ["--no-follow"]
     assert got[2] == ["to"] and got[3] == ["from"]  # s3pipe2's aliases
@@ -83,6 +83,8 @@ def test_bash_script_is_valid_and_completes_commands_options_and_values(tmp_path
     assert got[5] == ["virtual"]
     assert got[6] == ["--json"]
     assert got[7] == ["bash", "fish", "zsh"]
+    assert got[8] == ["--recursive"]
+    assert "--json" in got[9] and "--endpoint-url" in got[9] and "--resume" not in got[9]
 
 
 def test_every_command_and_alias_is_offered(tmp_path):

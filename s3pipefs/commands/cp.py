@@ -6,18 +6,20 @@ engine/copy.py (server-side S3 -> S3) and engine/transfer.py (files, pipes, URLs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import posixpath
 import re
 import stat
 import sys
 import time
+from dataclasses import dataclass
 
 from s3pipefs import errors, options
-from s3pipefs.commands import common
+from s3pipefs.commands import common, listing
 from s3pipefs.commands.common import PROG
 from s3pipefs.config import MiB, parse_size
-from s3pipefs.s3url import parse_s3url
+from s3pipefs.s3url import S3Url, parse_s3url
 
 HELP = "copy streams, objects, files and URLs"
 
@@ -33,13 +35,18 @@ Where the data goes:
 already there are skipped; `s3pipefs abort` cancels it), for a stream the writer's resume
 (the same input is read again from its start and checked; only the rest is uploaded).
 An incomplete source stream is refused unless --allow-incomplete; its copy stays incomplete.
+A source with * or ? (s5cmd-style, crossing '/') copies every matching stream and object
+into DST, an s3:// prefix or a local directory, each at its key below the pattern's
+directory: cp 's3://b/logs/2026-*' restore/ writes restore/2026-01/app.log. A failed match
+is reported and the others are still copied (exit status 1).
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("src", metavar="SRC", help="s3://bucket/key, a local file, - (stdin) or an http(s) URL")
+    p.add_argument("src", metavar="SRC", help="s3://bucket/key (or a pattern with * and ?), a local file, "
+                   "- (stdin) or an http(s) URL")
     p.add_argument("dst", metavar="DST", help="s3://bucket/key, a local file or directory, or - (stdout)")
     p.add_argument("--object", action="store_true",
                    help="write a plain S3 object instead of a stream (local file, stdin or URL source)")
@@ -50,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multipart part / ranged GET size for objects and URLs (default 32M; grown to "
                         "fit 10,000 parts)")
     p.add_argument("--content-type", metavar="TYPE", help="Content-Type of a new object (default: from the name)")
+    p.add_argument("--json", action="store_true",
+                   help="print what was copied as a JSON list (source, destination, kind, bytes, seconds)")
     options.add_arguments(p)
     common.add_key_arguments(p)
 
@@ -67,9 +76,23 @@ def _source_kind(s3, s, src: str, skey) -> str:
     return kind
 
 
+@dataclass
+class _Job:
+    """What every copy of one `cp` shares: arguments, keys, stores and the retrier."""
+    a: argparse.Namespace
+    tcfg: object
+    skey: bytes
+    dkey: bytes
+    base: object  # the store the arguments made
+    s3: object  # the same without a default SSE-C key: keys go explicitly on every call
+    part: int
+    retrier: object
+
+    def engine(self, key: bytes):
+        return common.engine_over(common.store_with_key(self.base, key), self.tcfg)
+
+
 def run(a: argparse.Namespace) -> int:
-    from s3pipefs.engine import copy as copy_mod
-    from s3pipefs.engine import transfer
     from s3pipefs.engine.ratelimit import RateLimiter, Retrier
 
     tcfg = common.transfer_config(a)
@@ -84,33 +107,81 @@ def run(a: argparse.Namespace) -> int:
         raise errors.UsageError(f"{PROG} cp: cannot copy to an http(s) URL")
     if _is_url(src) and not dst_s3:
         raise errors.UsageError(f"{PROG} cp: an http(s) source can only be copied to s3://")
+    if a.json and dst == "-":
+        raise errors.UsageError(f"{PROG} cp: --json and the data cannot share standard output")
+    pattern = src_s3 and listing.has_wildcard(parse_s3url(src).key)
+    if pattern and dst == "-":
+        raise errors.UsageError(f"{PROG} cp: {src} may match several entries: give a directory or an s3:// prefix")
     part = parse_size(a.part_size) if a.part_size else 32 * MiB
     if part < 1:
         raise errors.UsageError("--part-size must be positive")
     skey, dkey = common.keys(a)
     base = common.store(a)
-    s3 = common.store_with_key(base, None)  # explicit keys on every call below
-    workers = tcfg.workers
-    retrier = Retrier(RateLimiter(), tries=tcfg.tries)
-    t0 = time.monotonic()
+    job = _Job(a, tcfg, skey, dkey, base, common.store_with_key(base, None), part,
+               Retrier(RateLimiter(), tries=tcfg.tries))
+    if not pattern:
+        done = [_copy(job, src, dst)]
+        status = 0
+    else:
+        done, status = _copy_matches(job, parse_s3url(src), dst)
+    if a.json:
+        print(json.dumps(done, indent=1))
+    return status
 
-    if src_s3 and dst_s3:
+
+def _copy_matches(job: _Job, pattern: S3Url, dst: str) -> tuple[list[dict], int]:
+    """Copy every match of a wildcard source under ``dst`` (an s3:// prefix or a local
+    directory), each at its key below the directory of the pattern's literal part."""
+    from s3pipefs.engine.sync import safe_rel
+
+    eng = job.engine(job.skey)
+    found = listing.resolve(eng, pattern, recursive=True, workers=job.tcfg.workers)
+    base = listing.directory_of(listing.literal_prefix(pattern.key))
+    if not dst.startswith("s3://") and os.path.exists(dst) and not os.path.isdir(dst):
+        raise errors.UsageError(f"{PROG} cp: {dst}: not a directory ({pattern} may match several entries)")
+    done, status = [], 0
+    for e in found.entries:
+        rel = e.key[len(base):]
+        src = f"s3://{pattern.bucket}/{e.key}"
+        try:
+            if dst.startswith("s3://"):
+                target = str(parse_s3url(dst).child(rel))  # DST is a prefix, with or without its '/'
+            elif not safe_rel(rel):
+                raise errors.S3PipeError(f"{src}: key cannot be a local path safely ('..', '.' or empty parts)")
+            else:
+                target = os.path.join(dst, *rel.split("/"))
+            done.append(_copy(job, src, target, kind=e.kind))
+        except errors.S3PipeError as ex:
+            print(errors.one_line(ex, PROG), file=sys.stderr)
+            status = ex.exit_status
+    return done, status
+
+
+def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
+    """One copy (the epilog's table); what it did, as --json prints it. ``kind``: the
+    source's, when a listing already said."""
+    from s3pipefs.engine import copy as copy_mod
+    from s3pipefs.engine import transfer
+
+    a, s3, workers, part, retrier = job.a, job.s3, job.tcfg.workers, job.part, job.retrier
+    t0 = time.monotonic()
+    if src.startswith("s3://") and dst.startswith("s3://"):
         s, d = parse_s3url(src), parse_s3url(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = _source_kind(s3, s, src, skey)
-        with common.progress(a, f"cp {src}") as prog:
+        kind = kind or _source_kind(s3, s, src, job.skey)
+        with common.progress(a, f"cp {src}", total=_size(job, s, kind)) as prog:
             if kind == "stream":
                 r = copy_mod.copy_stream(s3, s.bucket, s.key, d.bucket, d.key, workers,
-                                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
-                                         cfg=tcfg, retrier=retrier, progress=prog.update)
+                                         allow_incomplete=a.allow_incomplete, source_sse_key=job.skey,
+                                         sse_key=job.dkey, cfg=job.tcfg, retrier=retrier, progress=prog.update)
             else:
                 r = copy_mod.copy_object(s3, s.bucket, s.key, d.bucket, d.key, workers=workers,
-                                         source_sse_key=skey, sse_key=dkey, retrier=retrier, progress=prog.update)
-        _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
-        return 0
+                                         source_sse_key=job.skey, sse_key=job.dkey, retrier=retrier,
+                                         progress=prog.update)
+        return _done(a, src, str(d), r.kind, r.size, t0, server_side=True)
 
-    if dst_s3:
+    if dst.startswith("s3://"):
         d = parse_s3url(dst)
         if _is_url(src):
             name = posixpath.basename(src.split("?", 1)[0].rstrip("/")) or "index"
@@ -124,54 +195,52 @@ def run(a: argparse.Namespace) -> int:
             if not name:
                 raise errors.UsageError(f"{dst}: give the stream or object a name (stdin has none)")
             d = d.child(name)
-        with common.progress(a, f"cp {src}") as prog:
-            if _is_url(src):
+        if _is_url(src):
+            with common.progress(a, f"cp {src}") as prog:
                 if a.object:
                     r = transfer.url_to_object(s3, src, d.bucket, d.key, workers=workers, part_size=part,
-                                               content_type=a.content_type, sse_key=dkey, resume=a.resume,
+                                               content_type=a.content_type, sse_key=job.dkey, resume=a.resume,
                                                retrier=retrier, progress=prog.update)
                 else:
-                    eng = common.engine_over(common.store_with_key(base, dkey), tcfg)
-                    r = transfer.url_to_stream(eng, src, d.bucket, d.key, workers=workers,
+                    r = transfer.url_to_stream(job.engine(job.dkey), src, d.bucket, d.key, workers=workers,
                                                part_size=min(part, transfer.DEFAULT_RANGE), resume=a.resume,
                                                retrier=retrier, progress=prog.update)
-            else:
-                f = _open_input(src)
-                try:
+        else:
+            f = _open_input(src)
+            try:
+                st = os.fstat(f.fileno()) if src != "-" else None
+                regular = st is not None and stat.S_ISREG(st.st_mode)
+                with common.progress(a, f"cp {src}", total=st.st_size if regular else None) as prog:
                     if a.object:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
                         r = transfer.upload_file(s3, f, d.bucket, d.key, workers=workers, part_size=part,
-                                                 content_type=ctype, sse_key=dkey, resume=a.resume,
+                                                 content_type=ctype, sse_key=job.dkey, resume=a.resume,
                                                  retrier=retrier, progress=prog.update)
                     else:
-                        eng = common.engine_over(common.store_with_key(base, dkey), tcfg)
                         # A file's time and mode go with it, as with cp -p into a mount.
-                        st = os.fstat(f.fileno()) if src != "-" else None
-                        r = transfer.upload_to_stream(eng, f, d.bucket, d.key,
+                        r = transfer.upload_to_stream(job.engine(job.dkey), f, d.bucket, d.key,
                                                       mode="resume" if a.resume else "create", progress=prog.update,
-                                                      file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
-                finally:
-                    if f is not sys.stdin.buffer:
-                        f.close()
+                                                      file_stat=st if regular else None)
+            finally:
+                if f is not sys.stdin.buffer:
+                    f.close()
         what = "object" if a.object else "stream"
         extra = f", {r.skipped_parts} parts already there" if r.skipped_parts else ""
-        _done(a, f"{src} -> {d} ({what}{extra})", r.size, t0)
-        return 0
+        return _done(a, src, str(d), what, r.size, t0, note=extra)
 
     # S3 -> local file or stdout
     s = parse_s3url(src)
-    kind = _source_kind(s3, s, src, skey)
+    kind = kind or _source_kind(s3, s, src, job.skey)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))
 
     def fetch(out):
-        with common.progress(a, f"cp {src}") as prog:
+        with common.progress(a, f"cp {src}", total=_size(job, s, kind)) as prog:
             if kind == "stream":
-                eng = common.engine_over(common.store_with_key(base, skey), tcfg)
-                return transfer.download_stream(eng, s.bucket, s.key, out, progress=prog.update)
+                return transfer.download_stream(job.engine(job.skey), s.bucket, s.key, out, progress=prog.update)
             return transfer.download_object(s3, s.bucket, s.key, out, workers=workers,
-                                            part_size=min(part, transfer.DEFAULT_RANGE), sse_key=skey,
+                                            part_size=min(part, transfer.DEFAULT_RANGE), sse_key=job.skey,
                                             retrier=retrier, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
@@ -179,8 +248,15 @@ def run(a: argparse.Namespace) -> int:
         out.flush()
     else:
         r = transfer.download_to_path(fetch, path)
-    _done(a, f"{src} -> {path} ({kind})", r.size, t0)
-    return 0
+    return _done(a, src, path, kind, r.size, t0)
+
+
+def _size(job: _Job, s: S3Url, kind: str) -> int | None:
+    """The source's size for the progress display (% and ETA), when one is shown."""
+    if not common.show_progress(job.a):
+        return None
+    e = job.engine(job.skey).stat(s.bucket, s.key)
+    return e.size if e is not None and (kind != "stream" or e.complete) else None
 
 
 def _open_input(src: str):
@@ -194,10 +270,15 @@ def _open_input(src: str):
         raise errors.S3PipeError(f"{src}: {e.strerror}") from None
 
 
-def _done(a, what: str, size: int, t0: float) -> None:
+def _done(a, src: str, dst: str, kind: str, size: int, t0: float, *, server_side: bool = False,
+          note: str = "") -> dict:
+    dt = max(time.monotonic() - t0, 1e-9)
     if getattr(a, "verbose", False):
-        dt = max(time.monotonic() - t0, 1e-9)
-        print(f"{PROG}: {what}: {size} bytes in {dt:.1f}s ({size / dt / MiB:.1f} MiB/s)", file=sys.stderr)
+        how = ", server-side" if server_side else ""
+        print(f"{PROG}: {src} -> {dst} ({kind}{how}{note}): {size} bytes in {dt:.1f}s "
+              f"({size / dt / MiB:.1f} MiB/s)", file=sys.stderr)
+    return {"source": src, "destination": dst, "kind": kind, "bytes": size, "seconds": round(dt, 3),
+            "server_side": server_side}
 
 
 def _is_url(text: str) -> bool:

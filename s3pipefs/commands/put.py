@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--resume", action="store_true", help="continue an incomplete stream: feed the same input again; "
                    "bytes already uploaded are checked and skipped")
     m.add_argument("--append", action="store_true", help="add to the end of an existing stream")
-    options.add_arguments(p)
+    options.add_arguments(p, s3pipe2=True)  # to/from
 
 
 def run(a: argparse.Namespace) -> int:
