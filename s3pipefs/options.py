@@ -222,10 +222,14 @@ def _metavar(opt: Option) -> str:
     return "N" if hasattr(opt.parse, "bounds") else opt.name.upper()
 
 
-def _help(opt: Option) -> str:
+def _help(opt: Option, defaults: dict) -> str:
     if opt.hidden:
         return argparse.SUPPRESS
-    default = render_default(opt, getattr(_DEFAULTS[opt.target], opt.field)) if opt.target in _DEFAULTS else None
+    if opt.name in defaults:
+        value = defaults[opt.name]
+    else:
+        value = getattr(_DEFAULTS[opt.target], opt.field) if opt.target in _DEFAULTS else None
+    default = render_default(opt, value) if value is not None else None
     return opt.help + (f" (default {default})" if default else "")
 
 
@@ -240,11 +244,12 @@ class _Refused(argparse.Action):
         raise argparse.ArgumentError(self, S3PIPE2_ONLY_MESSAGE)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, s3pipe2: bool = False) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, s3pipe2: bool = False, defaults: dict | None = None) -> None:
     """The "S3 connection" and "transfer" groups. Nothing given leaves no attribute
     (SUPPRESS), so the same flags on the main parser and on a command's merge. ``s3pipe2``:
     the parser takes s3pipe2's command words (or comes before one), so its -r is the region;
-    elsewhere -r is refused (cli.main checks which word was given)."""
+    elsewhere -r is refused (cli.main checks which word was given). ``defaults``: option
+    name -> the default a command uses instead of the config's (sync's workers), for help."""
     for title, table in (("S3 connection (defaults from the AWS environment)", S3_OPTIONS),
                          ("transfer", TRANSFER_OPTIONS)):
         group = parser.add_argument_group(title)
@@ -255,10 +260,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, s3pipe2: bool = False) -> 
                 group.add_argument(*opt.flags, dest=opt.name, action=_Refused)
             elif opt.is_flag:
                 group.add_argument(*opt.flags, dest=opt.name, action="store_const", const=opt.value,
-                                   default=argparse.SUPPRESS, help=_help(opt))
+                                   default=argparse.SUPPRESS, help=_help(opt, defaults or {}))
             else:
                 group.add_argument(*opt.flags, dest=opt.name, type=_argument_type(opt), metavar=_metavar(opt),
-                                   default=argparse.SUPPRESS, help=_help(opt))
+                                   default=argparse.SUPPRESS, help=_help(opt, defaults or {}))
 
 
 def apply(args: argparse.Namespace, target: str, base: object) -> object:
