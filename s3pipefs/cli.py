@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("put", ("to",)),
     ("cat", ("from",)),
     ("ls", ()),
+    ("du", ()),
     ("info", ()),
     ("verify", ()),
     ("rm", ()),
@@ -40,6 +41,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cp", ()),
     ("sync", ()),
     ("abort", ()),
+    ("completion", ()),
 )
 
 
@@ -59,7 +61,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     or -h before it), for the command list."""
     top = _Parser(prog=PROG, description="S3 as a pipe and as a disk for huge sequential data.")
     top.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    options.add_arguments(top)
+    options.add_arguments(top, s3pipe2=True)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     words = {w: name for name, aliases in COMMANDS for w in (name, *aliases)}
     named = {words[w] for w in argv if w in words}
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser(argv).parse_args(argv)
+        if hasattr(args, "region_r") and getattr(args, "command", None) not in options.S3PIPE2_WORDS:
+            raise errors.UsageError(f"{PROG}: {options.S3PIPE2_ONLY_MESSAGE}")
         if getattr(args, "verbose", False):
             logging.getLogger("s3pipefs").setLevel(logging.INFO)
         if not getattr(args, "run", None):

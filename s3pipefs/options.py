@@ -13,7 +13,7 @@ help, its command-line spellings (``flags``) and whether the mount's ``-o`` take
   with one parser.
 
 A name is the ``-o`` spelling and the argparse destination. Entries for the command line
-only (s3pipe2's ``-m``, ``-b``, ``-a``, ``-s``; ``-v``, ``-q``) may share a name with an
+only (s3pipe2's ``-m``, ``-b``, ``-r``, ``-a``, ``-s``; ``-v``, ``-q``) may share a name with an
 ``-o``-only option of the mount (``verbose``), never with another command-line entry.
 Values are parsed by argparse (``type=``), so a bad one is one usage line and exit 2.
 
@@ -94,6 +94,7 @@ class Option:
     show_default: bool = True  # False where the default is the machine's (a temp dir)
     hidden: bool = False  # accepted, left out of --help
     warning: str | None = None  # printed on stderr when given
+    s3pipe2_only: bool = False  # a spelling only s3pipe2's command words take (see S3PIPE2_WORDS)
 
     @property
     def is_flag(self) -> bool:
@@ -109,7 +110,9 @@ S3_OPTIONS: tuple[Option, ...] = (
            flags=("--endpoint-url",), metavar="URL"),
     Option("profile", "s3", "profile", nonempty, "AWS profile (default: $AWS_PROFILE)",
            flags=("--profile",), metavar="NAME"),
-    Option("region", "s3", "region", nonempty, "S3 region", flags=("--region", "-r"), metavar="REGION"),
+    Option("region", "s3", "region", nonempty, "S3 region", flags=("--region",), metavar="REGION"),
+    Option("region_r", "s3", "region", nonempty, "S3 region (s3pipe2's spelling: only with to/from)",
+           flags=("-r",), mount=False, metavar="REGION", s3pipe2_only=True),
     Option("retries", "s3", "max_attempts", whole_number(1, 100),
            "attempts per S3 request, the first included; a throttled one gets twice as many and two "
            "more", flags=("--retries",)),
@@ -159,6 +162,12 @@ TRANSFER_OPTIONS: tuple[Option, ...] = (
 )
 
 CLI_OPTIONS: tuple[Option, ...] = tuple(o for o in S3_OPTIONS + TRANSFER_OPTIONS if o.flags)
+# s3pipe2's command words: with them (given before or after the word) -r is the region. Every
+# other command refuses -r with this message: it is not recursion (-R) there, and a value
+# taken for a region would swallow the URL after it (`rm -r s3://b/p/`).
+S3PIPE2_WORDS = ("to", "from")
+S3PIPE2_ONLY_MESSAGE = ("-r is s3pipe2's spelling of --region, taken only by `to` and `from`; "
+                        "use --region REGION (recursion is -R/--recursive)")
 _DEFAULTS = {"s3": S3Config(), "transfer": TransferConfig()}
 
 
@@ -215,28 +224,48 @@ def _metavar(opt: Option) -> str:
     return "N" if hasattr(opt.parse, "bounds") else opt.name.upper()
 
 
-def _help(opt: Option) -> str:
+def _help(opt: Option, defaults: dict) -> str:
     if opt.hidden:
         return argparse.SUPPRESS
-    default = render_default(opt, getattr(_DEFAULTS[opt.target], opt.field)) if opt.target in _DEFAULTS else None
+    if opt.name in defaults:
+        value = defaults[opt.name]
+    else:
+        value = getattr(_DEFAULTS[opt.target], opt.field) if opt.target in _DEFAULTS else None
+    default = render_default(opt, value) if value is not None else None
     return opt.help + (f" (default {default})" if default else "")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+class _Refused(argparse.Action):
+    """An s3pipe2-only spelling on a command that is not s3pipe2's: a usage error at once,
+    before it can take the next word as its value."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, S3PIPE2_ONLY_MESSAGE)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, s3pipe2: bool = False, defaults: dict | None = None) -> None:
     """The "S3 connection" and "transfer" groups. Nothing given leaves no attribute
-    (SUPPRESS), so the same flags on the main parser and on a command's merge."""
+    (SUPPRESS), so the same flags on the main parser and on a command's merge. ``s3pipe2``:
+    the parser takes s3pipe2's command words (or comes before one), so its -r is the region;
+    elsewhere -r is refused (cli.main checks which word was given). ``defaults``: option
+    name -> the default a command uses instead of the config's (sync's workers), for help."""
     for title, table in (("S3 connection (defaults from the AWS environment)", S3_OPTIONS),
                          ("transfer", TRANSFER_OPTIONS)):
         group = parser.add_argument_group(title)
         for opt in table:
             if not opt.flags:
                 continue
-            if opt.is_flag:
+            if opt.s3pipe2_only and not s3pipe2:
+                group.add_argument(*opt.flags, dest=opt.name, action=_Refused)
+            elif opt.is_flag:
                 group.add_argument(*opt.flags, dest=opt.name, action="store_const", const=opt.value,
-                                   default=argparse.SUPPRESS, help=_help(opt))
+                                   default=argparse.SUPPRESS, help=_help(opt, defaults or {}))
             else:
                 group.add_argument(*opt.flags, dest=opt.name, type=_argument_type(opt), metavar=_metavar(opt),
-                                   default=argparse.SUPPRESS, help=_help(opt))
+                                   default=argparse.SUPPRESS, help=_help(opt, defaults or {}))
 
 
 def apply(args: argparse.Namespace, target: str, base: object) -> object:

@@ -24,6 +24,10 @@ endpoint listens on ``host``, loopback by default):
   volumes, and a test suite that makes a bucket per test would exhaust the volume slots.
 * **AWS fidelity.** Buckets are not created on first upload and non-empty buckets cannot
   be deleted, as on AWS (weed's defaults are the opposite).
+* **One server per data dir.** ``start`` takes an exclusive lock on ``<data_dir>/serve.lock``
+  (flock, released by ``stop`` or by the process's death) before it writes anything there:
+  a second server on the same dir fails with one line naming the first one's pid, instead
+  of two weeds fighting over the same LevelDB and volume files.
 * **Stop.** weed's graceful shutdown waits 15 s for the filer's gRPC streams and was seen
   to hang for good afterwards, so ``stop`` sends SIGTERM, allows a short grace and then
   SIGKILLs. That is safe: acknowledged writes are already in the volume files and in
@@ -50,9 +54,11 @@ from __future__ import annotations
 
 import configparser
 import ctypes
+import fcntl
 import json
 import os
 import random
+import re
 import secrets
 import shlex
 import shutil
@@ -90,7 +96,21 @@ PORT_FLOOR = 10000
 # Longest path we put in sun_path (108 bytes with the NUL on Linux).
 MAX_SOCKET_PATH = 100
 
+# S3's rules for new bucket names (AWS, general purpose buckets).
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
 _PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a new bucket's name, or None when it can."""
+    if not _BUCKET_NAME.match(name):
+        return "3-63 lower-case letters, digits, '-' or '.', starting and ending with a letter or digit"
+    if ".." in name or ".-" in name or "-." in name:
+        return "no '..', '.-' or '-.'"
+    if re.match(r"^\d+\.\d+\.\d+\.\d+$", name):
+        return "not an IP address"
+    return None
 
 
 def find_weed(weed_path: str | None = None) -> str:
@@ -192,6 +212,7 @@ class LocalServer:
         self.startup_seconds = 0.0
         self._proc: subprocess.Popen | None = None
         self._log_offset = 0
+        self._lock_fd: int | None = None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -217,6 +238,14 @@ class LocalServer:
         t0 = time.monotonic()
         deadline = t0 + timeout
         weed = find_weed(self._weed_path)
+        self._lock_data_dir()
+        try:
+            return self._start(weed, t0, deadline, timeout)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
+
+    def _start(self, weed: str, t0: float, deadline: float, timeout: float) -> "LocalServer":
         self._prepare_files()
         fixed = bool(self.ports)  # restart: the same ports, or fail
         if self._port_given and not fixed and not _port_free(self.host, self.port):
@@ -259,6 +288,7 @@ class LocalServer:
         """SIGTERM, then SIGKILL after `grace` seconds. Idempotent."""
         proc = self._proc
         if proc is None:
+            self._unlock_data_dir()
             return
         if proc.poll() is None:
             try:
@@ -267,6 +297,7 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 pass
         self._reap()
+        self._unlock_data_dir()
 
     def kill(self) -> None:
         """SIGKILL now, as a crash would (for tests); restart() brings it back."""
@@ -287,6 +318,30 @@ class LocalServer:
         return f"LocalServer({str(self.data_dir)!r}, endpoint={self.endpoint or None!r}, pid={self.pid})"
 
     # -- internals -------------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        """Hold ``serve.lock`` in the data dir, or fail naming the server that holds it."""
+        if self._lock_fd is not None:
+            return
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.data_dir / "serve.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise S3PipeError(f"{self.data_dir} is in use by another s3pipefs serve"
+                              + (f" (pid {holder})" if holder.isdigit() else "")
+                              + "; stop it, or choose another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     def _credentials(self) -> tuple[str, str]:
         if self._access_key and self._secret_key:

@@ -165,3 +165,58 @@ def test_unknown_profile_is_a_usage_error_naming_it(cli, bucket, tmp_path):
         assert r.returncode == 2
         name = args[1] if args else env["AWS_PROFILE"]
         assert one_line(r) == f"s3pipefs: AWS profile not found: {name}"
+
+
+def test_to_refuses_to_replace_a_stream_as_s3pipe2_did_and_put_replaces(cli, bucket):
+    url = f"s3://{bucket}/kept"
+    assert cli("to", url, input=b"first").returncode == 0
+    r = cli("to", url, input=b"second")
+    assert r.returncode == 1
+    assert one_line(r) == (f"s3pipefs: {url}: exists, and `to` (as s3pipe2) does not replace it; "
+                           "remove it first, or replace it with `s3pipefs put`")
+    assert cli("cat", url).stdout == b"first"
+    assert cli("put", url, input=b"second").returncode == 0
+    assert cli("from", url).stdout == b"second"
+    assert cli("to", "--append", url, input=b"+more").returncode == 0  # adding is not replacing
+    assert cli("cat", url).stdout == b"second+more"
+
+
+def test_an_endpoint_that_is_not_a_url_is_one_usage_line(cli):
+    r = cli("ls", "--endpoint-url", "notaurl", "s3://b/")
+    assert r.returncode == 2
+    assert one_line(r) == "s3pipefs ls: argument --endpoint-url: not an http(s) URL: 'notaurl'"
+
+
+def test_sync_help_states_the_workers_default_sync_uses(cli):
+    from s3pipefs.commands import sync
+
+    flat = " ".join(cli("sync", "--help").stdout.decode().split())
+    assert f"parallel S3 requests per transfer or open file (default {sync.DEFAULT_WORKERS})" in flat
+    assert sync.DEFAULT_WORKERS == 16
+    flat = " ".join(cli("cp", "--help").stdout.decode().split())
+    assert "parallel S3 requests per transfer or open file (default 8)" in flat
+
+
+def test_progress_shows_binary_units_and_percent_and_eta_when_the_size_is_known(cli, bucket, tmp_path):
+    import re
+
+    data = os.urandom(3 << 20)
+    src = tmp_path / "in"
+    src.write_bytes(data)
+    url = f"s3://{bucket}/p"
+    with open(src, "rb") as f:  # stdin is a file: its size is known
+        r = subprocess.run([sys.executable, "-m", "s3pipefs", "put", "-v", url], stdin=f, capture_output=True,
+                           timeout=120)
+    assert r.returncode == 0, r.stderr
+    for args in (["put", "-v", url], ["cat", "-v", url], ["cp", "-v", url, str(tmp_path / "out")],
+                 ["verify", "-v", url]):
+        r = cli(*args, input=data if args[0] == "put" else None) if args[0] != "put" else r
+        err = r.stderr.decode()
+        final = [part for part in re.split(r"[\r\n]", err) if "100%" in part]
+        assert final, (args, err)
+        assert "3.00 MiB/3.00 MiB [" in final[-1] and re.search(r"\[\d\d:\d\d<\d\d:\d\d, [\d.]+ [KMG]iB/s\]",
+                                                                 final[-1]), final[-1]
+        assert not re.search(r"\d(k|M|G)B", err), err
+    # From a pipe the size is unknown: bytes and rate, no percentage.
+    r = cli("put", "-v", f"s3://{bucket}/q", input=data)
+    assert r.returncode == 0 and "3.00 MiB [" in r.stderr.decode() and "%" not in r.stderr.decode()

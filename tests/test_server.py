@@ -398,3 +398,44 @@ def test_serve_on_a_busy_port_fails_with_one_line(s3_server, tmp_path):
     assert out == b""
     lines = [ln for ln in err.decode().splitlines() if ln.strip() and "stopped" not in ln]
     assert len(lines) == 1 and f"{s3_server.port}" in lines[0] and "in use" in lines[0], err
+
+
+def test_serve_refuses_an_invalid_bucket_name_before_starting_anything(tmp_path):
+    proc = _serve(tmp_path, "--port", "0", "--bucket", "good-name", "--bucket", "a")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and out == b""
+    assert err.decode().splitlines() == [
+        "s3pipefs serve: invalid bucket name 'a': 3-63 lower-case letters, digits, '-' or '.', "
+        "starting and ending with a letter or digit"]
+    assert not (tmp_path / "serve").exists()  # SeaweedFS never started
+    assert server_mod.bucket_name_problem("my.bucket-1") is None
+    assert server_mod.bucket_name_problem("Upper") and server_mod.bucket_name_problem("a..b")
+    assert server_mod.bucket_name_problem("10.0.0.1") == "not an IP address"
+
+
+def test_a_second_serve_on_the_same_data_dir_fails_with_one_line(tmp_path):
+    first = _serve(tmp_path, "--port", "0", "--bucket", "shared")
+    try:
+        exports = _read_exports(first)
+        assert exports, first.stderr.read().decode()
+        second = _serve(tmp_path, "--port", "0")
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 1 and out == b""
+        assert err.decode().splitlines() == [
+            f"s3pipefs serve: {tmp_path / 'serve'} is in use by another s3pipefs serve (pid {first.pid}); "
+            "stop it, or choose another --data-dir"]
+        # The first one is untouched and still serves.
+        client_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **exports}
+        r = subprocess.run([sys.executable, "-m", "s3pipefs", "put", "s3://shared/x"], input=b"still here",
+                           env=client_env, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+    # Its lock went with it: the dir can be served again.
+    third = _serve(tmp_path, "--port", "0")
+    try:
+        assert _read_exports(third)
+    finally:
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=30) == 0

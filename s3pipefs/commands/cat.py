@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="S3URL")
     p.add_argument("--offset", default="0", help="start at this byte offset")
     p.add_argument("--no-follow", action="store_true", help="stop at the current end of an incomplete stream")
-    options.add_arguments(p)
+    options.add_arguments(p, s3pipe2=True)  # to/from
 
 
 def run(a: argparse.Namespace) -> int:

@@ -88,6 +88,15 @@ def progress(args: argparse.Namespace, desc: str, total: int | None = None):
     return Progress(desc, total=total, enabled=show_progress(args))
 
 
+def input_size(fd: int) -> int | None:
+    """The size of a regular file on ``fd`` (`put < file`), for % and ETA; None for a pipe."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 # -- SSE-C keys ---------------------------------------------------------------------------------
 
 def add_key_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,18 +6,20 @@ the engine's (``Engine.copy``, ``upload``, ``upload_url``, ``download``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import posixpath
 import re
 import stat
 import sys
 import time
+from dataclasses import dataclass, field
 
 from s3pipefs import errors, options
-from s3pipefs.commands import common
+from s3pipefs.commands import common, listing
 from s3pipefs.commands.common import PROG
 from s3pipefs.config import MiB, parse_size
-from s3pipefs.s3url import parse_s3url
+from s3pipefs.s3url import S3Url, parse_s3url
 
 HELP = "copy streams, objects, files and URLs"
 
@@ -33,13 +35,18 @@ Where the data goes:
 already there are skipped; `s3pipefs abort` cancels it), for a stream the writer's resume
 (the same input is read again from its start and checked; only the rest is uploaded).
 An incomplete source stream is refused unless --allow-incomplete; its copy stays incomplete.
+A source with * or ? (s5cmd-style, crossing '/') copies every matching stream and object
+into DST, an s3:// prefix or a local directory, each at its key below the pattern's
+directory: cp 's3://b/logs/2026-*' restore/ writes restore/2026-01/app.log. A failed match
+is reported and the others are still copied (exit status 1).
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("src", metavar="SRC", help="s3://bucket/key, a local file, - (stdin) or an http(s) URL")
+    p.add_argument("src", metavar="SRC", help="s3://bucket/key (or a pattern with * and ?), a local file, "
+                   "- (stdin) or an http(s) URL")
     p.add_argument("dst", metavar="DST", help="s3://bucket/key, a local file or directory, or - (stdout)")
     p.add_argument("--object", action="store_true",
                    help="write a plain S3 object instead of a stream (local file, stdin or URL source)")
@@ -50,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multipart part / ranged GET size for objects and URLs (default 32M; grown to "
                         "fit 10,000 parts)")
     p.add_argument("--content-type", metavar="TYPE", help="Content-Type of a new object (default: from the name)")
+    p.add_argument("--json", action="store_true",
+                   help="print what was copied as a JSON list (source, destination, kind, bytes, seconds)")
     options.add_arguments(p)
     common.add_key_arguments(p)
 
@@ -67,9 +76,29 @@ def _source_kind(eng, s, src: str, skey) -> str:
     return found.kind
 
 
+@dataclass
+class _Job:
+    """What every copy of one `cp` shares: arguments, keys, the store and the URL retrier."""
+    a: argparse.Namespace
+    tcfg: object
+    skey: bytes
+    dkey: bytes
+    base: object  # the store the arguments made
+    part: int
+    url_retrier: object  # the store retries its own requests; this, the reads of an http(s) source
+    engines: dict = field(default_factory=dict)
+
+    def engine(self, src: str, dst: str):
+        """The engine for one copy. Keys go explicitly on every call but a stream's reader
+        and writer, which use the store's: the source's when reading to a local file or
+        stdout, else the destination's. One engine (and store) per key for the whole job."""
+        key = self.skey if src.startswith("s3://") and not dst.startswith("s3://") else self.dkey
+        if key not in self.engines:
+            self.engines[key] = common.engine_over(common.store_with_key(self.base, key), self.tcfg)
+        return self.engines[key]
+
+
 def run(a: argparse.Namespace) -> int:
-    from s3pipefs.engine import transfer
-    from s3pipefs.engine.parts import READ_RANGE
     from s3pipefs.s3.retry import RateLimiter, RetryPolicy
 
     tcfg = common.transfer_config(a)
@@ -84,32 +113,75 @@ def run(a: argparse.Namespace) -> int:
         raise errors.UsageError(f"{PROG} cp: cannot copy to an http(s) URL")
     if _is_url(src) and not dst_s3:
         raise errors.UsageError(f"{PROG} cp: an http(s) source can only be copied to s3://")
+    if a.json and dst == "-":
+        raise errors.UsageError(f"{PROG} cp: --json and the data cannot share standard output")
+    pattern = src_s3 and listing.has_wildcard(parse_s3url(src).key)
+    if pattern and dst == "-":
+        raise errors.UsageError(f"{PROG} cp: {src} may match several entries: give a directory or an s3:// prefix")
     part = parse_size(a.part_size) if a.part_size else 32 * MiB
     if part < 1:
         raise errors.UsageError("--part-size must be positive")
     skey, dkey = common.keys(a)
-    base = common.store(a)
-    # Explicit keys on every call below but a stream's reader and writer, which use the
-    # store's: the source's when reading to a local file, else the destination's.
-    eng = common.engine_over(common.store_with_key(base, skey if src_s3 and not dst_s3 else dkey), tcfg)
-    workers = tcfg.workers
-    # The store retries its own requests; this policy retries the reads of an http(s) source.
-    url_retrier = RetryPolicy(tcfg.tries, limiter=RateLimiter())
-    t0 = time.monotonic()
+    job = _Job(a, tcfg, skey, dkey, common.store(a), part, RetryPolicy(tcfg.tries, limiter=RateLimiter()))
+    if not pattern:
+        done = [_copy(job, src, dst)]
+        status = 0
+    else:
+        done, status = _copy_matches(job, parse_s3url(src), dst)
+    if a.json:
+        print(json.dumps(done, indent=1))
+    return status
 
-    if src_s3 and dst_s3:
+
+def _copy_matches(job: _Job, pattern: S3Url, dst: str) -> tuple[list[dict], int]:
+    """Copy every match of a wildcard source under ``dst`` (an s3:// prefix or a local
+    directory), each at its key below the directory of the pattern's literal part."""
+    from s3pipefs.engine.sync import safe_rel
+
+    eng = job.engine(str(pattern), dst)
+    found = listing.resolve(eng, pattern, recursive=True, workers=job.tcfg.workers)
+    base = listing.directory_of(listing.literal_prefix(pattern.key))
+    if not dst.startswith("s3://") and os.path.exists(dst) and not os.path.isdir(dst):
+        raise errors.UsageError(f"{PROG} cp: {dst}: not a directory ({pattern} may match several entries)")
+    done, status = [], 0
+    for e in found.entries:
+        rel = e.key[len(base):]
+        src = f"s3://{pattern.bucket}/{e.key}"
+        try:
+            if dst.startswith("s3://"):
+                target = str(parse_s3url(dst).child(rel))  # DST is a prefix, with or without its '/'
+            elif not safe_rel(rel):
+                raise errors.S3PipeError(f"{src}: key cannot be a local path safely ('..', '.' or empty parts)")
+            else:
+                target = os.path.join(dst, *rel.split("/"))
+            done.append(_copy(job, src, target, kind=e.kind))
+        except errors.S3PipeError as ex:
+            print(errors.one_line(ex, PROG), file=sys.stderr)
+            status = ex.exit_status
+    return done, status
+
+
+def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
+    """One copy (the epilog's table); what it did, as --json prints it. ``kind``: the
+    source's, when a listing already said."""
+    from s3pipefs.engine import transfer
+    from s3pipefs.engine.parts import READ_RANGE
+
+    a, workers, part = job.a, job.tcfg.workers, job.part
+    eng = job.engine(src, dst)
+    t0 = time.monotonic()
+    if src.startswith("s3://") and dst.startswith("s3://"):
         s, d = parse_s3url(src), parse_s3url(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = _source_kind(eng, s, src, skey)
-        with common.progress(a, f"cp {src}") as prog:
+        kind = kind or _source_kind(eng, s, src, job.skey)
+        with common.progress(a, f"cp {src}", total=_size(job, eng, s, kind)) as prog:
             r = eng.copy(s.bucket, s.key, d.bucket, d.key, kind=kind, workers=workers,
-                         allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey,
+                         allow_incomplete=a.allow_incomplete, source_sse_key=job.skey, sse_key=job.dkey,
                          progress=prog.update)
-        _done(a, f"{src} -> {d} ({r.kind}, server-side)", r.size, t0)
-        return 0
+        return _done(a, src, str(d), r.kind, r.size, t0, server_side=True)
 
-    if dst_s3:
+    if dst.startswith("s3://"):
         d = parse_s3url(dst)
         if _is_url(src):
             name = posixpath.basename(src.split("?", 1)[0].rstrip("/")) or "index"
@@ -123,53 +195,60 @@ def run(a: argparse.Namespace) -> int:
             if not name:
                 raise errors.UsageError(f"{dst}: give the stream or object a name (stdin has none)")
             d = d.child(name)
-        with common.progress(a, f"cp {src}") as prog:
-            if _is_url(src):
+        if _is_url(src):
+            with common.progress(a, f"cp {src}") as prog:
                 r = eng.upload_url(src, d.bucket, d.key, as_object=a.object, workers=workers,
                                    part_size=part if a.object else min(part, READ_RANGE),
-                                   content_type=a.content_type, sse_key=dkey, resume=a.resume,
-                                   retrier=url_retrier, progress=prog.update)
-            else:
-                f = _open_input(src)
-                try:
+                                   content_type=a.content_type, sse_key=job.dkey, resume=a.resume,
+                                   retrier=job.url_retrier, progress=prog.update)
+        else:
+            f = _open_input(src)
+            try:
+                st = os.fstat(f.fileno()) if src != "-" else None
+                regular = st is not None and stat.S_ISREG(st.st_mode)
+                with common.progress(a, f"cp {src}", total=st.st_size if regular else None) as prog:
                     if a.object:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
                         r = eng.upload(f, d.bucket, d.key, as_object=True, workers=workers, part_size=part,
-                                       content_type=ctype, sse_key=dkey, resume=a.resume,
+                                       content_type=ctype, sse_key=job.dkey, resume=a.resume,
                                        progress=prog.update)
                     else:
                         # A file's time and mode go with it, as with cp -p into a mount.
-                        st = os.fstat(f.fileno()) if src != "-" else None
                         r = eng.upload(f, d.bucket, d.key, resume=a.resume, progress=prog.update,
-                                       file_stat=st if st and stat.S_ISREG(st.st_mode) else None)
-                finally:
-                    if f is not sys.stdin.buffer:
-                        f.close()
+                                       file_stat=st if regular else None)
+            finally:
+                if f is not sys.stdin.buffer:
+                    f.close()
         what = "object" if a.object else "stream"
         extra = f", {r.skipped_parts} parts already there" if r.skipped_parts else ""
-        _done(a, f"{src} -> {d} ({what}{extra})", r.size, t0)
-        return 0
+        return _done(a, src, str(d), what, r.size, t0, note=extra)
 
     # S3 -> local file or stdout
     s = parse_s3url(src)
-    kind = _source_kind(eng, s, src, skey)
+    kind = kind or _source_kind(eng, s, src, job.skey)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))
 
     def fetch(out):
-        with common.progress(a, f"cp {src}") as prog:
+        with common.progress(a, f"cp {src}", total=_size(job, eng, s, kind)) as prog:
             return eng.download(s.bucket, s.key, out, kind=kind, workers=workers,
-                                part_size=min(part, READ_RANGE), sse_key=skey,
-                                progress=prog.update)
+                                part_size=min(part, READ_RANGE), sse_key=job.skey, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)
         out.flush()
     else:
         r = transfer.download_to_path(fetch, path)
-    _done(a, f"{src} -> {path} ({kind})", r.size, t0)
-    return 0
+    return _done(a, src, path, kind, r.size, t0)
+
+
+def _size(job: _Job, eng, s: S3Url, kind: str) -> int | None:
+    """The source's size for the progress display (% and ETA), when one is shown."""
+    if not common.show_progress(job.a):
+        return None
+    e = eng.stat(s.bucket, s.key)
+    return e.size if e is not None and (kind != "stream" or e.complete) else None
 
 
 def _open_input(src: str):
@@ -183,10 +262,15 @@ def _open_input(src: str):
         raise errors.S3PipeError(f"{src}: {e.strerror}") from None
 
 
-def _done(a, what: str, size: int, t0: float) -> None:
+def _done(a, src: str, dst: str, kind: str, size: int, t0: float, *, server_side: bool = False,
+          note: str = "") -> dict:
+    dt = max(time.monotonic() - t0, 1e-9)
     if getattr(a, "verbose", False):
-        dt = max(time.monotonic() - t0, 1e-9)
-        print(f"{PROG}: {what}: {size} bytes in {dt:.1f}s ({size / dt / MiB:.1f} MiB/s)", file=sys.stderr)
+        how = ", server-side" if server_side else ""
+        print(f"{PROG}: {src} -> {dst} ({kind}{how}{note}): {size} bytes in {dt:.1f}s "
+              f"({size / dt / MiB:.1f} MiB/s)", file=sys.stderr)
+    return {"source": src, "destination": dst, "kind": kind, "bytes": size, "seconds": round(dt, 3),
+            "server_side": server_side}
 
 
 def _is_url(text: str) -> bool:

@@ -1,5 +1,8 @@
 """`s3pipefs put S3URL` (s3pipe2: `to`): stdin -> stream, uploading while input still arrives.
 
+``put`` replaces an existing stream (the old one stays whole until the new one is
+complete); ``to``, as s3pipe2 did, refuses to.
+
 ``--resume`` feeds the same input again to an incomplete stream (what is uploaded is
 checked and skipped); ``--append`` adds to the end of an existing one. An interrupt
 leaves the stream incomplete and resumable, never complete and short.
@@ -22,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--resume", action="store_true", help="continue an incomplete stream: feed the same input again; "
                    "bytes already uploaded are checked and skipped")
     m.add_argument("--append", action="store_true", help="add to the end of an existing stream")
-    options.add_arguments(p)
+    options.add_arguments(p, s3pipe2=True)  # to/from
 
 
 def run(a: argparse.Namespace) -> int:
@@ -31,6 +34,10 @@ def run(a: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         raise errors.UsageError(f"{common.PROG} put: refusing to read a terminal; pipe data into it")
     mode = "resume" if a.resume else "append" if a.append else "create"
+    if mode == "create" and getattr(a, "command", None) == "to" and eng.stat(url.bucket, url.key) is not None:
+        # s3pipe2 refused to overwrite; scripts written for it may rely on that.
+        raise errors.Exists(f"{url}: exists, and `to` (as s3pipe2) does not replace it; "
+                            f"remove it first, or replace it with `{common.PROG} put`")
     bufsize = (getattr(a, "buffer_kb", 0) or options.DEFAULT_BUFFER_KB) * 1024
     bufsize = max(bufsize, 64 * 1024)  # s3pipe2's 4 KB default costs CPU and gains nothing
     writer = eng.open_writer(url.bucket, url.key, mode)
@@ -38,7 +45,7 @@ def run(a: argparse.Namespace) -> int:
     common.widen_pipe(stdin.fileno())
     buf = bytearray(bufsize)
     view = memoryview(buf)
-    with common.progress(a, f"put {url}") as prog:
+    with common.progress(a, f"put {url}", total=common.input_size(stdin.fileno())) as prog:
         try:
             while True:
                 n = stdin.readinto(buf)

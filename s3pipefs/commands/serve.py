@@ -29,19 +29,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a LocalServer until SIGINT/SIGTERM; return the exit status."""
     from s3pipefs.errors import S3PipeError, UsageError
-    from s3pipefs.server import LocalServer, create_buckets, export_lines
+    from s3pipefs.server import LocalServer, bucket_name_problem, create_buckets, export_lines
 
     if not 0 <= args.port <= 65535:
         print(f"s3pipefs serve: not a TCP port: {args.port}", file=sys.stderr)
         return UsageError.exit_status
+    for name in args.bucket:  # before SeaweedFS starts: a bad name costs nothing
+        problem = bucket_name_problem(name)
+        if problem:
+            print(f"s3pipefs serve: invalid bucket name {name!r}: {problem}", file=sys.stderr)
+            return UsageError.exit_status
     stop = threading.Event()
     saved = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             saved[sig] = signal.signal(sig, lambda *_: stop.set())
     server = LocalServer(args.data_dir, host=args.host, port=args.port)
+    started = False
     try:
         server.start()
+        started = True
         if stop.is_set():
             return 0
         create_buckets(server, args.bucket)
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return e.exit_status
     finally:
         server.stop()
-        print("s3pipefs serve: stopped", file=sys.stderr, flush=True)
+        if started:
+            print("s3pipefs serve: stopped", file=sys.stderr, flush=True)
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="copy incomplete streams as far as they go (S3 to S3)")
     p.add_argument("--json", action="store_true", help="print the summary and failures as JSON on stdout")
     p.set_defaults(filters=[])
-    options.add_arguments(p)
+    options.add_arguments(p, defaults={"workers": DEFAULT_WORKERS})
     common.add_key_arguments(p)
 
 
