@@ -62,7 +62,8 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
     """Every stream and object under ``prefix`` (any string) whose key ``keep`` accepts."""
     from s3pipefs.engine import manifests
     from s3pipefs.engine.core import Entry
-    from s3pipefs.engine.sync import S3Loc, list_s3
+    from s3pipefs.engine.sync import S3Loc
+    from s3pipefs.engine.sync.listings import list_s3
 
     found = Found()
     if _inside_stream(eng.store, bucket, directory_of(prefix)):
