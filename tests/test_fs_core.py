@@ -401,6 +401,41 @@ def test_the_manifest_name_is_reserved(fs):
         assert e.value.errno == errno.EACCES
 
 
+def test_names_s3_cannot_store_or_delete_are_refused_before_anything_is_written(fs, engine, bucket):
+    write_file(fs, "/keep", b"kept")
+    for path, err in (("/" + "n" * 256, errno.ENAMETOOLONG), ("/esc\x1b", errno.EINVAL),
+                      ("/back\\slash", errno.EINVAL), ("/not-utf8-\udce9", errno.EINVAL),
+                      ("/" + "/".join(["d" * 250] * 4) + "/" + "b" * 30, errno.ENAMETOOLONG)):
+        for call in (lambda: fs.create(path, WR), lambda: fs.mkdir(path), lambda: fs.rename("/keep", path)):
+            with pytest.raises(errors.S3PipeError) as e:
+                call()
+            assert errors.errno_of(e.value) == err, (path, e.value)
+    # Room for the segments: the longest file name fits as a directory, not as a stream.
+    deep = "/" + "/".join(["d" * 250] * 4) + "/" + "b" * 10
+    with pytest.raises(fserrors.NameTooLong):
+        fs.create(deep, WR)
+    fs.mkdir(deep)
+    fs.rmdir(deep)
+    # A key S3 cannot hold cannot exist: a lookup says so without asking.
+    with pytest.raises(fserrors.NameTooLong):
+        fs.getattr("/" + "/".join(["a" * 250] * 5))
+    with pytest.raises(errors.NotFound):
+        fs.getattr("/not-utf8-\udce9")
+    assert [o.key for o in engine.store.list(bucket)] == ["keep/.manifest", "keep/000000000000001"]
+
+
+def test_a_stream_whose_segments_the_server_cannot_delete_is_left_whole(fs, engine, bucket):
+    """Made by another tool: rm and mv refuse before deleting anything."""
+    with engine.open_writer(bucket, "esc\x1bname", "create") as w:
+        w.write(b"data")
+    fs.ns.invalidate("/esc\x1bname")
+    for call in (lambda: fs.unlink("/esc\x1bname"), lambda: fs.rename("/esc\x1bname", "/fine")):
+        with pytest.raises(fserrors.BadName):
+            call()
+    assert read_file(fs, "/esc\x1bname") == b"data"
+    assert fs.ns.lookup("/fine", fresh=True) is None
+
+
 def test_chown_succeeds_without_storing(fs):
     write_file(fs, "/m", b"1")
     fs.touch_metadata("/m")

