@@ -533,6 +533,27 @@ def test_times_set_while_writing_go_out_with_the_commit(engine, bucket, fs):
     assert st["st_mtime"] == T1 and st["st_size"] == 0
 
 
+def test_the_create_mode_is_shown_while_open_and_kept_at_commit(engine, bucket, fs):
+    """The kernel passes the creator's mode with its umask applied (open(O_CREAT, 0600),
+    tar x of a 0600 member); an existing file opened with O_CREAT keeps its own."""
+    for name, mode in (("p600", 0o600), ("p640", 0o640), ("p755", 0o755), ("p444", 0o444)):
+        fh = fs.create(f"/{name}", WR, stat.S_IFREG | mode).fh
+        assert stat.S_IMODE(fs.getattr(f"/{name}")["st_mode"]) == mode
+        if mode != 0o444:
+            fs.write(fh, b"data", 0, CMD)
+        fs.flush(fh, CMD)
+        fs.release(fh)
+        assert fs.wait_idle(30)
+        assert s3(engine, bucket, name).mode == mode
+        assert stat.S_IMODE(make_fs(engine, bucket).getattr(f"/{name}")["st_mode"]) == mode
+    fh = fs.create("/p600", WR, stat.S_IFREG | 0o666).fh  # a create that finds the file: O_TRUNC
+    fs.write(fh, b"new", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert s3(engine, bucket, "p600").mode == 0o600
+
+
 def test_overwriting_keeps_the_mode_and_drops_the_stored_time(engine, bucket, fs):
     before = time.time_ns() // 10**9 * 10**9
     write_file(fs, "/o", b"one")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,40 @@ def test_what_a_stream_cannot_be_gets_a_clear_errno(mounter, bucket, store):
     for why in ("hard links are not supported", "a FIFO cannot be stored in S3", "streams are append-only",
                 "reserved for stream manifests"):
         assert why in log, why
+
+
+# -- modes ----------------------------------------------------------------------------------
+
+def _create_in_child(path, mode: int, umask: int) -> None:
+    """open(O_CREAT, mode) under ``umask`` in a child, as a program would (umask is per process)."""
+    code = ("import os,sys,stat; os.umask(int(sys.argv[3], 8)); "
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, int(sys.argv[2], 8)); "
+            "print(oct(stat.S_IMODE(os.fstat(fd).st_mode))); os.write(fd, b'x'); os.close(fd)")
+    r = run(sys.executable, "-c", code, path, oct(mode), oct(umask), check=True)
+    return int(r.stdout, 8)
+
+
+def test_create_mode_and_umask_are_kept_while_open_and_after_close(mounter, bucket, tmp_path):
+    m = mounter(bucket)
+    cases = {"m600": (0o600, 0o022, 0o600), "m640": (0o640, 0o022, 0o640), "m755": (0o755, 0o022, 0o755),
+             "m444": (0o444, 0o022, 0o444), "u077": (0o666, 0o077, 0o600), "u027": (0o777, 0o027, 0o750)}
+    for name, (mode, umask, want) in cases.items():
+        assert _create_in_child(m / name, mode, umask) == want, name  # while open
+    other = mounter(bucket)  # after commit, from S3
+    for name, (_, _, want) in cases.items():
+        assert stat.S_IMODE(os.stat(m / name).st_mode) == want, name
+        assert stat.S_IMODE(os.stat(other / name).st_mode) == want, name
+    # tar x of a 0600 member gives 0600 (tar sets the mode at create and again with chmod).
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "secret").write_bytes(b"s")
+    (src / "secret").chmod(0o600)
+    (src / "shared").write_bytes(b"p")
+    (src / "shared").chmod(0o644)
+    run(tool("tar"), "cf", tmp_path / "a.tar", "-C", src, "secret", "shared", check=True)
+    (m / "x").mkdir()
+    run(tool("tar"), "xf", tmp_path / "a.tar", "-C", m / "x", "--no-same-permissions", check=True)
+    assert stat.S_IMODE(os.stat(m / "x" / "secret").st_mode) == 0o600
+    run("bash", "-c", f"umask 077; tar xf {tmp_path / 'a.tar'} -C {m / 'x'} --no-same-permissions "
+        f"--transform s/shared/shared2/ shared", check=True)
+    assert stat.S_IMODE(os.stat(m / "x" / "shared2").st_mode) == 0o600  # umask 077 applies

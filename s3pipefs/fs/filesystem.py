@@ -161,9 +161,11 @@ class Filesystem:
             return self._open_read(path)
         return self._open_write(path, flags, creating=False)
 
-    def create(self, path: str, flags: int) -> Opened:
+    def create(self, path: str, flags: int, mode: int | None = None) -> Opened:
+        """``mode``: the creator's mode, umask already applied by the kernel; a new file
+        shows it and its manifest keeps it, as chmod would."""
         self._check_open(path)
-        return self._open_write(path, flags, creating=True)
+        return self._open_write(path, flags, creating=True, mode=mode)
 
     def _check_open(self, path: str) -> None:
         if self._closing:
@@ -203,7 +205,7 @@ class Filesystem:
                   "complete" if reader.complete else "growing", "direct" if direct else "page cache")
         return Opened(fh, direct_io=direct, keep_cache=keep)
 
-    def _open_write(self, path: str, flags: int, creating: bool) -> Opened:
+    def _open_write(self, path: str, flags: int, creating: bool, mode: int | None = None) -> Opened:
         where = self.ns.where(path)
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{where}: mounted read-only")
@@ -230,6 +232,8 @@ class Filesystem:
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
             base_complete=entry.complete if entry is not None else True,
+            # A new file gets its creator's mode; an existing one keeps its own.
+            perm=stat.S_IMODE(mode) if (entry is None and mode is not None) else None,
             on_commit=self._committed,
         )
         fh = self.handles.add_writer(h, self.cfg.max_writers)

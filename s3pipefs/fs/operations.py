@@ -121,7 +121,7 @@ class Operations(fuselib.Operations):
 
     @_op
     def create(self, path, mode, fi):
-        return self._fill(fi, self.fs.create(path, fi.flags))
+        return self._fill(fi, self.fs.create(path, fi.flags, mode))
 
     @_op
     def read(self, path, size, offset, fi):

@@ -108,9 +108,11 @@ class WriteHandle:
     its next commit writes, and its WriteState. Operations run one at a time (a lock)."""
 
     def __init__(self, path: str, where: str, open_writer: Callable[[str], object], *, mode: str,
-                 size: int, append: bool, base_complete: bool = True,
+                 size: int, append: bool, base_complete: bool = True, perm: int | None = None,
                  on_commit: Callable[["WriteHandle"], None] | None = None):
-        """``mode``: how the file was opened, "create" (created or truncated) or "append"."""
+        """``mode``: how the file was opened, "create" (created or truncated) or "append".
+        ``perm``: the permission bits of a new file (its create mode); None keeps the
+        stream's own."""
         if mode not in ("create", "append"):
             raise ValueError(f"mode must be 'create' or 'append', not {mode!r}")
         self.path = path
@@ -130,7 +132,7 @@ class WriteHandle:
         # Set through the mount while open (cp -p, tar x): written with the commit. A
         # write after utimens clears the stored time, as it would on a local disk.
         self.stored_mtime_ns: int | None = None
-        self.perm: int | None = None
+        self.perm = perm
         self._lock = threading.Lock()
         self._released = threading.Event()
 
