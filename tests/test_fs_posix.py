@@ -5,6 +5,7 @@ locks, and vim, sqlite3 and borg on the mount. docs/mount.md describes each of t
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import stat
 import subprocess
@@ -129,3 +130,55 @@ def test_create_mode_and_umask_are_kept_while_open_and_after_close(mounter, buck
     run("bash", "-c", f"umask 077; tar xf {tmp_path / 'a.tar'} -C {m / 'x'} --no-same-permissions "
         f"--transform s/shared/shared2/ shared", check=True)
     assert stat.S_IMODE(os.stat(m / "x" / "shared2").st_mode) == 0o600  # umask 077 applies
+
+
+# -- racing creators -----------------------------------------------------------------------
+
+def _racer(barrier, queue, paths, who: int, flags: int) -> None:
+    data = bytes([who]) * 300_000
+    for p in paths:
+        barrier.wait()
+        try:
+            fd = os.open(p, flags, 0o644)
+            try:
+                for i in range(0, len(data), 100_000):
+                    os.write(fd, data[i:i + 100_000])
+            finally:
+                os.close(fd)
+            queue.put((str(p), who, 0))
+        except OSError as e:
+            queue.put((str(p), who, e.errno))
+
+
+def race(paths, flags: int) -> dict[str, dict[int, int]]:
+    """Two processes create each path at the same moment; {path: {who: errno or 0}}."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(barrier, queue, paths, who, flags)) for who in (1, 2)]
+    for p in procs:
+        p.start()
+    out: dict[str, dict[int, int]] = {}
+    for _ in range(2 * len(paths)):
+        path, who, err = queue.get(timeout=120)
+        out.setdefault(path, {})[who] = err
+    for p in procs:
+        p.join(30)
+    return out
+
+
+@pytest.mark.parametrize("excl", [False, True], ids=["O_TRUNC", "O_EXCL"])
+def test_racing_creators_lose_with_ebusy_or_eexist_and_the_winner_is_intact(mounter, bucket, excl):
+    m = mounter(bucket)
+    paths = [m / f"race{i}" for i in range(40)]
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
+    results = race(paths, flags)
+    lost = {errno.errorcode.get(e, e) for r in results.values() for e in r.values() if e}
+    assert lost <= ({"EEXIST"} if excl else {"EBUSY"}), results
+    for p in paths:
+        winners = [who for who, err in results[str(p)].items() if err == 0]
+        assert winners, results[str(p)]
+        if excl:
+            assert len(winners) == 1, results[str(p)]
+        # Both may succeed one after the other (O_TRUNC): the file is one whole payload.
+        assert p.read_bytes() in {bytes([who]) * 300_000 for who in winners}
+    print(f"\nlosers: {sum(1 for r in results.values() for e in r.values() if e)} of {len(paths)}, {lost}")

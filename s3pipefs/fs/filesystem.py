@@ -165,7 +165,8 @@ class Filesystem:
         """``mode``: the creator's mode, umask already applied by the kernel; a new file
         shows it and its manifest keeps it, as chmod would."""
         self._check_open(path)
-        return self._open_write(path, flags, creating=True, mode=mode)
+        return self._open_write(path, flags, creating=True,
+                                perm=stat.S_IMODE(mode) if mode is not None else None)
 
     def _check_open(self, path: str) -> None:
         if self._closing:
@@ -205,38 +206,50 @@ class Filesystem:
                   "complete" if reader.complete else "growing", "direct" if direct else "page cache")
         return Opened(fh, direct_io=direct, keep_cache=keep)
 
-    def _open_write(self, path: str, flags: int, creating: bool, mode: int | None = None) -> Opened:
+    def _open_write(self, path: str, flags: int, creating: bool, perm: int | None = None) -> Opened:
         where = self.ns.where(path)
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         if creating:
             self._check_new(path, stream=True)
-        self._settle(path)
-        trunc = creating or bool(flags & os.O_TRUNC)
+        # O_EXCL reaches us only when the kernel saw no file: whoever else has it now won.
+        lost = errors.Exists if (creating and flags & os.O_EXCL) else errors.Busy
+        if self._settle(path) is not None:
+            # This mount is writing it: the loser of a race learns that, whatever S3 shows
+            # meanwhile (nothing yet, or a stream without its first manifest).
+            raise lost(f"{where}: already open for writing on this mount (one writer per stream)")
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
         if entry is None and not creating:
             raise errors.NotFound(f"{where}: no such file")
         if entry is not None:
+            if creating and flags & os.O_EXCL:
+                raise errors.Exists(f"{where}: already exists")
             if entry.kind == "dir":
                 raise fserrors.IsADirectory(f"{where}: is a directory")
             if entry.kind == "object":
                 raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only; write to a new name")
             if entry.writer_alive:
                 raise errors.Busy(f"{where}: another writer is writing this stream")
+        # A create that finds the file (the kernel's cache was behind) opens it as open(2)
+        # would: truncated only with O_TRUNC.
+        trunc = entry is None or bool(flags & os.O_TRUNC)
         key = self.ns.key(path)
         h = WriteHandle(
-            path, where, lambda mode: self.engine.open_writer(self.bucket, key, mode),
+            path, where, lambda how: self.engine.open_writer(self.bucket, key, how),
             mode="create" if trunc else "append",
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
             base_complete=entry.complete if entry is not None else True,
             # A new file gets its creator's mode; an existing one keeps its own.
-            perm=stat.S_IMODE(mode) if (entry is None and mode is not None) else None,
+            perm=perm if entry is None else None,
             on_commit=self._committed,
         )
-        fh = self.handles.add_writer(h, self.cfg.max_writers)
+        try:
+            fh = self.handles.add_writer(h, self.cfg.max_writers)
+        except errors.Busy as e:
+            raise lost(str(e)) from None  # two creates that raced: one is registered first
         return Opened(fh, direct_io=True)
 
     def _committed(self, h: WriteHandle) -> None:
