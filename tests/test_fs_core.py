@@ -729,6 +729,36 @@ def test_a_read_waiting_on_a_growing_stream_can_be_interrupted(fs, engine, bucke
     fs.release(fh)
 
 
+def test_the_process_writing_a_file_never_waits_reading_it_through_another_descriptor(fs, engine, bucket):
+    """It would wait for bytes only its own writes bring: what is uploaded, then EBUSY at
+    once. Another process (another lock owner) follows the stream as usual."""
+    fh = fs.create("/own", WR).fh
+    fs.write(fh, b"a" * 2 * SEG, 0, CMD)
+    fs.fsync(fh)  # two segments uploaded
+    fs.write(fh, b"b" * 10, 2 * SEG, CMD)  # not uploaded
+    fs.ns.invalidate("/own")
+    rh = fs.open("/own", os.O_RDONLY).fh
+    never = lambda: False  # noqa: E731
+    assert fs.read(rh, 100, 0, never, owner=CMD) == b"a" * 100
+    for _ in range(2):  # and again: nothing was left pending
+        t0 = time.monotonic()
+        with pytest.raises(errors.Busy):
+            fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+        assert time.monotonic() - t0 < 1
+    with pytest.raises(errors.Busy):
+        fs.read(rh, 100, 2 * SEG, None, owner=CMD)  # without a follower pool too
+    t0 = time.monotonic()
+    with pytest.raises(errors.Interrupted):  # another process waited until interrupted
+        fs.read(rh, 100, 2 * SEG, lambda: time.monotonic() - t0 > 0.3, owner=SHELL)
+    with pytest.raises(errors.Busy):  # its abandoned read pending: still no waiting
+        fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert fs.read(rh, 100, 2 * SEG, never, owner=CMD) == b"b" * 10
+    fs.release(rh)
+
+
 def test_a_read_waiting_on_a_dead_writer_fails_with_eio(fs, engine, bucket):
     w = engine.open_writer(bucket, "dies", "create")
     w.write(b"z" * SEG)

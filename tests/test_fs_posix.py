@@ -19,7 +19,8 @@ pytestmark = pytest.mark.fuse
 
 
 def run(*cmd, check=False, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
+    kw.setdefault("timeout", 120)
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
         pytest.fail(f"{cmd} failed ({r.returncode}): {r.stderr}")
     return r
@@ -182,3 +183,39 @@ def test_racing_creators_lose_with_ebusy_or_eexist_and_the_winner_is_intact(moun
         # Both may succeed one after the other (O_TRUNC): the file is one whole payload.
         assert p.read_bytes() in {bytes([who]) * 300_000 for who in winners}
     print(f"\nlosers: {sum(1 for r in results.values() for e in r.values() if e)} of {len(paths)}, {lost}")
+
+
+# -- the writing process reads its own file ----------------------------------------------------
+
+READ_BACK = """
+import errno, os, sys, time
+path, wait = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+data = bytes(range(256)) * 8192  # 2 MiB
+os.write(fd, data)
+time.sleep(wait)  # past metadata_ttl: the open below asks S3, which shows the stream being written
+t0 = time.monotonic()
+try:
+    r = os.open(path, os.O_RDONLY)
+    got = os.pread(r, 100, 0)
+    print("bytes" if got == data[:100] else f"wrong {got[:10]!r}", round(time.monotonic() - t0, 1))
+    os.close(r)
+except OSError as e:
+    print(errno.errorcode[e.errno], round(time.monotonic() - t0, 1))
+os.write(fd, b"end")
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize("segment", ["16M", "1M"])
+def test_a_second_descriptor_of_the_writer_never_hangs(mounter, bucket, segment):
+    """Nothing uploaded yet (16M segments): EBUSY at once. Whole segments uploaded (1M):
+    the bytes. Either way within seconds, and the file is whole after close."""
+    m = mounter(bucket, segment_size=segment)
+    for wait in (0, 3):
+        r = run(sys.executable, "-c", READ_BACK, m / f"own{wait}", wait, timeout=60)
+        what, took = r.stdout.split()
+        assert what in ("bytes", "EBUSY") and float(took) < 5, (r.stdout, r.stderr)
+        if segment == "1M" and wait:
+            assert what == "bytes"
+        assert (m / f"own{wait}").read_bytes() == bytes(range(256)) * 8192 + b"end"

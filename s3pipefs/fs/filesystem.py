@@ -269,14 +269,20 @@ class Filesystem:
         except fserrors.BadHandle:
             return None
 
-    def read(self, fh: int, size: int, offset: int, interrupted: Callable[[], bool] | None = None) -> bytes:
+    def read(self, fh: int, size: int, offset: int, interrupted: Callable[[], bool] | None = None,
+             owner: int | None = None) -> bytes:
         """``interrupted``: tells whether the caller gave up (Ctrl-C); reads waiting on a
-        growing stream then return EINTR instead of holding the process until data comes."""
+        growing stream then return EINTR instead of holding the process until data comes.
+        ``owner``: the reading process's lock owner. The process that is writing the file
+        through another descriptor gets what is uploaded, then EBUSY instead of waiting
+        for bytes only its own writes can bring."""
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle):
             raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor opened for writing "
                                         "(streams are append-only); open the file again to read it")
-        return h.read(offset, size, interrupted, self._followers() if interrupted else None)
+        w = self.handles.writer(h.path)
+        own = w is not None and w.wrote_from(owner)
+        return h.read(offset, size, interrupted, self._followers() if interrupted else None, wait=not own)
 
     def _followers(self) -> cf.ThreadPoolExecutor:
         # Threads that wait at the end of growing streams (one per blocked read).

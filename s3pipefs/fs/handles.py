@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from typing import Callable
+from typing import Callable, NoReturn
 
 from s3pipefs import errors
 from s3pipefs.fs import fserrors
@@ -26,6 +26,10 @@ class ReadHandle:
     when the kernel says the caller was interrupted. The abandoned read stays pending:
     a retry of the same read picks up its result; anything else waits for it first (the
     engine reader is not safe for concurrent use).
+
+    A read with ``wait=False`` never waits: past what the reader has, it fails with EBUSY.
+    That is for the process that is itself writing the file (through another descriptor):
+    the bytes it waits for are in its own, unflushed writer, so it would wait forever.
     """
 
     _STEP = 0.1  # seconds between checks for an interrupted caller
@@ -39,9 +43,10 @@ class ReadHandle:
         self._pending: tuple[int, int, cf.Future] | None = None
 
     def read(self, offset: int, size: int, interrupted: Callable[[], bool] | None = None,
-             pool: cf.Executor | None = None) -> bytes:
+             pool: cf.Executor | None = None, wait: bool = True) -> bytes:
         if interrupted is None or pool is None:
             with self.lock:
+                self._must_wait(offset, wait)
                 return self.reader.read(offset, size)
         while not self.lock.acquire(timeout=self._STEP):
             if interrupted():
@@ -49,10 +54,12 @@ class ReadHandle:
         try:
             while True:
                 if self._pending is None:
-                    if self.reader.complete or offset < self.reader.size:
+                    if not self._must_wait(offset, wait):
                         return self.reader.read(offset, size)  # data is there: no waiting
                     self._pending = (offset, size, pool.submit(self.reader.read, offset, size))
                 p_off, p_size, fut = self._pending
+                if not wait and not fut.done():
+                    self._refuse(offset)
                 try:
                     data = fut.result(timeout=self._STEP)
                 except cf.TimeoutError:
@@ -68,6 +75,19 @@ class ReadHandle:
                 # The result of an earlier, abandoned read; now do this one.
         finally:
             self.lock.release()
+
+    def _must_wait(self, offset: int, wait: bool) -> bool:
+        """Would a read at ``offset`` wait for the stream to grow? Refuses when it may not."""
+        if self.reader.complete or offset < self.reader.size:
+            return False
+        if not wait:
+            self._refuse(offset)
+        return True
+
+    def _refuse(self, offset: int) -> NoReturn:
+        raise errors.Busy(f"{self.path}: this process is writing the file, and the bytes at {offset} are not "
+                          f"uploaded yet ({self.reader.size} were when it was opened for reading); "
+                          "read them after close, or fsync and open the file again")
 
     @property
     def size(self) -> int:

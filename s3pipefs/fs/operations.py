@@ -125,7 +125,7 @@ class Operations(fuselib.Operations):
 
     @_op
     def read(self, path, size, offset, fi):
-        return self.fs.read(_fh(fi), size, offset, fuselib.interrupted)
+        return self.fs.read(_fh(fi), size, offset, fuselib.interrupted, _owner(fi))
 
     @_op
     def write(self, path, data, offset, fi):

@@ -156,6 +156,10 @@ class WriteHandle:
         """Closed, with its final commit still to run."""
         return self._state is S.RELEASING
 
+    def wrote_from(self, owner: int | None) -> bool:
+        """Did the process with this lock owner (file table) write since the last commit?"""
+        return owner is not None and owner in self._owners
+
     def wait_released(self, timeout: float) -> bool:
         return self._released.wait(timeout)
 
