@@ -5,6 +5,7 @@ locks, and vim, sqlite3 and borg on the mount. docs/mount.md describes each of t
 from __future__ import annotations
 
 import errno
+import fcntl
 import multiprocessing
 import os
 import stat
@@ -219,3 +220,64 @@ def test_a_second_descriptor_of_the_writer_never_hangs(mounter, bucket, segment)
         if segment == "1M" and wait:
             assert what == "bytes"
         assert (m / f"own{wait}").read_bytes() == bytes(range(256)) * 8192 + b"end"
+
+
+# -- opening without writing, and locks ---------------------------------------------------------
+
+TRY_LOCK = """
+import errno, fcntl, os, sys
+path, kind = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR)  # opening for writing without writing: never EBUSY
+try:
+    if kind == "lockf":
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("locked")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+os.close(fd)
+"""
+
+
+def try_lock(path, kind: str) -> str:
+    r = run(sys.executable, "-c", TRY_LOCK, path, kind, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_opening_for_writing_without_writing_takes_no_lease_and_locks_work(mounter, bucket):
+    """Lock files and O_RDWR probes (sqlite, borg, editors): two processes hold one file
+    open for writing without EBUSY; POSIX and BSD locks between them work as on a local
+    disk. The mount implements no lock operations, so the kernel keeps the locks: they
+    hold between processes on one mount, not across mounts or hosts."""
+    m = mounter(bucket)
+    other = mounter(bucket)
+    (m / "lock").write_bytes(b"")
+    (m / "data").write_bytes(b"12345")
+    fd = os.open(m / "lock", os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        assert try_lock(m / "lock", "lockf") in ("EAGAIN", "EACCES")  # refused, as on a disk
+        assert try_lock(other / "lock", "lockf") == "locked"  # another mount: its own kernel locks
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        assert try_lock(m / "lock", "lockf") == "locked"
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert try_lock(m / "lock", "flock") == "EAGAIN"  # EWOULDBLOCK
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert try_lock(m / "lock", "flock") == "locked"
+    finally:
+        os.close(fd)
+    # Two descriptors open for writing: the first to write has the file, the other's
+    # write gets EBUSY, and a third open while one writes gets EBUSY at open.
+    a = os.open(m / "data", os.O_RDWR | os.O_APPEND)
+    b = os.open(m / "data", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(a, b"6")
+        assert errno_of(lambda: os.write(b, b"7")) == errno.EBUSY
+        assert errno_of(lambda: os.open(m / "data", os.O_WRONLY | os.O_APPEND)) == errno.EBUSY
+    finally:
+        os.close(a)
+        os.close(b)
+    assert (m / "data").read_bytes() == b"123456"
+    assert "another descriptor on this mount is writing it" in m.log_text()

@@ -244,6 +244,7 @@ class Filesystem:
             base_complete=entry.complete if entry is not None else True,
             # A new file gets its creator's mode; an existing one keeps its own.
             perm=perm if entry is None else None,
+            claim=self.handles.claim,
             on_commit=self._committed,
         )
         try:

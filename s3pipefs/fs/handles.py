@@ -2,7 +2,8 @@
 
 Files open for writing are WriteHandles (write_handle.py), whose state decides what each
 operation may do. The table registers at most one live writer per path on this mount
-and answers the filesystem's questions about them (is this path being written here?).
+(a handle that has claimed its path: created, truncated or written through) and answers
+the filesystem's questions about them (is this path being written here?).
 The table has its own lock; each handle has its own.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, NoReturn
 
 from s3pipefs import errors
 from s3pipefs.fs import fserrors
-from s3pipefs.fs.write_handle import WriteHandle
+from s3pipefs.fs.write_handle import WriteHandle, WriteState
 
 
 class ReadHandle:
@@ -124,17 +125,32 @@ class HandleTable:
         return fh
 
     def add_writer(self, h: WriteHandle, max_writers: int) -> int:
-        """Register a writer; Busy if this mount already writes the path, NoMemory past the limit."""
+        """Register a writer; Busy if this mount already writes the path, NoMemory past the limit.
+
+        A handle that has not claimed its path (an existing file opened, not truncated)
+        is only counted: it claims the path at its first write (``claim``).
+        """
         with self._lock:
             other = self._writers.get(h.path)
             if other is not None and other.is_live:
                 raise errors.Busy(f"{h.where}: already open for writing on this mount (one writer per stream)")
-            live = sum(1 for w in self._writers.values() if w.is_live)
-            if live >= max_writers:
-                raise errors.NoMemory(f"{h.where}: {live} files are already open for writing "
+            held = sum(1 for w in self._handles.values()
+                       if isinstance(w, WriteHandle) and w.state is not WriteState.RELEASED)
+            if held >= max_writers:
+                raise errors.NoMemory(f"{h.where}: {held} files are already open for writing "
                                       f"(max_writers={max_writers}); close one or mount with a larger max_writers")
-            self._writers[h.path] = h
+            if h.is_live:
+                self._writers[h.path] = h
             return self._add(h)
+
+    def claim(self, h: WriteHandle) -> None:
+        """Make ``h`` its path's writer on this mount: Busy if another handle is."""
+        with self._lock:
+            other = self._writers.get(h.path)
+            if other is not None and other is not h and other.is_live:
+                raise errors.Busy(f"{h.where}: another descriptor on this mount is writing it (one writer "
+                                  "per stream); nothing was written through this one")
+            self._writers[h.path] = h
 
     def get(self, fh: int):
         with self._lock:
@@ -156,8 +172,9 @@ class HandleTable:
         return w if (w is not None and w.is_live) else None
 
     def writers(self) -> list[WriteHandle]:
+        """Every file open for writing (or with its final commit to come)."""
         with self._lock:
-            return list(self._writers.values())
+            return [h for h in self._handles.values() if isinstance(h, WriteHandle)]
 
     def readers(self) -> list[ReadHandle]:
         with self._lock:
