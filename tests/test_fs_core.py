@@ -276,6 +276,59 @@ def test_two_opens_that_race_fail_at_the_first_write(engine, bucket):
     assert read_file(fs1, "/race") == b"first"
 
 
+def test_opens_for_writing_that_never_write_do_not_exclude_each_other(fs):
+    """Lock files, O_RDWR probes: the first descriptor to write has the file."""
+    write_file(fs, "/lk", b"12")
+    a, b = fs.open("/lk", os.O_RDWR).fh, fs.open("/lk", os.O_WRONLY | os.O_APPEND).fh
+    fs.flush(b, SHELL)
+    fs.write(a, b"3", 2, CMD)
+    with pytest.raises(errors.Busy):
+        fs.write(b, b"4", 2, SHELL)
+    with pytest.raises(errors.Busy):  # someone writes now: a new open is refused at once
+        fs.open("/lk", os.O_RDWR)
+    fs.flush(a, CMD)
+    fs.release(a)
+    fs.release(b)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/lk") == b"123"
+
+
+def test_a_descriptor_open_for_reading_and_writing_reads_until_it_writes(fs):
+    """sqlite opens its database O_RDWR to read it; a new file reads as empty."""
+    write_file(fs, "/rw", b"stored")
+    fh = fs.open("/rw", os.O_RDWR).fh
+    assert fs.read(fh, 100, 0) == b"stored" and fs.read(fh, 100, 3) == b"red"
+    fs.write(fh, b"+", 6, CMD)
+    with pytest.raises(fserrors.NotSupported):  # what it wrote may be only in its writer
+        fs.read(fh, 100, 0)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    new = fs.create("/rw2", os.O_RDWR | os.O_CREAT | os.O_TRUNC).fh
+    assert fs.read(new, 100, 0) == b""
+    fs.release(new)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/rw") == b"stored+" and read_file(fs, "/rw2") == b""
+
+
+def test_ftruncate_without_its_descriptor_reaches_the_one_open_for_writing(fs):
+    """libfuse 3 passes ftruncate on as a path truncate: vim opens without O_TRUNC, then
+    ftruncates to 0 and writes."""
+    write_file(fs, "/vi", b"old text")
+    fh = fs.open("/vi", os.O_WRONLY | os.O_CREAT).fh
+    fs.truncate("/vi", 0)
+    fs.write(fh, b"new", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/vi") == b"new"
+    a, b = fs.open("/vi", os.O_RDWR).fh, fs.open("/vi", os.O_RDWR).fh
+    with pytest.raises(errors.Busy):  # which one? refuse rather than guess
+        fs.truncate("/vi", 0)
+    fs.release(a)
+    fs.release(b)
+    assert read_file(fs, "/vi") == b"new"
+
+
 def test_past_max_writers_a_new_writer_gets_enomem_at_open(engine, bucket):
     fs = make_fs(engine, bucket, max_writers=2)
     a = fs.create("/1", WR).fh

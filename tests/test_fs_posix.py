@@ -14,7 +14,10 @@ import sys
 
 import pytest
 
-from tests.fs_fixtures import tool
+from s3pipefs.config import S3Config, TransferConfig
+from s3pipefs.engine import Engine
+from s3pipefs.s3 import Store
+from tests.fs_fixtures import tool, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -281,3 +284,97 @@ def test_opening_for_writing_without_writing_takes_no_lease_and_locks_work(mount
         os.close(b)
     assert (m / "data").read_bytes() == b"123456"
     assert "another descriptor on this mount is writing it" in m.log_text()
+
+
+# -- real programs ------------------------------------------------------------------------------
+
+def sh(cmd: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_vim_writes_new_and_existing_files(mounter, bucket):
+    """vim writes the file itself in place (open, ftruncate, write). Its swap file is
+    rewritten at offset 0, which a stream refuses: with the swap file on the mount vim
+    still writes the file but reports E297 and exits 1; with -n (or 'directory' pointing
+    elsewhere) it exits 0."""
+    tool("vim")
+    m = mounter(bucket)
+    r = sh("vim -es -n -c 'call setline(1, \"hello\")' -c wq new.txt", cwd=m.path)
+    assert r.returncode == 0, r.stderr
+    assert (m / "new.txt").read_bytes() == b"hello\n"
+    (m / "ex.txt").write_bytes(b"a\nb\n")
+    r = sh("vim -es -n -c '%s/a/A/' -c wq ex.txt", cwd=m.path)
+    assert r.returncode == 0, r.stderr
+    assert (m / "ex.txt").read_bytes() == b"A\nb\n"
+    # The swap file on the mount; -V1 shows the messages an interactive vim shows (-es is silent).
+    r = sh("vim -es -V1 -c '%s/b/B/' -c wq ex.txt", cwd=m.path)
+    assert (m / "ex.txt").read_bytes() == b"A\nB\n"
+    assert r.returncode in (0, 1)
+    if r.returncode:
+        assert "E297" in r.stdout + r.stderr  # "Write error in swap file", not silence
+        assert "streams are append-only" in m.log_text()
+    assert sorted(p.name for p in m.path.iterdir()) == ["ex.txt", "new.txt"]  # no swap file left
+
+
+def test_sqlite3_reads_a_database_and_refuses_to_write_one_with_a_reason(mounter, bucket, tmp_path):
+    """sqlite opens its database O_RDWR even to read it: reads work. Writing needs writes
+    in place, which a stream refuses; sqlite says "disk I/O error", the log says why."""
+    tool("sqlite3")
+    m = mounter(bucket)
+    local = tmp_path / "local.db"
+    assert sh(f"sqlite3 {local} 'create table t(x); insert into t values (42), (43);'").returncode == 0
+    run(tool("cp"), local, m / "copy.db", check=True)
+    r = sh(f"sqlite3 {m / 'copy.db'} 'select sum(x) from t;'")
+    assert (r.returncode, r.stdout.strip()) == (0, "85"), r.stderr
+    r = sh(f"sqlite3 'file:{m / 'copy.db'}?immutable=1' 'select count(*) from t;'")
+    assert (r.returncode, r.stdout.strip()) == (0, "2"), r.stderr
+    r = sh(f"sqlite3 {m / 'copy.db'} 'insert into t values (1);'")
+    assert r.returncode != 0 and "disk I/O error" in r.stderr
+    log = m.log_text()
+    assert "streams are append-only" in log and ("ESPIPE" in log or "ENOTSUP" in log)
+    assert (m / "copy.db").read_bytes() == local.read_bytes()  # the database is unchanged
+    r = sh(f"sqlite3 {m / 'copy.db'} 'select sum(x) from t;'")
+    assert (r.returncode, r.stdout.strip()) == (0, "85"), r.stderr
+
+
+KILLED = """
+import os, signal, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(3):
+    os.write(fd, bytes([65 + i]) * 1_000_000)
+print("written", flush=True)
+signal.pause()
+"""
+
+
+def test_a_writer_killed_by_sigkill_leaves_a_complete_stream_of_what_it_wrote(mounter, bucket, s3_server, tmp_path):
+    """The kernel closes a killed process's files: the flush commits every byte write(2)
+    accepted, as a complete stream."""
+    m = mounter(bucket)
+    p = subprocess.Popen([sys.executable, "-c", KILLED, str(m / "killed")], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "written"
+    p.kill()
+    p.wait(10)
+    want = b"A" * 1_000_000 + b"B" * 1_000_000 + b"C" * 1_000_000
+    assert wait_for(lambda: (m / "killed").read_bytes() == want, 30)
+    engine = Engine(Store(S3Config(endpoint_url=s3_server.endpoint)), TransferConfig(staging_dir=str(tmp_path / "e")))
+    st = engine.stat(bucket, "killed")
+    assert st.kind == "stream" and st.complete and st.size == len(want)
+
+
+def test_an_object_and_a_prefix_of_the_same_name_show_the_prefix(mounter, bucket, store):
+    """S3 allows an object "x" beside keys under "x/": the directory (or stream) is shown,
+    in listings and lookups alike; the object is left alone."""
+    store.put(bucket, "d", b"object d")
+    store.put(bucket, "d/inner", b"inner")
+    m = mounter(bucket)
+    (m / "s2").write_bytes(b"stream")
+    store.put(bucket, "s", b"object s")
+    for o in store.list(bucket, "s2/"):
+        store.copy(bucket, o.key, bucket, "s/" + o.key[len("s2/"):])
+    m2 = mounter(bucket)
+    assert sorted(os.listdir(m2.path)) == ["d", "s", "s2"]
+    assert (m2 / "d").is_dir() and os.listdir(m2 / "d") == ["inner"]
+    assert (m2 / "s").read_bytes() == b"stream" and os.stat(m2 / "s").st_size == 6
+    assert store.get(bucket, "d")[0] == b"object d" and store.get(bucket, "s")[0] == b"object s"

@@ -40,7 +40,7 @@ from s3pipefs import errors
 from s3pipefs.engine import Engine
 from s3pipefs.fs import fserrors, names
 from s3pipefs.fs.handles import HandleTable, ReadHandle
-from s3pipefs.fs.write_handle import WriteHandle
+from s3pipefs.fs.write_handle import WriteHandle, WriteState
 from s3pipefs.fs.namespace import Namespace, split
 from s3pipefs.fs.options import FsConfig
 
@@ -81,6 +81,9 @@ class Filesystem:
         self._releaser_lock = threading.Lock()
         self._versions: cachetools.LRUCache = cachetools.LRUCache(10_000)
         self._versions_lock = threading.Lock()
+        # fh of a file open for reading and writing -> the reader its reads use (see read).
+        self._rw_readers: dict[int, ReadHandle] = {}
+        self._rw_lock = threading.Lock()
 
     # -- attributes ---------------------------------------------------------------------
     def _mode(self, kind: str, stored: int | None = None) -> int:
@@ -279,11 +282,32 @@ class Filesystem:
         for bytes only its own writes can bring."""
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle):
-            raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor opened for writing "
-                                        "(streams are append-only); open the file again to read it")
+            h = self._reader_beside(fh, h)
+            if h is None:
+                return b""  # created or truncated, nothing written: an empty file
         w = self.handles.writer(h.path)
         own = w is not None and w.wrote_from(owner)
         return h.read(offset, size, interrupted, self._followers() if interrupted else None, wait=not own)
+
+    def _reader_beside(self, fh: int, h: WriteHandle) -> ReadHandle | None:
+        """Reads through a descriptor open for reading and writing (O_RDWR: sqlite reads
+        its database header, programs read lock files): until the descriptor writes, it
+        reads the file as stored (None: the file is empty). Once it wrote, the bytes it
+        reads back may be only in its writer: EOPNOTSUPP."""
+        if h.state is WriteState.CREATED and h.size == 0:
+            return None
+        if h.state is not WriteState.OPENED:
+            raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor that has written "
+                                        "(streams are append-only); open the file again to read it")
+        with self._rw_lock:
+            r = self._rw_readers.get(fh)
+        if r is None:
+            reader = self.engine.open_reader(self.bucket, self.ns.key(h.path), follow=False)
+            with self._rw_lock:
+                r = self._rw_readers.setdefault(fh, ReadHandle(h.path, reader))
+            if r.reader is not reader:
+                reader.close()  # another thread of the same descriptor was first
+        return r
 
     def _followers(self) -> cf.ThreadPoolExecutor:
         # Threads that wait at the end of growing streams (one per blocked read).
@@ -327,6 +351,10 @@ class Filesystem:
             finally:
                 self.handles.remove(fh)
             return
+        with self._rw_lock:
+            beside = self._rw_readers.pop(fh, None)
+        if beside is not None:
+            beside.release()
         if h.release():
             self._pool().submit(self._final_release, fh, h)
         else:
@@ -354,7 +382,15 @@ class Filesystem:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         h = self._handle_or_none(fh) if fh is not None else None
         if not isinstance(h, WriteHandle):
+            # ftruncate reaches us without its descriptor (libfuse 3 through mfusepy): the
+            # path's writer, else its one descriptor open for writing that has not written.
             h = self.handles.writer(path)
+        if h is None:
+            idle = self.handles.unclaimed(path)
+            if len(idle) > 1:
+                raise errors.Busy(f"{where}: open for writing through {len(idle)} descriptors on this mount; "
+                                  "cannot tell which one truncates")
+            h = idle[0] if idle else None
         if h is not None:
             h.truncate(length)
             return

@@ -171,6 +171,12 @@ class HandleTable:
             w = self._writers.get(path)
         return w if (w is not None and w.is_live) else None
 
+    def unclaimed(self, path: str) -> list[WriteHandle]:
+        """Handles open for writing on ``path`` that have not claimed it (never written)."""
+        with self._lock:
+            return [h for h in self._handles.values()
+                    if isinstance(h, WriteHandle) and h.path == path and h.is_open and not h.is_live]
+
     def writers(self) -> list[WriteHandle]:
         """Every file open for writing (or with its final commit to come)."""
         with self._lock:
