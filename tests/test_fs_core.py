@@ -421,13 +421,49 @@ def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket):
     write_file(fs, "/dir/s", b"strm")
     fs.rename("/dir/s", "/dir/x")
     assert engine.stat(bucket, "dir/x").kind == "stream" and engine.store.head(bucket, "dir/x") is None
-    # Directories: an empty one moves, a full one is EXDEV (mv copies then).
+    # Directories: an empty one moves, a small one is copied then deleted, a large one is
+    # EXDEV (mv copies then).
     fs.mkdir("/e")
     fs.rename("/e", "/e2")
     assert fs.getattr("/e2")["st_mode"] & 0o040000 and engine.stat(bucket, "e") is None
+    write_file(fs, "/dir/sub/deep", b"deep")
+    engine.store.put(bucket, "dir/sub/obj", b"object")
+    fs.rename("/dir", "/dir2")
+    assert read_file(fs, "/dir2/x") == b"strm" and read_file(fs, "/dir2/sub/deep") == b"deep"
+    assert read_file(fs, "/dir2/sub/obj") == b"object"
+    assert list(engine.store.list(bucket, "dir/")) == [] and engine.stat(bucket, "dir") is None
+    for i in range(65):
+        engine.store.put(bucket, f"big/{i}", b"")
     with pytest.raises(fserrors.CrossDevice) as e:
-        fs.rename("/dir", "/dir2")
+        fs.rename("/big", "/big2")
     assert e.value.errno == errno.EXDEV
+
+
+def test_of_two_directory_renames_to_one_name_exactly_one_wins(engine, bucket):
+    """borg's lock: a directory holding one file, renamed into place by two processes of
+    one mount at once. (Across mounts the server's If-None-Match decides; SeaweedFS's is
+    not atomic, see Namespace._rename_dir.)"""
+    fs1 = fs2 = make_fs(engine, bucket)
+    for trial in range(8):
+        for fs, n in ((fs1, 1), (fs2, 2)):
+            write_file(fs, f"/t{trial}.{n}/owner", str(n).encode())
+        results = {}
+
+        def go(fs, n):
+            try:
+                fs.rename(f"/t{trial}.{n}", f"/lock{trial}")
+                results[n] = "won"
+            except errors.S3PipeError as e:
+                results[n] = errors.errno_of(e)
+        threads = [threading.Thread(target=go, args=a) for a in ((fs1, 1), (fs2, 2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        won = [n for n, r in results.items() if r == "won"]
+        assert len(won) == 1 and set(results.values()) - {"won"} <= {errno.ENOTEMPTY, errno.EEXIST}, results
+        fs1.ns.invalidate(f"/lock{trial}/owner")
+        assert read_file(fs1, f"/lock{trial}/owner") == str(won[0]).encode()
 
 
 def test_open_files_cannot_be_removed_or_renamed_underneath(fs):

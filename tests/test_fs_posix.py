@@ -378,3 +378,36 @@ def test_an_object_and_a_prefix_of_the_same_name_show_the_prefix(mounter, bucket
     assert (m2 / "d").is_dir() and os.listdir(m2 / "d") == ["inner"]
     assert (m2 / "s").read_bytes() == b"stream" and os.stat(m2 / "s").st_size == 6
     assert store.get(bucket, "d")[0] == b"object d" and store.get(bucket, "s")[0] == b"object s"
+
+
+def test_borg_init_create_check_and_extract(mounter, bucket, tmp_path):
+    """borg writes its segments front to back and replaces its index and config by
+    write-then-rename; its lock is a small directory renamed into place."""
+    tool("borg")
+    m = mounter(bucket)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(300_000))
+    (src / "b").write_bytes(b"hello\n")
+    env = {**os.environ, "BORG_PASSPHRASE": "", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+           "BORG_BASE_DIR": str(tmp_path / "borg-home")}
+    repo = m / "repo"
+
+    def borg(*args, cwd=None):
+        r = subprocess.run(["borg", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, (args, r.stderr)
+        return r
+
+    borg("init", "--lock-wait", "10", "-e", "none", str(repo))
+    borg("create", "--lock-wait", "10", f"{repo}::one", "src", cwd=tmp_path)
+    (src / "b").write_bytes(b"changed\n")
+    borg("create", "--lock-wait", "10", f"{repo}::two", "src", cwd=tmp_path)
+    assert borg("list", "--short", str(repo)).stdout.split() == ["one", "two"]
+    borg("check", str(repo))
+    out = tmp_path / "out"
+    out.mkdir()
+    borg("extract", f"{repo}::one", cwd=out)
+    assert (out / "src" / "a").read_bytes() == (src / "a").read_bytes()
+    assert (out / "src" / "b").read_bytes() == b"hello\n"
+    assert not (repo / "lock.exclusive").exists() and not (repo / "lock.roster").exists()

@@ -446,6 +446,11 @@ class Filesystem:
         self._check_new(new, stream=True)
         self._busy_writing(old, "rename it")
         self._busy_writing(new, "replace it")
+        for w in self.handles.writing_under(old):
+            # Files closed just now are committing (borg closes its lock file, then renames
+            # the directory holding it): wait for them; files still open keep it busy.
+            if not (w.is_releasing and w.wait_released(_SETTLE_TIMEOUT)):
+                raise errors.Busy(f"{self.ns.where(old)}: cannot rename a directory holding files open for writing")
         self.ns.rename(old, new)
         with self._versions_lock:
             self._versions.pop(old, None)
