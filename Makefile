@@ -12,11 +12,13 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.s3pipefs-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Runtime of the FUSE layer: fusermount3 and libfuse 3, plus libfuse 2 as a fallback.
-# rsync, gzip and tar are used by the filesystem tests (real tools, as users run them);
+# rsync, gzip, tar, vim, sqlite3 and borgbackup are used by the filesystem tests (real
+# tools, as users run them);
 # man-db and groff-base render the manual pages and systemd's systemd-analyze checks the
 # example units (tests/test_packaging.py); zsh and fish run the completion scripts
-# (tests/test_completion.py; bash is always there).
-DEB_PKGS := fuse3 libfuse3-3 libfuse2 rsync gzip tar man-db groff-base systemd zsh fish
+# (tests/test_completion.py; bash is always there); vim, sqlite3 and borgbackup are run on
+# the mount (tests/test_fs_posix.py).
+DEB_PKGS := fuse3 libfuse3-3 libfuse2 rsync gzip tar vim sqlite3 borgbackup man-db groff-base systemd zsh fish
 
 .PHONY: venv deps test demo bench clean
 

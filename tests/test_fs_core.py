@@ -276,6 +276,59 @@ def test_two_opens_that_race_fail_at_the_first_write(engine, bucket):
     assert read_file(fs1, "/race") == b"first"
 
 
+def test_opens_for_writing_that_never_write_do_not_exclude_each_other(fs):
+    """Lock files, O_RDWR probes: the first descriptor to write has the file."""
+    write_file(fs, "/lk", b"12")
+    a, b = fs.open("/lk", os.O_RDWR).fh, fs.open("/lk", os.O_WRONLY | os.O_APPEND).fh
+    fs.flush(b, SHELL)
+    fs.write(a, b"3", 2, CMD)
+    with pytest.raises(errors.Busy):
+        fs.write(b, b"4", 2, SHELL)
+    with pytest.raises(errors.Busy):  # someone writes now: a new open is refused at once
+        fs.open("/lk", os.O_RDWR)
+    fs.flush(a, CMD)
+    fs.release(a)
+    fs.release(b)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/lk") == b"123"
+
+
+def test_a_descriptor_open_for_reading_and_writing_reads_until_it_writes(fs):
+    """sqlite opens its database O_RDWR to read it; a new file reads as empty."""
+    write_file(fs, "/rw", b"stored")
+    fh = fs.open("/rw", os.O_RDWR).fh
+    assert fs.read(fh, 100, 0) == b"stored" and fs.read(fh, 100, 3) == b"red"
+    fs.write(fh, b"+", 6, CMD)
+    with pytest.raises(fserrors.NotSupported):  # what it wrote may be only in its writer
+        fs.read(fh, 100, 0)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    new = fs.create("/rw2", os.O_RDWR | os.O_CREAT | os.O_TRUNC).fh
+    assert fs.read(new, 100, 0) == b""
+    fs.release(new)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/rw") == b"stored+" and read_file(fs, "/rw2") == b""
+
+
+def test_ftruncate_without_its_descriptor_reaches_the_one_open_for_writing(fs):
+    """libfuse 3 passes ftruncate on as a path truncate: vim opens without O_TRUNC, then
+    ftruncates to 0 and writes."""
+    write_file(fs, "/vi", b"old text")
+    fh = fs.open("/vi", os.O_WRONLY | os.O_CREAT).fh
+    fs.truncate("/vi", 0)
+    fs.write(fh, b"new", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert read_file(fs, "/vi") == b"new"
+    a, b = fs.open("/vi", os.O_RDWR).fh, fs.open("/vi", os.O_RDWR).fh
+    with pytest.raises(errors.Busy):  # which one? refuse rather than guess
+        fs.truncate("/vi", 0)
+    fs.release(a)
+    fs.release(b)
+    assert read_file(fs, "/vi") == b"new"
+
+
 def test_past_max_writers_a_new_writer_gets_enomem_at_open(engine, bucket):
     fs = make_fs(engine, bucket, max_writers=2)
     a = fs.create("/1", WR).fh
@@ -368,13 +421,49 @@ def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket):
     write_file(fs, "/dir/s", b"strm")
     fs.rename("/dir/s", "/dir/x")
     assert engine.stat(bucket, "dir/x").kind == "stream" and engine.store.head(bucket, "dir/x") is None
-    # Directories: an empty one moves, a full one is EXDEV (mv copies then).
+    # Directories: an empty one moves, a small one is copied then deleted, a large one is
+    # EXDEV (mv copies then).
     fs.mkdir("/e")
     fs.rename("/e", "/e2")
     assert fs.getattr("/e2")["st_mode"] & 0o040000 and engine.stat(bucket, "e") is None
+    write_file(fs, "/dir/sub/deep", b"deep")
+    engine.store.put(bucket, "dir/sub/obj", b"object")
+    fs.rename("/dir", "/dir2")
+    assert read_file(fs, "/dir2/x") == b"strm" and read_file(fs, "/dir2/sub/deep") == b"deep"
+    assert read_file(fs, "/dir2/sub/obj") == b"object"
+    assert list(engine.store.list(bucket, "dir/")) == [] and engine.stat(bucket, "dir") is None
+    for i in range(65):
+        engine.store.put(bucket, f"big/{i}", b"")
     with pytest.raises(fserrors.CrossDevice) as e:
-        fs.rename("/dir", "/dir2")
+        fs.rename("/big", "/big2")
     assert e.value.errno == errno.EXDEV
+
+
+def test_of_two_directory_renames_to_one_name_exactly_one_wins(engine, bucket):
+    """borg's lock: a directory holding one file, renamed into place by two processes of
+    one mount at once. (Across mounts the server's If-None-Match decides; SeaweedFS's is
+    not atomic, see Namespace._rename_dir.)"""
+    fs1 = fs2 = make_fs(engine, bucket)
+    for trial in range(8):
+        for fs, n in ((fs1, 1), (fs2, 2)):
+            write_file(fs, f"/t{trial}.{n}/owner", str(n).encode())
+        results = {}
+
+        def go(fs, n):
+            try:
+                fs.rename(f"/t{trial}.{n}", f"/lock{trial}")
+                results[n] = "won"
+            except errors.S3PipeError as e:
+                results[n] = errors.errno_of(e)
+        threads = [threading.Thread(target=go, args=a) for a in ((fs1, 1), (fs2, 2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        won = [n for n, r in results.items() if r == "won"]
+        assert len(won) == 1 and set(results.values()) - {"won"} <= {errno.ENOTEMPTY, errno.EEXIST}, results
+        fs1.ns.invalidate(f"/lock{trial}/owner")
+        assert read_file(fs1, f"/lock{trial}/owner") == str(won[0]).encode()
 
 
 def test_open_files_cannot_be_removed_or_renamed_underneath(fs):
@@ -399,6 +488,41 @@ def test_the_manifest_name_is_reserved(fs):
         with pytest.raises(fserrors.PermissionDenied) as e:
             call()
         assert e.value.errno == errno.EACCES
+
+
+def test_names_s3_cannot_store_or_delete_are_refused_before_anything_is_written(fs, engine, bucket):
+    write_file(fs, "/keep", b"kept")
+    for path, err in (("/" + "n" * 256, errno.ENAMETOOLONG), ("/esc\x1b", errno.EINVAL),
+                      ("/back\\slash", errno.EINVAL), ("/not-utf8-\udce9", errno.EINVAL),
+                      ("/" + "/".join(["d" * 250] * 4) + "/" + "b" * 30, errno.ENAMETOOLONG)):
+        for call in (lambda: fs.create(path, WR), lambda: fs.mkdir(path), lambda: fs.rename("/keep", path)):
+            with pytest.raises(errors.S3PipeError) as e:
+                call()
+            assert errors.errno_of(e.value) == err, (path, e.value)
+    # Room for the segments: the longest file name fits as a directory, not as a stream.
+    deep = "/" + "/".join(["d" * 250] * 4) + "/" + "b" * 10
+    with pytest.raises(fserrors.NameTooLong):
+        fs.create(deep, WR)
+    fs.mkdir(deep)
+    fs.rmdir(deep)
+    # A key S3 cannot hold cannot exist: a lookup says so without asking.
+    with pytest.raises(fserrors.NameTooLong):
+        fs.getattr("/" + "/".join(["a" * 250] * 5))
+    with pytest.raises(errors.NotFound):
+        fs.getattr("/not-utf8-\udce9")
+    assert [o.key for o in engine.store.list(bucket)] == ["keep/.manifest", "keep/000000000000001"]
+
+
+def test_a_stream_whose_segments_the_server_cannot_delete_is_left_whole(fs, engine, bucket):
+    """Made by another tool: rm and mv refuse before deleting anything."""
+    with engine.open_writer(bucket, "esc\x1bname", "create") as w:
+        w.write(b"data")
+    fs.ns.invalidate("/esc\x1bname")
+    for call in (lambda: fs.unlink("/esc\x1bname"), lambda: fs.rename("/esc\x1bname", "/fine")):
+        with pytest.raises(fserrors.BadName):
+            call()
+    assert read_file(fs, "/esc\x1bname") == b"data"
+    assert fs.ns.lookup("/fine", fresh=True) is None
 
 
 def test_chown_succeeds_without_storing(fs):
@@ -496,6 +620,27 @@ def test_times_set_while_writing_go_out_with_the_commit(engine, bucket, fs):
     fs.wait_idle(10)
     st = make_fs(engine, bucket).getattr("/empty")
     assert st["st_mtime"] == T1 and st["st_size"] == 0
+
+
+def test_the_create_mode_is_shown_while_open_and_kept_at_commit(engine, bucket, fs):
+    """The kernel passes the creator's mode with its umask applied (open(O_CREAT, 0600),
+    tar x of a 0600 member); an existing file opened with O_CREAT keeps its own."""
+    for name, mode in (("p600", 0o600), ("p640", 0o640), ("p755", 0o755), ("p444", 0o444)):
+        fh = fs.create(f"/{name}", WR, stat.S_IFREG | mode).fh
+        assert stat.S_IMODE(fs.getattr(f"/{name}")["st_mode"]) == mode
+        if mode != 0o444:
+            fs.write(fh, b"data", 0, CMD)
+        fs.flush(fh, CMD)
+        fs.release(fh)
+        assert fs.wait_idle(30)
+        assert s3(engine, bucket, name).mode == mode
+        assert stat.S_IMODE(make_fs(engine, bucket).getattr(f"/{name}")["st_mode"]) == mode
+    fh = fs.create("/p600", WR, stat.S_IFREG | 0o666).fh  # a create that finds the file: O_TRUNC
+    fs.write(fh, b"new", 0, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert s3(engine, bucket, "p600").mode == 0o600
 
 
 def test_overwriting_keeps_the_mode_and_drops_the_stored_time(engine, bucket, fs):
@@ -671,6 +816,36 @@ def test_a_read_waiting_on_a_growing_stream_can_be_interrupted(fs, engine, bucke
     assert fs.read(fh, 100, 10, lambda: False) == b"q" * 5
     assert fs.read(fh, 100, 15, lambda: False) == b""
     fs.release(fh)
+
+
+def test_the_process_writing_a_file_never_waits_reading_it_through_another_descriptor(fs, engine, bucket):
+    """It would wait for bytes only its own writes bring: what is uploaded, then EBUSY at
+    once. Another process (another lock owner) follows the stream as usual."""
+    fh = fs.create("/own", WR).fh
+    fs.write(fh, b"a" * 2 * SEG, 0, CMD)
+    fs.fsync(fh)  # two segments uploaded
+    fs.write(fh, b"b" * 10, 2 * SEG, CMD)  # not uploaded
+    fs.ns.invalidate("/own")
+    rh = fs.open("/own", os.O_RDONLY).fh
+    never = lambda: False  # noqa: E731
+    assert fs.read(rh, 100, 0, never, owner=CMD) == b"a" * 100
+    for _ in range(2):  # and again: nothing was left pending
+        t0 = time.monotonic()
+        with pytest.raises(errors.Busy):
+            fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+        assert time.monotonic() - t0 < 1
+    with pytest.raises(errors.Busy):
+        fs.read(rh, 100, 2 * SEG, None, owner=CMD)  # without a follower pool too
+    t0 = time.monotonic()
+    with pytest.raises(errors.Interrupted):  # another process waited until interrupted
+        fs.read(rh, 100, 2 * SEG, lambda: time.monotonic() - t0 > 0.3, owner=SHELL)
+    with pytest.raises(errors.Busy):  # its abandoned read pending: still no waiting
+        fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert fs.read(rh, 100, 2 * SEG, never, owner=CMD) == b"b" * 10
+    fs.release(rh)
 
 
 def test_a_read_waiting_on_a_dead_writer_fails_with_eio(fs, engine, bucket):

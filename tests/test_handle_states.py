@@ -241,6 +241,8 @@ COMMITS = {(S.WRITING, "flush by the writer"), (S.RELEASING, "finish_release")}
 TAKES = {(S.CREATED, "write at the end"), (S.CREATED, "flush by the writer"),
          (S.CREATED, "flush by another"), (S.CREATED, "fsync"), (S.OPENED, "write at the end"),
          (S.COMMITTED, "write at the end")}
+# Where an OPENED handle goes without claiming its path (every other way out claims it).
+UNCLAIMED_AFTER = {S.OPENED, S.SHUT_DOWN, S.RELEASED}
 # States in which the handle holds an open engine writer (as these setups reach them).
 HOLDS_WRITER = {S.CLAIMED, S.WRITING, S.RELEASING}
 
@@ -276,7 +278,8 @@ def test_what_each_operation_does_in_each_state(state, op):
     # A created file is released without a writer: finish_release makes its empty stream.
     holds = after in HOLDS_WRITER and (state, after) != (S.CREATED, S.RELEASING)
     assert len(engine.open_writers()) == (1 if holds else 0)
-    assert h.is_live == (after is not S.RELEASED)
+    # An opened file that was never written has not claimed its path (see below).
+    assert h.is_live == (after is not S.RELEASED and not (state is S.OPENED and after in UNCLAIMED_AFTER))
     assert h.is_open == (after not in (S.RELEASING, S.RELEASED))
 
 
@@ -294,6 +297,42 @@ def test_the_stream_is_taken_the_way_the_state_says():
     assert [w.how for w in engine2.writers] == ["append"]
     assert [w.how for w in engine3.writers] == ["create", "append"]  # continues after its commit
     assert [w.how for w in engine4.writers] == ["create"]
+
+
+def test_an_opened_file_claims_its_path_at_its_first_write_or_truncation():
+    """Lock files, O_RDWR probes: two opens of one file that do not write both stay
+    unclaimed; the first to write claims the path, and the other's write is refused
+    with EBUSY, changing nothing."""
+    holder: dict[str, WriteHandle] = {}
+
+    def claim(h):
+        other = holder.get(h.path)
+        if other is not None and other is not h and other.is_live:
+            raise errors.Busy("s3://b/k: another descriptor is writing it (test)")
+        holder[h.path] = h
+
+    e = FakeEngine(5)
+    a, b, c = (WriteHandle("/k", "s3://b/k", e.open_writer, mode="append", size=5, append=False, claim=claim)
+               for _ in range(3))
+    for h in (a, b, c):
+        h.flush(CMD)
+        h.fsync()
+        assert h.state is S.OPENED and not h.is_live and not e.writers
+    a.write(b"x", 5, CMD)
+    assert a.is_live and holder["/k"] is a
+    with pytest.raises(errors.Busy):
+        b.write(b"y", 5, CMD)
+    with pytest.raises(errors.Busy):
+        c.truncate(0)
+    assert (b.state, c.state) == (S.OPENED, S.OPENED) and not b.is_live and not c.is_live
+    assert len(e.writers) == 1 and c.size == 5
+    a.flush(CMD)
+    assert not a.release() and not a.is_live
+    b.release()
+    c.truncate(0)  # now free: c claims it
+    assert c.is_live and c.state is S.CREATED and holder["/k"] is c
+    created = WriteHandle("/n", "s3://b/n", e.open_writer, mode="create", size=0, append=False, claim=claim)
+    assert created.is_live  # a created file claims its path at open (the table registers it)
 
 
 def test_a_file_created_and_never_written_is_committed_empty_at_release():

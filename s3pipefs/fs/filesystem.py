@@ -38,10 +38,9 @@ import cachetools
 
 from s3pipefs import errors
 from s3pipefs.engine import Engine
-from s3pipefs.manifest import MANIFEST_NAME
-from s3pipefs.fs import fserrors
+from s3pipefs.fs import fserrors, names
 from s3pipefs.fs.handles import HandleTable, ReadHandle
-from s3pipefs.fs.write_handle import WriteHandle
+from s3pipefs.fs.write_handle import WriteHandle, WriteState
 from s3pipefs.fs.namespace import Namespace, split
 from s3pipefs.fs.options import FsConfig
 
@@ -51,8 +50,6 @@ log = logging.getLogger(__name__)
 _STATFS_FRSIZE = 4096
 _STATFS_BLOCKS = (1 << 50) // _STATFS_FRSIZE
 _STATFS_FILES = 1 << 32
-# S3 keys are up to 1024 bytes; 255 is what tools expect of one path component.
-_NAME_MAX = 255
 # utimensat(2)'s special tv_nsec values, passed on by libfuse with tv_sec = 0.
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
@@ -84,6 +81,9 @@ class Filesystem:
         self._releaser_lock = threading.Lock()
         self._versions: cachetools.LRUCache = cachetools.LRUCache(10_000)
         self._versions_lock = threading.Lock()
+        # fh of a file open for reading and writing -> the reader its reads use (see read).
+        self._rw_readers: dict[int, ReadHandle] = {}
+        self._rw_lock = threading.Lock()
 
     # -- attributes ---------------------------------------------------------------------
     def _mode(self, kind: str, stored: int | None = None) -> int:
@@ -122,7 +122,12 @@ class Filesystem:
         w = self.handles.writer(path)
         if w is not None:
             return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm)
-        entry = self.ns.lookup(path)
+        key = self.ns.key(path)
+        if not names.key_fits(key):
+            raise fserrors.NameTooLong(f"{self.ns.where(path)}: longer than an S3 key can be "
+                                       f"({names.KEY_MAX} bytes)")
+        # No key can hold a name that is not UTF-8: nothing to ask S3.
+        entry = self.ns.lookup(path) if names.is_utf8(key) else None
         if entry is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
         size = entry.size
@@ -149,7 +154,7 @@ class Filesystem:
             "f_bsize": self.blksize, "f_frsize": _STATFS_FRSIZE,
             "f_blocks": _STATFS_BLOCKS, "f_bfree": _STATFS_BLOCKS, "f_bavail": _STATFS_BLOCKS,
             "f_files": _STATFS_FILES, "f_ffree": _STATFS_FILES, "f_favail": _STATFS_FILES,
-            "f_namemax": _NAME_MAX,
+            "f_namemax": names.NAME_MAX,
         }
 
     # -- opening --------------------------------------------------------------------------
@@ -159,9 +164,12 @@ class Filesystem:
             return self._open_read(path)
         return self._open_write(path, flags, creating=False)
 
-    def create(self, path: str, flags: int) -> Opened:
+    def create(self, path: str, flags: int, mode: int | None = None) -> Opened:
+        """``mode``: the creator's mode, umask already applied by the kernel; a new file
+        shows it and its manifest keeps it, as chmod would."""
         self._check_open(path)
-        return self._open_write(path, flags, creating=True)
+        return self._open_write(path, flags, creating=True,
+                                perm=stat.S_IMODE(mode) if mode is not None else None)
 
     def _check_open(self, path: str) -> None:
         if self._closing:
@@ -201,36 +209,51 @@ class Filesystem:
                   "complete" if reader.complete else "growing", "direct" if direct else "page cache")
         return Opened(fh, direct_io=direct, keep_cache=keep)
 
-    def _open_write(self, path: str, flags: int, creating: bool) -> Opened:
+    def _open_write(self, path: str, flags: int, creating: bool, perm: int | None = None) -> Opened:
         where = self.ns.where(path)
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         if creating:
-            _check_name(path, where)
-        self._settle(path)
-        trunc = creating or bool(flags & os.O_TRUNC)
+            self._check_new(path, stream=True)
+        # O_EXCL reaches us only when the kernel saw no file: whoever else has it now won.
+        lost = errors.Exists if (creating and flags & os.O_EXCL) else errors.Busy
+        if self._settle(path) is not None:
+            # This mount is writing it: the loser of a race learns that, whatever S3 shows
+            # meanwhile (nothing yet, or a stream without its first manifest).
+            raise lost(f"{where}: already open for writing on this mount (one writer per stream)")
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
         if entry is None and not creating:
             raise errors.NotFound(f"{where}: no such file")
         if entry is not None:
+            if creating and flags & os.O_EXCL:
+                raise errors.Exists(f"{where}: already exists")
             if entry.kind == "dir":
                 raise fserrors.IsADirectory(f"{where}: is a directory")
             if entry.kind == "object":
                 raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only; write to a new name")
             if entry.writer_alive:
                 raise errors.Busy(f"{where}: another writer is writing this stream")
+        # A create that finds the file (the kernel's cache was behind) opens it as open(2)
+        # would: truncated only with O_TRUNC.
+        trunc = entry is None or bool(flags & os.O_TRUNC)
         key = self.ns.key(path)
         h = WriteHandle(
-            path, where, lambda mode: self.engine.open_writer(self.bucket, key, mode),
+            path, where, lambda how: self.engine.open_writer(self.bucket, key, how),
             mode="create" if trunc else "append",
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
             base_complete=entry.complete if entry is not None else True,
+            # A new file gets its creator's mode; an existing one keeps its own.
+            perm=perm if entry is None else None,
+            claim=self.handles.claim,
             on_commit=self._committed,
         )
-        fh = self.handles.add_writer(h, self.cfg.max_writers)
+        try:
+            fh = self.handles.add_writer(h, self.cfg.max_writers)
+        except errors.Busy as e:
+            raise lost(str(e)) from None  # two creates that raced: one is registered first
         return Opened(fh, direct_io=True)
 
     def _committed(self, h: WriteHandle) -> None:
@@ -250,14 +273,41 @@ class Filesystem:
         except fserrors.BadHandle:
             return None
 
-    def read(self, fh: int, size: int, offset: int, interrupted: Callable[[], bool] | None = None) -> bytes:
+    def read(self, fh: int, size: int, offset: int, interrupted: Callable[[], bool] | None = None,
+             owner: int | None = None) -> bytes:
         """``interrupted``: tells whether the caller gave up (Ctrl-C); reads waiting on a
-        growing stream then return EINTR instead of holding the process until data comes."""
+        growing stream then return EINTR instead of holding the process until data comes.
+        ``owner``: the reading process's lock owner. The process that is writing the file
+        through another descriptor gets what is uploaded, then EBUSY instead of waiting
+        for bytes only its own writes can bring."""
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle):
-            raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor opened for writing "
+            h = self._reader_beside(fh, h)
+            if h is None:
+                return b""  # created or truncated, nothing written: an empty file
+        w = self.handles.writer(h.path)
+        own = w is not None and w.wrote_from(owner)
+        return h.read(offset, size, interrupted, self._followers() if interrupted else None, wait=not own)
+
+    def _reader_beside(self, fh: int, h: WriteHandle) -> ReadHandle | None:
+        """Reads through a descriptor open for reading and writing (O_RDWR: sqlite reads
+        its database header, programs read lock files): until the descriptor writes, it
+        reads the file as stored (None: the file is empty). Once it wrote, the bytes it
+        reads back may be only in its writer: EOPNOTSUPP."""
+        if h.state is WriteState.CREATED and h.size == 0:
+            return None
+        if h.state is not WriteState.OPENED:
+            raise fserrors.NotSupported(f"{h.where}: cannot read through a descriptor that has written "
                                         "(streams are append-only); open the file again to read it")
-        return h.read(offset, size, interrupted, self._followers() if interrupted else None)
+        with self._rw_lock:
+            r = self._rw_readers.get(fh)
+        if r is None:
+            reader = self.engine.open_reader(self.bucket, self.ns.key(h.path), follow=False)
+            with self._rw_lock:
+                r = self._rw_readers.setdefault(fh, ReadHandle(h.path, reader))
+            if r.reader is not reader:
+                reader.close()  # another thread of the same descriptor was first
+        return r
 
     def _followers(self) -> cf.ThreadPoolExecutor:
         # Threads that wait at the end of growing streams (one per blocked read).
@@ -301,6 +351,10 @@ class Filesystem:
             finally:
                 self.handles.remove(fh)
             return
+        with self._rw_lock:
+            beside = self._rw_readers.pop(fh, None)
+        if beside is not None:
+            beside.release()
         if h.release():
             self._pool().submit(self._final_release, fh, h)
         else:
@@ -328,7 +382,15 @@ class Filesystem:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         h = self._handle_or_none(fh) if fh is not None else None
         if not isinstance(h, WriteHandle):
+            # ftruncate reaches us without its descriptor (libfuse 3 through mfusepy): the
+            # path's writer, else its one descriptor open for writing that has not written.
             h = self.handles.writer(path)
+        if h is None:
+            idle = self.handles.unclaimed(path)
+            if len(idle) > 1:
+                raise errors.Busy(f"{where}: open for writing through {len(idle)} descriptors on this mount; "
+                                  "cannot tell which one truncates")
+            h = idle[0] if idle else None
         if h is not None:
             h.truncate(length)
             return
@@ -353,13 +415,17 @@ class Filesystem:
         if w is not None:
             raise errors.Busy(f"{self.ns.where(path)}: cannot {what} while it is open for writing on this mount")
 
+    def _check_new(self, path: str, stream: bool) -> None:
+        """Before anything is written: a name S3 can store, and delete again."""
+        names.check_new(path, self.ns.key(path), self.ns.where(path), stream=stream)
+
     def _writable(self, path: str) -> None:
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
 
     def mkdir(self, path: str) -> None:
         self._writable(path)
-        _check_name(path, self.ns.where(path))
+        self._check_new(path, stream=False)
         self.ns.mkdir(path)
 
     def rmdir(self, path: str) -> None:
@@ -377,13 +443,29 @@ class Filesystem:
 
     def rename(self, old: str, new: str) -> None:
         self._writable(old)
-        _check_name(new, self.ns.where(new))
+        self._check_new(new, stream=True)
         self._busy_writing(old, "rename it")
         self._busy_writing(new, "replace it")
+        for w in self.handles.writing_under(old):
+            # Files closed just now are committing (borg closes its lock file, then renames
+            # the directory holding it): wait for them; files still open keep it busy.
+            if not (w.is_releasing and w.wait_released(_SETTLE_TIMEOUT)):
+                raise errors.Busy(f"{self.ns.where(old)}: cannot rename a directory holding files open for writing")
         self.ns.rename(old, new)
         with self._versions_lock:
             self._versions.pop(old, None)
             self._versions.pop(new, None)
+
+    def link(self, existing: str, new: str) -> None:
+        raise fserrors.NotSupported(f"{self.ns.where(new)}: hard links are not supported (an S3 key is one "
+                                    f"name); copy {self.ns.where(existing)} instead")
+
+    def mknod(self, path: str, mode: int) -> None:
+        """Regular files come through create; what is left cannot be stored in S3."""
+        kind = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+                stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
+        raise fserrors.NotSupported(f"{self.ns.where(path)}: a {kind} cannot be stored in S3 "
+                                    "(only regular files and directories)")
 
     def set_times(self, path: str, times: tuple[int, int] | None) -> None:
         """utimens: a stream keeps its mtime (nanoseconds) in its manifest; atime is not kept.
@@ -461,12 +543,6 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _check_name(path: str, where: str) -> None:
-    """A file named .manifest would turn its directory into a (broken) stream."""
-    if split(path)[1] == MANIFEST_NAME:
-        raise fserrors.PermissionDenied(f"{where}: '{MANIFEST_NAME}' is reserved for stream manifests")
 
 
 def _version(reader) -> tuple | None:

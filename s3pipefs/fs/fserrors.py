@@ -49,3 +49,15 @@ class BadHandle(S3PipeError):
 class HandleStateError(BadHandle):
     """An operation the state of an open file does not allow (a write after its release):
     a bug in the caller, reported instead of being ignored."""
+
+
+class NameTooLong(S3PipeError):
+    """A name over 255 bytes, or an S3 key over 1024 (see names.py)."""
+
+    errno = _errno.ENAMETOOLONG
+
+
+class BadName(S3PipeError):
+    """A name S3 or the server cannot store, or could not delete again (see names.py)."""
+
+    errno = _errno.EINVAL

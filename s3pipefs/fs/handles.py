@@ -2,18 +2,19 @@
 
 Files open for writing are WriteHandles (write_handle.py), whose state decides what each
 operation may do. The table registers at most one live writer per path on this mount
-and answers the filesystem's questions about them (is this path being written here?).
+(a handle that has claimed its path: created, truncated or written through) and answers
+the filesystem's questions about them (is this path being written here?).
 The table has its own lock; each handle has its own.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from typing import Callable
+from typing import Callable, NoReturn
 
 from s3pipefs import errors
 from s3pipefs.fs import fserrors
-from s3pipefs.fs.write_handle import WriteHandle
+from s3pipefs.fs.write_handle import WriteHandle, WriteState
 
 
 class ReadHandle:
@@ -26,6 +27,10 @@ class ReadHandle:
     when the kernel says the caller was interrupted. The abandoned read stays pending:
     a retry of the same read picks up its result; anything else waits for it first (the
     engine reader is not safe for concurrent use).
+
+    A read with ``wait=False`` never waits: past what the reader has, it fails with EBUSY.
+    That is for the process that is itself writing the file (through another descriptor):
+    the bytes it waits for are in its own, unflushed writer, so it would wait forever.
     """
 
     _STEP = 0.1  # seconds between checks for an interrupted caller
@@ -39,9 +44,10 @@ class ReadHandle:
         self._pending: tuple[int, int, cf.Future] | None = None
 
     def read(self, offset: int, size: int, interrupted: Callable[[], bool] | None = None,
-             pool: cf.Executor | None = None) -> bytes:
+             pool: cf.Executor | None = None, wait: bool = True) -> bytes:
         if interrupted is None or pool is None:
             with self.lock:
+                self._must_wait(offset, wait)
                 return self.reader.read(offset, size)
         while not self.lock.acquire(timeout=self._STEP):
             if interrupted():
@@ -49,10 +55,12 @@ class ReadHandle:
         try:
             while True:
                 if self._pending is None:
-                    if self.reader.complete or offset < self.reader.size:
+                    if not self._must_wait(offset, wait):
                         return self.reader.read(offset, size)  # data is there: no waiting
                     self._pending = (offset, size, pool.submit(self.reader.read, offset, size))
                 p_off, p_size, fut = self._pending
+                if not wait and not fut.done():
+                    self._refuse(offset)
                 try:
                     data = fut.result(timeout=self._STEP)
                 except cf.TimeoutError:
@@ -68,6 +76,19 @@ class ReadHandle:
                 # The result of an earlier, abandoned read; now do this one.
         finally:
             self.lock.release()
+
+    def _must_wait(self, offset: int, wait: bool) -> bool:
+        """Would a read at ``offset`` wait for the stream to grow? Refuses when it may not."""
+        if self.reader.complete or offset < self.reader.size:
+            return False
+        if not wait:
+            self._refuse(offset)
+        return True
+
+    def _refuse(self, offset: int) -> NoReturn:
+        raise errors.Busy(f"{self.path}: this process is writing the file, and the bytes at {offset} are not "
+                          f"uploaded yet ({self.reader.size} were when it was opened for reading); "
+                          "read them after close, or fsync and open the file again")
 
     @property
     def size(self) -> int:
@@ -104,17 +125,32 @@ class HandleTable:
         return fh
 
     def add_writer(self, h: WriteHandle, max_writers: int) -> int:
-        """Register a writer; Busy if this mount already writes the path, NoMemory past the limit."""
+        """Register a writer; Busy if this mount already writes the path, NoMemory past the limit.
+
+        A handle that has not claimed its path (an existing file opened, not truncated)
+        is only counted: it claims the path at its first write (``claim``).
+        """
         with self._lock:
             other = self._writers.get(h.path)
             if other is not None and other.is_live:
                 raise errors.Busy(f"{h.where}: already open for writing on this mount (one writer per stream)")
-            live = sum(1 for w in self._writers.values() if w.is_live)
-            if live >= max_writers:
-                raise errors.NoMemory(f"{h.where}: {live} files are already open for writing "
+            held = sum(1 for w in self._handles.values()
+                       if isinstance(w, WriteHandle) and w.state is not WriteState.RELEASED)
+            if held >= max_writers:
+                raise errors.NoMemory(f"{h.where}: {held} files are already open for writing "
                                       f"(max_writers={max_writers}); close one or mount with a larger max_writers")
-            self._writers[h.path] = h
+            if h.is_live:
+                self._writers[h.path] = h
             return self._add(h)
+
+    def claim(self, h: WriteHandle) -> None:
+        """Make ``h`` its path's writer on this mount: Busy if another handle is."""
+        with self._lock:
+            other = self._writers.get(h.path)
+            if other is not None and other is not h and other.is_live:
+                raise errors.Busy(f"{h.where}: another descriptor on this mount is writing it (one writer "
+                                  "per stream); nothing was written through this one")
+            self._writers[h.path] = h
 
     def get(self, fh: int):
         with self._lock:
@@ -135,9 +171,16 @@ class HandleTable:
             w = self._writers.get(path)
         return w if (w is not None and w.is_live) else None
 
-    def writers(self) -> list[WriteHandle]:
+    def unclaimed(self, path: str) -> list[WriteHandle]:
+        """Handles open for writing on ``path`` that have not claimed it (never written)."""
         with self._lock:
-            return list(self._writers.values())
+            return [h for h in self._handles.values()
+                    if isinstance(h, WriteHandle) and h.path == path and h.is_open and not h.is_live]
+
+    def writers(self) -> list[WriteHandle]:
+        """Every file open for writing (or with its final commit to come)."""
+        with self._lock:
+            return [h for h in self._handles.values() if isinstance(h, WriteHandle)]
 
     def readers(self) -> list[ReadHandle]:
         with self._lock:

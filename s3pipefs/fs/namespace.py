@@ -30,7 +30,8 @@ import cachetools
 
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry
-from s3pipefs.fs import fserrors
+from s3pipefs.manifest import MANIFEST_NAME
+from s3pipefs.fs import fserrors, names
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ DIR_CONTENT_TYPE = "application/x-directory"
 # Bounds the caches' memory: ~1 KB per Entry, so at most ~100 MB in the worst case.
 MAX_ENTRIES = 100_000
 MAX_LISTINGS = 256
+# rename(2) of a directory copies what it holds: up to this many objects (lock directories,
+# a few files); a larger one gives EXDEV and mv(1) copies it file by file.
+MAX_DIR_RENAME = 64
+MANIFEST_SUFFIX = "/" + MANIFEST_NAME
 
 
 def split(path: str) -> tuple[str, str]:
@@ -54,6 +59,7 @@ class Namespace:
         self.prefix = prefix  # "" or ends with "/"
         self.ttl = ttl
         self._lock = threading.Lock()
+        self._dir_renames = threading.Lock()
         self._entries: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self.mounted_at = time.time()
@@ -175,6 +181,8 @@ class Namespace:
             raise errors.NotFound(f"{self.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
+        if entry.kind == "stream":
+            names.check_removable(self.key(path), self.where(path))
         try:
             self.engine.delete(self.bucket, self.key(path))
             if entry.kind == "stream":
@@ -210,6 +218,8 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a file into itself")
         skey, dkey = self.key(old), self.key(new)
+        if src.kind == "stream":
+            names.check_removable(skey, self.where(old))  # before the copy: nothing to undo
         self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind)  # src was just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
@@ -237,17 +247,58 @@ class Namespace:
             log.debug("%s/: %s", key, e)
 
     def _rename_dir(self, old: str, new: str, dst: Entry | None) -> None:
+        """An empty directory, or a small one (borg's lock is a directory renamed into
+        place): copy what it holds, then delete it. The new name is claimed first, under
+        a lock of this mount and with a conditional write of its marker, so of two renames
+        to one name exactly one wins: always on one mount, across mounts as far as the
+        server's If-None-Match is atomic (AWS S3's is; SeaweedFS lets both of two
+        simultaneous writes through now and then). A failure part way leaves the source
+        whole. Larger directories give EXDEV, on which mv(1) copies and deletes itself."""
         if dst is not None and dst.kind != "dir":
             raise fserrors.NotADirectory(f"{self.where(new)}: not a directory")
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a directory into itself")
-        if self._has_content(self.key(old)):
-            raise fserrors.CrossDevice(f"{self.where(old)}: renaming a non-empty directory is not "
-                                       "supported (mv falls back to copy and delete)")
-        if dst is not None and self._has_content(self.key(new)):
-            raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
-        self.store.put(self.bucket, self.key(new) + "/", b"", content_type=DIR_CONTENT_TYPE)
-        self._drop_folder(self.key(old))
+        okey, nkey = self.key(old), self.key(new)
+        held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
+                if not isinstance(o, str) and o.key != okey + "/"]
+        if len(held) > MAX_DIR_RENAME:
+            raise fserrors.CrossDevice(f"{self.where(old)}: renaming a directory of more than {MAX_DIR_RENAME} "
+                                       "objects is not supported (mv falls back to copy and delete)")
+        marker = {"content_type": DIR_CONTENT_TYPE}
+        if held:
+            with self._dir_renames:  # one claim at a time on this mount
+                # Only to a new name: an empty directory there may be another rename's claim.
+                if dst is not None or self.lookup(new, fresh=True) is not None:
+                    raise errors.Exists(f"{self.where(new)}: exists (a directory with contents moves only "
+                                        "to a new name)")
+                try:
+                    self.store.put(self.bucket, nkey + "/", b"", if_none_match=True, **marker)
+                except errors.Busy:
+                    raise errors.Exists(f"{self.where(new)}: created meanwhile (by another rename)") from None
+                self.invalidate(new)
+        else:
+            if dst is not None and self._has_content(nkey):
+                raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
+            self.store.put(self.bucket, nkey + "/", b"", **marker)
+        streams = sorted({o.key[:-len(MANIFEST_SUFFIX)] for o in held if o.key.endswith(MANIFEST_SUFFIX)})
+        in_stream = tuple(k + "/" for k in streams)
+        objects = [o.key for o in held if not o.key.startswith(in_stream)]
+        for k in streams:
+            names.check_removable(k, f"s3://{self.bucket}/{k}")
+            self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="stream")
+        for k in objects:
+            if k.endswith("/"):
+                self.store.put(self.bucket, nkey + k[len(okey):], b"", **marker)
+            else:
+                self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="object")
+        for k in streams:
+            self.engine.delete(self.bucket, k)
+        for k in objects:
+            if not k.endswith("/"):
+                self.store.delete(self.bucket, k)
+        for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
+            self._drop_folder(k.rstrip("/"))
+        self._drop_folder(okey)
 
 
 def _rank(e: Entry) -> int:

@@ -16,7 +16,7 @@ import logging
 from typing import Callable
 
 from s3pipefs import errors
-from s3pipefs.fs import fuselib
+from s3pipefs.fs import fuselib, names
 from s3pipefs.fs.filesystem import QUIET_ERRNOS, Filesystem, Opened
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,13 @@ def _op(fn):
             raise
         except Exception as e:  # noqa: BLE001 - the single errno mapping
             err = errors.errno_of(e)
+            shown = names.shown(str(path))
             if not isinstance(e, (errors.S3PipeError, OSError)):
-                log.exception("%s %s: internal error: %s", name, path, e)
+                log.exception("%s %s: internal error: %s", name, shown, e)
             elif err in QUIET_ERRNOS or (err == _errno.ENOENT and name in ("getattr", "open")):
-                log.debug("%s %s: %s", name, path, e)
+                log.debug("%s %s: %s", name, shown, names.shown(str(e)))
             else:
-                log.warning("%s %s: %s [%s]", name, path, e, _errno.errorcode.get(err, err),
+                log.warning("%s %s: %s [%s]", name, shown, names.shown(str(e)), _errno.errorcode.get(err, err),
                             exc_info=self.debug)
             raise fuselib.FuseOSError(err) from None
     return wrapper
@@ -120,11 +121,11 @@ class Operations(fuselib.Operations):
 
     @_op
     def create(self, path, mode, fi):
-        return self._fill(fi, self.fs.create(path, fi.flags))
+        return self._fill(fi, self.fs.create(path, fi.flags, mode))
 
     @_op
     def read(self, path, size, offset, fi):
-        return self.fs.read(_fh(fi), size, offset, fuselib.interrupted)
+        return self.fs.read(_fh(fi), size, offset, fuselib.interrupted, _owner(fi))
 
     @_op
     def write(self, path, data, offset, fi):
@@ -165,6 +166,16 @@ class Operations(fuselib.Operations):
     @_op
     def unlink(self, path):
         self.fs.unlink(path)
+        return 0
+
+    @_op
+    def link(self, target, source):
+        self.fs.link(source, target)
+        return 0
+
+    @_op
+    def mknod(self, path, mode, dev):
+        self.fs.mknod(path, mode)
         return 0
 
     @_op

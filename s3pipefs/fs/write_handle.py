@@ -13,6 +13,11 @@ What the states mean for a program using the file:
   follow it), so a file closed empty is visible before its release. An append handle
   closed unused (OPENED) never opens a writer: an appending engine writer marks the
   stream incomplete for as long as it is open.
+* An existing file opened for writing without truncation (OPENED) does not claim its
+  path on this mount until its first write or truncation: lock files and programs that
+  open O_RDWR to probe or lock (sqlite, editors) may have the file open several times
+  at once. The first handle to write claims the path; another handle's write then gets
+  EBUSY, and the state stays. A created or truncated file claims its path at open.
 * flush (every close(2) of every dup of the descriptor, in every process) commits
   (WRITING -> COMMITTED) only when the process closing it wrote since the last commit.
   The kernel tags writes and flushes with a lock owner, an id of the closing process's
@@ -67,6 +72,9 @@ class WriteState(enum.Enum):
 
 S = WriteState
 STICKY = "sticky"  # the operation reports the error that stuck, and the state stays
+# A handle opened in this state has not claimed its path on this mount: the operations
+# that leave it for a state that writes (write, truncate) claim the path first.
+UNCLAIMED = S.OPENED
 
 # For each state: operation -> the state it leads to. An operation missing from a row is
 # not allowed (HandleStateError). A call that is refused (a write at the wrong offset, a
@@ -108,15 +116,22 @@ class WriteHandle:
     its next commit writes, and its WriteState. Operations run one at a time (a lock)."""
 
     def __init__(self, path: str, where: str, open_writer: Callable[[str], object], *, mode: str,
-                 size: int, append: bool, base_complete: bool = True,
+                 size: int, append: bool, base_complete: bool = True, perm: int | None = None,
+                 claim: Callable[["WriteHandle"], None] | None = None,
                  on_commit: Callable[["WriteHandle"], None] | None = None):
-        """``mode``: how the file was opened, "create" (created or truncated) or "append"."""
+        """``mode``: how the file was opened, "create" (created or truncated) or "append".
+        ``perm``: the permission bits of a new file (its create mode); None keeps the
+        stream's own. ``claim``: registers the handle as its path's writer on this mount
+        (raises Busy when another handle holds it); called when an OPENED handle first
+        writes or truncates."""
         if mode not in ("create", "append"):
             raise ValueError(f"mode must be 'create' or 'append', not {mode!r}")
         self.path = path
         self.where = where
         self._open_writer = open_writer
         self._state = S.CREATED if mode == "create" else S.OPENED
+        self._claim_path = claim
+        self._claimed = self._state is not UNCLAIMED
         self.size = size  # bytes in the stream as this handle sees it: the next write goes here
         self.append = append  # O_APPEND: every write goes to the end, whatever offset the kernel passes
         self.base_complete = base_complete
@@ -130,7 +145,7 @@ class WriteHandle:
         # Set through the mount while open (cp -p, tar x): written with the commit. A
         # write after utimens clears the stored time, as it would on a local disk.
         self.stored_mtime_ns: int | None = None
-        self.perm: int | None = None
+        self.perm = perm
         self._lock = threading.Lock()
         self._released = threading.Event()
 
@@ -141,8 +156,9 @@ class WriteHandle:
 
     @property
     def is_live(self) -> bool:
-        """This mount's writer of its path: stat shows it, a second writer gets EBUSY."""
-        return self._state is not S.RELEASED
+        """This mount's writer of its path: stat shows it, a second writer gets EBUSY.
+        A handle that never claimed its path (opened, never written) is not."""
+        return self._claimed and self._state is not S.RELEASED
 
     @property
     def is_open(self) -> bool:
@@ -153,6 +169,10 @@ class WriteHandle:
     def is_releasing(self) -> bool:
         """Closed, with its final commit still to run."""
         return self._state is S.RELEASING
+
+    def wrote_from(self, owner: int | None) -> bool:
+        """Did the process with this lock owner (file table) write since the last commit?"""
+        return owner is not None and owner in self._owners
 
     def wait_released(self, timeout: float) -> bool:
         return self._released.wait(timeout)
@@ -177,6 +197,20 @@ class WriteHandle:
     def _become(self, op: str) -> None:
         self._state = self._allow(op)
 
+    def _claim(self) -> None:
+        """Before the first write or truncation of an OPENED handle: take the path on this
+        mount, or raise Busy (another handle of this mount writes it; the state stays)."""
+        if self._claimed:
+            return
+        # Claimed before asking the table, so that a handle racing this one sees it live.
+        self._claimed = True
+        if self._claim_path is not None:
+            try:
+                self._claim_path(self)
+            except BaseException:
+                self._claimed = False
+                raise
+
     # -- the write path -------------------------------------------------------------------
     def write(self, data: bytes, offset: int, owner: int | None = None) -> int:
         with self._lock:
@@ -185,6 +219,7 @@ class WriteHandle:
                 raise errors.SeekNotAllowed(
                     f"{self.where}: write of {len(data)} bytes at offset {offset} refused: streams are "
                     f"append-only and the next byte goes at {self.size}; nothing written so far changed")
+            self._claim()
             if self._writer is None:
                 self._writer = self._take_stream()
             try:
@@ -314,6 +349,7 @@ class WriteHandle:
                 return
             if length == 0 and target is S.CREATED:
                 # open(O_TRUNC) on a kernel without atomic_o_trunc: open, then truncate(0).
+                self._claim()
                 self.size = 0
                 self._become("truncate")
                 return
