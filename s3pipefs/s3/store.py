@@ -210,8 +210,9 @@ class Store:
         internals.set_upload_blocksize(client, UPLOAD_BLOCK)
         return client
 
-    def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
-        key = key if key is not None else (None if source else self.cfg.sse_c_key)
+    @staticmethod
+    def _sse(key: bytes | None, source: bool = False) -> dict:
+        """The SSE-C parameters of one request (of its copy source), none without a key."""
         if not key:
             return {}
         p = "CopySource" if source else ""
@@ -350,7 +351,7 @@ class Store:
         this request's transient failures.
         """
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
-            sse_key or self.cfg.sse_c_key or if_match or if_none_match) else None
+            sse_key or if_match or if_none_match) else None
         if fast is not None:
             headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
                                          ("Content-Type", content_type)) if v}
@@ -383,7 +384,7 @@ class Store:
         ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
         fast = self._quick_path() if quick and metadata is None and not (
-            source_sse_key or sse_key or self.cfg.sse_c_key) else None
+            source_sse_key or sse_key) else None
         if fast is not None:
             return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key), bucket, key, "copy to")
         kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},

@@ -241,10 +241,12 @@ def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retri
 
 def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = READ_RANGE,
                   resume: bool = False, retrier: RetryPolicy | None = None, progress=None,
-                  timeout: float = URL_TIMEOUT) -> Result:
-    """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed."""
+                  timeout: float = URL_TIMEOUT, request=None) -> Result:
+    """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed.
+    ``request``: the stream's request options (None: the engine's)."""
     chunks = _counted(url_chunks(url, workers=workers, part_size=part_size, retrier=retrier, timeout=timeout))
-    return upload_to_stream(engine, chunks, bucket, key, mode="resume" if resume else "create", progress=progress)
+    return upload_to_stream(engine, chunks, bucket, key, mode="resume" if resume else "create", progress=progress,
+                            request=request)
 
 
 def _counted(gen):
