@@ -209,6 +209,19 @@ def test_url_source_errors_are_one_line(s3_server, bucket):
     assert r.returncode == 2
 
 
+@pytest.mark.parametrize("as_object", [False, True])
+def test_a_url_on_a_closed_port_is_one_line_naming_it(s3_server, store, bucket, as_object):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/f"  # nothing listens once it is closed
+    r = run_cli(s3_server, "cp", *(["--object"] if as_object else []), url, f"s3://{bucket}/x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert url in err and "connection refused" in err and "Errno" not in err, err
+
+
 # -- local files and pipes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("as_object", [False, True])

@@ -53,8 +53,12 @@ def _http_error(url: str, e: BaseException) -> errors.S3PipeError:
         return errors.S3PipeError(f"{url}: HTTP {e.code} {e.reason}")
     if isinstance(e, urllib.error.URLError):
         reason = e.reason
-        if isinstance(reason, OSError) and not isinstance(reason, (ConnectionError, TimeoutError)):
-            return errors.EndpointError(f"{url}: {getattr(reason, 'strerror', None) or reason}")
+        if isinstance(reason, OSError):
+            # "connection refused", not "[Errno 111] Connection refused".
+            what = (reason.strerror or str(reason)).lower()
+            if isinstance(reason, (ConnectionError, TimeoutError)):
+                return TransientError(f"{url}: {what}")
+            return errors.EndpointError(f"{url}: {what}")
         return TransientError(f"{url}: {reason}")
     if isinstance(e, (ConnectionError, TimeoutError, OSError)):
         return TransientError(f"{url}: {type(e).__name__}: {e}")
