@@ -285,6 +285,7 @@ class Sync:
                     self.store.delete_many(self.dst.bucket, keys)
                 with self.report.lock:
                     self.report.deleted += len(objs)
+                    self.report.actions += [("delete", e.rel, "not in source") for e in objs]
             except errors.S3PipeError as ex:
                 for e in objs:
                     self._fail(e.rel, f"delete: {ex}")
@@ -295,6 +296,7 @@ class Sync:
                     self._remove(self.dst, e)
                     with self.report.lock:
                         self.report.deleted += 1
+                        self.report.actions.append(("delete", e.rel, "not in source"))
                 except errors.S3PipeError as ex:
                     self._fail(e.rel, f"delete: {ex}")
             list(pool.map(one, extra))
