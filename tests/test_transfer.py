@@ -316,3 +316,15 @@ def test_download_checks_the_md5(store, bucket, proxy):
     # One range: the corruption is caught by the whole-object MD5 (no per-range checksum exists).
     with pytest.raises(errors.IntegrityError):
         transfer.download_object(via, bucket, "o", out, workers=2, part_size=4 * MiB)
+
+
+def test_a_compressed_file_is_typed_by_its_compression_without_content_encoding(tmp_path, store, bucket, s3_server):
+    """mimetypes calls x.tar.gz an application/x-tar in gzip encoding; as Content-Type +
+    Content-Encoding that makes HTTP clients unpack it on download."""
+    for name, want in (("x.tar.gz", "application/gzip"), ("y.tar.bz2", "application/x-bzip2"),
+                       ("z.txt.xz", "application/x-xz"), ("w.tar", "application/x-tar")):
+        (tmp_path / name).write_bytes(os.urandom(100))
+        r = run_cli(s3_server, "cp", "--object", str(tmp_path / name), f"s3://{bucket}/")
+        assert r.returncode == 0, r.stderr
+        head = store.client.head_object(Bucket=bucket, Key=name)
+        assert head["ContentType"] == want and "ContentEncoding" not in head, (name, head)
