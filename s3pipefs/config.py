@@ -71,8 +71,6 @@ class S3Config:
     max_pool_connections: int = 32
     # Path-style addressing works with every S3-compatible server.
     path_style: bool = True
-    # SSE-C customer key (raw 32 bytes) for the destination/only object; never logged.
-    sse_c_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

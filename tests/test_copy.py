@@ -260,3 +260,49 @@ def test_sse_c_key_never_on_the_command_line(s3_server, tmp_path, bucket):
     bad.write_text("not a key")
     r = run_cli(s3_server, "cp", "--sse-c-key-file", str(bad), "-", f"s3://{bucket}/x", input=b"x")
     assert r.returncode == 2 and "32 bytes" in r.stderr.decode() and "not a key" not in r.stderr.decode()
+
+
+def test_cp_with_two_keys_builds_one_store(s3_server, store, bucket, bucket2, tmp_path, monkeypatch):
+    """The source and destination keys travel with the requests: a re-encrypting cp of a
+    stream and an object, and a download with the source key, each make one store (one
+    botocore client), not one per key."""
+    from s3pipefs import cli
+    from s3pipefs.s3 import RequestOptions
+
+    k1, k2 = os.urandom(32), os.urandom(32)
+    data = os.urandom(SEG + 7)
+    with Engine(store, TCFG, request=RequestOptions(k1)).open_writer(bucket, "enc") as w:
+        w.write(data)
+    store.put(bucket, "enc.obj", data, sse_key=k1)
+    made = []
+    real_init = Store.__init__
+
+    def counted(self, *args, **kw):
+        made.append(self)
+        real_init(self, *args, **kw)
+    monkeypatch.setattr(Store, "__init__", counted)
+    monkeypatch.setenv("S3PIPEFS_SOURCE_SSE_C_KEY", k1.hex())
+    monkeypatch.setenv("S3PIPEFS_SSE_C_KEY", k2.hex())
+
+    def cp(*argv) -> int:
+        argv = ["--endpoint-url", s3_server.endpoint, "cp", *map(str, argv)]
+        args = cli.build_parser(argv).parse_args(argv)
+        return args.run(args)
+    for name in ("enc", "enc.obj"):
+        made.clear()
+        assert cp(f"s3://{bucket}/{name}", f"s3://{bucket2}/{name}") == 0
+        assert len(made) == 1
+        made.clear()
+        assert cp(f"s3://{bucket}/{name}", tmp_path / name) == 0
+        assert len(made) == 1 and (tmp_path / name).read_bytes() == data
+    assert read_stream_with(store, bucket2, "enc", k2) == data
+    assert store.get(bucket2, "enc.obj", sse_key=k2)[0] == data
+    with pytest.raises(errors.AccessDenied):
+        store.get(bucket2, "enc.obj", sse_key=k1)
+
+
+def read_stream_with(store: Store, bucket: str, key: str, sse_key: bytes) -> bytes:
+    from s3pipefs.s3 import RequestOptions
+
+    with Engine(store, TCFG, request=RequestOptions(sse_key)).open_reader(bucket, key, follow=False) as r:
+        return b"".join(bytes(c) for c in r.chunks(0))

@@ -13,9 +13,9 @@ import os
 import pytest
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.config import S3Config, TransferConfig
+from s3pipefs.config import MiB, TransferConfig
 from s3pipefs.engine import Engine, manifests
-from s3pipefs.s3 import ObjectStore, b64
+from s3pipefs.s3 import ObjectStore, RequestOptions, b64
 from s3pipefs.s3.inmemory import MemoryStore
 
 SEG = 1024  # the smallest segment size: a few KiB make many segments
@@ -215,13 +215,105 @@ def test_a_damaged_segment_is_fetched_tries_times_then_refused(store, cfg):
     assert store.stats.requests - before == 1 + cfg.tries  # the manifest, then the segment's tries
 
 
-def test_with_an_sse_c_key_the_store_default_applies(tmp_path):
+def test_with_an_sse_c_key_the_engine_default_applies(tmp_path):
     key = os.urandom(32)
-    store = MemoryStore(S3Config(sse_c_key=key))
+    store = MemoryStore()
     store.create_bucket("b")
-    eng = Engine(store, TransferConfig(segment_size=SEG, staging_dir=str(tmp_path)))
+    eng = Engine(store, TransferConfig(segment_size=SEG, staging_dir=str(tmp_path)), request=RequestOptions(key))
     with eng.open_writer("b", "s") as w:
         w.write(b"x" * (2 * SEG))
     assert read_all(eng, "s") == b"x" * (2 * SEG)
     with pytest.raises(errors.AccessDenied):
         store.get("b", f"s/{mf.segment_name(1)}", sse_key=b"")
+
+
+class KeyRecorder(MemoryStore):
+    """A MemoryStore that notes the SSE-C key of every request that can carry one."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent: list[tuple[str, str, bytes | None]] = []  # (operation, object key, SSE-C key)
+
+    def head(self, bucket, key, sse_key=None):
+        self.sent.append(("head", key, sse_key))
+        return super().head(bucket, key, sse_key)
+
+    def get(self, bucket, key, start=None, end=None, sse_key=None, **kw):
+        self.sent.append(("get", key, sse_key))
+        return super().get(bucket, key, start, end, sse_key, **kw)
+
+    def put(self, bucket, key, body, *, sse_key=None, **kw):
+        self.sent.append(("put", key, sse_key))
+        return super().put(bucket, key, body, sse_key=sse_key, **kw)
+
+    def copy(self, src_bucket, src_key, bucket, key, *, source_sse_key=None, sse_key=None, **kw):
+        self.sent += [("copy from", src_key, source_sse_key), ("copy to", key, sse_key)]
+        return super().copy(src_bucket, src_key, bucket, key, source_sse_key=source_sse_key, sse_key=sse_key, **kw)
+
+    def mpu_create(self, bucket, key, *, sse_key=None, **kw):
+        self.sent.append(("mpu_create", key, sse_key))
+        return super().mpu_create(bucket, key, sse_key=sse_key, **kw)
+
+    def mpu_part(self, bucket, key, upload_id, number, body, md5=None, sse_key=None):
+        self.sent.append(("mpu_part", key, sse_key))
+        return super().mpu_part(bucket, key, upload_id, number, body, md5, sse_key)
+
+
+def test_every_request_of_an_engine_carries_its_key(tmp_path):
+    """Writers (create, replace, append), leases, manifests, lookups, listings, readers,
+    attributes, object uploads and downloads, copies and deletes: each request that can
+    carry an SSE-C key carries the engine's, and nothing else does."""
+    key = os.urandom(32)
+    store = KeyRecorder()
+    store.create_bucket("b")
+    eng = Engine(store, TransferConfig(segment_size=SEG, workers=2, staging_dir=str(tmp_path)),
+                 request=RequestOptions(key))
+    data = os.urandom(3 * SEG + 5)
+    for mode in ("create", "create", "append"):  # the second replaces: staged, then copied in
+        with eng.open_writer("b", "d/s", mode=mode) as w:
+            w.write(data)
+    assert read_all(eng, "d/s") == data + data
+    assert eng.stat("b", "d/s").kind == "stream" and eng.find("b", "d/s").kind == "stream"
+    assert [e.kind for e in eng.listdir("b", "d/")] == ["stream"]
+    eng.set_attrs("b", "d/s", mtime_ns=10**18)
+    big = os.urandom(6 * MiB)  # two parts of a multipart upload
+    (tmp_path / "big").write_bytes(big)
+    eng.upload(str(tmp_path / "big"), "b", "d/obj", as_object=True, part_size=5 * MiB)
+    assert read_all(eng, "d/obj") == big
+    eng.copy("b", "d/s", "b", "e/s")
+    eng.copy("b", "d/obj", "b", "e/obj")
+    eng.delete("b", "d/s")
+    ops = {op for op, _, _ in store.sent}
+    assert {"head", "get", "put", "copy from", "copy to", "mpu_create", "mpu_part"} <= ops, ops
+    assert [s for s in store.sent if s[2] != key] == []
+    # Nothing was written without it.
+    for k in ("e/s/.manifest", f"e/s/{mf.segment_name(1)}", "e/obj"):
+        with pytest.raises(errors.AccessDenied):
+            store.get("b", k)
+
+
+def test_a_copy_takes_each_side_s_options_from_the_call(tmp_path):
+    """Engine.copy's ``source``/``dest`` override the engine's options: a re-encrypting
+    copy through one engine over one store."""
+    old, new = os.urandom(32), os.urandom(32)
+    store = KeyRecorder()
+    store.create_bucket("b")
+    cfg = TransferConfig(segment_size=SEG, workers=2, staging_dir=str(tmp_path))
+    with Engine(store, cfg, request=RequestOptions(old)).open_writer("b", "s") as w:
+        w.write(b"y" * (2 * SEG))
+    eng = Engine(store, cfg, request=RequestOptions(new))
+    store.sent.clear()
+    eng.copy("b", "s", "b", "t", source=RequestOptions(old))
+    assert {sse for _, k, sse in store.sent if k.startswith("s/")} == {old}  # every source request
+    assert {sse for _, k, sse in store.sent if k.startswith("t/")} == {new}  # every destination one
+    assert read_all(eng, "t") == b"y" * (2 * SEG)
+    with pytest.raises(errors.AccessDenied):
+        read_all(eng, "s")
+    assert eng.stat("b", "s", request=RequestOptions(old)).size == 2 * SEG
+
+
+def test_request_options_never_show_the_key():
+    key = bytes(range(32))
+    assert key.hex() not in repr(RequestOptions(key)) and repr(key) not in repr(RequestOptions(key))
+    with pytest.raises(errors.UsageError):
+        RequestOptions(b"short")

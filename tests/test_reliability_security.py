@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from s3pipefs.config import S3Config
+from s3pipefs.s3 import RequestOptions
 from tests.faultproxy import FaultProxy, Rule
 from tests.test_reliability_common import (SEG, blob, no_secret, run, run_batch, slow_feeder, spawn,
                                            wait_until)
@@ -167,8 +167,8 @@ def test_sse_c_key_is_never_printed_or_on_a_command_line(s3_server, s3_env, buck
     # A key on the command line is not even an option.
     r = run(s3_env, "cp", "--sse-c-key", SSE_KEY.hex(), str(src), f"s3://{bucket}/x")
     assert r.returncode == 2
-    # repr() of the config, which a traceback or a debug log could show, hides it too.
-    no_secret(SSE_KEY, repr(S3Config(sse_c_key=SSE_KEY)))
+    # repr() of the request options, which a traceback or a debug log could show, hides it too.
+    no_secret(SSE_KEY, repr(RequestOptions(sse_key=SSE_KEY)))
 
 
 # ---- allow_other -----------------------------------------------------------------------------------

@@ -170,6 +170,27 @@ def test_delete_and_dry_run(store, bucket, bucket2, s3_server, tmp_path):
     assert not (out / "x").exists()
 
 
+def test_verbose_sync_lists_its_deletions(store, bucket, bucket2, s3_server, tmp_path):
+    store.put(bucket, "same", b"s")
+    store.put(bucket, "new", b"n")
+    store.put(bucket2, "same", b"s")
+    store.put(bucket2, "gone/obj", b"1")
+    write_stream(store, bucket2, "gone/stream", b"x" * 1000)
+    r = run_cli(s3_server, "sync", "--delete", "-v", f"s3://{bucket}", f"s3://{bucket2}")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode().splitlines()
+    # Batched objects and streams alike, like the copies; nothing for what was kept.
+    assert sorted(line for line in out if line.startswith("delete ")) == [
+        "delete gone/obj (not in source)", "delete gone/stream (not in source)"]
+    assert "copy new (new)" in out and not [line for line in out if "same" in line]
+    # A local destination too.
+    dst = tmp_path / "d"
+    dst.mkdir()
+    (dst / "stray").write_bytes(b"z")
+    r = run_cli(s3_server, "sync", "--delete", "-v", f"s3://{bucket}", str(dst))
+    assert r.returncode == 0 and "delete stray (not in source)" in r.stdout.decode().splitlines(), r.stderr
+
+
 def test_include_exclude_and_filter_rules():
     ok = make_filter([("exclude", "secret*"), ("include", "*.txt"), ("include", "docs/*")])
     assert ok("a/b.txt") and ok("docs/x.bin") and not ok("a/b.bin") and not ok("secret.txt")

@@ -209,6 +209,19 @@ def test_url_source_errors_are_one_line(s3_server, bucket):
     assert r.returncode == 2
 
 
+@pytest.mark.parametrize("as_object", [False, True])
+def test_a_url_on_a_closed_port_is_one_line_naming_it(s3_server, store, bucket, as_object):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/f"  # nothing listens once it is closed
+    r = run_cli(s3_server, "cp", *(["--object"] if as_object else []), url, f"s3://{bucket}/x")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert url in err and "connection refused" in err and "Errno" not in err, err
+
+
 # -- local files and pipes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("as_object", [False, True])
@@ -303,3 +316,15 @@ def test_download_checks_the_md5(store, bucket, proxy):
     # One range: the corruption is caught by the whole-object MD5 (no per-range checksum exists).
     with pytest.raises(errors.IntegrityError):
         transfer.download_object(via, bucket, "o", out, workers=2, part_size=4 * MiB)
+
+
+def test_a_compressed_file_is_typed_by_its_compression_without_content_encoding(tmp_path, store, bucket, s3_server):
+    """mimetypes calls x.tar.gz an application/x-tar in gzip encoding; as Content-Type +
+    Content-Encoding that makes HTTP clients unpack it on download."""
+    for name, want in (("x.tar.gz", "application/gzip"), ("y.tar.bz2", "application/x-bzip2"),
+                       ("z.txt.xz", "application/x-xz"), ("w.tar", "application/x-tar")):
+        (tmp_path / name).write_bytes(os.urandom(100))
+        r = run_cli(s3_server, "cp", "--object", str(tmp_path / name), f"s3://{bucket}/")
+        assert r.returncode == 0, r.stderr
+        head = store.client.head_object(Bucket=bucket, Key=name)
+        assert head["ContentType"] == want and "ContentEncoding" not in head, (name, head)

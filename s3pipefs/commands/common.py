@@ -6,6 +6,8 @@ make them, so `put --help` loads none of them.
 SSE-C keys come from files (``--sse-c-key-file``, ``--source-sse-c-key-file``) or from the
 environment (``S3PIPEFS_SSE_C_KEY``, ``S3PIPEFS_SOURCE_SSE_C_KEY``), never from the command
 line where ``ps`` shows them. A key is 32 raw bytes, 64 hex digits or base64 of 32 bytes.
+They travel as request options (``RequestOptions``): the destination's are the engine's
+own, the source's are passed with the calls that read the source. One store serves both.
 """
 from __future__ import annotations
 
@@ -53,24 +55,16 @@ def store(args: argparse.Namespace):
     return Store(s3_config(args))
 
 
-def store_with_key(base, key: bytes | None):
-    """``base`` or a store like it whose default SSE-C key is ``key`` (for readers and writers)."""
-    from s3pipefs.s3 import Store
-
-    if (base.cfg.sse_c_key or None) == (key or None):
-        return base
-    return Store(dataclasses.replace(base.cfg, sse_c_key=key or None))
-
-
 def engine(args: argparse.Namespace):
     """The engine over a store made from the arguments, with their transfer config."""
     return engine_over(store(args), transfer_config(args))
 
 
-def engine_over(s3, tcfg: TransferConfig):
+def engine_over(s3, tcfg: TransferConfig, request=None):
+    """The engine over the store ``s3``; ``request``: its RequestOptions (None: no key)."""
     from s3pipefs.engine import Engine
 
-    return Engine(s3, tcfg)
+    return Engine(s3, tcfg, request=request)
 
 
 # -- progress -----------------------------------------------------------------------------------
@@ -109,11 +103,14 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
                         "destination key); a different one re-encrypts on copy")
 
 
-def keys(args: argparse.Namespace) -> tuple[bytes, bytes]:
-    """(source key, destination key); b"" means no key. The source defaults to the destination's."""
+def request_options(args: argparse.Namespace):
+    """(source, destination) RequestOptions from the key arguments; the source's key
+    defaults to the destination's."""
+    from s3pipefs.s3 import RequestOptions
+
     dkey = load_key(getattr(args, "sse_c_key_file", None), KEY_ENV) or b""
     skey = load_key(getattr(args, "source_sse_c_key_file", None), SOURCE_KEY_ENV)
-    return (dkey if skey is None else skey), dkey
+    return RequestOptions(sse_key=dkey if skey is None else skey), RequestOptions(sse_key=dkey)
 
 
 def load_key(path: str | None, env_name: str) -> bytes | None:

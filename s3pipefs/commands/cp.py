@@ -13,7 +13,7 @@ import re
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from s3pipefs import errors, options
 from s3pipefs.commands import common, listing
@@ -63,11 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_key_arguments(p)
 
 
-def _source_kind(eng, s, src: str, skey) -> str:
+def _source_kind(eng, s, src: str, source) -> str:
     """"stream" or "object" for a cp source; a clear error for nothing or a directory."""
     from s3pipefs.engine import kinds
 
-    found = eng.find(s.bucket, s.key, sse_key=skey)
+    found = eng.find(s.bucket, s.key, request=source)
     if found is None:
         eng.store.bucket_exists(s.bucket)
         raise errors.NotFound(f"{src}: no such stream or object")
@@ -78,24 +78,16 @@ def _source_kind(eng, s, src: str, skey) -> str:
 
 @dataclass
 class _Job:
-    """What every copy of one `cp` shares: arguments, keys, the store and the URL retrier."""
+    """What every copy of one `cp` shares: arguments, the engine and the URL retrier.
+
+    The engine's request options are the destination's; every call that reads an s3://
+    source is given ``source`` (its SSE-C key), so one engine and one store serve both."""
     a: argparse.Namespace
     tcfg: object
-    skey: bytes
-    dkey: bytes
-    base: object  # the store the arguments made
+    eng: object
+    source: object  # RequestOptions of an s3:// source
     part: int
     url_retrier: object  # the store retries its own requests; this, the reads of an http(s) source
-    engines: dict = field(default_factory=dict)
-
-    def engine(self, src: str, dst: str):
-        """The engine for one copy. Keys go explicitly on every call but a stream's reader
-        and writer, which use the store's: the source's when reading to a local file or
-        stdout, else the destination's. One engine (and store) per key for the whole job."""
-        key = self.skey if src.startswith("s3://") and not dst.startswith("s3://") else self.dkey
-        if key not in self.engines:
-            self.engines[key] = common.engine_over(common.store_with_key(self.base, key), self.tcfg)
-        return self.engines[key]
 
 
 def run(a: argparse.Namespace) -> int:
@@ -121,8 +113,9 @@ def run(a: argparse.Namespace) -> int:
     part = parse_size(a.part_size) if a.part_size else 32 * MiB
     if part < 1:
         raise errors.UsageError("--part-size must be positive")
-    skey, dkey = common.keys(a)
-    job = _Job(a, tcfg, skey, dkey, common.store(a), part, RetryPolicy(tcfg.tries, limiter=RateLimiter()))
+    source, dest = common.request_options(a)
+    job = _Job(a, tcfg, common.engine_over(common.store(a), tcfg, dest), source, part,
+               RetryPolicy(tcfg.tries, limiter=RateLimiter()))
     if not pattern:
         done = [_copy(job, src, dst)]
         status = 0
@@ -138,8 +131,7 @@ def _copy_matches(job: _Job, pattern: S3Url, dst: str) -> tuple[list[dict], int]
     directory), each at its key below the directory of the pattern's literal part."""
     from s3pipefs.engine.sync import safe_rel
 
-    eng = job.engine(str(pattern), dst)
-    found = listing.resolve(eng, pattern, recursive=True, workers=job.tcfg.workers)
+    found = listing.resolve(job.eng, pattern, recursive=True, workers=job.tcfg.workers, request=job.source)
     base = listing.directory_of(listing.literal_prefix(pattern.key))
     if not dst.startswith("s3://") and os.path.exists(dst) and not os.path.isdir(dst):
         raise errors.UsageError(f"{PROG} cp: {dst}: not a directory ({pattern} may match several entries)")
@@ -168,17 +160,16 @@ def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
     from s3pipefs.engine.parts import READ_RANGE
 
     a, workers, part = job.a, job.tcfg.workers, job.part
-    eng = job.engine(src, dst)
+    eng = job.eng
     t0 = time.monotonic()
     if src.startswith("s3://") and dst.startswith("s3://"):
         s, d = parse_s3url(src), parse_s3url(dst)
         if not d.key or d.key.endswith("/"):
             d = d.child(posixpath.basename(s.key.rstrip("/")))
-        kind = kind or _source_kind(eng, s, src, job.skey)
-        with common.progress(a, f"cp {src}", total=_size(job, eng, s, kind)) as prog:
+        kind = kind or _source_kind(eng, s, src, job.source)
+        with common.progress(a, f"cp {src}", total=_size(job, s, kind)) as prog:
             r = eng.copy(s.bucket, s.key, d.bucket, d.key, kind=kind, workers=workers,
-                         allow_incomplete=a.allow_incomplete, source_sse_key=job.skey, sse_key=job.dkey,
-                         progress=prog.update)
+                         allow_incomplete=a.allow_incomplete, source=job.source, progress=prog.update)
         return _done(a, src, str(d), r.kind, r.size, t0, server_side=True)
 
     if dst.startswith("s3://"):
@@ -199,7 +190,7 @@ def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
             with common.progress(a, f"cp {src}") as prog:
                 r = eng.upload_url(src, d.bucket, d.key, as_object=a.object, workers=workers,
                                    part_size=part if a.object else min(part, READ_RANGE),
-                                   content_type=a.content_type, sse_key=job.dkey, resume=a.resume,
+                                   content_type=a.content_type, resume=a.resume,
                                    retrier=job.url_retrier, progress=prog.update)
         else:
             f = _open_input(src)
@@ -210,8 +201,7 @@ def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
                     if a.object:
                         ctype = a.content_type or (transfer.guess_type(src) if src != "-" else None)
                         r = eng.upload(f, d.bucket, d.key, as_object=True, workers=workers, part_size=part,
-                                       content_type=ctype, sse_key=job.dkey, resume=a.resume,
-                                       progress=prog.update)
+                                       content_type=ctype, resume=a.resume, progress=prog.update)
                     else:
                         # A file's time and mode go with it, as with cp -p into a mount.
                         r = eng.upload(f, d.bucket, d.key, resume=a.resume, progress=prog.update,
@@ -225,15 +215,15 @@ def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
 
     # S3 -> local file or stdout
     s = parse_s3url(src)
-    kind = kind or _source_kind(eng, s, src, job.skey)
+    kind = kind or _source_kind(eng, s, src, job.source)
     path = dst
     if dst != "-" and (os.path.isdir(dst) or dst.endswith(os.sep)):
         path = os.path.join(dst, posixpath.basename(s.key.rstrip("/")))
 
     def fetch(out):
-        with common.progress(a, f"cp {src}", total=_size(job, eng, s, kind)) as prog:
+        with common.progress(a, f"cp {src}", total=_size(job, s, kind)) as prog:
             return eng.download(s.bucket, s.key, out, kind=kind, workers=workers,
-                                part_size=min(part, READ_RANGE), sse_key=job.skey, progress=prog.update)
+                                part_size=min(part, READ_RANGE), request=job.source, progress=prog.update)
     if path == "-":
         out = sys.stdout.buffer
         r = fetch(out)
@@ -243,11 +233,11 @@ def _copy(job: _Job, src: str, dst: str, kind: str | None = None) -> dict:
     return _done(a, src, path, kind, r.size, t0)
 
 
-def _size(job: _Job, eng, s: S3Url, kind: str) -> int | None:
+def _size(job: _Job, s: S3Url, kind: str) -> int | None:
     """The source's size for the progress display (% and ETA), when one is shown."""
     if not common.show_progress(job.a):
         return None
-    e = eng.stat(s.bucket, s.key)
+    e = job.eng.stat(s.bucket, s.key, request=job.source)
     return e.size if e is not None and (kind != "stream" or e.complete) else None
 
 

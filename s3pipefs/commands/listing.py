@@ -58,15 +58,17 @@ class Found:
     markers: list[str] = field(default_factory=list)  # directory marker keys ("dir/"), for rm
 
 
-def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int = 16) -> Found:
-    """Every stream and object under ``prefix`` (any string) whose key ``keep`` accepts."""
+def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int = 16, request=None) -> Found:
+    """Every stream and object under ``prefix`` (any string) whose key ``keep`` accepts.
+    ``request``: the RequestOptions its manifests are read with (None: the engine's)."""
     from s3pipefs.engine import manifests
     from s3pipefs.engine.core import Entry
     from s3pipefs.engine.sync import S3Loc
     from s3pipefs.engine.sync.listings import list_s3
 
     found = Found()
-    if _inside_stream(eng.store, bucket, directory_of(prefix)):
+    sse_key = (request or eng.request).sse_key
+    if _inside_stream(eng.store, bucket, directory_of(prefix), sse_key):
         return found
     # list_s3 takes the prefix as a plain string prefix: one that does not end in '/' (a
     # wildcard's literal part) lists and groups the same way.
@@ -84,7 +86,7 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
             found.entries.append(Entry("object", bucket, key, size=e.size, mtime=e.mtime, etag=e.etag))
 
     def stream(key: str):
-        loaded = manifests.load(eng.store, bucket, key + "/")
+        loaded = manifests.load(eng.store, bucket, key + "/", sse_key=sse_key)
         return None if loaded is None else eng.stream_entry(bucket, key, loaded)  # gone meanwhile
 
     if streams:
@@ -94,12 +96,12 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
     return found
 
 
-def _inside_stream(store, bucket: str, directory: str) -> bool:
+def _inside_stream(store, bucket: str, directory: str, sse_key: bytes) -> bool:
     """True when ``directory`` ("a/b/") or a parent of it is a stream's prefix."""
     from s3pipefs.engine import manifests
 
     parts = directory.split("/")[:-1]
-    return any(store.head(bucket, manifests.manifest_key("/".join(parts[:i]) + "/")) is not None
+    return any(store.head(bucket, manifests.manifest_key("/".join(parts[:i]) + "/"), sse_key) is not None
                for i in range(1, len(parts) + 1))
 
 
@@ -110,22 +112,24 @@ def _has_marker(store, bucket: str, prefix: str) -> bool:
     return any(not isinstance(i, str) and i.key == prefix for i in items)
 
 
-def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16) -> Found:
-    """The entries ``url`` stands for (see the module docstring); NotFound when none."""
+def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16, request=None) -> Found:
+    """The entries ``url`` stands for (see the module docstring); NotFound when none.
+    ``request``: the RequestOptions of that location (None: the engine's)."""
     if has_wildcard(url.key):
-        found = walk(eng, url.bucket, literal_prefix(url.key), keep=matcher(url.key), workers=workers)
+        found = walk(eng, url.bucket, literal_prefix(url.key), keep=matcher(url.key), workers=workers,
+                     request=request)
         if not found.entries and not found.markers:
             eng.store.bucket_exists(url.bucket)
             raise errors.NotFound(f"{url}: no match")
         return found
-    entry = eng.stat(url.bucket, url.key) if url.key.strip("/") else None
+    entry = eng.stat(url.bucket, url.key, request=request) if url.key.strip("/") else None
     # "p/" names the prefix even where an object "p" exists too; a stream's prefix is itself.
     if entry is not None and (entry.kind == "stream" or (entry.kind == "object" and not url.key.endswith("/"))):
         return Found([entry])
     if recursive:
         prefix = url.key.lstrip("/")
         prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
-        found = walk(eng, url.bucket, prefix, workers=workers)
+        found = walk(eng, url.bucket, prefix, workers=workers, request=request)
         if prefix and _has_marker(eng.store, url.bucket, prefix):
             found.markers.insert(0, prefix)  # the prefix's own marker goes with it
         if found.entries or found.markers or entry is not None or not prefix:

@@ -75,12 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from s3pipefs.engine.sync import LocalLoc, SyncOptions, parse_location
+    from s3pipefs.engine.sync import SyncOptions, parse_location
 
     tcfg = common.transfer_config(a)
     src, dst = parse_location(a.src), parse_location(a.dst)
-    skey, dkey = common.keys(a)
-    base = common.store(a)
+    source, dest = common.request_options(a)
     workers = getattr(a, "workers", DEFAULT_WORKERS)
     checkers = a.checkers or DEFAULT_CHECKERS
     if not 1 <= workers <= 256 or not 1 <= checkers <= 256:
@@ -89,10 +88,9 @@ def run(a: argparse.Namespace) -> int:
         mode="existing" if a.existing_only else "checksum" if a.checksum else "etag",
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
-        allow_incomplete=a.allow_incomplete, source_sse_key=skey, sse_key=dkey)
-    # Streams: read with the source key (S3 -> local), written with the destination's;
-    # every other call passes its key explicitly.
-    engine = common.engine_over(common.store_with_key(base, skey if isinstance(dst, LocalLoc) else dkey), tcfg)
+        allow_incomplete=a.allow_incomplete, source=source)
+    # The destination's key is the engine's; the source's goes with each call reading it.
+    engine = common.engine_over(common.store(a), tcfg, dest)
     bar = None
     if common.show_progress(a):
         from tqdm import tqdm

@@ -26,8 +26,9 @@ An incomplete source (being written, or its writer died) is refused unless
 stays incomplete, with a released lease, so that ``put --resume`` can finish it from the
 same input.
 
-SSE-C: ``source_sse_key`` decrypts the source, ``sse_key`` encrypts the copy; ``None``
-means the store's configured key and ``b""`` means none, so a copy can re-encrypt.
+SSE-C: ``source_sse_key`` decrypts the source, ``sse_key`` encrypts the copy (None or
+``b""``: no key), so a copy can re-encrypt. Engine.copy takes them from the request
+options of each side.
 """
 from __future__ import annotations
 
@@ -62,13 +63,6 @@ class CopyResult:
     complete: bool = True
 
 
-def resolve_key(store: ObjectStore, given: bytes | None) -> bytes:
-    """Resolve an SSE-C key argument: None = the store's key, b"" = no key."""
-    if given is None:
-        return store.cfg.sse_c_key or b""
-    return given
-
-
 def _plain_md5(etag: str) -> str | None:
     return ObjectInfo("", 0, etag).plain_md5
 
@@ -86,7 +80,7 @@ def copy_object(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: s
     """
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise errors.UsageError(f"s3://{src_bucket}/{src_key}: source and destination are the same")
-    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
+    skey, dkey = source_sse_key or b"", sse_key or b""
     if info is None:
         info = store.head(src_bucket, src_key, sse_key=skey)
         if info is None:
@@ -193,7 +187,7 @@ def copy_stream(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: s
         raise errors.UsageError(f"s3://{dst_bucket}/: a stream needs a name, not just a bucket")
     if src_bucket == dst_bucket and (dst_prefix.startswith(src_prefix) or src_prefix.startswith(dst_prefix)):
         raise errors.UsageError(f"{src_where} -> {dst_where}: a stream cannot be copied onto or into itself")
-    skey, dkey = resolve_key(store, source_sse_key), resolve_key(store, sse_key)
+    skey, dkey = source_sse_key or b"", sse_key or b""
 
     got = manifests.load(store, src_bucket, src_prefix, sse_key=skey)
     if got is None:

@@ -2,6 +2,12 @@
 
 It classifies keys (stream, plain object, directory), lists one directory level, and opens
 writers and readers. It holds one ObjectStore and one TransferConfig and is thread-safe.
+
+Request options (s3/interface.py ``RequestOptions``: the SSE-C key) are the engine's own:
+every request its readers, writers, leases, manifest reads and lookups send carries them.
+The data calls (stat, find, open_reader, open_writer, upload, upload_url, download) take a
+``request`` for a location whose options differ, and copy a ``source`` and a ``dest``: a
+copy decrypts with one key and encrypts with another through the same engine and store.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from s3pipefs.engine import deletion, kinds, manifests
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
-from s3pipefs.s3 import ObjectInfo, ObjectStore
+from s3pipefs.s3 import ObjectInfo, ObjectStore, RequestOptions
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3
@@ -56,11 +62,17 @@ def _iso_to_epoch(text: str) -> float:
 
 
 class Engine:
-    def __init__(self, store: ObjectStore, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None):
+    def __init__(self, store: ObjectStore, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None,
+                 request: RequestOptions | None = None):
         self.store = store
         self.cfg = (cfg or TransferConfig()).validate()
         # Shared by every reader this engine opens (a mount); None: each has its own read_ahead.
         self.read_budget = read_budget
+        self.request = request or RequestOptions()
+
+    def _key(self, request: RequestOptions | None) -> bytes:
+        """The SSE-C key of a call: its own request options', else the engine's."""
+        return (request or self.request).sse_key
 
     # -- classification ------------------------------------------------------------------
     def stream_entry(self, bucket: str, key: str, loaded: manifests.Loaded) -> Entry:
@@ -72,15 +84,15 @@ class Engine:
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
                      writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
 
-    def find(self, bucket: str, key: str, *, sse_key: bytes | None = None) -> kinds.Found | None:
+    def find(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> kinds.Found | None:
         """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
-        return kinds.find(self.store, bucket, key, sse_key=sse_key)
+        return kinds.find(self.store, bucket, key, sse_key=self._key(request))
 
-    def stat(self, bucket: str, key: str) -> Entry | None:
+    def stat(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> Entry | None:
         """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
         ignored: "x/" finds an object "x" as well."""
         key = key.strip("/")
-        return self._entry(bucket, key, kinds.find(self.store, bucket, key))
+        return self._entry(bucket, key, kinds.find(self.store, bucket, key, sse_key=self._key(request)))
 
     def _entry(self, bucket: str, key: str, found: kinds.Found | None) -> Entry | None:
         if found is None:
@@ -109,7 +121,7 @@ class Engine:
 
         # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
-            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p))
+            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p, sse_key=self.request.sse_key))
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
@@ -130,7 +142,7 @@ class Engine:
             if attempt == 0 and known is not None and known.manifest is not None and known.etag:
                 loaded = manifests.Loaded(known.manifest, known.etag, known.mtime)
             else:
-                loaded = manifests.load(self.store, bucket, key + "/") if key else None
+                loaded = manifests.load(self.store, bucket, key + "/", sse_key=self.request.sse_key) if key else None
             if loaded is None:
                 return None
             m = loaded.manifest
@@ -143,29 +155,33 @@ class Engine:
             if new == m:
                 return self.stream_entry(bucket, key, loaded)
             try:
-                etag = manifests.save(self.store, bucket, key + "/", new, if_match=loaded.etag)
+                etag = manifests.save(self.store, bucket, key + "/", new, if_match=loaded.etag,
+                                      sse_key=self.request.sse_key)
             except errors.Busy:
                 continue  # changed under us: read it again
             return self.stream_entry(bucket, key, manifests.Loaded(new, etag, time.time()))
         raise errors.Busy(f"s3://{bucket}/{key}: the manifest kept changing while setting its attributes")
 
     # -- data ----------------------------------------------------------------------------
-    def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None) -> StreamWriter:
-        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id)
+    def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None, *,
+                    request: RequestOptions | None = None) -> StreamWriter:
+        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, sse_key=self._key(request))
 
-    def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None) -> Reader:
+    def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
+                    request: RequestOptions | None = None) -> Reader:
         key = key.strip("/")
+        sse_key = self._key(request)
         if entry is None or entry.kind == "stream":
-            loaded = manifests.load(self.store, bucket, key + "/") if key else None
+            loaded = manifests.load(self.store, bucket, key + "/", sse_key=sse_key) if key else None
             if loaded is not None:
-                return Reader(self.store, self.cfg, StreamPlan(self.store, self.cfg, bucket, key, loaded), follow,
-                              budget=self.read_budget)
-        info = self.store.head(bucket, key) if key else None
+                plan = StreamPlan(self.store, self.cfg, bucket, key, loaded, sse_key=sse_key)
+                return Reader(self.store, self.cfg, plan, follow, budget=self.read_budget)
+        info = self.store.head(bucket, key, sse_key=sse_key) if key else None
         if info is None:
             self.store.bucket_exists(bucket)
             raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
-        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size), follow=False,
-                      budget=self.read_budget)
+        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size, sse_key=sse_key),
+                      follow=False, budget=self.read_budget)
 
     def delete(self, bucket: str, key: str, kind: str | None = None) -> Entry | None:
         """Remove a stream (manifest first, then segments and staged leftovers) or an object.
@@ -193,20 +209,20 @@ class Engine:
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *, kind: str | None = None,
              workers: int | None = None, info: ObjectInfo | None = None, allow_incomplete: bool = False,
-             source_sse_key: bytes | None = None, sse_key: bytes | None = None, progress=None):
+             source: RequestOptions | None = None, dest: RequestOptions | None = None, progress=None):
         """Server-side copy of the stream or object ``src_key`` (engine/copy.py); a CopyResult.
 
         ``kind``: what the source is, when the caller has just looked (else kinds.find
         decides). ``info``: an object's listing entry (saves a HEAD). A directory raises
-        IsADirectory (EISDIR), a missing source NotFound. SSE-C keys: None = the store's,
-        b"" = none.
+        IsADirectory (EISDIR), a missing source NotFound. ``source`` and ``dest``: the
+        request options of each side (None: the engine's), so a copy can re-encrypt.
         """
         from s3pipefs.engine import copy as copying  # imported on use: put/cat/mount never copy
 
         workers = workers or self.cfg.workers
+        source_sse_key, sse_key = self._key(source), self._key(dest)
         if kind is None:
-            found = kinds.find(self.store, src_bucket, src_key,
-                               sse_key=copying.resolve_key(self.store, source_sse_key))
+            found = kinds.find(self.store, src_bucket, src_key, sse_key=source_sse_key)
             if found is None:
                 raise errors.NotFound(f"s3://{src_bucket}/{src_key}: no such stream or object")
             kind = found.kind
@@ -223,7 +239,7 @@ class Engine:
 
     def upload(self, src, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
                workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
-               metadata: dict | None = None, sse_key: bytes | None = None, keep_on_failure: bool = True,
+               metadata: dict | None = None, request: RequestOptions | None = None, keep_on_failure: bool = True,
                file_stat=None, progress=None):
         """A local file (a path or a binary file object) or a pipe into a stream, or with
         ``as_object`` into a plain object (parallel multipart); a transfer.Result.
@@ -236,15 +252,15 @@ class Engine:
 
         if not as_object:
             return transfer.upload_to_stream(self, src, bucket, key, mode="resume" if resume else "create",
-                                             progress=progress, file_stat=file_stat)
+                                             progress=progress, file_stat=file_stat, request=request)
         return transfer.upload_file(self.store, src, bucket, key, workers=workers or self.cfg.workers,
                                     part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
-                                    metadata=metadata, sse_key=sse_key, resume=resume,
+                                    metadata=metadata, sse_key=self._key(request), resume=resume,
                                     keep_on_failure=keep_on_failure, progress=progress)
 
     def upload_url(self, url: str, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
                    workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
-                   sse_key: bytes | None = None, retrier=None, progress=None):
+                   request: RequestOptions | None = None, retrier=None, progress=None):
         """An http(s) URL into a stream, or with ``as_object`` a plain object; parallel
         ranged GETs when the server serves ranges (engine/transfer/urls.py). ``retrier``: the
         RetryPolicy for the URL's reads (the store retries its own requests)."""
@@ -254,22 +270,24 @@ class Engine:
         if as_object:
             return transfer.url_to_object(self.store, url, bucket, key, workers=workers,
                                           part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
-                                          sse_key=sse_key, resume=resume, retrier=retrier, progress=progress)
+                                          sse_key=self._key(request), resume=resume, retrier=retrier,
+                                          progress=progress)
         return transfer.url_to_stream(self, url, bucket, key, workers=workers, part_size=part_size or parts.READ_RANGE,
-                                      resume=resume, retrier=retrier, progress=progress)
+                                      resume=resume, retrier=retrier, progress=progress, request=request)
 
     def download(self, bucket: str, key: str, out, *, kind: str | None = None, follow: bool = False,
                  workers: int | None = None, part_size: int | None = None, info: ObjectInfo | None = None,
-                 sse_key: bytes | None = None, progress=None):
+                 request: RequestOptions | None = None, progress=None):
         """Write the stream or object ``key`` to the binary file object ``out``, in order;
         a transfer.Result. ``kind`` as for copy(); ``follow`` reads a stream as it grows."""
         from s3pipefs.engine import parts, transfer
 
+        sse_key = self._key(request)
         if kind is None:
             found = kinds.find(self.store, bucket, key, sse_key=sse_key)
             kind = found.kind if found is not None else kinds.OBJECT  # download_object names what is missing
         if kind == kinds.STREAM:
-            return transfer.download_stream(self, bucket, key, out, follow=follow, progress=progress)
+            return transfer.download_stream(self, bucket, key, out, follow=follow, progress=progress, request=request)
         return transfer.download_object(self.store, bucket, key, out, workers=workers or self.cfg.workers,
                                         part_size=part_size or parts.READ_RANGE, info=info, sse_key=sse_key,
                                         progress=progress)

@@ -38,7 +38,7 @@ class Found:
 def find(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = None) -> Found | None:
     """What ``key`` names (see the module docstring), or None for nothing.
 
-    ``sse_key`` reads the manifest and HEADs the object (None: the store's key).
+    ``sse_key`` reads the manifest and HEADs the object (None or b"": no key).
     """
     name = key.strip("/")
     if not name:

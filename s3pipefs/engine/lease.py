@@ -84,7 +84,7 @@ class Lease:
     """One writer's hold on the manifest under ``prefix``; thread-safe.
 
     ``etag`` is the ETag of our last manifest write: every save is conditional on it.
-    ``sse_key`` is passed with every manifest request (None: the store's).
+    ``sse_key`` (the stream's SSE-C key, None or b"" for none) goes with every manifest request.
     """
 
     def __init__(self, store: ObjectStore, bucket: str, prefix: str, writer_id: str, *, where: str,

@@ -31,19 +31,18 @@ def load(store: ObjectStore, bucket: str, prefix: str, *, sse_key: bytes | None 
     """The manifest under ``prefix`` (which ends with '/'), or None when there is none.
 
     The body is checked against its ETag (the MD5 of a single-part upload) unless it is
-    read with an SSE-C key (``sse_key``; None: the store's, b"": none). A body that broke
+    read with an SSE-C key (``sse_key``; None or b"": none). A body that broke
     or was damaged in transit is fetched again by the store's retry policy, so one bad
     packet never turns into a "malformed manifest". A mismatch that repeats with identical
     bytes is an ETag that is not an MD5 (SSE-KMS), not damage.
     """
     key = manifest_key(prefix)
     where = f"s3://{bucket}/{key}"
-    sse_c = sse_key if sse_key is not None else store.cfg.sse_c_key
     seen: list[bytes] = []  # the last body that parsed but did not match its ETag
     parsed: list[mf.Manifest] = []
 
     def check(data: bytes, info) -> None:  # inside the store's attempt: IntegrityError fetches again
-        md5 = None if sse_c else info.plain_md5
+        md5 = None if sse_key else info.plain_md5
         damaged = md5 is not None and hashlib.md5(data).hexdigest() != md5
         try:
             m = mf.parse(data, where=where)

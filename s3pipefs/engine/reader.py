@@ -15,6 +15,8 @@ handed out. A plain object is split into ranged units of ``block_size``.
   with StreamIncomplete when nothing changed for ``follow_timeout`` seconds (measured on
   this machine's clock, so writer clock skew does not matter) or the writer released the
   stream without completing it.
+* SSE-C: a plan holds the key its object or stream was written with (``sse_key``, from the
+  Engine's request options); every manifest read and unit fetch sends it.
 """
 from __future__ import annotations
 
@@ -108,8 +110,9 @@ class BlockUnits(_LazyUnits):
 class StreamPlan:
     """Where each byte of a stream lives; grows while the stream is written."""
 
-    def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, loaded: manifests.Loaded | None = None):
-        self.store, self.cfg = store, cfg
+    def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str,
+                 loaded: manifests.Loaded | None = None, *, sse_key: bytes = b""):
+        self.store, self.cfg, self.sse_key = store, cfg, sse_key
         self.bucket, self.prefix = bucket, key.strip("/") + "/"
         self.where = f"s3://{bucket}/{key.strip('/')}"
         self.units = StreamUnits(self.prefix, mf.Layout())
@@ -118,7 +121,7 @@ class StreamPlan:
         self.manifest: mf.Manifest | None = None
         self._etag = ""
         self._changed = time.monotonic()
-        loaded = loaded or manifests.load(store, bucket, self.prefix)
+        loaded = loaded or manifests.load(store, bucket, self.prefix, sse_key=sse_key)
         if loaded is None:
             raise errors.NotFound(f"{self.where}: no such stream")
         self._apply(loaded)
@@ -161,14 +164,14 @@ class StreamPlan:
         return self.units.index_at(offset)
 
     def refresh(self) -> None:
-        loaded = manifests.load(self.store, self.bucket, self.prefix)
+        loaded = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
         # Some S3-compatible servers answer 404 for a moment while a key is overwritten
         # under load; only a manifest that stays gone means the stream was removed.
         for pause in (0.2, 0.5, 1.0):
             if loaded is not None:
                 break
             time.sleep(pause)
-            loaded = manifests.load(self.store, self.bucket, self.prefix)
+            loaded = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
         if loaded is None:
             raise errors.StreamIncomplete(f"{self.where}: stream was removed while being read")
         before = self.size
@@ -197,8 +200,8 @@ class StreamPlan:
 class ObjectPlan:
     """A plain object split into ranged units."""
 
-    def __init__(self, bucket: str, info: ObjectInfo, block: int):
-        self.bucket = bucket
+    def __init__(self, bucket: str, info: ObjectInfo, block: int, *, sse_key: bytes = b""):
+        self.bucket, self.sse_key = bucket, sse_key
         self.where = f"s3://{bucket}/{info.key}"
         self.info = info
         self.size = info.size
@@ -378,10 +381,11 @@ class Reader:
         while True:
             try:
                 if u.start is None:
-                    data, _ = self.store.get(self.bucket, u.key, verify=check, tries=self.cfg.tries)
-                else:
-                    data, _ = self.store.get(self.bucket, u.key, u.start, u.start + u.length, verify=check,
+                    data, _ = self.store.get(self.bucket, u.key, sse_key=self.plan.sse_key, verify=check,
                                              tries=self.cfg.tries)
+                else:
+                    data, _ = self.store.get(self.bucket, u.key, u.start, u.start + u.length, self.plan.sse_key,
+                                             verify=check, tries=self.cfg.tries)
                 return data
             except errors.NotFound as e:
                 # An incomplete s3pipe2 stream can name a segment before it lands.

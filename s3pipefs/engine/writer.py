@@ -18,6 +18,8 @@ Data flow::
 * Replacing a complete stream (mode "create" over an existing one) stages the new segments
   under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
   until the new one is complete.
+* ``sse_key`` (the Engine's request options): the SSE-C key every segment and manifest
+  request of this writer carries.
 """
 from __future__ import annotations
 
@@ -46,10 +48,10 @@ MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
 
 class StreamWriter:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
-                 writer_id: str | None = None):
+                 writer_id: str | None = None, *, sse_key: bytes = b""):
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
-        self.store, self.cfg = store, cfg
+        self.store, self.cfg, self.sse_key = store, cfg, sse_key
         self.bucket, self.key = bucket, key.strip("/")
         if not self.key:
             raise errors.UsageError(f"s3://{bucket}/: a stream needs a name, not just a bucket")
@@ -61,7 +63,7 @@ class StreamWriter:
             raise errors.UsageError(f"{self.where[:60]}...: name too long for a stream: S3 keys are at most "
                                     f"{MAX_KEY_BYTES} bytes, and segment keys add 16 to the name")
         self.writer_id = writer_id or new_writer_id()
-        self._lease = Lease(store, bucket, self.prefix, self.writer_id, where=self.where)
+        self._lease = Lease(store, bucket, self.prefix, self.writer_id, where=self.where, sse_key=sse_key)
         self.closed = False
         self.committed: manifests.Loaded | None = None  # the complete manifest, once closed
 
@@ -99,7 +101,7 @@ class StreamWriter:
     # -- opening and the lease ---------------------------------------------------
     def _open(self, mode: str) -> None:
         cfg = self.cfg
-        existing = manifests.load(self.store, self.bucket, self.prefix)
+        existing = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
         if existing is None:
             # Also catches a missing bucket: make it a clear error before staging anything.
             self.store.bucket_seen(self.bucket)
@@ -260,7 +262,8 @@ class StreamWriter:
         with open(staged.path, "rb") as f:
             # The server checks the CRC32 and refuses a body damaged in transit (retried,
             # rewound, by the store: cfg.tries attempts).
-            self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, tries=self.cfg.tries)
+            self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, sse_key=self.sse_key,
+                           tries=self.cfg.tries)
         staged.remove()
         with self._cond:
             self._landed[index] = (staged.size, crc)
@@ -406,7 +409,8 @@ class StreamWriter:
         self._lease.save(m)
         names = [mf.segment_name(i) for i in range(1, count + 1)]
         list(self._pool.map(lambda n: self.store.copy(self.bucket, self._data_prefix + n, self.bucket,
-                                                      self.prefix + n), names))
+                                                      self.prefix + n, source_sse_key=self.sse_key,
+                                                      sse_key=self.sse_key), names))
         self._data_prefix_done = self._data_prefix
         self._data_prefix = self.prefix
         self._delete_leftovers(keep=count)
@@ -441,9 +445,9 @@ class StreamWriter:
 
     def _restore_replaced(self) -> None:
         old = self._existing.manifest
-        got = manifests.load(self.store, self.bucket, self.prefix)
+        got = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
         if got is not None and got.manifest.writer_id == self.writer_id and got.manifest.completed:
-            manifests.save(self.store, self.bucket, self.prefix, old, if_match=got.etag)
+            manifests.save(self.store, self.bucket, self.prefix, old, if_match=got.etag, sse_key=self.sse_key)
         deletion.delete_under(self.store, self.bucket, self._data_prefix)
 
     def _teardown(self) -> None:

@@ -8,7 +8,7 @@ runs under; ``fastpath.py`` the plain-HTTP path for small repeated requests;
 ``internals.py`` every use of botocore's private attributes, behind a version check;
 ``models.py`` the cached loading of botocore's service models.
 """
-from s3pipefs.s3.interface import ObjectInfo, ObjectStore, b64
+from s3pipefs.s3.interface import ObjectInfo, ObjectStore, RequestOptions, b64
 from s3pipefs.s3.store import Store, translate
 
-__all__ = ["ObjectInfo", "ObjectStore", "Store", "b64", "translate"]
+__all__ = ["ObjectInfo", "ObjectStore", "RequestOptions", "Store", "b64", "translate"]

@@ -80,8 +80,9 @@ class MemoryStore:
         return self.retry.stats
 
     # -- helpers ---------------------------------------------------------------------------
-    def _key_of(self, given: bytes | None) -> bytes:
-        return (self.cfg.sse_c_key or b"") if given is None else given
+    @staticmethod
+    def _key_of(given: bytes | None) -> bytes:
+        return given or b""
 
     def _bucket(self, bucket: str, key: str | None = None, action: str = "") -> dict[str, _Object]:
         try:
@@ -206,8 +207,7 @@ class MemoryStore:
              sse_key: bytes | None = None, quick: bool = False) -> str:
         def once():
             with self._lock:
-                src = self._object(src_bucket, src_key, source_sse_key if source_sse_key is not None else b"",
-                                   "copy from")
+                src = self._object(src_bucket, src_key, source_sse_key, "copy from")
                 objects = self._bucket(bucket, key, "copy to")
                 meta = src.metadata if metadata is None else {k.lower(): v for k, v in metadata.items()}
                 objects[key] = _Object(src.data, src.etag, dict(meta), src.content_type, self._key_of(sse_key))
@@ -261,8 +261,7 @@ class MemoryStore:
                       sse_key: bytes | None = None) -> str:
         def once():
             with self._lock:
-                src = self._object(src_bucket, src_key, source_sse_key if source_sse_key is not None else b"",
-                                   f"copy part {number} to")
+                src = self._object(src_bucket, src_key, source_sse_key, f"copy part {number} to")
             return self._add_part(bucket, key, upload_id, number, src.data[start:end], f"copy part {number} to")
         return self.retry.call(once)
 

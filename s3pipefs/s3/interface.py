@@ -15,7 +15,10 @@ The contract every implementation keeps:
 * Each call is retried inside the store, under its one retry policy (s3/retry.py), and by
   nothing above it: transient failures and throttles a bounded number of times, permanent
   ones (NotFound, AccessDenied, Busy, other 4xx) never. ``stats`` counts what it did.
-* ``sse_key`` arguments: None means the store's own key (``cfg.sse_c_key``), ``b""`` none.
+* ``sse_key`` arguments are the SSE-C key of that one request (``source_sse_key`` the
+  copy source's); None or ``b""`` means none. A store has no key of its own: whoever sends a
+  request says which key it carries, so one store serves callers with different keys. Above
+  the store, the key travels in a ``RequestOptions``.
 """
 from __future__ import annotations
 
@@ -23,8 +26,31 @@ import base64
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
+from s3pipefs import errors
 from s3pipefs.config import S3Config
 from s3pipefs.s3.retry import RetryStats
+
+SSE_C_KEY_BYTES = 32  # AES-256
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What travels with each request to one location besides its bucket and key.
+
+    ``sse_key``: the SSE-C customer key (32 raw bytes) the objects there are encrypted
+    with, ``b""`` for none. An Engine holds one (its readers, writers, leases and manifest
+    reads all send it); a call reaching another location (a copy's source) is given that
+    location's own. The key never shows in repr(), so a traceback or a debug log cannot leak it.
+    """
+
+    sse_key: bytes = b""
+
+    def __post_init__(self):
+        if self.sse_key and len(self.sse_key) != SSE_C_KEY_BYTES:
+            raise errors.UsageError(f"an SSE-C key must be {SSE_C_KEY_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"RequestOptions(sse_c={'yes' if self.sse_key else 'no'})"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from typing import Iterator
 
@@ -40,6 +41,9 @@ _DENIED = {
 }
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 UPLOAD_BLOCK = 1024 * 1024  # bytes per read()/send() of an upload body
+# Characters XML 1.0 cannot carry, even escaped: S3 keys may hold them, but a DeleteObjects
+# body naming such a key is refused as MalformedXML (SeaweedFS), so those go one by one.
+_NOT_XML = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def _where(bucket: str, key: str | None) -> str:
@@ -210,8 +214,9 @@ class Store:
         internals.set_upload_blocksize(client, UPLOAD_BLOCK)
         return client
 
-    def _sse(self, key: bytes | None = None, source: bool = False) -> dict:
-        key = key if key is not None else (None if source else self.cfg.sse_c_key)
+    @staticmethod
+    def _sse(key: bytes | None, source: bool = False) -> dict:
+        """The SSE-C parameters of one request (of its copy source), none without a key."""
         if not key:
             return {}
         p = "CopySource" if source else ""
@@ -350,7 +355,7 @@ class Store:
         this request's transient failures.
         """
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
-            sse_key or self.cfg.sse_c_key or if_match or if_none_match) else None
+            sse_key or if_match or if_none_match) else None
         if fast is not None:
             headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
                                          ("Content-Type", content_type)) if v}
@@ -383,7 +388,7 @@ class Store:
         ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
         fast = self._quick_path() if quick and metadata is None and not (
-            source_sse_key or sse_key or self.cfg.sse_c_key) else None
+            source_sse_key or sse_key) else None
         if fast is not None:
             return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key), bucket, key, "copy to")
         kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},
@@ -398,11 +403,24 @@ class Store:
         self._call(self.client.delete_object, bucket, key, "delete", Bucket=bucket, Key=key)
 
     def delete_many(self, bucket: str, keys: list[str]) -> None:
-        """Delete keys, 1000 per request; raise on the first key the server refused."""
+        """Delete keys, 1000 per request; raise on the first key the server refused.
+
+        A batch refused as MalformedXML because it names keys XML cannot carry is sent
+        again without them, and they are deleted one by one (a DELETE names its key in
+        the URL)."""
         for i in range(0, len(keys), 1000):
             chunk = keys[i:i + 1000]
-            r = self._call(self.client.delete_objects, bucket, chunk[0], "delete",
-                           Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            try:
+                r = self._call(self.client.delete_objects, bucket, chunk[0], "delete",
+                               Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            except errors.S3PipeError as e:
+                awkward = [k for k in chunk if _NOT_XML.search(k)]
+                if e.code != "MalformedXML" or not awkward:
+                    raise
+                for k in awkward:
+                    self.delete(bucket, k)
+                self.delete_many(bucket, [k for k in chunk if not _NOT_XML.search(k)])
+                continue
             for err in r.get("Errors", ()):
                 if err.get("Code") not in ("NoSuchKey",):
                     raise errors.S3PipeError(f"delete {_where(bucket, err.get('Key'))}: {err.get('Code')} {err.get('Message', '')}")

@@ -8,7 +8,6 @@ import hashlib
 
 from s3pipefs import manifest as mf
 from s3pipefs.config import MiB
-from s3pipefs.engine import copy as copy_mod
 from s3pipefs.engine import manifests
 from s3pipefs.engine.sync import digests
 from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc
@@ -27,6 +26,8 @@ class Comparer:
     def __init__(self, engine, src, dst, opts: SyncOptions):
         self.engine, self.store = engine, engine.store
         self.src, self.dst, self.o = src, dst, opts
+        # Request options (SSE-C keys) of each side: the destination's are the engine's.
+        self.source, self.dest = opts.source or engine.request, engine.request
 
     def quick(self, s: Entry, d: Entry | None):
         """A reason to copy, False to skip, or None when the checker pool must look closer."""
@@ -82,8 +83,8 @@ class Comparer:
                 return "size differs"
             # Streams carry a whole-stream SHA-256, objects an MD5 (ETag or s3pipefs metadata).
             algo = "sha256" if "stream" in (s.kind, d.kind) else "md5"
-            a = self._content_digest(s, self.src, self.o.source_sse_key, algo)
-            b = self._content_digest(d, self.dst, self.o.sse_key, algo)
+            a = self._content_digest(s, self.src, self.source, algo)
+            b = self._content_digest(d, self.dst, self.dest, algo)
             if a is None or b is None:
                 return "no checksum to compare"
             return False if a == b else "checksum differs"
@@ -92,7 +93,7 @@ class Comparer:
         lloc = self.src if s.kind == "file" else self.dst
         rloc = self.dst if s.kind == "file" else self.src
         if remote.kind == "stream":
-            m = self._manifest(rloc, remote, self.o.sse_key if remote is d else self.o.source_sse_key)
+            m = self._manifest(rloc, remote, self.dest if remote is d else self.source)
             if m is None or not m.completed:
                 return "destination stream incomplete" if remote is d else None
             remote.size = m.total_size
@@ -109,9 +110,8 @@ class Comparer:
             return False if remote.etag.strip('"') in got else "ETag differs"
         return False if d.mtime >= s.mtime else "source newer"
 
-    def _manifest(self, loc: S3Loc, e: Entry, key) -> mf.Manifest | None:
-        got = manifests.load(self.store, loc.bucket, loc.key(e.rel) + "/",
-                             sse_key=copy_mod.resolve_key(self.store, key))
+    def _manifest(self, loc: S3Loc, e: Entry, request) -> mf.Manifest | None:
+        got = manifests.load(self.store, loc.bucket, loc.key(e.rel) + "/", sse_key=request.sse_key)
         return got.manifest if got else None
 
     def _local_digest(self, loc: LocalLoc, e: Entry, algo: str) -> str:
@@ -120,17 +120,17 @@ class Comparer:
             got = e.digests[algo] = digests.file_digest(loc.path(e.rel), algo)
         return got
 
-    def _content_digest(self, e: Entry, loc, key, algo: str) -> str | None:
+    def _content_digest(self, e: Entry, loc, request, algo: str) -> str | None:
         if e.kind == "file":
             return self._local_digest(loc, e, algo)
-        sse = copy_mod.resolve_key(self.store, key)
+        sse = request.sse_key
         if e.kind == "stream":
-            m = self._manifest(loc, e, key)
+            m = self._manifest(loc, e, request)
             if m is None or not m.completed:
                 return None
             if m.sha256:
                 return m.sha256
-            return self._hash_remote_stream(loc, e)
+            return self._hash_remote_stream(loc, e, request)
         info = self.store.head(loc.bucket, loc.key(e.rel), sse_key=sse)
         if info is None:
             return None
@@ -144,14 +144,14 @@ class Comparer:
             def write(self, b):
                 h.update(b)
         self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="object", workers=4, info=info,
-                             sse_key=sse)
+                             request=request)
         return h.hexdigest()
 
-    def _hash_remote_stream(self, loc: S3Loc, e: Entry) -> str | None:
+    def _hash_remote_stream(self, loc: S3Loc, e: Entry, request) -> str | None:
         h = hashlib.sha256()
 
         class _Sink:
             def write(self, b):
                 h.update(b)
-        self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="stream")
+        self.engine.download(loc.bucket, loc.key(e.rel), _Sink(), kind="stream", request=request)
         return h.hexdigest()

@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 
 from s3pipefs.engine.parts import UPLOAD_PART
+from s3pipefs.s3 import RequestOptions
 
 
 @dataclass
@@ -17,8 +18,9 @@ class SyncOptions:
     checkers: int = 16
     part_size: int = UPLOAD_PART
     allow_incomplete: bool = False
-    source_sse_key: bytes | None = None
-    sse_key: bytes | None = None
+    # The source side's request options (its SSE-C key); None: the engine's, which are
+    # always the destination's.
+    source: RequestOptions | None = None
 
 
 @dataclass

@@ -38,6 +38,8 @@ class Sync:
             raise errors.UsageError(f"{src} and {dst} overlap")
         self.engine, self.store = engine, engine.store
         self.src, self.dst, self.o = src, dst, opts
+        # The destination's request options are the engine's; the source's may differ.
+        self.source = opts.source or engine.request
         self.progress = progress
         self.cmp = Comparer(engine, src, dst, opts)
         self.report = Report(dry_run=opts.dry_run)
@@ -48,13 +50,6 @@ class Sync:
         self._late: list[cf.Future] = []
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
-
-    # The source and destination keys.
-    def _skey(self) -> bytes | None:
-        return self.o.source_sse_key
-
-    def _dkey(self) -> bytes | None:
-        return self.o.sse_key
 
     def run(self) -> Report:
         t0 = time.monotonic()
@@ -225,8 +220,7 @@ class Sync:
         if isinstance(src, S3Loc) and isinstance(dst, S3Loc):
             r = self.engine.copy(src.bucket, src.key(s.rel), dst.bucket, dst.key(s.rel), kind=s.kind,
                                  workers=min(o.workers, 8), allow_incomplete=o.allow_incomplete,
-                                 info=None if self._skey() else s.info,
-                                 source_sse_key=self._skey(), sse_key=self._dkey())
+                                 info=None if self.source.sse_key else s.info, source=self.source)
             if d is not None and d.kind != s.kind:
                 self._remove(dst, d)
             return r.size
@@ -235,16 +229,15 @@ class Sync:
             meta = {"md5": s.digests["md5"]} if "md5" in s.digests else None
             r = self.engine.upload(path, dst.bucket, dst.key(s.rel), as_object=True, workers=min(o.workers, 8),
                                    part_size=o.part_size, content_type=transfer.guess_type(s.rel),
-                                   metadata=meta, sse_key=self._dkey(), keep_on_failure=False)
+                                   metadata=meta, keep_on_failure=False)
             if d is not None and d.kind == "stream":
                 self._remove(dst, d)
             return r.size
         # S3 -> local
         path = dst.path(s.rel)
-        info = None if self._skey() or s.kind == "stream" else s.info
+        info = None if self.source.sse_key or s.kind == "stream" else s.info
         fn = lambda f: self.engine.download(src.bucket, src.key(s.rel), f, kind=s.kind,  # noqa: E731
-                                            workers=min(o.workers, 8), info=info,
-                                            sse_key=self._skey())
+                                            workers=min(o.workers, 8), info=info, request=self.source)
         if os.path.isdir(path):
             raise errors.S3PipeError(f"{path}: is a directory, cannot write {s.kind} {src}{s.rel} there")
         r = transfer.download_to_path(fn, path, mtime=s.mtime)
@@ -292,6 +285,7 @@ class Sync:
                     self.store.delete_many(self.dst.bucket, keys)
                 with self.report.lock:
                     self.report.deleted += len(objs)
+                    self.report.actions += [("delete", e.rel, "not in source") for e in objs]
             except errors.S3PipeError as ex:
                 for e in objs:
                     self._fail(e.rel, f"delete: {ex}")
@@ -302,6 +296,7 @@ class Sync:
                     self._remove(self.dst, e)
                     with self.report.lock:
                         self.report.deleted += 1
+                        self.report.actions.append(("delete", e.rel, "not in source"))
                 except errors.S3PipeError as ex:
                     self._fail(e.rel, f"delete: {ex}")
             list(pool.map(one, extra))

@@ -35,8 +35,23 @@ def multipart_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
 
 
+# The type of a compressed file is its compression's: "x.tar.gz" is application/gzip. Its
+# inner type with Content-Encoding: gzip would make HTTP clients unpack it on download.
+_ENCODING_TYPES = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+}
+
+
 def guess_type(name: str) -> str | None:
-    return mimetypes.guess_type(name, strict=False)[0]
+    """The Content-Type for an object named ``name``, from its extension (None: unknown).
+    No Content-Encoding is ever set: the object's bytes are the file's."""
+    ctype, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding:
+        return _ENCODING_TYPES.get(encoding, "application/octet-stream")
+    return ctype
 
 
 def ordered(pool: cf.Executor, fn, items, window: int):

@@ -11,13 +11,14 @@ from s3pipefs.engine.transfer.common import CHUNK, Result, write_all
 
 
 def upload_to_stream(engine, src, bucket: str, key: str, *, mode: str = "create", progress=None,
-                     file_stat: os.stat_result | None = None) -> Result:
+                     file_stat: os.stat_result | None = None, request=None) -> Result:
     """Write a pipe or file (binary file object or chunk iterator) as a stream; commit at the end.
 
     ``file_stat``: the source file's stat; its mtime and permission bits are stored with
-    the stream, as a mount stores them for ``cp -p``.
+    the stream, as a mount stores them for ``cp -p``. ``request``: the stream's request
+    options (None: the engine's).
     """
-    w = engine.open_writer(bucket, key, mode=mode)
+    w = engine.open_writer(bucket, key, mode=mode, request=request)
     if file_stat is not None:
         w.mtime_ns, w.mode = file_stat.st_mtime_ns, stat.S_IMODE(file_stat.st_mode)
     n = 0
@@ -39,9 +40,11 @@ def upload_to_stream(engine, src, bucket: str, key: str, *, mode: str = "create"
     return Result(size=n, sent=n, md5=h.hexdigest())
 
 
-def download_stream(engine, bucket: str, key: str, out, *, follow: bool = False, progress=None) -> Result:
-    """Write a stream to ``out`` in order; the engine's reader prefetches and verifies."""
-    r = engine.open_reader(bucket, key, follow=follow)
+def download_stream(engine, bucket: str, key: str, out, *, follow: bool = False, progress=None,
+                    request=None) -> Result:
+    """Write a stream to ``out`` in order; the engine's reader prefetches and verifies.
+    ``request``: the stream's request options (None: the engine's)."""
+    r = engine.open_reader(bucket, key, follow=follow, request=request)
     n = 0
     try:
         if not follow and not getattr(r, "complete", True):

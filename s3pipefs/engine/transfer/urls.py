@@ -53,8 +53,12 @@ def _http_error(url: str, e: BaseException) -> errors.S3PipeError:
         return errors.S3PipeError(f"{url}: HTTP {e.code} {e.reason}")
     if isinstance(e, urllib.error.URLError):
         reason = e.reason
-        if isinstance(reason, OSError) and not isinstance(reason, (ConnectionError, TimeoutError)):
-            return errors.EndpointError(f"{url}: {getattr(reason, 'strerror', None) or reason}")
+        if isinstance(reason, OSError):
+            # "connection refused", not "[Errno 111] Connection refused".
+            what = (reason.strerror or str(reason)).lower()
+            if isinstance(reason, (ConnectionError, TimeoutError)):
+                return TransientError(f"{url}: {what}")
+            return errors.EndpointError(f"{url}: {what}")
         return TransientError(f"{url}: {reason}")
     if isinstance(e, (ConnectionError, TimeoutError, OSError)):
         return TransientError(f"{url}: {type(e).__name__}: {e}")
@@ -241,10 +245,12 @@ def url_chunks(url: str, *, workers: int = 8, part_size: int = READ_RANGE, retri
 
 def url_to_stream(engine, url: str, bucket: str, key: str, *, workers: int = 8, part_size: int = READ_RANGE,
                   resume: bool = False, retrier: RetryPolicy | None = None, progress=None,
-                  timeout: float = URL_TIMEOUT) -> Result:
-    """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed."""
+                  timeout: float = URL_TIMEOUT, request=None) -> Result:
+    """Copy an http(s) URL into a stream. Resume re-reads the URL but re-uploads nothing landed.
+    ``request``: the stream's request options (None: the engine's)."""
     chunks = _counted(url_chunks(url, workers=workers, part_size=part_size, retrier=retrier, timeout=timeout))
-    return upload_to_stream(engine, chunks, bucket, key, mode="resume" if resume else "create", progress=progress)
+    return upload_to_stream(engine, chunks, bucket, key, mode="resume" if resume else "create", progress=progress,
+                            request=request)
 
 
 def _counted(gen):
