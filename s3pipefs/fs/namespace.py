@@ -16,10 +16,11 @@ Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
 
 Symlinks, owners and modes of objects and directories live in their user metadata
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
-listing therefore HEADs, in parallel, each object small enough to be a symlink (at most
-LINK_MAX bytes: a link's body is its target path) and each directory's marker; larger
-objects, which no symlink is, cost nothing more. ``ls -l`` of 1000 streams costs what it
-did, of 1000 symlinks or small objects one LIST and 1000 HEADs (see docs/mount.md).
+listing therefore GETs, in parallel, each object small enough to be a symlink (at most
+LINK_MAX bytes: a link's body is its target path, which comes along) and HEADs each
+directory's marker; larger objects, which no symlink is, cost nothing more. ``ls -l`` of
+1000 streams costs what it did, of 1000 symlinks or small objects one LIST and 1000 small
+GETs (see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
@@ -118,13 +119,21 @@ class Namespace:
         info = self.store.head(self.bucket, entry.key + "/") if entry.key else None
         return replace(entry, metadata=info.metadata) if info is not None and info.metadata else entry
 
-    def _with_metadata(self, entry: Entry) -> Entry | None:
-        """An entry of a listing with what a HEAD adds (see the module docstring); None:
-        the object went away meanwhile."""
+    def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
+        """An entry of a listing with its metadata (see the module docstring); None: the
+        object went away meanwhile. A small object is fetched whole, which costs what a
+        HEAD does and brings a link's target along (ls -l reads every one)."""
         if entry.kind == "dir":
             return self._with_marker(entry)
-        info = self.store.head(self.bucket, entry.key)
-        return self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+        try:
+            body, info = self.store.get(self.bucket, entry.key)
+        except errors.NotFound:
+            return None
+        found = self.engine.object_entry(self.bucket, entry.key, info)
+        if found.is_link and len(body) <= LINK_MAX:
+            with self._lock:
+                self._links[(path, found.etag)] = _target(body)
+        return found
 
     def listdir(self, path: str) -> dict[str, Entry]:
         """{name: Entry} one level under the directory ``path``."""
@@ -154,7 +163,8 @@ class Namespace:
                   if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX)]
         if wanted:
             with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
-                for name, e in zip(wanted, pool.map(lambda n: self._with_metadata(listing[n]), wanted)):
+                found = pool.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
+                for name, e in zip(wanted, found):
                     if e is None:
                         del listing[name]
                     else:
@@ -220,7 +230,7 @@ class Namespace:
             body, _ = self.store.get(self.bucket, self.key(path), 0, LINK_MAX + 1)
             if len(body) > LINK_MAX:
                 raise fserrors.NameTooLong(f"{self.where(path)}: a link target over {LINK_MAX} bytes")
-            target = body.decode("utf-8", "surrogateescape")
+            target = _target(body)
             with self._lock:
                 self._links[(path, entry.etag)] = target
         return target
@@ -371,6 +381,11 @@ class Namespace:
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
+
+
+def _target(body: bytes) -> str:
+    """A link's body as the path mfusepy hands back to the kernel (bytes kept exactly)."""
+    return body.decode("utf-8", "surrogateescape")
 
 
 def _rank(e: Entry) -> int:
