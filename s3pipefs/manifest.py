@@ -29,6 +29,8 @@ MAX_TOTAL_SIZE = 2**63 - 1
 MAX_SEGMENT_SIZE = 5 * 1024**4
 # Nanoseconds since the epoch that fit a signed 64-bit time (the year 2262).
 MAX_MTIME_NS = 2**63 - 1
+# Owners are 32-bit ids; (uid_t)-1 means "no change" to chown, so it is never an owner.
+MAX_ID = 2**32 - 2
 S3PIPE2_SECTION = "s3pipe2"
 OWN_SECTION = "s3pipefs"
 S3PIPE2_VERSION = "0.1"
@@ -147,10 +149,13 @@ class Manifest:
     chain: str = ""
     writer_id: str = ""
     heartbeat: float = 0.0
-    # File attributes set through a mount (utimens, chmod); None = never set. A stream
-    # without a stored mtime shows when its manifest was last written.
+    # File attributes set through a mount (utimens, chmod, chown); None = never set. A
+    # stream without a stored mtime shows when its manifest was last written, without
+    # stored owners the mount's.
     mtime_ns: int | None = None
     mode: int | None = None  # permission bits, 0..0o7777
+    uid: int | None = None
+    gid: int | None = None
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> "Manifest":
@@ -203,6 +208,10 @@ def render(m: Manifest) -> bytes:
             own["mtime_ns"] = str(m.mtime_ns)
         if m.mode is not None:
             own["mode"] = f"{m.mode:04o}"
+        if m.uid is not None:
+            own["uid"] = str(m.uid)
+        if m.gid is not None:
+            own["gid"] = str(m.gid)
         for k, v in m.extra.items():
             own[k] = v
     import io
@@ -306,8 +315,10 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
     mode_raw = own.get("mode", "").strip()
     if mode_raw and not re.fullmatch(r"[0-7]{1,4}", mode_raw):
         raise ManifestError(f"{where}: 'mode' is not octal permission bits: {mode_raw[:40]!r}")
+    uid = _int(own, "uid", 0, MAX_ID, where) if "uid" in own else None
+    gid = _int(own, "gid", 0, MAX_ID, where) if "gid" in own else None
     known = {"format", "segment_size_bytes", "block_size", "layout", "sha256", "chain", "writer_id", "heartbeat",
-             "mtime_ns", "mode"}
+             "mtime_ns", "mode", "uid", "gid"}
     extra = {k: v for k, v in own.items() if k not in known}
     return replace(
         m,
@@ -322,6 +333,8 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         heartbeat=heartbeat,
         mtime_ns=mtime_ns,
         mode=int(mode_raw, 8) if mode_raw else None,
+        uid=uid,
+        gid=gid,
         extra=extra,
     )
 

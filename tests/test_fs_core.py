@@ -677,19 +677,23 @@ def test_attributes_never_overwrite_a_live_writer_or_a_read_only_mount(engine, b
     assert engine.stat(bucket, "r").manifest.mtime_ns is None
 
 
-def test_objects_and_directories_accept_attributes_without_keeping_them(engine, bucket, fs):
-    engine.store.put(bucket, "obj", b"plain")
-    mtime = fs.getattr("/obj")["st_mtime"]
+def test_objects_keep_attributes_in_their_metadata_and_markers_where_the_server_does(engine, bucket, fs, caplog):
+    engine.store.put(bucket, "obj", b"plain", content_type="text/plain")
     fs.set_times("/obj", (T1, T1))
-    fs.set_mode("/obj", 0o600)
+    fs.set_mode("/obj", 0o640)
     st = make_fs(engine, bucket).getattr("/obj")
-    assert st["st_mtime"] == mtime != T1 and stat.S_IMODE(st["st_mode"]) == 0o444
+    # Kept as s3fs-fuse keeps them; shown without write bits (objects are read-only here).
+    assert st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o440
+    info = engine.store.head(bucket, "obj")
+    assert info.metadata["mode"] == str(stat.S_IFREG | 0o640) and info.metadata["mtime"] == "1577934245.123456789"
+    assert info.content_type == "text/plain" and engine.store.get(bucket, "obj")[0] == b"plain"
     fs.mkdir("/dir")
     mode = fs.getattr("/dir")["st_mode"]
     fs.set_times("/dir", (T1, T1))
     fs.set_mode("/dir", 0o700)
+    # SeaweedFS drops a directory marker's user metadata: the defaults stay, and the log says so.
     assert make_fs(engine, bucket).getattr("/dir")["st_mode"] == mode != stat.S_IFDIR | 0o700
-    assert engine.store.get(bucket, "obj")[0] == b"plain"
+    assert "keeps no metadata on directory markers" in caplog.text
 
 
 def test_attributes_on_an_s3pipe2_stream_leave_its_own_section_alone(engine, bucket, fs):
@@ -911,7 +915,7 @@ class FakeWriter:
         self.aborted = False
         self.fail_on_write = fail_on_write
         self.fail_on_close = fail_on_close
-        self.mode = self.mtime_ns = None  # attributes for the manifest, as StreamWriter has
+        self.mode = self.mtime_ns = self.uid = self.gid = None  # attributes for the manifest, as StreamWriter has
 
     def write(self, data):
         if self.fail_on_write is not None and self.offset >= self.fail_on_write:

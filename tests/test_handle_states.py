@@ -53,7 +53,7 @@ class FakeWriter:
         self.offset = offset
         self.closed = self.aborted = False
         self.committed = None
-        self.mode = self.mtime_ns = None  # attributes for the manifest, as StreamWriter has
+        self.mode = self.mtime_ns = self.uid = self.gid = None  # attributes for the manifest, as StreamWriter has
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write to a closed engine writer"

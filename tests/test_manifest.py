@@ -60,6 +60,22 @@ def test_stored_file_attributes_round_trip_exactly():
     assert mf.parse(mf.render(m.with_(mtime_ns=0, mode=0))).mtime_ns == 0  # the epoch and 0000 are values too
 
 
+def test_stored_owners_round_trip_and_older_parsers_keep_them_as_unknown_keys():
+    """chown through a mount: uid and gid as decimal ids; 0 (root) is an owner too. A
+    parser that predates the keys (modelled by dropping them from the known set) keeps
+    them in ``extra`` and renders them back unchanged."""
+    m = mf.Manifest(completed=True, num_segments=1, total_size=1, segment_size=8, layout=mf.Layout.from_sizes([1]),
+                    uid=1234, gid=0)
+    text = mf.render(m).decode()
+    assert "uid = 1234" in text and "gid = 0" in text
+    back = mf.parse(text.encode())
+    assert (back.uid, back.gid) == (1234, 0) and not back.extra
+    assert mf.parse(mf.render(m.with_(uid=None, gid=None))).uid is None
+    # What a format-1 reader without the keys does with them: unknown keys ride in extra.
+    old = mf.parse(text.encode()).with_(uid=None, gid=None, extra={"uid": "1234", "gid": "0"})
+    assert mf.parse(mf.render(old)).uid == 1234
+
+
 def test_rendered_manifest_reads_with_s3pipe2_rules():
     """s3pipe2 reads num_segments (int), total_size and completed (bool) from [s3pipe2]."""
     m = mf.Manifest(completed=True, num_segments=2, total_size=7, segment_size=5_000_000,
@@ -97,6 +113,12 @@ def test_rendered_manifest_reads_with_s3pipe2_rules():
      "'mode' is not octal"),
     (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nmode = 17777\n",
      "'mode' is not octal"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nuid = -1\n",
+     "out of range"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\ngid = 4294967295\n",
+     "out of range"),
+    (b"[s3pipe2]\ncompleted = false\n[s3pipefs]\nformat = 1\nsegment_size_bytes = 8\nuid = root\n",
+     "'uid' is not an integer"),
     (b"\xff\xfe", "not UTF-8"),
     (b"[s3pipe2]\n" + b"x" * (2 << 20), "too large"),
 ])

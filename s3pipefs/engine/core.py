@@ -14,11 +14,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as _dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import deletion, kinds, manifests
+from s3pipefs.engine import deletion, kinds, manifests, objattrs
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
@@ -39,15 +39,39 @@ class Entry:
     writer_alive: bool = False
     etag: str = ""
     manifest: mf.Manifest | None = None
+    # An object's or a directory marker's user metadata, when read (engine/objattrs.py).
+    metadata: dict = field(default_factory=dict)
 
-    # Attributes a mount stored in a stream's manifest (utimens, chmod); None = not set.
+    # Attributes stored by a mount (utimens, chmod, chown) or another tool: a stream's in
+    # its manifest, an object's or a directory's in its metadata; None = not set.
     @property
     def mtime_ns(self) -> int | None:
-        return self.manifest.mtime_ns if self.manifest is not None else None
+        return self.manifest.mtime_ns if self.manifest is not None else self._attrs.mtime_ns
 
     @property
     def mode(self) -> int | None:
-        return self.manifest.mode if self.manifest is not None else None
+        """Permission bits."""
+        if self.manifest is not None:
+            return self.manifest.mode
+        mode = self._attrs.mode
+        return mode & 0o7777 if mode is not None else None
+
+    @property
+    def uid(self) -> int | None:
+        return self.manifest.uid if self.manifest is not None else self._attrs.uid
+
+    @property
+    def gid(self) -> int | None:
+        return self.manifest.gid if self.manifest is not None else self._attrs.gid
+
+    @property
+    def is_link(self) -> bool:
+        """A symbolic link: an object whose stored mode says so (its body is the target)."""
+        return self.kind == kinds.OBJECT and self._attrs.is_link
+
+    @property
+    def _attrs(self) -> objattrs.Attrs:
+        return objattrs.parse(self.metadata)
 
     @property
     def name(self) -> str:
@@ -101,8 +125,13 @@ class Engine:
             return self.stream_entry(bucket, key, found.loaded)
         if found.kind == kinds.OBJECT:
             info = found.info
-            return Entry(kinds.OBJECT, bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag)
+            return self.object_entry(bucket, key, info)
         return Entry(kinds.DIR, bucket, key)
+
+    @staticmethod
+    def object_entry(bucket: str, key: str, info: ObjectInfo) -> Entry:
+        return Entry(kinds.OBJECT, bucket, key, size=info.size, mtime=info.last_modified, etag=info.etag,
+                     metadata=info.metadata)
 
     def listdir(self, bucket: str, prefix: str) -> list[Entry]:
         """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs."""
@@ -129,8 +158,8 @@ class Engine:
         return sorted(entries, key=lambda e: e.key)
 
     def set_attrs(self, bucket: str, key: str, known: Entry | None = None, **attrs) -> Entry | None:
-        """Store ``mtime_ns`` and/or ``mode`` in a stream's manifest; None when ``key`` is
-        no stream (objects and directories keep no attributes). Busy while a writer holds it.
+        """Store ``mtime_ns``, ``mode``, ``uid`` and/or ``gid`` in a stream's manifest; None
+        when ``key`` is no stream (see set_object_attrs). Busy while a writer holds it.
 
         The manifest is rewritten only if unchanged since it was read (If-Match), so a
         writer taking the stream meanwhile is never overwritten; a lost race is retried
@@ -161,6 +190,18 @@ class Engine:
                 continue  # changed under us: read it again
             return self.stream_entry(bucket, key, manifests.Loaded(new, etag, time.time()))
         raise errors.Busy(f"s3://{bucket}/{key}: the manifest kept changing while setting its attributes")
+
+    def set_object_attrs(self, bucket: str, key: str, *, directory: bool = False, **attrs) -> Entry | None:
+        """Store attributes as set_attrs does, in the user metadata of the object ``key`` or
+        of the directory's marker (engine/objattrs.py); the entry as the server then holds
+        it, None when there is no such object."""
+        key = key.strip("/")
+        info = objattrs.store_attrs(self.store, bucket, key, directory=directory, **attrs)
+        if info is None:
+            return None
+        if directory:
+            return Entry(kinds.DIR, bucket, key, metadata=info.metadata)
+        return self.object_entry(bucket, key, info)
 
     # -- data ----------------------------------------------------------------------------
     def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None, *,

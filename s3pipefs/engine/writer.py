@@ -132,10 +132,13 @@ class StreamWriter:
         self._base = base
         self._chain = chain
         self._began = began
-        # Attributes for the manifests this writer writes. The permission bits stay with
-        # the name, as a truncating open keeps a file's mode; a stored mtime does not
-        # survive new data. A mount sets either before the commit (cp -p, tar x).
-        self.mode = existing.manifest.mode if existing is not None else None
+        # Attributes for the manifests this writer writes. The permission bits and owners
+        # stay with the name, as a truncating open keeps a file's mode and owner; a stored
+        # mtime does not survive new data. A mount sets them before the commit (cp -p, tar x).
+        old = existing.manifest if existing is not None else None
+        self.mode = old.mode if old is not None else None
+        self.uid = old.uid if old is not None else None
+        self.gid = old.gid if old is not None else None
         self.mtime_ns: int | None = None
         self._next_index = base.count + 1
         self._offset = base.total
@@ -297,6 +300,7 @@ class StreamWriter:
             layout=layout, chain=chain or self._chain,
             sha256=self._stream_hash.hexdigest() if completed and self._hash_valid else "",
             writer_id=self.writer_id, heartbeat=time.time(), mtime_ns=self.mtime_ns, mode=self.mode,
+            uid=self.uid, gid=self.gid,
         )
 
     def _write_manifest(self, completed: bool = False) -> None:

@@ -14,12 +14,15 @@ Choices worth knowing:
 * Sizes and modes: a stream shows the bytes written so far; a file this mount is
   writing shows the writer's size. Modes are 0666/0777 minus umask (write bits cleared
   on ``ro``); plain objects are 0444.
-* utimens and chmod on a stream are kept in its manifest (``mtime_ns``, ``mode``), so
-  ``rsync -a`` finds unchanged files unchanged on its next run and ``cp -p``/``tar x``
-  keep times and modes. On a file this mount is writing they go out with its commit;
-  otherwise the manifest is rewritten, conditionally, never over a live writer. Objects
-  and directories accept them without keeping them; chown is never kept (``uid=`` and
-  ``gid=`` decide ownership).
+* utimens, chmod and chown on a stream are kept in its manifest (``mtime_ns``, ``mode``,
+  ``uid``, ``gid``), so ``rsync -a`` finds unchanged files unchanged on its next run and
+  ``cp -a``/``tar x`` keep times, modes and owners. On a file this mount is writing they
+  go out with its commit; otherwise the manifest is rewritten, conditionally, never over
+  a live writer. Objects (symlinks among them) and directory markers keep them in their
+  metadata, as s3fs-fuse does (engine/objattrs.py). Stored owners show unless the mount
+  was given ``uid=``/``gid=``, which then own everything, as before owners were kept.
+* Symlinks are objects in the convention of s3fs-fuse: the target is the body, the mode
+  in the metadata says "link".
 * release runs on a small pool of our own threads (see ``release``).
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Callable
 import cachetools
 
 from s3pipefs import errors
-from s3pipefs.engine import Engine
+from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.fs import fserrors, names
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle, WriteState
@@ -84,17 +87,22 @@ class Filesystem:
         # fh of a file open for reading and writing -> the reader its reads use (see read).
         self._rw_readers: dict[int, ReadHandle] = {}
         self._rw_lock = threading.Lock()
+        self._said_markers = False  # warned that the server drops directory markers' metadata
 
     # -- attributes ---------------------------------------------------------------------
-    def _mode(self, kind: str, stored: int | None = None) -> int:
+    def _mode(self, kind: str, stored: int | None = None, link: bool = False) -> int:
+        if link:
+            return stat.S_IFLNK | 0o777  # a link's own mode is never checked; Linux shows 0777
         if stored is not None:
-            perm = stored  # set by chmod through a mount
+            perm = stored  # set by chmod through a mount (or by another tool, on objects)
         elif kind == "dir":
             perm = 0o777
         elif kind == "object":
             perm = 0o444
         else:
             perm = 0o666
+        if kind == "object":
+            perm &= ~0o222  # plain objects cannot be written through the mount
         # umask bounds even a stored mode: with allow_other and umask=077, no chmod made
         # anywhere opens the bucket to other users of this machine.
         perm &= ~self.cfg.umask
@@ -102,14 +110,21 @@ class Filesystem:
             perm &= ~0o222
         return (stat.S_IFDIR if kind == "dir" else stat.S_IFREG) | perm
 
+    def _owners(self, uid: int | None, gid: int | None) -> tuple[int, int]:
+        """uid=/gid= own everything; else what chown stored, else the mounting user."""
+        return (self.cfg.uid if self.cfg.uid is not None else (uid if uid is not None else self.uid),
+                self.cfg.gid if self.cfg.gid is not None else (gid if gid is not None else self.gid))
+
     def _attrs(self, kind: str, size: int, mtime: float, mtime_ns: int | None = None,
-               perm: int | None = None) -> dict:
+               perm: int | None = None, uid: int | None = None, gid: int | None = None,
+               link: bool = False) -> dict:
         ns = mtime_ns if mtime_ns is not None else int((mtime or self.ns.mounted_at) * 1e9)
+        st_uid, st_gid = self._owners(uid, gid)
         return {
-            "st_mode": self._mode(kind, perm),
+            "st_mode": self._mode(kind, perm, link),
             "st_nlink": 2 if kind == "dir" else 1,
-            "st_uid": self.uid,
-            "st_gid": self.gid,
+            "st_uid": st_uid,
+            "st_gid": st_gid,
             "st_size": size if kind != "dir" else 0,
             "st_blocks": (size + 511) // 512 if kind != "dir" else 0,
             "st_blksize": self.blksize,
@@ -118,10 +133,14 @@ class Filesystem:
             "st_ctime": ns,
         }
 
+    def _entry_attrs(self, entry: Entry, size: int) -> dict:
+        return self._attrs(entry.kind, size, entry.mtime, entry.mtime_ns, entry.mode, entry.uid, entry.gid,
+                           entry.is_link)
+
     def getattr(self, path: str, fh: int | None = None) -> dict:
         w = self.handles.writer(path)
         if w is not None:
-            return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm)
+            return self._attrs("stream", w.size, w.mtime, w.stored_mtime_ns, w.perm, w.uid, w.gid)
         key = self.ns.key(path)
         if not names.key_fits(key):
             raise fserrors.NameTooLong(f"{self.ns.where(path)}: longer than an S3 key can be "
@@ -136,12 +155,12 @@ class Filesystem:
             h = self._handle_or_none(fh)
             if isinstance(h, ReadHandle):
                 size = max(size, h.size)
-        return self._attrs(entry.kind, size, entry.mtime, entry.mtime_ns, entry.mode)
+        return self._entry_attrs(entry, size)
 
     def readdir(self, path: str) -> list[tuple[str, int]]:
         listing = self.ns.listdir(path)
         out = [(".", self._mode("dir")), ("..", self._mode("dir"))]
-        out.extend((name, self._mode(e.kind, e.mode)) for name, e in listing.items())
+        out.extend((name, self._mode(e.kind, e.mode, e.is_link)) for name, e in listing.items())
         # Files this mount is creating exist before their first byte reaches S3.
         for w in self.handles.writing_under(path):
             parent, name = split(w.path)
@@ -465,7 +484,7 @@ class Filesystem:
         kind = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
                 stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
         raise fserrors.NotSupported(f"{self.ns.where(path)}: a {kind} cannot be stored in S3 "
-                                    "(only regular files and directories)")
+                                    "(only regular files, directories and symlinks)")
 
     def set_times(self, path: str, times: tuple[int, int] | None) -> None:
         """utimens: a stream keeps its mtime (nanoseconds) in its manifest; atime is not kept.
@@ -482,10 +501,17 @@ class Filesystem:
         """chmod: a stream keeps its permission bits in its manifest."""
         self._set_attrs(path, mode=stat.S_IMODE(mode))
 
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """chown/chgrp (-1: unchanged), kept where chmod's mode is kept. The kernel has
+        already checked who may (default_permissions)."""
+        attrs = {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None and v >= 0}
+        if not attrs:
+            return self.touch_metadata(path)
+        self._set_attrs(path, **attrs)
+
     def _set_attrs(self, path: str, **attrs) -> None:
-        """Store attributes of a stream: with the commit of this mount's open writer, or
-        by rewriting the manifest. Objects and directories accept them without keeping
-        them (S3 cannot change an object's metadata without copying all of it)."""
+        """Store attributes: a stream's with the commit of this mount's open writer, or by
+        rewriting its manifest; an object's or a directory's in its metadata."""
         w = self._settle(path)
         if w is not None and w.hold_attrs(**attrs):
             return
@@ -494,19 +520,45 @@ class Filesystem:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
-        if entry.kind != "stream":
-            return
-        updated = self.engine.set_attrs(self.bucket, self.ns.key(path), known=entry, **attrs)
+        key = self.ns.key(path)
+        if entry.kind == "stream":
+            updated = self.engine.set_attrs(self.bucket, key, known=entry, **attrs)
+        elif not key:
+            return  # the bucket itself has no marker to keep them
+        else:
+            if entry.kind == "object" and entry.size > objattrs.MAX_COPY:
+                raise fserrors.NotSupported(f"{self.ns.where(path)}: attributes of an object over 5 GiB cannot "
+                                            "be changed (S3 copies metadata only with the whole object)")
+            updated = self.engine.set_object_attrs(self.bucket, key, directory=entry.kind == "dir", **attrs)
+            if updated is not None and entry.kind == "dir" and not _kept(updated, attrs):
+                self._markers_keep_nothing()
+                return
         if updated is not None:
             self.ns.update(path, updated)
         else:
-            self.ns.invalidate(path)  # no longer a stream: gone or replaced meanwhile
+            self.ns.invalidate(path)  # gone or replaced meanwhile
+
+    def _markers_keep_nothing(self) -> None:
+        if not self._said_markers:
+            self._said_markers = True
+            log.warning("s3://%s: the server keeps no metadata on directory markers: directories show "
+                        "default owners, modes and times", self.bucket)
 
     def touch_metadata(self, path: str) -> None:
-        """chown, and a utimens that leaves mtime alone: S3 keeps no owner or atime;
-        succeed so tar x and rsync -a work, once the file is known to exist."""
+        """A utimens that leaves mtime alone, a chown that changes nothing: S3 keeps no
+        atime; succeed once the file is known to exist."""
         if self.handles.writer(path) is None and self.ns.lookup(path) is None:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file or directory")
+
+    def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
+        """``path`` -> ``target``, owned by the caller, as s3fs-fuse stores a link."""
+        self._writable(path)
+        self._check_new(path, stream=False)
+        self._busy_writing(path, "replace it")
+        self.ns.symlink(path, target, uid, gid)
+
+    def readlink(self, path: str) -> str:
+        return self.ns.readlink(path)
 
     # -- the end ----------------------------------------------------------------------------
     def shutdown(self, grace: float) -> None:
@@ -543,6 +595,12 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _kept(entry: Entry, attrs: dict) -> bool:
+    """Whether ``entry`` shows the attributes just stored (some servers drop a directory
+    marker's metadata)."""
+    return all(getattr(entry, k) == (v & 0o7777 if k == "mode" else v) for k, v in attrs.items())
 
 
 def _version(reader) -> tuple | None:

@@ -61,3 +61,9 @@ class BadName(S3PipeError):
     """A name S3 or the server cannot store, or could not delete again (see names.py)."""
 
     errno = _errno.EINVAL
+
+
+class NotALink(S3PipeError):
+    """readlink of something that is no symbolic link."""
+
+    errno = _errno.EINVAL

@@ -45,6 +45,11 @@ def version() -> str:
     return f"{MAJOR}.{MINOR}"
 
 
+def context() -> tuple[int, int, int]:
+    """(uid, gid, pid) of the process whose request this FUSE thread is serving."""
+    return fuse.fuse_get_context()
+
+
 _fuse_interrupted = getattr(getattr(fuse, "_libfuse", None), "fuse_interrupted", None)
 
 

@@ -12,6 +12,15 @@ Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
   per TTL, not a request per entry per call.
 * entries: path -> Entry, or None for "does not exist" (tar x and rsync look up every
   name before creating it).
+* links: (path, ETag) -> a symlink's target, so following a link costs no GET per use.
+
+Symlinks, owners and modes of objects and directories live in their user metadata
+(engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
+listing therefore GETs, in parallel, each object small enough to be a symlink (at most
+LINK_MAX bytes: a link's body is its target path, which comes along) and HEADs each
+directory's marker; larger objects, which no symlink is, cost nothing more. ``ls -l`` of
+1000 streams costs what it did, of 1000 symlinks or small objects one LIST and 1000 small
+GETs (see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
@@ -21,15 +30,17 @@ Directory markers are zero-byte objects ``dir/`` with Content-Type
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import posixpath
 import threading
 import time
+from dataclasses import replace
 
 import cachetools
 
 from s3pipefs import errors
-from s3pipefs.engine import Engine, Entry
+from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.fs import fserrors, names
 
@@ -43,6 +54,10 @@ MAX_LISTINGS = 256
 # a few files); a larger one gives EXDEV and mv(1) copies it file by file.
 MAX_DIR_RENAME = 64
 MANIFEST_SUFFIX = "/" + MANIFEST_NAME
+# The longest symlink target (PATH_MAX less its NUL): larger objects are never links.
+LINK_MAX = 4095
+# Parallel HEADs of one listing (objects that may be links, directory markers).
+LISTING_HEADS = 16
 
 
 def split(path: str) -> tuple[str, str]:
@@ -62,6 +77,7 @@ class Namespace:
         self._dir_renames = threading.Lock()
         self._entries: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
+        self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self.mounted_at = time.time()
 
     # -- names -------------------------------------------------------------------------
@@ -92,9 +108,32 @@ class Namespace:
                 if listing is not None:
                     return listing.get(name)
         entry = self.engine.stat(self.bucket, self.key(path))
+        if entry is not None and entry.kind == "dir":
+            entry = self._with_marker(entry)
         with self._lock:
             self._entries[path] = entry
         return entry
+
+    def _with_marker(self, entry: Entry) -> Entry:
+        """A directory with its marker's metadata (owners, mode, time), when it has one."""
+        info = self.store.head(self.bucket, entry.key + "/") if entry.key else None
+        return replace(entry, metadata=info.metadata) if info is not None and info.metadata else entry
+
+    def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
+        """An entry of a listing with its metadata (see the module docstring); None: the
+        object went away meanwhile. A small object is fetched whole, which costs what a
+        HEAD does and brings a link's target along (ls -l reads every one)."""
+        if entry.kind == "dir":
+            return self._with_marker(entry)
+        try:
+            body, info = self.store.get(self.bucket, entry.key)
+        except errors.NotFound:
+            return None
+        found = self.engine.object_entry(self.bucket, entry.key, info)
+        if found.is_link and len(body) <= LINK_MAX:
+            with self._lock:
+                self._links[(path, found.etag)] = _target(body)
+        return found
 
     def listdir(self, path: str) -> dict[str, Entry]:
         """{name: Entry} one level under the directory ``path``."""
@@ -120,6 +159,16 @@ class Namespace:
             # content below it); the object stays reachable through the S3 tools.
             if old is None or _rank(e) < _rank(old):
                 listing[name] = e
+        wanted = [n for n, e in listing.items()
+                  if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX)]
+        if wanted:
+            with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
+                found = pool.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
+                for name, e in zip(wanted, found):
+                    if e is None:
+                        del listing[name]
+                    else:
+                        listing[name] = e
         with self._lock:
             self._listings[path] = listing
         return listing
@@ -155,6 +204,36 @@ class Namespace:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE)
         self.invalidate(path)
+
+    def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
+        """A symlink object in the convention of s3fs-fuse: the target is its body."""
+        if self.lookup(path, fresh=True) is not None:
+            raise errors.Exists(f"{self.where(path)}: already exists")
+        body = target.encode("utf-8", "surrogateescape")
+        try:
+            self.store.put(self.bucket, self.key(path), body, metadata=objattrs.link_metadata(uid, gid),
+                           content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True)
+        except errors.Busy:
+            raise errors.Exists(f"{self.where(path)}: created meanwhile") from None
+        finally:
+            self.invalidate(path)
+
+    def readlink(self, path: str) -> str:
+        entry = self.lookup(path)
+        if entry is None:
+            raise errors.NotFound(f"{self.where(path)}: no such file")
+        if not entry.is_link:
+            raise fserrors.NotALink(f"{self.where(path)}: not a symbolic link")
+        with self._lock:
+            target = self._links.get((path, entry.etag))
+        if target is None:
+            body, _ = self.store.get(self.bucket, self.key(path), 0, LINK_MAX + 1)
+            if len(body) > LINK_MAX:
+                raise fserrors.NameTooLong(f"{self.where(path)}: a link target over {LINK_MAX} bytes")
+            target = _target(body)
+            with self._lock:
+                self._links[(path, entry.etag)] = target
+        return target
 
     def rmdir(self, path: str) -> None:
         if path == "/":
@@ -205,7 +284,7 @@ class Namespace:
         dst = self.lookup(new, fresh=True)
         try:
             if src.kind == "dir":
-                self._rename_dir(old, new, dst)
+                self._rename_dir(old, new, src, dst)
             else:
                 self._rename_file(old, new, src, dst)
         finally:
@@ -246,14 +325,16 @@ class Namespace:
         except errors.S3PipeError as e:
             log.debug("%s/: %s", key, e)
 
-    def _rename_dir(self, old: str, new: str, dst: Entry | None) -> None:
+    def _rename_dir(self, old: str, new: str, src: Entry, dst: Entry | None) -> None:
         """An empty directory, or a small one (borg's lock is a directory renamed into
         place): copy what it holds, then delete it. The new name is claimed first, under
         a lock of this mount and with a conditional write of its marker, so of two renames
         to one name exactly one wins: always on one mount, across mounts as far as the
         server's If-None-Match is atomic (AWS S3's is; SeaweedFS lets both of two
         simultaneous writes through now and then). A failure part way leaves the source
-        whole. Larger directories give EXDEV, on which mv(1) copies and deletes itself."""
+        whole. Larger directories give EXDEV, on which mv(1) copies and deletes itself.
+        The directory keeps its attributes (its marker's metadata); those of directories
+        inside it are not carried."""
         if dst is not None and dst.kind != "dir":
             raise fserrors.NotADirectory(f"{self.where(new)}: not a directory")
         if new.startswith(old.rstrip("/") + "/"):
@@ -265,6 +346,7 @@ class Namespace:
             raise fserrors.CrossDevice(f"{self.where(old)}: renaming a directory of more than {MAX_DIR_RENAME} "
                                        "objects is not supported (mv falls back to copy and delete)")
         marker = {"content_type": DIR_CONTENT_TYPE}
+        top = {**marker, "metadata": src.metadata or None}
         if held:
             with self._dir_renames:  # one claim at a time on this mount
                 # Only to a new name: an empty directory there may be another rename's claim.
@@ -272,14 +354,14 @@ class Namespace:
                     raise errors.Exists(f"{self.where(new)}: exists (a directory with contents moves only "
                                         "to a new name)")
                 try:
-                    self.store.put(self.bucket, nkey + "/", b"", if_none_match=True, **marker)
+                    self.store.put(self.bucket, nkey + "/", b"", if_none_match=True, **top)
                 except errors.Busy:
                     raise errors.Exists(f"{self.where(new)}: created meanwhile (by another rename)") from None
                 self.invalidate(new)
         else:
             if dst is not None and self._has_content(nkey):
                 raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
-            self.store.put(self.bucket, nkey + "/", b"", **marker)
+            self.store.put(self.bucket, nkey + "/", b"", **top)
         streams = sorted({o.key[:-len(MANIFEST_SUFFIX)] for o in held if o.key.endswith(MANIFEST_SUFFIX)})
         in_stream = tuple(k + "/" for k in streams)
         objects = [o.key for o in held if not o.key.startswith(in_stream)]
@@ -299,6 +381,11 @@ class Namespace:
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
+
+
+def _target(body: bytes) -> str:
+    """A link's body as the path mfusepy hands back to the kernel (bytes kept exactly)."""
+    return body.decode("utf-8", "surrogateescape")
 
 
 def _rank(e: Entry) -> int:

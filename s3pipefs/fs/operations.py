@@ -99,7 +99,7 @@ class Operations(fuselib.Operations):
 
     @_op
     def chown(self, path, uid, gid):
-        self.fs.touch_metadata(path)
+        self.fs.chown(path, uid, gid)
         return 0
 
     @_op
@@ -177,6 +177,17 @@ class Operations(fuselib.Operations):
     def mknod(self, path, mode, dev):
         self.fs.mknod(path, mode)
         return 0
+
+    @_op
+    def symlink(self, path, target):
+        # mfusepy passes the new link first, then what it points to (ln -s TARGET PATH).
+        uid, gid, _ = fuselib.context()
+        self.fs.symlink(path, target, uid, gid)
+        return 0
+
+    @_op
+    def readlink(self, path):
+        return self.fs.readlink(path)
 
     @_op
     def rename(self, old, new):

@@ -34,7 +34,9 @@ class FsConfig:
     read_only: bool = False
     allow_other: bool = False
     allow_root: bool = False
-    uid: int | None = None  # None: the user who mounts
+    # Given: they own every file, whatever chown stored. None: the stored owners, else
+    # the user who mounts.
+    uid: int | None = None
     gid: int | None = None
     umask: int = 0o022
     # Directory listings and stats are cached this long; this mount's own changes drop
@@ -127,8 +129,8 @@ _FS_OPTIONS: tuple[Option, ...] = (
     Option("rw", "fs", "read_only", None, "mount read-write (the default)", value=False),
     Option("allow_other", "fs", "allow_other", None, "let other users access the mount (kernel-checked permissions)"),
     Option("allow_root", "fs", "allow_root", None, "let root access the mount besides the mounting user"),
-    Option("uid", "fs", "uid", _user, "owner of every file and directory (number or name)"),
-    Option("gid", "fs", "gid", _group, "group of every file and directory (number or name)"),
+    Option("uid", "fs", "uid", _user, "owner of every file and directory (number or name), whatever chown stored"),
+    Option("gid", "fs", "gid", _group, "group of every file and directory (number or name), whatever chgrp stored"),
     Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)", render=lambda v: f"{v:03o}"),
     Option("metadata_ttl", "fs", "metadata_ttl", parse_duration, "cache stats and listings this long"),
     Option("max_writers", "fs", "max_writers", whole_number(1, 1024), "files open for writing at once; more get ENOMEM"),

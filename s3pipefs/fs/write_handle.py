@@ -146,6 +146,8 @@ class WriteHandle:
         # write after utimens clears the stored time, as it would on a local disk.
         self.stored_mtime_ns: int | None = None
         self.perm = perm
+        self.uid: int | None = None  # owners set by chown while open; None keeps the stream's
+        self.gid: int | None = None
         self._lock = threading.Lock()
         self._released = threading.Event()
 
@@ -238,7 +240,11 @@ class WriteHandle:
     def _new_writer(self, mode: str):
         w = self._open_writer(mode)
         if self.perm is None:
-            self.perm = w.mode  # an existing stream's stored mode carries over
+            self.perm = w.mode  # an existing stream's stored mode and owners carry over
+        if self.uid is None:
+            self.uid = w.uid
+        if self.gid is None:
+            self.gid = w.gid
         self._give_attrs(w)
         return w
 
@@ -247,8 +253,13 @@ class WriteHandle:
         w.mtime_ns = self.stored_mtime_ns
         if self.perm is not None:
             w.mode = self.perm
+        if self.uid is not None:
+            w.uid = self.uid
+        if self.gid is not None:
+            w.gid = self.gid
 
-    def hold_attrs(self, mtime_ns: int | None = None, mode: int | None = None) -> bool:
+    def hold_attrs(self, mtime_ns: int | None = None, mode: int | None = None, uid: int | None = None,
+                   gid: int | None = None) -> bool:
         """Keep attributes for this handle's coming commit. False when no commit is
         coming (nothing written since the last one): then they belong in S3 now."""
         with self._lock:
@@ -257,6 +268,10 @@ class WriteHandle:
                 self.stored_mtime_ns = mtime_ns
             if mode is not None:
                 self.perm = mode
+            if uid is not None:
+                self.uid = uid
+            if gid is not None:
+                self.gid = gid
             if self._writer is not None:
                 self._give_attrs(self._writer)
             return self._commit_coming()

@@ -203,14 +203,15 @@ class MemoryStore:
         return self.retry.call(once, tries=tries)
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
-             metadata: dict | None = None, source_sse_key: bytes | None = None,
-             sse_key: bytes | None = None, quick: bool = False) -> str:
+             metadata: dict | None = None, content_type: str | None = None,
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, quick: bool = False) -> str:
         def once():
             with self._lock:
                 src = self._object(src_bucket, src_key, source_sse_key, "copy from")
                 objects = self._bucket(bucket, key, "copy to")
                 meta = src.metadata if metadata is None else {k.lower(): v for k, v in metadata.items()}
-                objects[key] = _Object(src.data, src.etag, dict(meta), src.content_type, self._key_of(sse_key))
+                ctype = src.content_type if metadata is None else (content_type or "binary/octet-stream")
+                objects[key] = _Object(src.data, src.etag, dict(meta), ctype, self._key_of(sse_key))
                 return src.etag
         return self.retry.call(once)
 

@@ -149,10 +149,11 @@ class ObjectStore(Protocol):
         tells that apart by reading the object back (engine/manifests.py ``save``)."""
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
-             metadata: dict | None = None, source_sse_key: bytes | None = None,
-             sse_key: bytes | None = None, quick: bool = False) -> str:
-        """Server-side copy of an object up to 5 GB (metadata kept unless given); the new
-        ETag. NotFound when the source is missing."""
+             metadata: dict | None = None, content_type: str | None = None,
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, quick: bool = False) -> str:
+        """Server-side copy of an object up to 5 GB (metadata kept unless given; given, it
+        replaces the source's, and so does ``content_type``, else the copy's is the
+        server's default); the new ETag. NotFound when the source is missing."""
 
     def delete(self, bucket: str, key: str) -> None:
         """Delete one key; deleting a missing key is no error."""

@@ -381,8 +381,8 @@ class Store:
         return r.get("ETag", "").strip('"')
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, *,
-             metadata: dict | None = None, source_sse_key: bytes | None = None,
-             sse_key: bytes | None = None, quick: bool = False) -> str:
+             metadata: dict | None = None, content_type: str | None = None,
+             source_sse_key: bytes | None = None, sse_key: bytes | None = None, quick: bool = False) -> str:
         """Server-side copy of an object up to 5 GB; returns the new ETag.
 
         ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
@@ -396,6 +396,8 @@ class Store:
         if metadata is not None:
             kw["Metadata"] = metadata
             kw["MetadataDirective"] = "REPLACE"
+            if content_type:
+                kw["ContentType"] = content_type
         r = self._call(self.client.copy_object, bucket, key, "copy to", **kw)
         return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
 

@@ -1,0 +1,127 @@
+"""POSIX attributes in an object's user metadata: the convention s3fs-fuse uses.
+
+A plain object, or a directory marker ``dir/``, may carry (all values decimal text):
+
+=================  ============================================================
+``x-amz-meta-mode``  st_mode *with* the file type: 33188 (0o100644) a file,
+                     16877 (0o40755) a directory, 41471 (0o120777) a symlink
+``x-amz-meta-uid``   owner
+``x-amz-meta-gid``   group
+``x-amz-meta-mtime`` seconds since the epoch, ``1700000000`` or
+                     ``1700000000.123456789`` (nanoseconds when not whole)
+=================  ============================================================
+
+A **symbolic link** is an object whose mode has S_IFLNK and whose body is the target
+path, nothing else (no newline). s3fs-fuse and a mount read each other's links and
+owners this way. A stream keeps the same attributes in its manifest instead
+(manifest.py), since its prefix has no object of its own to carry them.
+
+The metadata is whatever some tool wrote: a value that does not parse is ignored (the
+attribute shows its default), never an error.
+
+Changing them: S3 cannot edit metadata in place, so an object is copied onto itself
+with new metadata (CopyObject, ``REPLACE``), which a single copy does for objects up
+to 5 GiB; a directory marker, zero bytes, is written again.
+"""
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass
+
+from s3pipefs.s3 import ObjectInfo, ObjectStore
+
+# The largest object one CopyObject copies (S3's limit); larger ones would need a
+# multipart copy of all their bytes to change a metadata value.
+MAX_COPY = 5 * 1024**3
+LINK_MODE = stat.S_IFLNK | 0o777  # 41471, what every symlink shows
+LINK_CONTENT_TYPE = "application/octet-stream"
+DIR_CONTENT_TYPE = "application/x-directory"
+_MAX_ID = 2**32 - 2
+
+
+@dataclass(frozen=True)
+class Attrs:
+    mode: int | None = None      # st_mode with the type bits, as stored
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def is_link(self) -> bool:
+        return self.mode is not None and stat.S_ISLNK(self.mode)
+
+
+def parse(metadata: dict) -> Attrs:
+    """The attributes in user metadata as HEAD returns it (keys without ``x-amz-meta-``)."""
+    if not metadata:
+        return Attrs()
+    return Attrs(mode=_number(metadata.get("mode"), 0o177777), uid=_number(metadata.get("uid"), _MAX_ID),
+                 gid=_number(metadata.get("gid"), _MAX_ID), mtime_ns=_time_ns(metadata.get("mtime")))
+
+
+def updated(metadata: dict, file_type: int, *, mode: int | None = None, uid: int | None = None,
+            gid: int | None = None, mtime_ns: int | None = None) -> dict:
+    """``metadata`` with the given attributes replaced; every other key kept. ``mode`` is
+    permission bits: the stored type is kept (``file_type`` when none is stored)."""
+    out = dict(metadata)
+    if mode is not None:
+        stored = parse(metadata).mode
+        kind = stat.S_IFMT(stored) if stored is not None and stat.S_IFMT(stored) else file_type
+        out["mode"] = str(kind | stat.S_IMODE(mode))
+    if uid is not None:
+        out["uid"] = str(uid)
+    if gid is not None:
+        out["gid"] = str(gid)
+    if mtime_ns is not None:
+        out["mtime"] = render_time(mtime_ns)
+    return out
+
+
+def link_metadata(uid: int, gid: int, now_ns: int | None = None) -> dict:
+    """The metadata of a new symlink: exactly the keys s3fs-fuse writes for one."""
+    now = render_time(time.time_ns() if now_ns is None else now_ns)
+    return {"mode": str(LINK_MODE), "atime": now, "ctime": now, "mtime": now, "uid": str(uid), "gid": str(gid)}
+
+
+def render_time(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"{sec}.{frac:09d}" if frac else str(sec)
+
+
+def store_attrs(store: ObjectStore, bucket: str, key: str, *, directory: bool, **attrs) -> ObjectInfo | None:
+    """Write ``attrs`` (mode, uid, gid, mtime_ns) into the metadata of the object ``key``,
+    or of the marker of the directory ``key``; what the server then holds (read back:
+    some servers keep no metadata on directory markers). None: no such object. Objects
+    over MAX_COPY are the caller's to refuse."""
+    if directory:
+        marker = key + "/" if key else ""
+        info = store.head(bucket, marker) if marker else None
+        meta = updated(info.metadata if info is not None else {}, stat.S_IFDIR, **attrs)
+        store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE)
+        return store.head(bucket, marker)
+    info = store.head(bucket, key)
+    if info is None:
+        return None
+    meta = updated(info.metadata, stat.S_IFREG, **attrs)
+    etag = store.copy(bucket, key, bucket, key, metadata=meta, content_type=info.content_type or None)
+    return ObjectInfo(key, info.size, etag or info.etag, time.time(), meta, info.content_type)
+
+
+def _number(text, hi: int) -> int | None:
+    if text is None:
+        return None
+    text = str(text).strip()
+    if not text.isdigit() or len(text) > 12:
+        return None
+    v = int(text)
+    return v if v <= hi else None
+
+
+def _time_ns(text) -> int | None:
+    if text is None:
+        return None
+    sec, _, frac = str(text).strip().partition(".")
+    if not sec.isdigit() or len(sec) > 11 or (frac and (not frac.isdigit() or len(frac) > 9)):
+        return None
+    return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
