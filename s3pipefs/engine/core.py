@@ -150,8 +150,10 @@ class Engine:
         raise errors.Busy(f"s3://{bucket}/{key}: the manifest kept changing while setting its attributes")
 
     # -- data ----------------------------------------------------------------------------
-    def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None) -> StreamWriter:
-        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id)
+    def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None,
+                    hold_back: int = 0) -> StreamWriter:
+        """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them."""
+        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, hold_back=hold_back)
 
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None) -> Reader:
         key = key.strip("/")
