@@ -18,7 +18,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # example units (tests/test_packaging.py); zsh and fish run the completion scripts
 # (tests/test_completion.py; bash is always there); vim, sqlite3 and borgbackup are run on
 # the mount (tests/test_fs_posix.py).
-DEB_PKGS := fuse3 libfuse3-3 libfuse2 rsync gzip tar vim sqlite3 borgbackup man-db groff-base systemd zsh fish
+DEB_PKGS := fuse3 libfuse3-3 libfuse2 rsync gzip tar zip unzip zstd vim sqlite3 borgbackup man-db groff-base systemd zsh fish
 
 .PHONY: venv deps test demo bench clean
 

@@ -3,7 +3,8 @@
 Bounds (see docs/tuning.md):
 
 * Writer staging disk  <= (workers + 2) * segment_size
-  one segment being filled, ``workers`` uploading, one queued (the backpressure slot).
+  one segment being filled, ``workers`` uploading, one queued (the backpressure slot);
+  one more for a mount's writer, which keeps a full segment unsealed (writable).
 * Writer memory        ~  workers * 1 MiB (segments stream from their staging files).
 * Reader memory        <= read_ahead + cache_size + one unit
   A reader fetches and verifies whole segments (streams) or ``block_size`` ranges

@@ -13,6 +13,7 @@ import os
 import pytest
 
 from s3pipefs import errors, manifest as mf
+from s3pipefs.checksum import crc32
 from s3pipefs.config import MiB, TransferConfig
 from s3pipefs.engine import Engine, manifests
 from s3pipefs.s3 import ObjectStore, RequestOptions, b64
@@ -317,3 +318,153 @@ def test_request_options_never_show_the_key():
     assert key.hex() not in repr(RequestOptions(key)) and repr(key) not in repr(RequestOptions(key))
     with pytest.raises(errors.UsageError):
         RequestOptions(b"short")
+
+# -- writes into the unsealed tail, holes -----------------------------------------------------------
+
+def check_stream(store, eng: Engine, key: str, want: bytes) -> mf.Manifest:
+    """The stream reads back as ``want``, its manifest's SHA-256 and every segment's CRC32
+    (metadata and the server-checked checksum) match the bytes stored."""
+    assert read_all(eng, key) == want
+    m = manifests.load(store, "b", key + "/").manifest
+    assert m.completed and m.total_size == len(want)
+    assert m.sha256 == hashlib.sha256(want).hexdigest()
+    pos = 0
+    for i, size in enumerate(m.layout.sizes(), 1):
+        body, info = store.get("b", f"{key}/{mf.segment_name(i)}")
+        assert body == want[pos:pos + size]
+        assert info.metadata["crc32"] == mf.crc32_bytes(crc32(body)).hex()
+        pos += size
+    assert pos == len(want)
+    return m
+
+
+def test_pwrite_patches_the_unsealed_tail_and_fills_holes_with_zeros(store, cfg):
+    eng = Engine(store, cfg)
+    model = bytearray(os.urandom(3 * SEG + 100))
+    w = eng.open_writer("b", "s", hold_back=SEG)
+    w.write(bytes(model))
+    # Held back: the full segment before the last one, and the last, stay writable.
+    assert w.sealed == 2 * SEG and w.offset == len(model)
+    for off, data in ((2 * SEG, b"H" * 30),               # the start of the held-back segment
+                      (3 * SEG - 5, b"across the boundary"),  # from one staged segment into the next
+                      (len(model) - 3, b"past the end")):    # overwrites 3 bytes, appends the rest
+        assert w.pwrite(off, data) == len(data)
+        model[off:off + len(data)] = data
+    assert w.offset == len(model)
+    gap_at = len(model) + 2 * SEG + 7  # a hole over whole segments: zeros, sealed as usual
+    w.pwrite(gap_at, b"after the hole")
+    model += bytes(gap_at - len(model)) + b"after the hole"
+    assert w.sealed > 3 * SEG and w.offset == len(model)
+    w.pwrite(w.sealed, b"first unsealed byte")  # still writable, and after a patch the hash catches up
+    model[w.sealed:w.sealed + 19] = b"first unsealed byte"
+    w.close()
+    m = check_stream(store, eng, "s", bytes(model))
+    assert m.num_segments == -(-len(model) // SEG)
+
+
+def test_a_write_into_sealed_data_is_refused_and_nothing_changes(store, cfg):
+    eng = Engine(store, cfg)
+    data = os.urandom(2 * SEG + 10)
+    w = eng.open_writer("b", "s")  # hold_back 0, as put: a full segment is sealed at once
+    w.write(data)
+    assert w.sealed == 2 * SEG
+    for off in (0, SEG, 2 * SEG - 1):
+        with pytest.raises(errors.SeekNotAllowed, match="sealed") as e:
+            w.pwrite(off, b"XY")
+        assert e.value.errno == 29  # ESPIPE
+    with pytest.raises(errors.SeekNotAllowed):
+        w.truncate(2 * SEG - 1)
+    assert (w.sealed, w.offset) == (2 * SEG, len(data))
+    w.pwrite(2 * SEG, b"ok")  # the unsealed tail still changes
+    w.close()
+    check_stream(store, eng, "s", data[:2 * SEG] + b"ok" + data[2 * SEG + 2:])
+
+
+def test_truncate_extends_with_zeros_and_cuts_only_the_unsealed_tail(store, cfg):
+    eng = Engine(store, cfg)
+    a = os.urandom(SEG + 200)
+    w = eng.open_writer("b", "s", hold_back=SEG)
+    w.write(a)
+    w.truncate(SEG + 50)           # inside the last staged segment
+    w.truncate(SEG)                # at a segment boundary: the held-back full segment is the last now
+    w.write(b"x" * 10)
+    w.truncate(0)                  # back to the sealed end (nothing sealed yet): empty again
+    w.write(a[:100])
+    w.truncate(3 * SEG + 1)        # extend: zeros, over whole segments
+    w.close()
+    check_stream(store, eng, "s", a[:100] + bytes(3 * SEG + 1 - 100))
+    w = eng.open_writer("b", "e")
+    w.truncate(5)
+    w.truncate(0)
+    w.close()
+    assert check_stream(store, eng, "e", b"").num_segments == 1  # the one empty segment
+
+
+def test_an_append_after_a_complete_stream_pwrites_past_its_end(store, cfg):
+    eng = Engine(store, cfg)
+    a = os.urandom(SEG + 3)
+    with eng.open_writer("b", "s") as w:
+        w.write(a)
+    w = eng.open_writer("b", "s", mode="append", hold_back=SEG)
+    assert w.sealed == w.offset == len(a)
+    with pytest.raises(errors.SeekNotAllowed):
+        w.pwrite(len(a) - 1, b"x")
+    w.pwrite(len(a) + 10, b"tail")
+    w.pwrite(len(a) + 2, b"in")
+    w.close()
+    want = a + bytes(2) + b"in" + bytes(6) + b"tail"
+    assert read_all(eng, "s") == want
+    m = manifests.load(store, "b", "s/").manifest
+    assert m.completed and m.total_size == len(want) and m.sha256 == ""  # an append drops it
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_writes_truncates_and_holes_match_a_local_file(store, cfg, seed, monkeypatch):
+    import random
+    rnd = random.Random(seed)
+    eng = Engine(store, cfg)
+    model = bytearray()
+    w = eng.open_writer("b", "s", hold_back=rnd.choice([0, SEG // 2, SEG]))
+    for _ in range(60):
+        op = rnd.random()
+        if op < 0.1 and len(model) > w.sealed:
+            n = rnd.randrange(w.sealed, len(model))
+            w.truncate(n)
+            del model[n:]
+        elif op < 0.2:
+            n = len(model) + rnd.randrange(0, 2 * SEG)
+            w.truncate(n)
+            model += bytes(n - len(model))
+        else:
+            data = os.urandom(rnd.randrange(1, SEG + SEG // 2))
+            lo = w.sealed if rnd.random() < 0.8 else 0
+            off = rnd.randrange(lo, len(model) + SEG)
+            if off < w.sealed:
+                with pytest.raises(errors.SeekNotAllowed):
+                    w.pwrite(off, data)
+                continue
+            w.pwrite(off, data)
+            model += bytes(max(0, off - len(model)))
+            model[off:off + len(data)] = data
+        assert w.offset == len(model)
+    w.close()
+    check_stream(store, eng, "s", bytes(model))
+
+
+def test_a_sequential_writer_reads_nothing_back(store, cfg, monkeypatch):
+    from s3pipefs.engine.staging import StagedFile
+    reads = []
+    real = StagedFile.read_back
+    monkeypatch.setattr(StagedFile, "read_back", lambda self, feed=None: reads.append(self.path) or real(self, feed))
+    eng = Engine(store, cfg)
+    data = os.urandom(5 * SEG + 3)
+    with eng.open_writer("b", "s", hold_back=SEG) as w:
+        w.write(data[:100])
+        w.pwrite(100, data[100:])  # at the end: an append
+    assert reads == []
+    with eng.open_writer("b", "p", hold_back=SEG) as w:
+        w.write(data)
+        w.pwrite(4 * SEG + 1, b"!")  # patches the held-back segment: it and the next are read back
+        w.write(data)
+    assert len(reads) == 2 + 5  # then the hash is behind: each segment after it once, at seal
+    check_stream(store, eng, "p", data[:4 * SEG + 1] + b"!" + data[4 * SEG + 2:] + data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -17,7 +18,7 @@ import pytest
 
 from s3pipefs import errors
 from s3pipefs.config import KiB, S3Config, TransferConfig
-from s3pipefs.engine import Engine
+from s3pipefs.engine import Engine, manifests
 from s3pipefs.fs import fserrors
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.write_handle import WriteHandle
@@ -197,32 +198,72 @@ def test_append_adds_segments_and_o_append_ignores_the_kernel_offset(fs, engine,
     assert read_file(fs, "/ap") == b"a" * (SEG + 5) + b"b" * 7 + b"c" * 3
 
 
-def test_a_write_at_another_offset_is_refused_and_nothing_changes(fs, engine, bucket):
+def test_writes_go_anywhere_from_the_unsealed_tail_on_and_sealed_data_never_changes(fs, engine, bucket):
     fh = fs.create("/seq", WR).fh
-    fs.write(fh, b"A" * 100, 0, CMD)
-    for off in (0, 50, 99, 101, 10**9):
+    model = bytearray(blob(3 * SEG + 100))
+    fs.write(fh, bytes(model), 0, CMD)
+    # The mount keeps one segment unsealed behind the end: 2 * SEG bytes are sealed.
+    for off in (0, SEG, 2 * SEG - 1):
         with pytest.raises(errors.SeekNotAllowed) as e:
             fs.write(fh, b"Z", off, CMD)
-        assert e.value.errno == errno.ESPIPE and "next byte goes at 100" in str(e.value)
-    fs.write(fh, b"B" * 10, 100, CMD)  # not sticky: sequential writes go on
+        assert e.value.errno == errno.ESPIPE and "the first 131072 bytes are sealed" in str(e.value)
+    with pytest.raises(fserrors.NotSupported) as e:
+        fs.truncate("/seq", 2 * SEG - 1, fh)
+    assert e.value.errno == errno.EOPNOTSUPP and fs.getattr("/seq")["st_size"] == len(model)
+    for off, data in ((2 * SEG, b"header"), (len(model) - 2, b"over the end"), (len(model) + 20, b"hole")):
+        fs.write(fh, data, off, CMD)  # not sticky: the tail, the end and past it still take writes
+        model += bytes(max(0, off - len(model)))
+        model[off:off + len(data)] = data
+    fs.truncate("/seq", len(model) - 3, fh)  # cut the unsealed tail
+    del model[-3:]
+    fs.truncate("/seq", len(model) + SEG, fh)  # grow with zeros
+    model += bytes(SEG)
+    assert fs.getattr("/seq")["st_size"] == len(model)
     fs.flush(fh, CMD)
     fs.release(fh)
-    assert read_file(fs, "/seq") == b"A" * 100 + b"B" * 10
-    # An existing complete stream opened without O_TRUNC/O_APPEND: a write into the middle
-    # is refused, and closing leaves the stream complete and unchanged.
+    assert fs.wait_idle(10)
+    assert read_file(fs, "/seq") == bytes(model)
+    m = manifests.load(engine.store, bucket, "seq/").manifest
+    assert m.completed and m.sha256 == hashlib.sha256(model).hexdigest()
+    # An existing complete stream opened without O_TRUNC/O_APPEND: all of it is sealed; a
+    # write into it is refused, and closing leaves the stream complete and unchanged.
     fh = fs.open("/seq", os.O_WRONLY).fh
     with pytest.raises(errors.SeekNotAllowed):
-        fs.write(fh, b"Z", 3, CMD)
+        fs.write(fh, b"Z", len(model) - 1, CMD)
     fs.flush(fh, CMD)
     fs.release(fh)
     e = s3(engine, bucket, "seq")
-    assert e.complete and read_file(fs, "/seq") == b"A" * 100 + b"B" * 10
-    # ... while a write exactly at the end appends (dd seek=N conv=notrunc).
+    assert e.complete and read_file(fs, "/seq") == bytes(model)
+    # ... while a write at or past the end appends (dd seek=N conv=notrunc).
     fh = fs.open("/seq", os.O_WRONLY).fh
-    fs.write(fh, b"C", 110, CMD)
+    fs.write(fh, b"C", len(model) + 2, CMD)
     fs.flush(fh, CMD)
     fs.release(fh)
-    assert read_file(fs, "/seq") == b"A" * 100 + b"B" * 10 + b"C"
+    assert read_file(fs, "/seq") == bytes(model) + b"\0\0C"
+
+
+def test_truncate_and_fallocate_grow_a_file_with_zeros(fs, engine, bucket):
+    fh = fs.create("/t", WR).fh  # dd seek=N: create, ftruncate, write at N
+    fs.truncate("/t", 5 * SEG, fh)
+    fs.write(fh, b"end", 5 * SEG, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/t") == bytes(5 * SEG) + b"end"
+    fs.truncate("/t", 6 * SEG)  # a path truncate of a closed file: grows it
+    assert read_file(fs, "/t") == bytes(5 * SEG) + b"end" + bytes(SEG - 3)
+    fh = fs.create("/f", WR).fh
+    fs.fallocate(fh, 0, 0, 1000)          # posix_fallocate on a new file
+    fs.fallocate(fh, 0, 10, 20)           # within it: nothing to do
+    fs.fallocate(fh, 1, 0, 10 ** 9)       # FALLOC_FL_KEEP_SIZE: nothing to reserve in S3
+    for mode in (0x03, 0x10, 0x08, 0x20):  # punch hole, zero, collapse, insert range
+        with pytest.raises(fserrors.NotSupported) as e:
+            fs.fallocate(fh, mode, 0, 10)
+        assert e.value.errno == errno.EOPNOTSUPP
+    assert fs.getattr("/f")["st_size"] == 1000
+    fs.write(fh, b"x", 1000, CMD)
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert read_file(fs, "/f") == bytes(1000) + b"x"
 
 
 def test_fsync_makes_data_durable_without_completing(fs, engine, bucket):
@@ -910,7 +951,7 @@ def test_shutdown_waits_for_writers_that_close_within_the_grace(engine, bucket):
 
 class FakeWriter:
     def __init__(self, fail_on_write=None, fail_on_close=False):
-        self.offset = 0
+        self.offset = self.sealed = 0
         self.closed = False
         self.aborted = False
         self.fail_on_write = fail_on_write
@@ -921,6 +962,10 @@ class FakeWriter:
         if self.fail_on_write is not None and self.offset >= self.fail_on_write:
             raise errors.EndpointError("s3://b/k: connection to the endpoint failed (test)")
         self.offset += len(data)
+
+    def pwrite(self, offset, data):
+        assert offset == self.offset, "these tests write in order"
+        self.write(data)
 
     def flush(self):
         pass

@@ -47,10 +47,14 @@ class FakeEngine:
 
 
 class FakeWriter:
+    """Keeps every byte written through it unsealed until a flush (fsync); what the
+    stream held at open is sealed."""
+
     def __init__(self, engine: FakeEngine, mode: str, offset: int):
         self.engine = engine
         self.how = mode
         self.offset = offset
+        self.sealed = offset
         self.closed = self.aborted = False
         self.committed = None
         self.mode = self.mtime_ns = self.uid = self.gid = None  # attributes for the manifest, as StreamWriter has
@@ -61,9 +65,21 @@ class FakeWriter:
         time.sleep(0)  # let a racing thread in
         self.offset += len(data)
 
+    def pwrite(self, offset: int, data: bytes) -> None:
+        assert offset >= self.sealed, "a write into sealed data reached the engine"
+        end = self.offset
+        self.write(data)
+        self.offset = max(end, offset + len(data))
+
+    def truncate(self, length: int) -> None:
+        assert not self.closed and length >= self.sealed, "a truncate into sealed data reached the engine"
+        self.engine._maybe_fail("write", errors.EndpointError("s3://b/k: connection failed (test)"))
+        self.offset = length
+
     def flush(self) -> None:
         assert not self.closed, "flush of a closed engine writer"
         self.engine._maybe_fail("flush", errors.EndpointError("s3://b/k: connection failed (test)"))
+        self.sealed = self.offset
 
     def close(self) -> None:
         assert not self.closed, "commit of a closed engine writer"
@@ -148,13 +164,15 @@ SETUPS = {S.CREATED: _created, S.OPENED: _opened, S.CLAIMED: _claimed, S.WRITING
 
 OPS = {
     "write at the end": lambda h: h.write(b"xy", h.size, CMD),
-    "write elsewhere": lambda h: h.write(b"xy", h.size + 1, CMD),
+    "write past the end": lambda h: h.write(b"xy", h.size + 1, CMD),  # a one-byte hole
+    "write before the end": lambda h: h.write(b"xy", max(h.size - 1, 0), CMD),  # sealed, or not yet
     "flush by the writer": lambda h: h.flush(CMD),
     "flush by another": lambda h: h.flush(SHELL),
     "fsync": lambda h: h.fsync(),
     "truncate to its size": lambda h: h.truncate(h.size),
     "truncate to 0": lambda h: h.truncate(0),
     "truncate to 100": lambda h: h.truncate(100),
+    "allocate 100": lambda h: h.allocate(100),
     "hold_attrs": lambda h: h.hold_attrs(mtime_ns=T1),
     "release": lambda h: h.release(),
     "finish_release": lambda h: h.finish_release(),
@@ -172,75 +190,89 @@ ENET, ESHUT = Err(errno.EHOSTUNREACH), Err(errno.ESHUTDOWN)  # the errors that s
 # state -> operation -> (what it returns or raises, the state after it)
 EXPECTED = {
     S.CREATED: {
-        "write at the end": (2, S.WRITING), "write elsewhere": (ESPIPE, S.CREATED),
+        "write at the end": (2, S.WRITING), "write past the end": (2, S.WRITING),
+        "write before the end": (2, S.WRITING),  # empty: that is the end
         "flush by the writer": (None, S.CLAIMED), "flush by another": (None, S.CLAIMED),
         "fsync": (None, S.CLAIMED), "truncate to its size": (None, S.CREATED),
-        "truncate to 0": (None, S.CREATED), "truncate to 100": (ENOTSUP, S.CREATED),
+        "truncate to 0": (None, S.CREATED), "truncate to 100": (None, S.WRITING), "allocate 100": (None, S.WRITING),
         "hold_attrs": (True, S.CREATED), "release": (True, S.RELEASING),
         "finish_release": (EBADF, S.CREATED), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.OPENED: {
-        "write at the end": (2, S.WRITING), "write elsewhere": (ESPIPE, S.OPENED),
+        "write at the end": (2, S.WRITING), "write past the end": (2, S.WRITING),
+        "write before the end": (ESPIPE, S.OPENED),  # all of it is in S3: sealed
         "flush by the writer": (None, S.OPENED), "flush by another": (None, S.OPENED),
         "fsync": (None, S.OPENED), "truncate to its size": (None, S.OPENED),
-        "truncate to 0": (None, S.CREATED), "truncate to 100": (ENOTSUP, S.OPENED),
+        "truncate to 0": (None, S.CREATED), "truncate to 100": (None, S.WRITING), "allocate 100": (None, S.WRITING),
         "hold_attrs": (False, S.OPENED), "release": (False, S.RELEASED),
         "finish_release": (EBADF, S.OPENED), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.CLAIMED: {
-        "write at the end": (2, S.WRITING), "write elsewhere": (ESPIPE, S.CLAIMED),
+        "write at the end": (2, S.WRITING), "write past the end": (2, S.WRITING),
+        "write before the end": (2, S.WRITING),
         "flush by the writer": (None, S.CLAIMED), "flush by another": (None, S.CLAIMED),
         "fsync": (None, S.CLAIMED), "truncate to its size": (None, S.CLAIMED),
-        "truncate to 0": (None, S.CLAIMED), "truncate to 100": (ENOTSUP, S.CLAIMED),
+        "truncate to 0": (None, S.CLAIMED), "truncate to 100": (None, S.WRITING), "allocate 100": (None, S.WRITING),
         "hold_attrs": (True, S.CLAIMED), "release": (True, S.RELEASING),
         "finish_release": (EBADF, S.CLAIMED), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.WRITING: {
-        "write at the end": (2, S.WRITING), "write elsewhere": (ESPIPE, S.WRITING),
+        "write at the end": (2, S.WRITING), "write past the end": (2, S.WRITING),
+        "write before the end": (2, S.WRITING),  # the unsealed tail
         "flush by the writer": (None, S.COMMITTED), "flush by another": (None, S.WRITING),
         "fsync": (None, S.WRITING), "truncate to its size": (None, S.WRITING),
-        "truncate to 0": (ENOTSUP, S.WRITING), "truncate to 100": (ENOTSUP, S.WRITING),
+        "truncate to 0": (None, S.WRITING), "truncate to 100": (None, S.WRITING), "allocate 100": (None, S.WRITING),
         "hold_attrs": (True, S.WRITING), "release": (True, S.RELEASING),
         "finish_release": (EBADF, S.WRITING), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.COMMITTED: {
-        "write at the end": (2, S.WRITING), "write elsewhere": (ESPIPE, S.COMMITTED),
+        "write at the end": (2, S.WRITING), "write past the end": (2, S.WRITING),
+        "write before the end": (ESPIPE, S.COMMITTED),  # committed: sealed
         "flush by the writer": (None, S.COMMITTED), "flush by another": (None, S.COMMITTED),
         "fsync": (None, S.COMMITTED), "truncate to its size": (None, S.COMMITTED),
-        "truncate to 0": (ENOTSUP, S.COMMITTED), "truncate to 100": (ENOTSUP, S.COMMITTED),
+        "truncate to 0": (ENOTSUP, S.COMMITTED), "truncate to 100": (None, S.WRITING),
+        "allocate 100": (None, S.WRITING),
         "hold_attrs": (False, S.COMMITTED), "release": (False, S.RELEASED),
         "finish_release": (EBADF, S.COMMITTED), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.FAILED: {
-        "write at the end": (ENET, S.FAILED), "write elsewhere": (ENET, S.FAILED),
+        "write at the end": (ENET, S.FAILED), "write past the end": (ENET, S.FAILED),
+        "write before the end": (ENET, S.FAILED),
         "flush by the writer": (ENET, S.FAILED), "flush by another": (ENET, S.FAILED),
         "fsync": (ENET, S.FAILED), "truncate to its size": (ENET, S.FAILED),
-        "truncate to 0": (ENET, S.FAILED), "truncate to 100": (ENET, S.FAILED),
+        "truncate to 0": (ENET, S.FAILED), "truncate to 100": (ENET, S.FAILED), "allocate 100": (ENET, S.FAILED),
         "hold_attrs": (False, S.FAILED), "release": (False, S.RELEASED),
         "finish_release": (EBADF, S.FAILED), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.SHUT_DOWN: {
-        "write at the end": (ESHUT, S.SHUT_DOWN), "write elsewhere": (ESHUT, S.SHUT_DOWN),
+        "write at the end": (ESHUT, S.SHUT_DOWN), "write past the end": (ESHUT, S.SHUT_DOWN),
+        "write before the end": (ESHUT, S.SHUT_DOWN),
         "flush by the writer": (ESHUT, S.SHUT_DOWN), "flush by another": (ESHUT, S.SHUT_DOWN),
         "fsync": (ESHUT, S.SHUT_DOWN), "truncate to its size": (ESHUT, S.SHUT_DOWN),
         "truncate to 0": (ESHUT, S.SHUT_DOWN), "truncate to 100": (ESHUT, S.SHUT_DOWN),
+        "allocate 100": (ESHUT, S.SHUT_DOWN),
         "hold_attrs": (False, S.SHUT_DOWN), "release": (False, S.RELEASED),
         "finish_release": (EBADF, S.SHUT_DOWN), "abort_for_shutdown": (True, S.SHUT_DOWN)},
     S.RELEASING: {
-        "write at the end": (EBADF, S.RELEASING), "write elsewhere": (EBADF, S.RELEASING),
+        "write at the end": (EBADF, S.RELEASING), "write past the end": (EBADF, S.RELEASING),
+        "write before the end": (EBADF, S.RELEASING),
         "flush by the writer": (EBADF, S.RELEASING), "flush by another": (EBADF, S.RELEASING),
         "fsync": (EBADF, S.RELEASING), "truncate to its size": (None, S.RELEASING),
-        "truncate to 0": (ENOTSUP, S.RELEASING), "truncate to 100": (ENOTSUP, S.RELEASING),
+        "truncate to 0": (EBADF, S.RELEASING), "truncate to 100": (EBADF, S.RELEASING),
+        "allocate 100": (EBADF, S.RELEASING),
         "hold_attrs": (True, S.RELEASING), "release": (EBADF, S.RELEASING),
         "finish_release": (None, S.RELEASED), "abort_for_shutdown": (True, S.RELEASING)},
     S.RELEASED: {
-        "write at the end": (EBADF, S.RELEASED), "write elsewhere": (EBADF, S.RELEASED),
+        "write at the end": (EBADF, S.RELEASED), "write past the end": (EBADF, S.RELEASED),
+        "write before the end": (EBADF, S.RELEASED),
         "flush by the writer": (EBADF, S.RELEASED), "flush by another": (EBADF, S.RELEASED),
         "fsync": (EBADF, S.RELEASED), "truncate to its size": (None, S.RELEASED),
-        "truncate to 0": (ENOTSUP, S.RELEASED), "truncate to 100": (ENOTSUP, S.RELEASED),
+        "truncate to 0": (EBADF, S.RELEASED), "truncate to 100": (EBADF, S.RELEASED),
+        "allocate 100": (EBADF, S.RELEASED),
         "hold_attrs": (False, S.RELEASED), "release": (EBADF, S.RELEASED),
         "finish_release": (EBADF, S.RELEASED), "abort_for_shutdown": (True, S.RELEASED)},
 }
 
 # The only cells that commit, and the cells that take the stream (open an engine writer).
 COMMITS = {(S.WRITING, "flush by the writer"), (S.RELEASING, "finish_release")}
-TAKES = {(S.CREATED, "write at the end"), (S.CREATED, "flush by the writer"),
-         (S.CREATED, "flush by another"), (S.CREATED, "fsync"), (S.OPENED, "write at the end"),
-         (S.COMMITTED, "write at the end")}
+TAKES = {(S.CREATED, "flush by the writer"), (S.CREATED, "flush by another"), (S.CREATED, "fsync"),
+         (S.CREATED, "write before the end")} | {
+    (state, op) for state in (S.CREATED, S.OPENED, S.COMMITTED)
+    for op in ("write at the end", "write past the end", "truncate to 100", "allocate 100")}
 # Where an OPENED handle goes without claiming its path (every other way out claims it).
 UNCLAIMED_AFTER = {S.OPENED, S.SHUT_DOWN, S.RELEASED}
 # States in which the handle holds an open engine writer (as these setups reach them).

@@ -205,8 +205,10 @@ class Engine:
 
     # -- data ----------------------------------------------------------------------------
     def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None, *,
-                    request: RequestOptions | None = None) -> StreamWriter:
-        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, sse_key=self._key(request))
+                    hold_back: int = 0, request: RequestOptions | None = None) -> StreamWriter:
+        """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them."""
+        return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, hold_back=hold_back,
+                            sse_key=self._key(request))
 
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
                     request: RequestOptions | None = None) -> Reader:

@@ -10,9 +10,21 @@ import errno
 import os
 import shutil
 import tempfile
+from typing import Callable, Iterator
 
 from s3pipefs.checksum import crc32
 from s3pipefs.errors import StagingError
+
+_ZEROS = memoryview(bytes(1 << 20))
+_READ_BACK = 1 << 20  # bytes per read when a patched segment is checksummed again
+
+
+def zeros(n: int) -> Iterator[memoryview]:
+    """``n`` zero bytes in chunks of at most 1 MiB, without allocating them."""
+    while n > 0:
+        chunk = _ZEROS[:min(n, len(_ZEROS))]
+        n -= len(chunk)
+        yield chunk
 
 
 class StagingDir:
@@ -33,27 +45,89 @@ class StagingDir:
 
 
 class StagedFile:
-    """An append-only private file holding one segment, and the CRC32 of what was given
-    to it: taken from memory as the data arrives, so the upload's checksum also covers
-    the trip through the staging disk (and the file is not read twice)."""
+    """A private file holding one segment until it is sealed, and the CRC32 of its bytes.
+
+    Appended bytes are checksummed from memory as they arrive, so the upload's checksum
+    also covers the trip through the staging disk, and the file is not read twice. Zeros
+    appended to fill a hole extend the file without writing it (sparse). A write over
+    bytes already there (``patch``) or a ``cut`` makes that running CRC32 stale: the file
+    is then read back once (``read_back``, from the page cache) before it is sealed.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.size = 0
         self.crc = 0
+        self.patched = False  # crc is stale: read_back before sealing
+        # Kept by the writer for the stream's SHA-256: its state at this segment's first
+        # byte, and whether this segment's bytes still have to be fed to it at seal.
+        self.hash_before = None
+        self.rehash = False
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise _staging_error(path, e) from None
 
-    def write(self, data) -> None:
+    def append(self, data) -> None:
         view = memoryview(data)
-        self.crc = crc32(view, self.crc)
+        if not self.patched:
+            self.crc = crc32(view, self.crc)
+        self._pwrite(view, self.size)
+        self.size += len(view)
+
+    def append_zeros(self, n: int) -> None:
+        """Extend by ``n`` zero bytes: a hole in the staging file, read back as zeros."""
+        if not self.patched:
+            for chunk in zeros(n):
+                self.crc = crc32(chunk, self.crc)
+        try:
+            os.ftruncate(self.fd, self.size + n)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+        self.size += n
+
+    def patch(self, pos: int, data) -> None:
+        """Overwrite bytes already staged (``pos + len(data) <= size``)."""
+        view = memoryview(data)
+        assert 0 <= pos and pos + len(view) <= self.size, (pos, len(view), self.size)
+        self.patched = True
+        self._pwrite(view, pos)
+
+    def cut(self, size: int) -> None:
+        """Drop the bytes from ``size`` on."""
+        assert 0 <= size <= self.size, (size, self.size)
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+        self.size = size
+        self.patched = True
+
+    def read_back(self, feed: Callable[[bytes], object] | None = None) -> None:
+        """Checksum the staged bytes again from the file, handing each chunk to ``feed``
+        too (the stream's hash): after a patch or cut, or when a patch of an earlier
+        segment left the stream hash behind this one."""
+        crc, pos = 0, 0
+        try:
+            while pos < self.size:
+                chunk = os.pread(self.fd, min(_READ_BACK, self.size - pos), pos)
+                if not chunk:
+                    raise OSError(errno.EIO, f"staging file ended at {pos} of {self.size} bytes")
+                crc = crc32(chunk, crc)
+                if feed is not None:
+                    feed(chunk)
+                pos += len(chunk)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+        self.crc = crc
+        self.patched = False
+
+    def _pwrite(self, view: memoryview, pos: int) -> None:
         try:
             while view:
-                n = os.write(self.fd, view)
+                n = os.pwrite(self.fd, view, pos)
                 view = view[n:]
-                self.size += n
+                pos += n
         except OSError as e:
             raise _staging_error(self.path, e) from None
 

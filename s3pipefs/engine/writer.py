@@ -1,16 +1,29 @@
-"""StreamWriter: sequential bytes in, verified segments and a live manifest out.
+"""StreamWriter: bytes in, verified segments and a live manifest out.
 
 Data flow::
 
-    write() ─► current StagedFile (0600, private dir) ─seal─► upload pool (workers)
-                 │ stream SHA-256                               │ segment CRC32 → x-amz-checksum-crc32
-                 ▼                                              ▼
+    write() ─► staged segments (StagedFile, 0600, private dir) ─seal─► upload pool (workers)
+    pwrite()     │ stream SHA-256                                      │ segment CRC32 → x-amz-checksum-crc32
+    truncate()   ▼                                                     ▼
                close(): wait, final manifest (completed, sha256) landed segments ─► manifest
                                                                   thread (live follow, heartbeat)
 
+* Sealed and unsealed. Bytes are staged in segment files until *sealed*: handed to the
+  upload pool, after which they never change. Before that they may: ``pwrite`` writes
+  into the unsealed tail, at the end, or past it (the gap becomes zeros, a hole in the
+  staging file); ``truncate`` extends with zeros or cuts the unsealed tail. Anything
+  before ``sealed`` is refused (SeekNotAllowed) and nothing changes. A full segment is
+  sealed once ``hold_back`` bytes follow it (0 for ``put``: at once; a mount keeps one
+  segment, so the last segment's worth of bytes is always writable, as zip needs to
+  patch a member's header). ``flush`` and ``close`` seal everything.
+* Digests. Appended bytes feed the segment's CRC32 and the stream's SHA-256 as they
+  arrive, so a sequential writer reads nothing back. A patch or cut makes both stale
+  from that segment on: the segment's CRC32 is recomputed at seal from the staged file
+  (one read from the page cache), and the SHA-256 is rewound to the state saved at the
+  start of the first stale segment and fed from the staged files at seal, in order.
 * Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
   writer blocks there instead of staging without limit. Disk use stays within
-  ``(workers + 2) * segment_size``.
+  ``(workers + 2) * segment_size``, one segment more with ``hold_back`` (holes take none).
 * The manifest only ever counts the *contiguous* run of landed segments, so a reader never
   sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
 * close() is the commit point: it returns after every segment is verified in S3 and the
@@ -34,7 +47,7 @@ from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, manifests
 from s3pipefs.engine.lease import Lease, new_writer_id
-from s3pipefs.engine.staging import StagedFile, StagingDir
+from s3pipefs.engine.staging import StagedFile, StagingDir, zeros
 from s3pipefs.s3 import ObjectStore, b64 as store_b64
 
 log = logging.getLogger(__name__)
@@ -48,7 +61,10 @@ MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
 
 class StreamWriter:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
-                 writer_id: str | None = None, *, sse_key: bytes = b""):
+                 writer_id: str | None = None, *, hold_back: int = 0, sse_key: bytes = b""):
+        """``hold_back``: keep the last this many bytes (at most one segment) unsealed, so
+        pwrite and truncate may still change them. ``sse_key``: the SSE-C key of every
+        request (b"": none)."""
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
         self.store, self.cfg, self.sse_key = store, cfg, sse_key
@@ -74,7 +90,11 @@ class StreamWriter:
         self._slots = threading.BoundedSemaphore(cfg.workers + 1)
         self._stream_hash = hashlib.sha256()
         self._hash_valid = True
-        self._current: StagedFile | None = None
+        # The stream hash has seen every byte so far, in order (no patch since).
+        self._hash_live = True
+        # Unsealed segments, oldest first; all but the last are full. Never an empty one.
+        self._staged: list[StagedFile] = []
+        self._hold_back = min(max(0, hold_back), cfg.segment_size)
         self._skip = 0  # resume: input bytes already in S3, checked and skipped
         self._skip_layout = iter(())
         self._skip_seg_crc = 0
@@ -142,6 +162,7 @@ class StreamWriter:
         self.mtime_ns: int | None = None
         self._next_index = base.count + 1
         self._offset = base.total
+        self._sealed = base.total
         self._existing = existing
 
         if self._replacing:
@@ -181,28 +202,142 @@ class StreamWriter:
         """Bytes in the stream so far, including what was there before an append."""
         return self._offset
 
+    @property
+    def sealed(self) -> int:
+        """Bytes from the start that can no longer change (uploaded or on their way)."""
+        return self._sealed
+
     def write(self, data) -> int:
-        self._check()
-        if self.closed:
-            raise errors.S3PipeError(f"{self.where}: write after close")
+        """Append ``data`` at the end."""
+        self._check_writable()
         view = memoryview(data).cast("B")
         n = len(view)
         if self._skip:
             view = self._consume_skip(view)
+        self._append(view)
+        return n
+
+    def pwrite(self, offset: int, data) -> int:
+        """Write ``data`` at ``offset``: in the unsealed tail, at the end, or past it (the
+        gap reads as zeros). Before ``sealed``: SeekNotAllowed, and nothing changes."""
+        self._check_writable()
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if offset == self._offset:
+            return self.write(view)
+        self._refuse_out_of_order(offset, f"write of {n} bytes at offset {offset}")
+        if offset > self._offset:
+            self._append_zeros(offset - self._offset)
+        else:
+            view = self._patch(offset, view)
+        self._append(view)
+        return n
+
+    def truncate(self, length: int) -> None:
+        """Extend to ``length`` with zeros, or cut the unsealed tail there."""
+        self._check_writable()
+        if length == self._offset:
+            return
+        self._refuse_out_of_order(length, f"truncate to {length} bytes")
+        if length > self._offset:
+            self._append_zeros(length - self._offset)
+            return
+        first, start = self._staged[0], self._sealed
+        for i, staged in enumerate(self._staged):
+            if length < start + staged.size:
+                break
+            start += staged.size
+        keep = i + 1 if length > start else i
+        for dropped in self._staged[keep:]:
+            dropped.remove()
+        del self._staged[keep:]
+        if length > start:
+            staged.cut(length - start)
+            self._stale_from(i)
+        elif i > 0:
+            self._stale_from(i - 1)  # cut at a segment's start: the hash must lose what followed it
+        else:
+            # Back to the sealed end: the stream hash as it was there.
+            if self._hash_valid:
+                self._stream_hash, self._hash_live = first.hash_before, True
+        self._offset = length
+
+    def _check_writable(self) -> None:
+        self._check()
+        if self.closed:
+            raise errors.S3PipeError(f"{self.where}: write after close")
+
+    def _refuse_out_of_order(self, offset: int, what: str) -> None:
+        if self._skip:
+            raise errors.SeekNotAllowed(f"{self.where}: {what} refused: a resumed stream is written in order")
+        if offset < self._sealed:
+            raise errors.SeekNotAllowed(
+                f"{self.where}: {what} refused: the first {self._sealed} bytes are sealed (uploaded, or on "
+                "their way) and streams are append-only: only the unsealed tail can change; "
+                "nothing written so far changed")
+
+    def _filling(self) -> StagedFile:
+        """The segment the next appended byte goes to."""
+        if not self._staged or self._staged[-1].size >= self.cfg.segment_size:
+            staged = self._staging.create(mf.segment_name(self._next_index + len(self._staged)))
+            if self._hash_valid and self._hash_live:
+                staged.hash_before = self._stream_hash.copy()
+            staged.rehash = not self._hash_live
+            self._staged.append(staged)
+        return self._staged[-1]
+
+    def _append(self, view: memoryview) -> None:
         seg = self.cfg.segment_size
         while view:
-            if self._current is None:
-                self._current = self._staging.create(mf.segment_name(self._next_index))
-            room = seg - self._current.size
-            part = view[:room]
-            self._current.write(part)
-            if self._hash_valid:
+            staged = self._filling()
+            part = view[:seg - staged.size]
+            staged.append(part)
+            if self._hash_valid and self._hash_live:
                 self._stream_hash.update(part)
-            self._offset += len(part)
+            self._grew(len(part))
             view = view[len(part):]
-            if self._current.size >= seg:
-                self._seal()
-        return n
+
+    def _append_zeros(self, n: int) -> None:
+        seg = self.cfg.segment_size
+        while n:
+            staged = self._filling()
+            take = min(n, seg - staged.size)
+            staged.append_zeros(take)
+            if self._hash_valid and self._hash_live:
+                for chunk in zeros(take):
+                    self._stream_hash.update(chunk)
+            self._grew(take)
+            n -= take
+
+    def _patch(self, offset: int, view: memoryview) -> memoryview:
+        """Overwrite staged bytes from ``offset``; returns what lies past the end."""
+        pos = offset - self._sealed
+        for i, staged in enumerate(self._staged):
+            if pos < staged.size:
+                take = min(len(view), staged.size - pos)
+                staged.patch(pos, view[:take])
+                self._stale_from(i)
+                view = view[take:]
+                pos = 0
+                if not view:
+                    break
+            else:
+                pos -= staged.size
+        return view
+
+    def _stale_from(self, i: int) -> None:
+        """Staged segment ``i`` changed: the stream hash is behind from there on."""
+        self._hash_live = False
+        for staged in self._staged[i:]:
+            staged.rehash = True
+
+    def _grew(self, n: int) -> None:
+        self._offset += n
+        seg = self.cfg.segment_size
+        # A full segment is sealed once hold_back bytes follow it.
+        while (self._staged and self._staged[0].size >= seg
+               and self._offset - self._sealed - seg >= self._hold_back):
+            self._seal()
 
     def _consume_skip(self, view: memoryview) -> memoryview:
         """Resume: check input against the segments already uploaded, by their digest chain."""
@@ -229,8 +364,20 @@ class StreamWriter:
             "resume needs the same input from its start")
 
     def _seal(self) -> None:
-        staged, self._current = self._current, None
+        """Seal the oldest staged segment and hand it to the upload pool."""
+        staged = self._staged.pop(0)
+        if staged.rehash and self._hash_valid:
+            # A patch left the stream hash behind: feed it this segment from the file.
+            h = staged.hash_before
+            staged.read_back(h.update)
+            if self._staged:
+                self._staged[0].hash_before = h
+            else:
+                self._stream_hash, self._hash_live = h, True
+        elif staged.patched:
+            staged.read_back()
         staged.seal()
+        self._sealed += staged.size
         index = self._next_index
         self._next_index += 1
         # Backpressure: wait for a free upload slot, but keep noticing failures.
@@ -244,6 +391,10 @@ class StreamWriter:
         with self._cond:
             self._futures.add(fut)
         fut.add_done_callback(self._upload_done)
+
+    def _seal_all(self) -> None:
+        while self._staged:
+            self._seal()
 
     def _upload_done(self, fut: cf.Future) -> None:
         self._slots.release()
@@ -364,8 +515,7 @@ class StreamWriter:
         self._check()
         if self.closed:
             return
-        if self._current is not None and self._current.size:
-            self._seal()
+        self._seal_all()
         self._drain()
         self._write_manifest()
 
@@ -380,12 +530,10 @@ class StreamWriter:
                     f"{self.where}: input ended after {self._base.total - self._skip} bytes, before the "
                     f"{self._base.total} bytes already uploaded")
             self._committing = True
-            if self._current is not None and (self._current.size or self._next_index == 1):
-                self._seal()
-            elif self._next_index == 1:
+            if not self._staged and self._next_index == 1:
                 # An empty stream still has one (empty) segment, as s3pipe2 writes it.
-                self._current = self._staging.create(mf.segment_name(1))
-                self._seal()
+                self._staged.append(self._staging.create(mf.segment_name(1)))
+            self._seal_all()
             self._drain()
             self._stop_manifest_loop()
             self._check()
@@ -456,9 +604,9 @@ class StreamWriter:
 
     def _teardown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._current is not None:
-            self._current.remove()
-            self._current = None
+        for staged in self._staged:
+            staged.remove()
+        self._staged.clear()
         self._staging.cleanup()
         done = self._data_prefix_done
         if done:

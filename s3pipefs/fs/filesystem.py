@@ -8,7 +8,9 @@ Choices worth knowing:
 * Files open for writing, and streams still being written, get ``direct_io``: no page
   cache, so a read past the size the kernel last stat'd reaches us and can wait for the
   stream to grow (live follow), and a write is exactly one request at the offset the
-  program wrote (which is how non-sequential writes are detected). Complete streams and
+  program wrote: it lands in the writer's unsealed tail (the last segment's worth of
+  bytes and more stays writable, so zip can patch a member's header), at the end, or
+  past it (a hole, stored as zeros); a write into sealed data is refused. Complete streams and
   objects go through the page cache, and keep it across opens while their version (the
   manifest's writer and end time, or the object's ETag) is unchanged.
 * Sizes and modes: a stream shows the bytes written so far; a file this mount is
@@ -56,6 +58,8 @@ _STATFS_FILES = 1 << 32
 # utimensat(2)'s special tv_nsec values, passed on by libfuse with tv_sec = 0.
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
+# fallocate(2): the one mode flag that changes no byte.
+_FALLOC_FL_KEEP_SIZE = 0x01
 # How long an open waits for the same path's previous writer to finish its release commit.
 _SETTLE_TIMEOUT = 60.0
 
@@ -258,8 +262,11 @@ class Filesystem:
         # would: truncated only with O_TRUNC.
         trunc = entry is None or bool(flags & os.O_TRUNC)
         key = self.ns.key(path)
+        # One segment stays unsealed behind the end: programs that seek back to patch a
+        # header they wrote (zip, zipfile) find it still writable.
+        hold_back = self.engine.cfg.segment_size
         h = WriteHandle(
-            path, where, lambda how: self.engine.open_writer(self.bucket, key, how),
+            path, where, lambda how: self.engine.open_writer(self.bucket, key, how, hold_back=hold_back),
             mode="create" if trunc else "append",
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
@@ -402,8 +409,9 @@ class Filesystem:
         h = self._handle_or_none(fh) if fh is not None else None
         if not isinstance(h, WriteHandle):
             # ftruncate reaches us without its descriptor (libfuse 3 through mfusepy): the
-            # path's writer, else its one descriptor open for writing that has not written.
-            h = self.handles.writer(path)
+            # path's writer (once a closing one has committed), else its one descriptor
+            # open for writing that has not written.
+            h = self._settle(path)
         if h is None:
             idle = self.handles.unclaimed(path)
             if len(idle) > 1:
@@ -422,11 +430,35 @@ class Filesystem:
             return
         if entry.kind == "object":
             raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only")
-        if length != 0:
-            raise fserrors.NotSupported(f"{where}: streams are append-only: truncate only to 0 or to the "
-                                        f"current size ({entry.size}), not to {length}")
-        self.engine.open_writer(self.bucket, self.ns.key(path), "create").close()
+        if 0 < length < entry.size:
+            raise fserrors.NotSupported(f"{where}: truncate to {length} refused: streams are append-only: a "
+                                        f"closed file may grow (with zeros) or be emptied, not lose its last "
+                                        f"{entry.size - length} bytes")
+        w = self.engine.open_writer(self.bucket, self.ns.key(path), "create" if length == 0 else "append")
+        try:
+            w.truncate(length)
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
         self.ns.invalidate(path)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on a descriptor open for writing: mode 0 (posix_fallocate) grows
+        the file with zeros to ``offset + length``; FALLOC_FL_KEEP_SIZE alone has nothing
+        to reserve in S3. Punching holes or zeroing, collapsing or inserting ranges would
+        change bytes in place: EOPNOTSUPP."""
+        h = self.handles.get(fh)
+        if not isinstance(h, WriteHandle):
+            raise fserrors.BadHandle(f"{self.ns.where(h.path)}: not open for writing")
+        if mode & ~_FALLOC_FL_KEEP_SIZE:
+            raise fserrors.NotSupported(f"{h.where}: fallocate mode {mode:#x} refused: streams are append-only "
+                                        "(holes are not punched, ranges not zeroed, collapsed or inserted); "
+                                        "only growing a file (mode 0) is supported")
+        if offset < 0 or length <= 0:
+            raise errors.UsageError(f"{h.where}: fallocate of {length} bytes at {offset}: invalid range")
+        if not mode & _FALLOC_FL_KEEP_SIZE:
+            h.allocate(offset + length)
 
     # -- the tree ---------------------------------------------------------------------------
     def _busy_writing(self, path: str, what: str) -> None:

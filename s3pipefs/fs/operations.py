@@ -137,6 +137,11 @@ class Operations(fuselib.Operations):
         return 0
 
     @_op
+    def fallocate(self, path, mode, offset, length, fi):
+        self.fs.fallocate(_fh(fi), mode, offset, length)
+        return 0
+
+    @_op
     def flush(self, path, fi):
         # The lock owner tells which process closes: only its own writes make it commit.
         self.fs.flush(_fh(fi), _owner(fi))

@@ -44,7 +44,7 @@ class FsConfig:
     # one manifest GET per stream per 5 s, while a stream growing elsewhere shows its
     # new size within seconds.
     metadata_ttl: float = 5.0
-    # Each writer stages up to (workers + 2) * segment_size on disk; past this many open
+    # Each writer stages up to (workers + 3) * segment_size on disk; past this many open
     # writers a new one is refused with ENOMEM instead of blocking inside write().
     max_writers: int = 4
     # Read-ahead shared by all files open for reading: each gets an equal share, at most

@@ -33,10 +33,17 @@ What the states mean for a program using the file:
   commit writes that arrived after the last flush. Such a release goes to RELEASING and
   its commit (finish_release) runs on the filesystem's own thread; every other release
   is instant (RELEASED). See Filesystem.release.
+* Where a write may go: anywhere from the start of the engine writer's unsealed tail
+  on (the part not yet handed to the upload pool; a mount keeps at least the last
+  segment's worth of bytes there): into the tail, at the end, or past it, the gap
+  reading as zeros. truncate and fallocate (mode 0) extend with zeros, and truncate
+  may cut the unsealed tail (a *resize*). Bytes already sealed never change: until a
+  handle opens its engine writer, that is all of the file (it is in S3).
 * A failed write or commit aborts the engine writer (the stream stays incomplete, never
   complete and truncated) and the error sticks (FAILED): every later write, fsync and
-  close on the handle reports it. A write at the wrong offset is *not* sticky: it is
-  refused with ESPIPE, the state stays, and nothing written so far changes.
+  close on the handle reports it. A write into sealed data is *not* sticky: it is
+  refused with ESPIPE (a truncate into it with EOPNOTSUPP), the state stays, and
+  nothing written so far changes.
 * An unmount while the file is open (SHUT_DOWN) uploads what was written and leaves the
   stream incomplete, to be appended to or resumed later.
 
@@ -77,34 +84,37 @@ STICKY = "sticky"  # the operation reports the error that stuck, and the state s
 UNCLAIMED = S.OPENED
 
 # For each state: operation -> the state it leads to. An operation missing from a row is
-# not allowed (HandleStateError). A call that is refused (a write at the wrong offset, a
-# truncate a stream cannot do) or finds nothing to do (a flush by a process that did not
-# write since the last commit) leaves the state as it is. "fail" is where a failed engine
-# call leads. The methods do what a change of state needs (take the stream on the way to
-# CLAIMED, commit on the way to COMMITTED and out of RELEASING, start over empty on the
-# way to CREATED, abort on the way to SHUT_DOWN); write and fsync also work in place.
+# not allowed (HandleStateError). A call that is refused (a write or truncate into sealed
+# data) or finds nothing to do (a flush by a process that did not write since the last
+# commit) leaves the state as it is. "truncate" is a truncate that changes no byte (to
+# the current size, or to 0 before the first write: start over); "resize" is one that
+# does (extend with zeros, cut the unsealed tail; fallocate), and goes where a write
+# goes. "fail" is where a failed engine call leads. The methods do what a change of
+# state needs (take the stream on the way to CLAIMED, WRITING; commit on the way to
+# COMMITTED and out of RELEASING, start over empty on the way to CREATED, abort on the
+# way to SHUT_DOWN); write, resize and fsync also work in place.
 RULES: dict[WriteState, dict[str, WriteState | str]] = {
     S.CREATED: {"write": S.WRITING, "flush": S.CLAIMED, "fsync": S.CLAIMED, "truncate": S.CREATED,
-                "hold_attrs": S.CREATED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "resize": S.WRITING, "hold_attrs": S.CREATED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
                 "fail": S.FAILED},
     S.OPENED: {"write": S.WRITING, "flush": S.OPENED, "fsync": S.OPENED, "truncate": S.CREATED,
-               "hold_attrs": S.OPENED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
+               "resize": S.WRITING, "hold_attrs": S.OPENED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
                "fail": S.FAILED},
     S.CLAIMED: {"write": S.WRITING, "flush": S.CLAIMED, "fsync": S.CLAIMED, "truncate": S.CLAIMED,
-                "hold_attrs": S.CLAIMED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "resize": S.WRITING, "hold_attrs": S.CLAIMED, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
                 "fail": S.FAILED},
     S.WRITING: {"write": S.WRITING, "flush": S.COMMITTED, "fsync": S.WRITING, "truncate": S.WRITING,
-                "hold_attrs": S.WRITING, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
+                "resize": S.WRITING, "hold_attrs": S.WRITING, "release": S.RELEASING, "abort_for_shutdown": S.SHUT_DOWN,
                 "fail": S.FAILED},
     S.COMMITTED: {"write": S.WRITING, "flush": S.COMMITTED, "fsync": S.COMMITTED, "truncate": S.COMMITTED,
-                  "hold_attrs": S.COMMITTED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
+                  "resize": S.WRITING, "hold_attrs": S.COMMITTED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN,
                   "fail": S.FAILED},
-    S.FAILED: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY,
+    S.FAILED: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY, "resize": STICKY,
                "hold_attrs": S.FAILED, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN},
-    S.SHUT_DOWN: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY,
+    S.SHUT_DOWN: {"write": STICKY, "flush": STICKY, "fsync": STICKY, "truncate": STICKY, "resize": STICKY,
                   "hold_attrs": S.SHUT_DOWN, "release": S.RELEASED, "abort_for_shutdown": S.SHUT_DOWN},
     # Path operations (stat, truncate, chmod) may still find a releasing or just released
-    # handle: its size is final and a commit is (or was) coming.
+    # handle: its size is final and a commit is (or was) coming (a resize waits for it).
     S.RELEASING: {"truncate": S.RELEASING, "hold_attrs": S.RELEASING, "finish_release": S.RELEASED,
                   "abort_for_shutdown": S.RELEASING, "fail": S.RELEASED},
     S.RELEASED: {"truncate": S.RELEASED, "hold_attrs": S.RELEASED, "abort_for_shutdown": S.RELEASED},
@@ -215,27 +225,41 @@ class WriteHandle:
 
     # -- the write path -------------------------------------------------------------------
     def write(self, data: bytes, offset: int, owner: int | None = None) -> int:
+        """Write at ``offset`` (O_APPEND: at the end): anywhere from the unsealed tail on."""
         with self._lock:
             self._allow("write")
-            if not self.append and offset != self.size:
+            sealed = self._sealed()
+            if not self.append and offset < sealed:
                 raise errors.SeekNotAllowed(
                     f"{self.where}: write of {len(data)} bytes at offset {offset} refused: streams are "
-                    f"append-only and the next byte goes at {self.size}; nothing written so far changed")
+                    f"append-only: the first {sealed} bytes are sealed (uploaded) and never change, only "
+                    f"what follows can be written; nothing written so far changed")
             self._claim()
             if self._writer is None:
                 self._writer = self._take_stream()
             try:
-                self._writer.write(data)
+                if self.append:
+                    self._writer.write(data)
+                else:
+                    self._writer.pwrite(offset, data)
             except BaseException as e:
                 self._fail(e)
                 raise
-            self.size = self._writer.offset
-            self._owners.add(owner or None)
-            self.mtime = time.time()
-            if self.stored_mtime_ns is not None:
-                self.stored_mtime_ns = self._writer.mtime_ns = None
+            self._wrote(owner)
             self._become("write")
             return len(data)
+
+    def _sealed(self) -> int:
+        """Bytes that can no longer change: the whole file until the engine writer is
+        open (it is all in S3), then what that writer has sealed."""
+        return self.size if self._writer is None else self._writer.sealed
+
+    def _wrote(self, owner: int | None) -> None:
+        self.size = self._writer.offset
+        self._owners.add(owner or None)
+        self.mtime = time.time()
+        if self.stored_mtime_ns is not None:
+            self.stored_mtime_ns = self._writer.mtime_ns = None
 
     def _new_writer(self, mode: str):
         w = self._open_writer(mode)
@@ -368,9 +392,37 @@ class WriteHandle:
                 self.size = 0
                 self._become("truncate")
                 return
-            raise fserrors.NotSupported(
-                f"{self.where}: streams are append-only: truncate only to 0 before the first write "
-                f"or to the current size ({self.size}), not to {length}")
+            self._allow("resize")
+            sealed = self._sealed()
+            if length < sealed:
+                raise fserrors.NotSupported(
+                    f"{self.where}: truncate to {length} refused: streams are append-only: the first {sealed} "
+                    f"bytes are sealed (uploaded) and never change; a file may grow (with zeros), lose only "
+                    f"what follows them, or be emptied before its first write")
+            self._resize(length)
+
+    def allocate(self, length: int) -> None:
+        """fallocate(2) mode 0 (posix_fallocate): the file is at least ``length`` bytes
+        long; what it grows by reads as zeros. S3 has nothing to reserve."""
+        with self._lock:
+            self._allow("truncate")
+            if length > self.size:
+                self._allow("resize")
+                self._resize(length)
+
+    def _resize(self, length: int) -> None:
+        """Extend with zeros or cut the unsealed tail (the lock held, "resize" allowed).
+        The kernel names no process for a truncate: any close may commit it."""
+        self._claim()
+        if self._writer is None:
+            self._writer = self._take_stream()
+        try:
+            self._writer.truncate(length)
+        except BaseException as e:
+            self._fail(e)
+            raise
+        self._wrote(None)
+        self._become("resize")
 
     # -- the end ----------------------------------------------------------------------------
     def release(self) -> bool:
