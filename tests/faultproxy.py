@@ -118,6 +118,7 @@ class Seen:
     bytes_out: int = 0                 # response body bytes sent to the client
     fault: str | None = None           # the action of the rule that fired, if any
     time: float = field(default_factory=monotonic)
+    ended: float | None = None         # when its answer was relayed (None: not yet, or never)
 
 
 class _Reset(Exception):
@@ -335,6 +336,20 @@ class FaultProxy:
                        if (method is None or s.method == method.upper())
                        and (path_contains is None or path_contains in s.path))
 
+    def peak_in_flight(self, method: str | None = None, path_contains: str | None = None) -> int:
+        """The most such requests that were in flight at one moment (answered ones only):
+        shows whether a client sent them concurrently or one after another."""
+        with self._lock:
+            spans = [(s.time, s.ended) for s in self.requests
+                     if s.ended is not None and (method is None or s.method == method.upper())
+                     and (path_contains is None or path_contains in s.path)]
+        events = sorted([(t0, 1) for t0, _ in spans] + [(t1, -1) for _, t1 in spans])
+        peak = now = 0
+        for _, step in events:
+            now += step
+            peak = max(peak, now)
+        return peak
+
     def _choose(self, seen: Seen) -> Rule | None:
         with self._lock:
             self.requests.append(seen)
@@ -470,6 +485,7 @@ class _Session:
             if rframing[0] == "none":
                 rframing = ("close", 0)   # no length given: the body ends when the server closes
         self.body(upstream, client, rframing, _Fault(rule, "response", self.stop), seen, up=False)
+        seen.ended = monotonic()
         if rframing[0] == "close" or resp.has_token("connection", "close"):
             self.drop_upstream()
             return False

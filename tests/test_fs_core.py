@@ -19,6 +19,7 @@ import pytest
 from s3pipefs import errors
 from s3pipefs.config import KiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine, manifests
+from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.fs import fserrors
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.write_handle import WriteHandle
@@ -370,18 +371,24 @@ def test_ftruncate_without_its_descriptor_reaches_the_one_open_for_writing(fs):
     assert read_file(fs, "/vi") == b"new"
 
 
-def test_past_max_writers_a_new_writer_gets_enomem_at_open(engine, bucket):
-    fs = make_fs(engine, bucket, max_writers=2)
-    a = fs.create("/1", WR).fh
-    b = fs.create("/2", WR).fh
-    with pytest.raises(errors.NoMemory) as e:
-        fs.create("/3", WR)
-    assert e.value.errno == errno.ENOMEM and "max_writers=2" in str(e.value)
-    fs.release(a)
-    fs.wait_idle(10)
-    fs.release(fs.create("/3", WR).fh)
-    fs.release(b)
+def test_max_writers_is_ignored_and_writers_share_one_budget(engine, bucket):
+    budget = WriteBudget(64 * 1024, threads=2)
+    shared = Engine(engine.store, engine.cfg, write_budget=budget)
+    fs = make_fs(shared, bucket, max_writers=2)
+    fhs = [fs.create(f"/{i}", WR).fh for i in range(5)]  # past max_writers: no ENOMEM
+    for i, fh in enumerate(fhs):
+        assert fs.write(fh, bytes([i]) * 4096, 0, owner=CMD) == 4096
+    assert budget.held == 5 * 4096  # each holds what it wrote, not a reservation
+    for fh in fhs:
+        fs.flush(fh, owner=CMD)
+        fs.release(fh)
     assert fs.wait_idle(10)
+    assert budget.held == 0
+    for i in range(5):
+        assert read_file(fs, f"/{i}") == bytes([i]) * 4096
+    fs.shutdown(0)
+    fs.close()
+    budget.shutdown()
 
 
 def test_read_only_mount_refuses_every_change(engine, bucket):

@@ -223,14 +223,14 @@ def test_put_and_cat_start_without_fuse_sync_or_the_store():
 
 def test_the_mount_connection_pool_fits_its_writers_and_readers():
     default = MountOptions()
-    # 4 writers x 8 workers, the read budget's 512M / 16M segments, 8 for metadata.
-    assert connection_pool_size(default) == 4 * 8 + 32 + 8
-    more_writers = dataclasses.replace(default, fs=dataclasses.replace(default.fs, max_writers=6))
-    assert connection_pool_size(more_writers) == 6 * 8 + 32 + 8
+    # 16 shared upload threads, the read budget's 512M / 16M segments, 8 for metadata.
+    assert connection_pool_size(default) == 16 + 32 + 8
+    more_writers = dataclasses.replace(default, fs=dataclasses.replace(default.fs, upload_threads=40))
+    assert connection_pool_size(more_writers) == 40 + 32 + 8
     one_reader = dataclasses.replace(default, fs=dataclasses.replace(default.fs, read_memory=16 * MiB),
                                      transfer=dataclasses.replace(default.transfer, prefetch=12))
-    assert connection_pool_size(one_reader) == 4 * 8 + 12 + 8  # one reader's window
-    tiny, _ = parse_options(["max_writers=1,workers=1,prefetch=1,read_memory=16M"])
+    assert connection_pool_size(one_reader) == 16 + 12 + 8  # one reader's window
+    tiny, _ = parse_options(["upload_threads=1,workers=1,prefetch=1,read_memory=16M"])
     assert connection_pool_size(tiny) == S3Config().max_pool_connections
-    huge, _ = parse_options(["max_writers=64,workers=64"])
+    huge, _ = parse_options(["upload_threads=256,workers=64"])
     assert connection_pool_size(huge) == 256

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, kinds, manifests, objattrs
+from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
@@ -87,11 +88,13 @@ def _iso_to_epoch(text: str) -> float:
 
 class Engine:
     def __init__(self, store: ObjectStore, cfg: TransferConfig | None = None, read_budget: ReadBudget | None = None,
-                 request: RequestOptions | None = None):
+                 request: RequestOptions | None = None, write_budget: WriteBudget | None = None):
         self.store = store
         self.cfg = (cfg or TransferConfig()).validate()
         # Shared by every reader this engine opens (a mount); None: each has its own read_ahead.
         self.read_budget = read_budget
+        # Shared by every writer this engine opens (a mount); None: each has its own pool.
+        self.write_budget = write_budget
         self.request = request or RequestOptions()
 
     def _key(self, request: RequestOptions | None) -> bytes:
@@ -208,7 +211,7 @@ class Engine:
                     hold_back: int = 0, request: RequestOptions | None = None) -> StreamWriter:
         """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them."""
         return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, hold_back=hold_back,
-                            sse_key=self._key(request))
+                            sse_key=self._key(request), budget=self.write_budget)
 
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
                     request: RequestOptions | None = None) -> Reader:

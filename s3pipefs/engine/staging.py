@@ -3,6 +3,10 @@
 Each writer gets its own ``mkdtemp`` directory (mode 0700) under the configured staging
 path; segment files are created 0600. A full or unwritable staging disk becomes a
 StagingError carrying the OS errno (ENOSPC, EACCES, ...) and naming the path.
+
+Each staged file reports the disk it holds to ``charge`` (a mount's shared budget,
+engine/budget.py): bytes written add to it, holes do not, and removing the file gives
+them back.
 """
 from __future__ import annotations
 
@@ -27,9 +31,14 @@ def zeros(n: int) -> Iterator[memoryview]:
         yield chunk
 
 
+def _no_charge(_nbytes: int) -> None:
+    pass
+
+
 class StagingDir:
-    def __init__(self, root: str):
+    def __init__(self, root: str, charge: Callable[[int], None] = _no_charge):
         self.root = root
+        self._charge = charge
         try:
             os.makedirs(root, exist_ok=True)
             self.path = tempfile.mkdtemp(prefix="s3pipefs-", dir=root)  # 0700 by construction
@@ -38,7 +47,7 @@ class StagingDir:
         os.chmod(self.path, 0o700)
 
     def create(self, name: str) -> "StagedFile":
-        return StagedFile(os.path.join(self.path, name))
+        return StagedFile(os.path.join(self.path, name), self._charge)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -54,9 +63,11 @@ class StagedFile:
     is then read back once (``read_back``, from the page cache) before it is sealed.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, charge: Callable[[int], None] = _no_charge):
         self.path = path
         self.size = 0
+        self._charge = charge
+        self.held = 0  # bytes charged: those written (holes take no disk)
         self.crc = 0
         self.patched = False  # crc is stale: read_back before sealing
         # Kept by the writer for the stream's SHA-256: its state at this segment's first
@@ -74,6 +85,7 @@ class StagedFile:
             self.crc = crc32(view, self.crc)
         self._pwrite(view, self.size)
         self.size += len(view)
+        self._hold(len(view))
 
     def append_zeros(self, n: int) -> None:
         """Extend by ``n`` zero bytes: a hole in the staging file, read back as zeros."""
@@ -102,6 +114,7 @@ class StagedFile:
             raise _staging_error(self.path, e) from None
         self.size = size
         self.patched = True
+        self._hold(min(self.held, size) - self.held)
 
     def read_back(self, feed: Callable[[bytes], object] | None = None) -> None:
         """Checksum the staged bytes again from the file, handing each chunk to ``feed``
@@ -137,11 +150,18 @@ class StagedFile:
             self.fd = -1
 
     def remove(self) -> None:
+        """Delete the file and give back what it held; harmless when done already."""
         self.seal()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._hold(-self.held)
+
+    def _hold(self, nbytes: int) -> None:
+        if nbytes:
+            self.held += nbytes
+            self._charge(nbytes)
 
 
 def _staging_error(path: str, e: OSError) -> StagingError:

@@ -24,6 +24,9 @@ Data flow::
 * Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
   writer blocks there instead of staging without limit. Disk use stays within
   ``(workers + 2) * segment_size``, one segment more with ``hold_back`` (holes take none).
+* Uploads run on a ``WriteBudget``'s pool (engine/budget.py): the writer's own, of
+  ``workers`` threads, or one shared by every writer of a mount, whose staged files
+  then charge the mount's staging budget.
 * The manifest only ever counts the *contiguous* run of landed segments, so a reader never
   sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
 * close() is the commit point: it returns after every segment is verified in S3 and the
@@ -46,6 +49,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, manifests
+from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.staging import StagedFile, StagingDir, zeros
 from s3pipefs.s3 import ObjectStore, b64 as store_b64
@@ -61,10 +65,12 @@ MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
 
 class StreamWriter:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
-                 writer_id: str | None = None, *, hold_back: int = 0, sse_key: bytes = b""):
+                 writer_id: str | None = None, *, hold_back: int = 0, sse_key: bytes = b"",
+                 budget: WriteBudget | None = None):
         """``hold_back``: keep the last this many bytes (at most one segment) unsealed, so
         pwrite and truncate may still change them. ``sse_key``: the SSE-C key of every
-        request (b"": none)."""
+        request (b"": none). ``budget``: the staging budget and upload pool this writer
+        shares with others (a mount's); None: a pool of its own."""
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
         self.store, self.cfg, self.sse_key = store, cfg, sse_key
@@ -113,8 +119,9 @@ class StreamWriter:
         self._manifest_lock = threading.Lock()
 
         self._open(mode)
-        self._staging = StagingDir(cfg.staging_dir)
-        self._pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="s3pipefs-up")
+        self._own_budget = budget is None
+        self._budget = WriteBudget.private(cfg.workers) if budget is None else budget
+        self._staging = StagingDir(cfg.staging_dir, self._budget.charge)
         self._manifest_thread = threading.Thread(target=self._manifest_loop, name="s3pipefs-manifest", daemon=True)
         self._manifest_thread.start()
 
@@ -384,19 +391,21 @@ class StreamWriter:
         while not self._slots.acquire(timeout=0.5):
             self._check()
         try:
-            fut = self._pool.submit(self._upload, index, staged)
+            fut = self._budget.submit(self._upload, index, staged)
         except BaseException:
             self._slots.release()
+            staged.remove()
             raise
         with self._cond:
             self._futures.add(fut)
-        fut.add_done_callback(self._upload_done)
+        fut.add_done_callback(lambda f: self._upload_done(f, staged))
 
     def _seal_all(self) -> None:
         while self._staged:
             self._seal()
 
-    def _upload_done(self, fut: cf.Future) -> None:
+    def _upload_done(self, fut: cf.Future, staged: StagedFile) -> None:
+        staged.remove()  # landed (removed already), failed or cancelled: its disk is free
         self._slots.release()
         with self._cond:
             self._futures.discard(fut)
@@ -560,9 +569,11 @@ class StreamWriter:
         m = self._manifest(False, mf.Layout(), "")
         self._lease.save(m)
         names = [mf.segment_name(i) for i in range(1, count + 1)]
-        list(self._pool.map(lambda n: self.store.copy(self.bucket, self._data_prefix + n, self.bucket,
-                                                      self.prefix + n, source_sse_key=self.sse_key,
-                                                      sse_key=self.sse_key), names))
+        copies = [self._budget.submit(self.store.copy, self.bucket, self._data_prefix + n, self.bucket,
+                                      self.prefix + n, source_sse_key=self.sse_key, sse_key=self.sse_key)
+                  for n in names]
+        for f in copies:
+            f.result()
         self._data_prefix_done = self._data_prefix
         self._data_prefix = self.prefix
         self._delete_leftovers(keep=count)
@@ -580,7 +591,9 @@ class StreamWriter:
                 self._error = errors.StreamIncomplete(f"{self.where}: writer aborted")
             self._cond.notify_all()
         try:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._cond:
+                while self._futures:  # the uploads already running
+                    self._cond.wait(timeout=0.5)
             if self._manifest_thread.is_alive():
                 self._manifest_thread.join(timeout=30)
             if self._replacing:
@@ -603,7 +616,8 @@ class StreamWriter:
         deletion.delete_under(self.store, self.bucket, self._data_prefix)
 
     def _teardown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_budget:
+            self._budget.shutdown()
         for staged in self._staged:
             staged.remove()
         self._staged.clear()

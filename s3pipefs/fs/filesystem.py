@@ -265,6 +265,7 @@ class Filesystem:
         # One segment stays unsealed behind the end: programs that seek back to patch a
         # header they wrote (zip, zipfile) find it still writable.
         hold_back = self.engine.cfg.segment_size
+        budget = self.engine.write_budget
         h = WriteHandle(
             path, where, lambda how: self.engine.open_writer(self.bucket, key, how, hold_back=hold_back),
             mode="create" if trunc else "append",
@@ -275,9 +276,10 @@ class Filesystem:
             perm=perm if entry is None else None,
             claim=self.handles.claim,
             on_commit=self._committed,
+            admit=budget.admit if budget is not None else None,
         )
         try:
-            fh = self.handles.add_writer(h, self.cfg.max_writers)
+            fh = self.handles.add_writer(h)
         except errors.Busy as e:
             raise lost(str(e)) from None  # two creates that raced: one is registered first
         return Opened(fh, direct_io=True)

@@ -14,7 +14,7 @@ from typing import Callable, NoReturn
 
 from s3pipefs import errors
 from s3pipefs.fs import fserrors
-from s3pipefs.fs.write_handle import WriteHandle, WriteState
+from s3pipefs.fs.write_handle import WriteHandle
 
 
 class ReadHandle:
@@ -124,8 +124,8 @@ class HandleTable:
         self._handles[fh] = h
         return fh
 
-    def add_writer(self, h: WriteHandle, max_writers: int) -> int:
-        """Register a writer; Busy if this mount already writes the path, NoMemory past the limit.
+    def add_writer(self, h: WriteHandle) -> int:
+        """Register a writer; Busy if this mount already writes the path.
 
         A handle that has not claimed its path (an existing file opened, not truncated)
         is only counted: it claims the path at its first write (``claim``).
@@ -134,11 +134,6 @@ class HandleTable:
             other = self._writers.get(h.path)
             if other is not None and other.is_live:
                 raise errors.Busy(f"{h.where}: already open for writing on this mount (one writer per stream)")
-            held = sum(1 for w in self._handles.values()
-                       if isinstance(w, WriteHandle) and w.state is not WriteState.RELEASED)
-            if held >= max_writers:
-                raise errors.NoMemory(f"{h.where}: {held} files are already open for writing "
-                                      f"(max_writers={max_writers}); close one or mount with a larger max_writers")
             if h.is_live:
                 self._writers[h.path] = h
             return self._add(h)

@@ -90,7 +90,7 @@ def mount(plan: MountPlan) -> int:
 def connection_pool_size(opts: MountOptions) -> int:
     """S3 connections the mount's requests in flight can use at once:
 
-        max_writers * workers                       every writer uploading with all its workers
+        upload_threads                              the writers' shared upload pool
       + max(prefetch, read_memory // segment_size)  the readers' prefetch: one reader's window,
                                                     or as many segments as the shared read
                                                     budget holds when many files are open
@@ -100,10 +100,10 @@ def connection_pool_size(opts: MountOptions) -> int:
     flight makes urllib3 open a connection per extra request and drop it afterwards (a
     new TCP and TLS handshake each time, and a "pool is full" warning); past 256 one
     client gains nothing more from S3 and throttling (503) starts to bite.
-    With the defaults: 4 * 8 + max(8, 512M // 16M) + 8 = 72.
+    With the defaults: 16 + max(8, 512M // 16M) + 8 = 56.
     """
     t, fs = opts.transfer, opts.fs
-    want = fs.max_writers * t.workers + max(t.prefetch, fs.read_memory // t.segment_size) + 8
+    want = fs.upload_threads + max(t.prefetch, fs.read_memory // t.segment_size) + 8
     return max(S3Config.max_pool_connections, min(256, want))
 
 
@@ -156,6 +156,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     # Imported here: mfusepy binds libfuse at import, and nothing of it should exist
     # in the parent of the fork.
     from s3pipefs.engine import Engine
+    from s3pipefs.engine.budget import WriteBudget
     from s3pipefs.engine.reader import ReadBudget
     from s3pipefs.fs import fuselib
     from s3pipefs.fs.filesystem import Filesystem
@@ -165,7 +166,8 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     where = f"s3://{plan.bucket}/{plan.prefix}"
     try:
         s3cfg = dataclasses.replace(opts.s3, max_pool_connections=connection_pool_size(opts))
-        engine = Engine(Store(s3cfg), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory))
+        engine = Engine(Store(s3cfg), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory),
+                        write_budget=WriteBudget(opts.fs.write_budget, opts.fs.upload_threads))
         try:
             engine.store.bucket_exists(plan.bucket)
         except errors.NotFound:
@@ -228,6 +230,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     if not fs.wait_idle(opts.fs.shutdown_timeout):
         log.warning("some final commits did not finish before exit")
     fs.close()
+    engine.write_budget.shutdown()
     log.info("unmounted %s from %s", where, plan.mountpoint)
     return 0
 

@@ -44,8 +44,15 @@ class FsConfig:
     # one manifest GET per stream per 5 s, while a stream growing elsewhere shows its
     # new size within seconds.
     metadata_ttl: float = 5.0
-    # Each writer stages up to (workers + 3) * segment_size on disk; past this many open
-    # writers a new one is refused with ENOMEM instead of blocking inside write().
+    # Staging disk shared by every file open for writing, charged by what each holds (a
+    # 4 KiB file holds 4 KiB). When it is spent, writes wait for uploads to drain. 512M
+    # lets about three writers stream at full speed, each (workers + 3) segments.
+    write_budget: int = 512 * 1024 * 1024
+    # Upload threads shared by every file open for writing (each still queues at most
+    # workers + 1 segments): enough for two writers at full speed.
+    upload_threads: int = 16
+    # Deprecated and ignored: any number of files may be open for writing (write_budget
+    # bounds their staging). Still accepted, so existing fstab lines mount.
     max_writers: int = 4
     # Read-ahead shared by all files open for reading: each gets an equal share, at most
     # read_ahead, at least one segment. 512M lets four sequential readers run at full
@@ -133,7 +140,12 @@ _FS_OPTIONS: tuple[Option, ...] = (
     Option("gid", "fs", "gid", _group, "group of every file and directory (number or name), whatever chgrp stored"),
     Option("umask", "fs", "umask", _octal, "permission bits to clear (octal)", render=lambda v: f"{v:03o}"),
     Option("metadata_ttl", "fs", "metadata_ttl", parse_duration, "cache stats and listings this long"),
-    Option("max_writers", "fs", "max_writers", whole_number(1, 1024), "files open for writing at once; more get ENOMEM"),
+    Option("write_budget", "fs", "write_budget", parse_size,
+           "staging disk shared by all files open for writing; past it, writes wait for uploads"),
+    Option("upload_threads", "fs", "upload_threads", whole_number(1, 256),
+           "upload threads shared by all files open for writing"),
+    Option("max_writers", "fs", "max_writers", whole_number(1, 1 << 20),
+           "deprecated, ignored: any number of files may be open for writing"),
     Option("read_memory", "fs", "read_memory", parse_size, "read-ahead memory shared by all files open for reading"),
     Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
     Option("kernel_read_ahead", "fs", "kernel_read_ahead", parse_size,

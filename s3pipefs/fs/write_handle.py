@@ -128,12 +128,15 @@ class WriteHandle:
     def __init__(self, path: str, where: str, open_writer: Callable[[str], object], *, mode: str,
                  size: int, append: bool, base_complete: bool = True, perm: int | None = None,
                  claim: Callable[["WriteHandle"], None] | None = None,
-                 on_commit: Callable[["WriteHandle"], None] | None = None):
+                 on_commit: Callable[["WriteHandle"], None] | None = None,
+                 admit: Callable[[int], None] | None = None):
         """``mode``: how the file was opened, "create" (created or truncated) or "append".
         ``perm``: the permission bits of a new file (its create mode); None keeps the
         stream's own. ``claim``: registers the handle as its path's writer on this mount
         (raises Busy when another handle holds it); called when an OPENED handle first
-        writes or truncates."""
+        writes or truncates. ``admit``: waits until a write of that many bytes fits the
+        mount's staging budget (engine/budget.py); called before the handle's lock is
+        taken, so a flush or fsync through a dup never waits behind it."""
         if mode not in ("create", "append"):
             raise ValueError(f"mode must be 'create' or 'append', not {mode!r}")
         self.path = path
@@ -146,6 +149,7 @@ class WriteHandle:
         self.append = append  # O_APPEND: every write goes to the end, whatever offset the kernel passes
         self.base_complete = base_complete
         self.on_commit = on_commit
+        self._admit = admit
         self._writer = None  # the engine writer: open in CLAIMED and WRITING (and RELEASING after them)
         # Lock owners (fd tables) that wrote since the last commit; None: unknown owner.
         self._owners: set[int | None] = set()
@@ -226,6 +230,8 @@ class WriteHandle:
     # -- the write path -------------------------------------------------------------------
     def write(self, data: bytes, offset: int, owner: int | None = None) -> int:
         """Write at ``offset`` (O_APPEND: at the end): anywhere from the unsealed tail on."""
+        if self._admit is not None:
+            self._admit(len(data))  # backpressure: outside the lock (see __init__)
         with self._lock:
             self._allow("write")
             sealed = self._sealed()
