@@ -172,7 +172,7 @@ def test_follow_gives_up_on_a_dead_writer(cli, bucket, engine):
     w.flush()
     # Simulate a crash: the process is gone, its heartbeat just stops.
     w._stop_manifest.set()
-    w._pool.shutdown(wait=True)
+    w._budget.shutdown()  # its upload pool
     t = time.monotonic()
     r = cli("cat", "--follow-timeout", "2", f"s3://{bucket}/dead")
     assert r.returncode == 1
