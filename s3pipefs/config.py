@@ -6,6 +6,8 @@ Bounds (see docs/tuning.md):
   one segment being filled, ``workers`` uploading, one queued (the backpressure slot);
   one more for a mount's writer, which keeps a full segment unsealed (writable).
 * Writer memory        ~  workers * 1 MiB (segments stream from their staging files).
+* A mount's writers share one staging budget and upload pool instead (engine/budget.py,
+  the mount options ``write_budget`` and ``upload_threads``; docs/tuning.md).
 * Reader memory        <= read_ahead + cache_size + one unit
   A reader fetches and verifies whole segments (streams) or ``block_size`` ranges
   (plain objects); at most ``min(prefetch, read_ahead // unit)`` units are in flight.
