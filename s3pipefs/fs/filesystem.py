@@ -62,6 +62,8 @@ _UTIME_OMIT = (1 << 30) - 2
 _FALLOC_FL_KEEP_SIZE = 0x01
 # How long an open waits for the same path's previous writer to finish its release commit.
 _SETTLE_TIMEOUT = 60.0
+# How long a committed handle of the same path may take to be released by the kernel.
+_RELEASE_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,17 @@ class Filesystem:
             raise fserrors.ShuttingDown(f"{self.ns.where(path)}: the filesystem is being unmounted")
 
     def _settle(self, path: str) -> WriteHandle | None:
-        """Wait for this mount's previous writer of ``path`` to finish its last commit."""
+        """Wait for this mount's previous writer of ``path`` to finish its last commit.
+
+        close(2) returns after FLUSH (the commit), but the kernel sends RELEASE on its own
+        time: a script that closes a file and opens it again at once (``>> f`` twice) can
+        find the first handle committed and not yet released. Such a handle gets a moment
+        to go before it counts as a live writer (EBUSY)."""
         w = self.handles.writer(path)
         if w is not None and w.is_releasing:
             w.wait_released(_SETTLE_TIMEOUT)
+        elif w is not None and w.state is WriteState.COMMITTED:
+            w.wait_released(_RELEASE_GRACE)
         return w if (w is not None and w.is_live) else None
 
     def _open_read(self, path: str) -> Opened:
