@@ -13,6 +13,13 @@ Data flow::
   ``(workers + 2) * segment_size``.
 * The manifest only ever counts the *contiguous* run of landed segments, so a reader never
   sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
+* Bounded visibility lag: once the current segment's first byte has waited
+  ``flush_interval``, the manifest thread seals it short and uploads it, so readers on
+  other hosts see a slow writer (a log, a quiet dump) within about that long. It never
+  blocks for it: it skips a round while write() holds the segment or every upload slot is
+  taken (bytes are being published then anyway). Each short segment adds a layout run to
+  every later manifest, so the interval stretches as runs accumulate (SHORT_RUNS_AT_FULL_RATE)
+  and short seals stop at MAX_SHORT_RUNS, keeping the manifest far below its 1 MiB limit.
 * close() is the commit point: it returns after every segment is verified in S3 and the
   manifest says complete; any failure raises and leaves the stream incomplete.
 * Replacing a complete stream (mode "create" over an existing one) stages the new segments
@@ -42,6 +49,12 @@ MODES = ("create", "append", "resume")
 # keeping live readers no more than this far behind the writer.
 MIN_MANIFEST_INTERVAL = 0.25
 MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
+# Short segments at the full flush rate until the layout has this many runs; past it the
+# interval grows in proportion (2000 runs: twice the interval), which holds a slow writer's
+# manifest traffic near 10 KB/s however long it runs.
+SHORT_RUNS_AT_FULL_RATE = 1000
+# No more short segments past this many layout runs (a manifest of ~500 KB): whole segments only.
+MAX_SHORT_RUNS = 50_000
 
 
 class StreamWriter:
@@ -72,7 +85,15 @@ class StreamWriter:
         self._slots = threading.BoundedSemaphore(cfg.workers + 1)
         self._stream_hash = hashlib.sha256()
         self._hash_valid = True
+        # The segment being filled, shared by write() and the timed seal of the manifest
+        # thread: _stage guards it with _offset and _next_index.
+        self._stage = threading.Condition()
         self._current: StagedFile | None = None
+        self._current_since = 0.0  # monotonic time of the current segment's first byte
+        # Sealed segments not landed yet: index -> (stream offset, staged file). Guarded by _cond.
+        self._sealed: dict[int, tuple[int, StagedFile]] = {}
+        self._runs = 0  # runs in the layout of the segments sealed so far
+        self._last_size = -1  # size of the last sealed segment
         self._skip = 0  # resume: input bytes already in S3, checked and skipped
         self._skip_layout = iter(())
         self._skip_seg_crc = 0
@@ -136,6 +157,7 @@ class StreamWriter:
         self.mode = existing.manifest.mode if existing is not None else None
         self.mtime_ns: int | None = None
         self._next_index = base.count + 1
+        self._runs, self._last_size = len(base.runs), base.runs[-1][1] if base.runs else -1
         self._offset = base.total
         self._existing = existing
 
@@ -186,17 +208,23 @@ class StreamWriter:
             view = self._consume_skip(view)
         seg = self.cfg.segment_size
         while view:
-            if self._current is None:
-                self._current = self._staging.create(mf.segment_name(self._next_index))
-            room = seg - self._current.size
-            part = view[:room]
-            self._current.write(part)
-            if self._hash_valid:
-                self._stream_hash.update(part)
-            self._offset += len(part)
-            view = view[len(part):]
-            if self._current.size >= seg:
-                self._seal()
+            sealed = None
+            with self._stage:
+                if self._current is None:
+                    self._current = self._staging.create(mf.segment_name(self._next_index))
+                if not self._current.size:
+                    self._current_since = time.monotonic()
+                room = seg - self._current.size
+                part = view[:room]
+                self._current.write(part)
+                if self._hash_valid:
+                    self._stream_hash.update(part)
+                self._offset += len(part)
+                view = view[len(part):]
+                if self._current.size >= seg:
+                    sealed = self._seal_current()
+            if sealed is not None:
+                self._submit(*sealed)  # may wait for an upload slot: outside _stage
         return n
 
     def _consume_skip(self, view: memoryview) -> memoryview:
@@ -223,13 +251,21 @@ class StreamWriter:
             f"{self.where}: input differs from the {self._base.total} bytes already uploaded; "
             "resume needs the same input from its start")
 
-    def _seal(self) -> None:
+    def _seal_current(self) -> tuple[int, StagedFile]:
+        """End the current segment; call with _stage held. Upload it with _submit."""
         staged, self._current = self._current, None
         staged.seal()
         index = self._next_index
         self._next_index += 1
+        if staged.size != self._last_size:
+            self._runs, self._last_size = self._runs + 1, staged.size
+        with self._cond:
+            self._sealed[index] = (self._offset - staged.size, staged)
+        return index, staged
+
+    def _submit(self, index: int, staged: StagedFile, slot_held: bool = False) -> None:
         # Backpressure: wait for a free upload slot, but keep noticing failures.
-        while not self._slots.acquire(timeout=0.5):
+        while not slot_held and not self._slots.acquire(timeout=0.5):
             self._check()
         try:
             fut = self._pool.submit(self._upload, index, staged)
@@ -261,12 +297,13 @@ class StreamWriter:
             # The server checks the CRC32 and refuses a body damaged in transit (retried,
             # rewound, by the store: cfg.tries attempts).
             self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, tries=self.cfg.tries)
-        staged.remove()
         with self._cond:
             self._landed[index] = (staged.size, crc)
+            del self._sealed[index]
             # A replacement is invisible until commit; only its heartbeat goes out.
             self._manifest_dirty = not self._replacing and not self._last_landing()
             self._cond.notify_all()
+        staged.remove()
 
     def _last_landing(self) -> bool:
         """Inside close, every sealed segment has landed; call with _cond held."""
@@ -319,6 +356,7 @@ class StreamWriter:
                 dirty = self._manifest_dirty
             if self._stop_manifest.is_set():
                 return
+            self._seal_if_held_too_long()
             due = time.monotonic() - last >= self.cfg.heartbeat_interval
             if not (dirty or due):
                 continue
@@ -332,6 +370,41 @@ class StreamWriter:
                     self._cond.notify_all()
                 return
             self._stop_manifest.wait(MIN_MANIFEST_INTERVAL)
+
+    def _flush_interval(self) -> float:
+        """How long bytes may wait in the current segment: 0 = until it is full."""
+        if not self.cfg.flush_interval or self._replacing or self._runs >= MAX_SHORT_RUNS:
+            return 0.0  # a replacement is invisible until its commit anyway
+        return self.cfg.flush_interval * max(1.0, self._runs / SHORT_RUNS_AT_FULL_RATE)
+
+    def _seal_if_held_too_long(self) -> None:
+        """Publish bytes held longer than the flush interval as a short segment. Never
+        waits: write() holding the segment or every upload slot taken skips this round."""
+        interval = self._flush_interval()
+        cur = self._current
+        if (not interval or cur is None or not cur.size or self._committing or self.closed
+                or time.monotonic() - self._current_since < interval):
+            return
+        if not self._slots.acquire(blocking=False):
+            return
+        sealed = None
+        if self._stage.acquire(blocking=False):
+            try:
+                cur = self._current
+                if cur is not None and cur.size and not (self._committing or self.closed):
+                    sealed = self._seal_current()
+            finally:
+                self._stage.release()
+        if sealed is None:
+            self._slots.release()
+            return
+        try:
+            self._submit(*sealed, slot_held=True)
+        except BaseException as e:  # noqa: BLE001 - surfaces through write/flush/close
+            with self._cond:
+                if self._error is None:
+                    self._error = e
+                self._cond.notify_all()
 
     def _stop_manifest_loop(self, join: bool = True) -> None:
         # Wake the loop out of its wait on the condition, or a commit waits out the interval.
@@ -347,8 +420,9 @@ class StreamWriter:
             raise self._error
 
     def _drain(self) -> None:
+        """Wait until every sealed segment has landed (or an upload failed)."""
         with self._cond:
-            while self._futures:
+            while (self._futures or self._sealed) and self._error is None:
                 self._cond.wait(timeout=0.5)
         self._check()
 
@@ -357,8 +431,10 @@ class StreamWriter:
         self._check()
         if self.closed:
             return
-        if self._current is not None and self._current.size:
-            self._seal()
+        with self._stage:
+            sealed = self._seal_current() if self._current is not None and self._current.size else None
+        if sealed is not None:
+            self._submit(*sealed)
         self._drain()
         self._write_manifest()
 
@@ -373,12 +449,14 @@ class StreamWriter:
                     f"{self.where}: input ended after {self._base.total - self._skip} bytes, before the "
                     f"{self._base.total} bytes already uploaded")
             self._committing = True
-            if self._current is not None and (self._current.size or self._next_index == 1):
-                self._seal()
-            elif self._next_index == 1:
-                # An empty stream still has one (empty) segment, as s3pipe2 writes it.
-                self._current = self._staging.create(mf.segment_name(1))
-                self._seal()
+            with self._stage:
+                if self._current is None and self._next_index == 1:
+                    # An empty stream still has one (empty) segment, as s3pipe2 writes it.
+                    self._current = self._staging.create(mf.segment_name(1))
+                last = self._current
+                sealed = self._seal_current() if last is not None and (last.size or self._next_index == 1) else None
+            if sealed is not None:
+                self._submit(*sealed)
             self._drain()
             self._stop_manifest_loop()
             self._check()
