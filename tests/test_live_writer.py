@@ -150,3 +150,110 @@ def test_resume_and_append_continue_a_stream_of_short_segments(store, tmp_path):
     assert m.completed and m.layout.render() == "1x5,3x3"
     assert s3pipe2_read(store) == b"12345678abcdef"
     assert verify_stream(eng, "b", "s").ok  # the digest chain covers short segments too
+
+
+# -- staged reads ----------------------------------------------------------------------------------
+
+def test_read_staged_serves_the_current_and_sealed_segments_and_none_for_landed_ones(store, tmp_path):
+    eng = engine(store, tmp_path, flush_interval=0)
+    gate = threading.Event()
+    real_put = store.put
+
+    def held_put(bucket, key, body, **kw):  # segment 2 and later wait: they stay sealed, not landed
+        if mf.segment_index(key.rsplit("/", 1)[1]) not in (None, 1):
+            gate.wait(10)
+        return real_put(bucket, key, body, **kw)
+    store.put = held_put
+    w = eng.open_writer("b", "s")
+    data = os.urandom(3 * SEG + 100)
+    w.write(data)
+    assert w.read_staged(len(data), 10) == b""  # the end of what was written
+    assert w.read_staged(3 * SEG + 50, 1000) == data[3 * SEG + 50:]  # the current segment
+    assert w.read_staged(SEG + 10, 5000) == data[SEG + 10:2 * SEG]  # sealed: never past its end
+    deadline = time.monotonic() + 5
+    while w.read_staged(10, 10) is not None:  # segment 1 lands: read it from S3
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert w.landed() == ("s/", mf.Layout.from_sizes([SEG]))
+    with eng.open_live_reader(w) as r:
+        got = b""
+        while len(got) < len(data):
+            piece = r.read(len(got), 700)
+            assert piece, len(got)
+            got += piece
+        assert got == data and r.read(len(data), 10) == b""
+        assert published(store).total_size <= SEG  # what was read was mostly never published
+        gate.set()
+        w.close()
+    assert s3pipe2_read(store) == data
+
+
+def test_a_live_reader_follows_a_writer_as_it_writes(store, tmp_path):
+    eng = engine(store, tmp_path, flush_interval=0.2)
+    w = eng.open_writer("b", "s")
+    written = []
+
+    def produce():
+        for i in range(40):
+            chunk = os.urandom(97 + 13 * i)
+            written.append(chunk)
+            w.write(chunk)
+            time.sleep(0.01)
+        w.close()
+    t = threading.Thread(target=produce)
+    t.start()
+    got = bytearray()
+    with eng.open_live_reader(w) as r:
+        while not (w.closed and len(got) == w.offset):
+            piece = r.read(len(got), 1000)
+            if piece:
+                got += piece
+            else:
+                w.wait_written(len(got), 0.5)
+    t.join()
+    assert bytes(got) == b"".join(written)
+
+
+def test_reads_through_a_failed_writer_raise_its_error(store, tmp_path):
+    eng = engine(store, tmp_path)
+    w = eng.open_writer("b", "s")
+    w.write(b"abc")
+    r = eng.open_live_reader(w)
+    assert r.read(0, 10) == b"abc"
+    waiter = threading.Thread(target=lambda: w.wait_written(3, 10))
+    waiter.start()
+    w.abort()
+    waiter.join(2)
+    assert not waiter.is_alive()  # the abort woke the reader waiting at the end
+    with pytest.raises(errors.StreamIncomplete) as e:
+        r.read(0, 10)
+    assert e.value.errno == 5  # EIO
+    r.close()
+
+
+def test_a_live_reader_of_an_append_reads_the_old_bytes_from_s3(store, tmp_path):
+    eng = engine(store, tmp_path, flush_interval=0)
+    old = os.urandom(2 * SEG + 3)
+    with eng.open_writer("b", "s") as w:
+        w.write(old)
+    w = eng.open_writer("b", "s", mode="append")
+    w.write(b"new bytes")
+    with eng.open_live_reader(w) as r:
+        assert r.read(0, 3 * SEG) == old  # the landed segments, up to the end of their run
+        assert r.read(2 * SEG, SEG) == old[2 * SEG:]
+        assert r.read(len(old), SEG) == b"new bytes"
+    w.close()
+
+
+def test_a_live_reader_of_a_replacement_reads_the_new_bytes(store, tmp_path):
+    eng = engine(store, tmp_path, flush_interval=0)
+    with eng.open_writer("b", "s") as w:
+        w.write(b"o" * (3 * SEG))
+    w = eng.open_writer("b", "s")  # over a complete stream: staged under .next-<id>/
+    new = os.urandom(2 * SEG + 1)
+    w.write(new)
+    w.flush()
+    assert w.landed()[0].startswith("s/.next-")
+    with eng.open_live_reader(w) as r:
+        assert r.read(0, SEG) + r.read(SEG, SEG) + r.read(2 * SEG, SEG) == new
+    w.close()

@@ -57,6 +57,17 @@ class StagedFile:
         except OSError as e:
             raise _staging_error(self.path, e) from None
 
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes already written, for a reader in the writer's process."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+
     def seal(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -22,6 +22,9 @@ Data flow::
   and short seals stop at MAX_SHORT_RUNS, keeping the manifest far below its 1 MiB limit.
 * close() is the commit point: it returns after every segment is verified in S3 and the
   manifest says complete; any failure raises and leaves the stream incomplete.
+* A reader in this process reads what the writer holds (read_staged: the current segment
+  and sealed segments still uploading) and its landed segments before any manifest names
+  them (landed); engine/live.py puts the two together.
 * Replacing a complete stream (mode "create" over an existing one) stages the new segments
   under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
   until the new one is complete.
@@ -223,9 +226,44 @@ class StreamWriter:
                 view = view[len(part):]
                 if self._current.size >= seg:
                     sealed = self._seal_current()
+                self._stage.notify_all()  # readers waiting at the end (wait_written)
             if sealed is not None:
                 self._submit(*sealed)  # may wait for an upload slot: outside _stage
         return n
+
+    # -- what a reader in this process may read before it is published ---------------------
+    def read_staged(self, offset: int, size: int) -> bytes | None:
+        """Up to ``size`` bytes at ``offset`` that only this writer holds: its current
+        segment and sealed segments not landed yet, never past a segment's end. b"" at or
+        past the end of what was written; None when ``offset`` is in a landed segment
+        (read it from S3, see landed()). Raises the writer's error once it failed or was
+        aborted."""
+        with self._stage:
+            self._check()
+            if offset >= self._offset:
+                return b""
+            cur = self._current
+            start = self._offset - (cur.size if cur is not None else 0)
+            if cur is not None and offset >= start:
+                return cur.read(offset - start, min(size, self._offset - offset))
+            with self._cond:  # a segment leaves _sealed (under _cond) before its file goes
+                for begin, staged in self._sealed.values():
+                    if begin <= offset < begin + staged.size:
+                        return staged.read(offset - begin, min(size, begin + staged.size - offset))
+        return None
+
+    def landed(self) -> tuple[str, mf.Layout]:
+        """The key prefix of this writer's segments (a replacement's staging prefix until
+        its commit) and the layout of the contiguous run of them in S3, with what the
+        stream held before an append: readable now, before a manifest names them."""
+        with self._cond:
+            return self._data_prefix, self._contiguous()[0]
+
+    def wait_written(self, offset: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for bytes past ``offset`` (or the writer's end)."""
+        with self._stage:
+            return self._stage.wait_for(lambda: self._offset > offset or self.closed or self._error is not None,
+                                        timeout)
 
     def _consume_skip(self, view: memoryview) -> memoryview:
         """Resume: check input against the segments already uploaded, by their digest chain."""
@@ -472,7 +510,12 @@ class StreamWriter:
             self.abort()
             raise
         self.closed = True
+        self._wake_readers()
         self._teardown()
+
+    def _wake_readers(self) -> None:
+        with self._stage:
+            self._stage.notify_all()
 
     def _swap_in(self) -> None:
         """Move the staged replacement into place; the stream is incomplete while it moves."""
@@ -501,6 +544,7 @@ class StreamWriter:
             if self._error is None:
                 self._error = errors.StreamIncomplete(f"{self.where}: writer aborted")
             self._cond.notify_all()
+        self._wake_readers()
         try:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if self._manifest_thread.is_alive():
