@@ -9,6 +9,7 @@ engine/live.py), landed segments from S3.
 from __future__ import annotations
 
 import configparser
+import errno
 import os
 import threading
 import time
@@ -227,7 +228,7 @@ def test_reads_through_a_failed_writer_raise_its_error(store, tmp_path):
     assert not waiter.is_alive()  # the abort woke the reader waiting at the end
     with pytest.raises(errors.StreamIncomplete) as e:
         r.read(0, 10)
-    assert e.value.errno == 5  # EIO
+    assert e.value.errno == errno.EIO
     r.close()
 
 

@@ -419,17 +419,17 @@ class StreamWriter:
         """Publish bytes held longer than the flush interval as a short segment. Never
         waits: write() holding the segment or every upload slot taken skips this round."""
         interval = self._flush_interval()
-        cur = self._current
-        if (not interval or cur is None or not cur.size or self._committing or self.closed
-                or time.monotonic() - self._current_since < interval):
-            return
-        if not self._slots.acquire(blocking=False):
+
+        def due() -> bool:
+            cur = self._current
+            return (bool(interval) and cur is not None and cur.size > 0 and not (self._committing or self.closed)
+                    and time.monotonic() - self._current_since >= interval)
+        if not due() or not self._slots.acquire(blocking=False):
             return
         sealed = None
         if self._stage.acquire(blocking=False):
             try:
-                cur = self._current
-                if cur is not None and cur.size and not (self._committing or self.closed):
+                if due():  # again, now that write() cannot change the segment
                     sealed = self._seal_current()
             finally:
                 self._stage.release()
