@@ -101,6 +101,9 @@ class TransferConfig:
     follow_timeout: float = 60.0
     # Writer: heartbeat into the manifest at least this often while uploading.
     heartbeat_interval: float = 10.0
+    # Bounded visibility lag: bytes a writer has held this long without publishing them go
+    # out in a short segment, so readers elsewhere see a slow writer. 0: whole segments only.
+    flush_interval: float = 1.0
     # A writer whose heartbeat is older than this is dead and may be taken over.
     stale_after: float = 60.0
     verbose: bool = False
@@ -115,6 +118,8 @@ class TransferConfig:
             raise UsageError("segment size over 5G: S3 cannot store a single object that large")
         if not 1 <= self.workers <= 256:
             raise UsageError(f"workers must be between 1 and 256, not {self.workers}")
+        if self.flush_interval < 0:
+            raise UsageError(f"flush interval must be >= 0, not {self.flush_interval}")
         if self.prefetch < 1 or self.cache_size < 0 or self.read_ahead < 1:
             raise UsageError("prefetch and read_ahead must be >= 1 and cache_size >= 0")
         return self

@@ -153,6 +153,9 @@ TRANSFER_OPTIONS: tuple[Option, ...] = (
            "a writer whose heartbeat is older than this is dead", flags=("--stale-after",)),
     Option("heartbeat", "transfer", "heartbeat_interval", parse_duration,
            "how often a writer refreshes its lease in the manifest", flags=("--heartbeat",)),
+    Option("flush_interval", "transfer", "flush_interval", parse_duration,
+           "a writer publishes bytes it has held this long in a short segment, so readers elsewhere "
+           "see a slow writer within it; 0: whole segments only", flags=("--flush-interval",)),
     Option("buffer_kb", "cli", "buffer_kb", whole_number(0, 1 << 22),
            f"put's read buffer in KB (s3pipe2 compatible; default {DEFAULT_BUFFER_KB})",
            flags=("-b",), mount=False, metavar="KB"),

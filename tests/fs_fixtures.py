@@ -233,12 +233,14 @@ class _EngineWriter:
 
 
 class CoreDriver:
-    """The FUSE-free Filesystem in-process, called as the kernel would call it."""
+    """The FUSE-free Filesystem in-process, called as the kernel would call it; reads go
+    through ``reader_fs`` when given (another mount), as MountDriver's do."""
 
     name = "core"
 
-    def __init__(self, fs):
+    def __init__(self, fs, reader_fs=None):
         self.fs = fs
+        self.rfs = reader_fs or fs
 
     def _write(self, name: str, chunks, flags: int) -> None:
         path = "/" + name
@@ -262,24 +264,24 @@ class CoreDriver:
         self._write(name, chunks, os.O_WRONLY | os.O_APPEND)
 
     def read(self, name: str) -> bytes:
-        fh = self.fs.open("/" + name, os.O_RDONLY).fh
+        fh = self.rfs.open("/" + name, os.O_RDONLY).fh
         out, off = [], 0
         try:
             while True:
-                b = self.fs.read(fh, 1 << 20, off)
+                b = self.rfs.read(fh, 1 << 20, off)
                 if not b:
                     return b"".join(out)
                 out.append(b)
                 off += len(b)
         finally:
-            self.fs.release(fh)
+            self.rfs.release(fh)
 
     def read_at(self, name: str, offset: int, size: int) -> bytes:
-        fh = self.fs.open("/" + name, os.O_RDONLY).fh
+        fh = self.rfs.open("/" + name, os.O_RDONLY).fh
         try:
-            return self.fs.read(fh, size, offset)
+            return self.rfs.read(fh, size, offset)
         finally:
-            self.fs.release(fh)
+            self.rfs.release(fh)
 
     def size(self, name: str) -> int:
         self.fs.ns.invalidate("/" + name)

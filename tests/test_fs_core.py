@@ -160,8 +160,13 @@ def test_o_trunc_replaces_only_at_commit_and_empty_truncation_works(fs, engine, 
     write_file(fs, "/f", b"old contents")
     fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC).fh
     fs.write(fh, b"new", 0, CMD)
-    # The old stream is whole until the new one commits.
-    assert read_file(fs, "/f") == b"old contents"
+    # The old stream is whole in S3 until the new one commits; this mount reads the file
+    # as its writer has it, as a local disk would.
+    with engine.open_reader(bucket, "f", follow=False) as r:
+        assert r.read(0, 100) == b"old contents"
+    rh = fs.open("/f", os.O_RDONLY).fh
+    assert fs.read(rh, 100, 0, owner=CMD) == b"new" and fs.read(rh, 100, 3, owner=CMD) == b""
+    fs.release(rh)
     fs.flush(fh, CMD)
     fs.release(fh)
     assert read_file(fs, "/f") == b"new"
@@ -871,8 +876,9 @@ def test_a_read_waiting_on_a_growing_stream_can_be_interrupted(fs, engine, bucke
 
 
 def test_the_process_writing_a_file_never_waits_reading_it_through_another_descriptor(fs, engine, bucket):
-    """It would wait for bytes only its own writes bring: what is uploaded, then EBUSY at
-    once. Another process (another lock owner) follows the stream as usual."""
+    """It would wait for bytes only its own writes bring: it reads every byte it wrote,
+    uploaded or not, then the end at once. Another process (another lock owner) follows
+    the file as it grows."""
     fh = fs.create("/own", WR).fh
     fs.write(fh, b"a" * 2 * SEG, 0, CMD)
     fs.fsync(fh)  # two segments uploaded
@@ -881,22 +887,84 @@ def test_the_process_writing_a_file_never_waits_reading_it_through_another_descr
     rh = fs.open("/own", os.O_RDONLY).fh
     never = lambda: False  # noqa: E731
     assert fs.read(rh, 100, 0, never, owner=CMD) == b"a" * 100
-    for _ in range(2):  # and again: nothing was left pending
+    assert fs.read(rh, 100, 2 * SEG, never, owner=CMD) == b"b" * 10
+    for interrupted in (never, None):  # with and without a follower pool
         t0 = time.monotonic()
-        with pytest.raises(errors.Busy):
-            fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+        assert fs.read(rh, 100, 2 * SEG + 10, interrupted, owner=CMD) == b""
         assert time.monotonic() - t0 < 1
-    with pytest.raises(errors.Busy):
-        fs.read(rh, 100, 2 * SEG, None, owner=CMD)  # without a follower pool too
     t0 = time.monotonic()
     with pytest.raises(errors.Interrupted):  # another process waited until interrupted
-        fs.read(rh, 100, 2 * SEG, lambda: time.monotonic() - t0 > 0.3, owner=SHELL)
-    with pytest.raises(errors.Busy):  # its abandoned read pending: still no waiting
-        fs.read(rh, 100, 2 * SEG, never, owner=CMD)
+        fs.read(rh, 100, 2 * SEG + 10, lambda: time.monotonic() - t0 > 0.3, owner=SHELL)
+    threading.Timer(0.3, lambda: fs.write(fh, b"c" * 5, 2 * SEG + 10, CMD)).start()
+    assert fs.read(rh, 100, 2 * SEG + 10, never, owner=SHELL) == b"c" * 5  # and it follows
     fs.flush(fh, CMD)
     fs.release(fh)
     assert fs.wait_idle(30)
-    assert fs.read(rh, 100, 2 * SEG, never, owner=CMD) == b"b" * 10
+    assert fs.read(rh, 100, 2 * SEG, never, owner=CMD) == b"b" * 10 + b"c" * 5
+    assert fs.read(rh, 100, 2 * SEG + 15, never, owner=SHELL) == b""  # committed: the end
+    fs.release(rh)
+
+
+def test_a_reader_on_the_writing_mount_gets_every_byte_then_the_end_at_the_commit(fs, engine, bucket):
+    """Opened before anything is written (nothing in S3): it waits, reads bytes still in
+    staging, follows the writer, and reaches the end only when the file is committed."""
+    fh = fs.create("/live", WR).fh
+    rh = fs.open("/live", os.O_RDONLY).fh  # was EBUSY: nothing uploaded yet
+    never = lambda: False  # noqa: E731
+    data = blob(3 * SEG + 77)
+    got = bytearray()
+
+    def follow():
+        while True:
+            piece = fs.read(rh, 50_000, len(got), never, owner=SHELL)
+            if not piece:
+                return
+            got.extend(piece)
+    reader = threading.Thread(target=follow)
+    reader.start()
+    for i in range(0, len(data), 10_000):
+        fs.write(fh, data[i:i + 10_000], i, CMD)
+        assert fs.getattr("/live")["st_size"] == min(i + 10_000, len(data))
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while len(got) < len(data) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert bytes(got) == data and reader.is_alive()  # every byte, and still following
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    reader.join(10)
+    assert not reader.is_alive() and bytes(got) == data  # the end came with the commit
+    fs.release(rh)
+
+
+def test_a_reader_on_the_writing_mount_gets_eio_when_the_writer_fails(fs, engine, bucket):
+    fh = fs.create("/failing", WR).fh
+    fs.write(fh, b"x" * 100, 0, CMD)
+    rh = fs.open("/failing", os.O_RDONLY).fh
+    assert fs.read(rh, 1000, 0, lambda: False, owner=SHELL) == b"x" * 100
+    fs.handles.get(fh).stream_writer.abort()  # as an upload failure would
+    fs.handles.get(fh)._fail(errors.S3PipeError("upload failed"))
+    with pytest.raises(errors.StreamIncomplete) as e:
+        fs.read(rh, 1000, 100, lambda: False, owner=SHELL)
+    assert e.value.errno == errno.EIO
+    fs.release(rh)
+    fs.release(fh)
+
+
+def test_a_reader_of_a_file_replaced_on_this_mount_reads_the_new_bytes(fs, engine, bucket):
+    write_file(fs, "/rep", b"old" * SEG)
+    assert fs.wait_idle(30)
+    fh = fs.open("/rep", os.O_WRONLY | os.O_TRUNC).fh
+    new = blob(2 * SEG + 5, seed=7)
+    fs.write(fh, new, 0, CMD)
+    fs.fsync(fh)  # landed under the replacement's staging prefix, no manifest names them
+    rh = fs.open("/rep", os.O_RDONLY).fh
+    assert fs.read(rh, 3 * SEG, 0, lambda: False, owner=SHELL) == new
+    fs.flush(fh, CMD)
+    fs.release(fh)
+    assert fs.wait_idle(30)
+    assert fs.read(rh, 3 * SEG, 0, lambda: False, owner=SHELL) == new
+    assert fs.read(rh, 10, len(new), lambda: False, owner=SHELL) == b""
     fs.release(rh)
 
 

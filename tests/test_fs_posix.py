@@ -213,15 +213,13 @@ os.close(fd)
 
 @pytest.mark.parametrize("segment", ["16M", "1M"])
 def test_a_second_descriptor_of_the_writer_never_hangs(mounter, bucket, segment):
-    """Nothing uploaded yet (16M segments): EBUSY at once. Whole segments uploaded (1M):
-    the bytes. Either way within seconds, and the file is whole after close."""
+    """It reads the bytes it wrote, whether uploaded (1M segments) or not (16M), within
+    seconds, and the file is whole after close."""
     m = mounter(bucket, segment_size=segment)
     for wait in (0, 3):
         r = run(sys.executable, "-c", READ_BACK, m / f"own{wait}", wait, timeout=60)
         what, took = r.stdout.split()
-        assert what in ("bytes", "EBUSY") and float(took) < 5, (r.stdout, r.stderr)
-        if segment == "1M" and wait:
-            assert what == "bytes"
+        assert what == "bytes" and float(took) < 5, (r.stdout, r.stderr)
         assert (m / f"own{wait}").read_bytes() == bytes(range(256)) * 8192 + b"end"
 
 

@@ -38,6 +38,7 @@ SAMPLES = {
     "poll_interval": "250ms",
     "stale_after": "30s",
     "heartbeat": "2s",
+    "flush_interval": "3s",
 }
 SHARED = [o for o in options.CLI_OPTIONS if o.mount]
 

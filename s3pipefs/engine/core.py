@@ -21,6 +21,7 @@ from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, kinds, manifests, objattrs
 from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import writer_alive
+from s3pipefs.engine.live import LiveReader
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.s3 import ObjectInfo, ObjectStore, RequestOptions
@@ -228,6 +229,11 @@ class Engine:
             raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
         return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size, sse_key=sse_key),
                       follow=False, budget=self.read_budget)
+
+    def open_live_reader(self, writer: StreamWriter) -> LiveReader:
+        """A reader of every byte ``writer`` (of this process) has written so far, uploaded
+        or not (engine/live.py)."""
+        return LiveReader(self.store, self.cfg, writer, budget=self.read_budget)
 
     def delete(self, bucket: str, key: str, kind: str | None = None) -> Entry | None:
         """Remove a stream (manifest first, then segments and staged leftovers) or an object.

@@ -71,9 +71,11 @@ class StagedFile:
         self.crc = 0
         self.patched = False  # crc is stale: read_back before sealing
         # Kept by the writer for the stream's SHA-256: its state at this segment's first
-        # byte, and whether this segment's bytes still have to be fed to it at seal.
+        # byte, and whether this segment's bytes still have to be fed to it at seal; and
+        # when its first byte came (monotonic), for the timed seal.
         self.hash_before = None
         self.rehash = False
+        self.since = 0.0
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -141,6 +143,17 @@ class StagedFile:
                 n = os.pwrite(self.fd, view, pos)
                 view = view[n:]
                 pos += n
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes already written, for a reader in the writer's process."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise _staging_error(self.path, e) from None
 

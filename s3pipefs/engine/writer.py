@@ -14,23 +14,47 @@ Data flow::
   staging file); ``truncate`` extends with zeros or cuts the unsealed tail. Anything
   before ``sealed`` is refused (SeekNotAllowed) and nothing changes. A full segment is
   sealed once ``hold_back`` bytes follow it (0 for ``put``: at once; a mount keeps one
-  segment, so the last segment's worth of bytes is always writable, as zip needs to
-  patch a member's header). ``flush`` and ``close`` seal everything.
+  segment, so the last segment's worth of bytes stays writable while the program keeps
+  writing, as zip needs to patch a member's header). ``flush`` and ``close`` seal
+  everything, and so does the timed seal once the writer pauses (below).
 * Digests. Appended bytes feed the segment's CRC32 and the stream's SHA-256 as they
   arrive, so a sequential writer reads nothing back. A patch or cut makes both stale
   from that segment on: the segment's CRC32 is recomputed at seal from the staged file
   (one read from the page cache), and the SHA-256 is rewound to the state saved at the
   start of the first stale segment and fed from the staged files at seal, in order.
 * Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
-  writer blocks there instead of staging without limit. Disk use stays within
-  ``(workers + 2) * segment_size``, one segment more with ``hold_back`` (holes take none).
+  writer blocks there instead of staging without limit, never holding ``_stage`` while it
+  waits. Disk use stays within ``(workers + 2) * segment_size``, one segment more with
+  ``hold_back`` (holes take none).
 * Uploads run on a ``WriteBudget``'s pool (engine/budget.py): the writer's own, of
   ``workers`` threads, or one shared by every writer of a mount, whose staged files
   then charge the mount's staging budget.
 * The manifest only ever counts the *contiguous* run of landed segments, so a reader never
   sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
+* Bounded visibility lag (the timed seal). The manifest thread seals staged bytes short
+  once they have waited ``flush_interval``, so readers on other hosts see a slow writer
+  (a log, a quiet dump) within about that long. With ``hold_back`` 0 (put) that is the
+  whole rule. A writer with ``hold_back`` (a mount) gives up its writable tail to it only
+  when it has been quiet (no write, pwrite or truncate) for half the interval, or when
+  its oldest held byte has waited HELD_TAIL_INTERVALS intervals: a program that writes,
+  pauses and writes again keeps patching its tail as before (zip filling in a header
+  while it compresses the member), a trickle is still seen within a few seconds, and a
+  program that seeks back to bytes it wrote before such a pause finds them sealed
+  (ESPIPE, as for bytes a segment back). ``flush_interval`` 0 turns the timed seal off.
+  It never waits: it skips a round while a write holds ``_stage`` or no upload slot is
+  free (bytes are being published then anyway). Each short segment adds a layout run to
+  every later manifest, so the interval stretches as runs accumulate
+  (SHORT_RUNS_AT_FULL_RATE) and short seals stop at MAX_SHORT_RUNS, keeping the manifest
+  far below its 1 MiB limit.
+* Locks. ``_stage`` guards what the write path and the manifest thread (and readers)
+  share: the staged segments, ``_offset``, ``_sealed_bytes``, ``_next_index`` and the
+  stream hash. ``_cond`` guards what the uploads change: ``_uploading``, ``_landed``,
+  ``_futures``. Taken in that order when both are.
 * close() is the commit point: it returns after every segment is verified in S3 and the
   manifest says complete; any failure raises and leaves the stream incomplete.
+* A reader in this process reads what the writer holds (read_staged: the staged segments
+  and sealed segments still uploading) and its landed segments before any manifest names
+  them (landed); engine/live.py puts the two together.
 * Replacing a complete stream (mode "create" over an existing one) stages the new segments
   under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
   until the new one is complete.
@@ -61,6 +85,15 @@ MODES = ("create", "append", "resume")
 # keeping live readers no more than this far behind the writer.
 MIN_MANIFEST_INTERVAL = 0.25
 MAX_KEY_BYTES = 1024  # the S3 limit on object key length (UTF-8 bytes)
+# Short segments at the full flush rate until the layout has this many runs; past it the
+# interval grows in proportion (2000 runs: twice the interval), which holds a slow writer's
+# manifest traffic near 10 KB/s however long it runs.
+SHORT_RUNS_AT_FULL_RATE = 1000
+# No more short segments past this many layout runs (a manifest of ~500 KB): whole segments only.
+MAX_SHORT_RUNS = 50_000
+# A writer with hold_back that never pauses for half the flush interval still has its
+# tail sealed once the oldest byte in it has waited this many intervals.
+HELD_TAIL_INTERVALS = 4
 
 
 class StreamWriter:
@@ -98,9 +131,16 @@ class StreamWriter:
         self._hash_valid = True
         # The stream hash has seen every byte so far, in order (no patch since).
         self._hash_live = True
+        # What the write path shares with the timed seal and readers (see Locks above).
+        self._stage = threading.Condition()
         # Unsealed segments, oldest first; all but the last are full. Never an empty one.
         self._staged: list[StagedFile] = []
         self._hold_back = min(max(0, hold_back), cfg.segment_size)
+        self._last_write = 0.0  # monotonic time of the last change to the staged bytes
+        # Sealed segments not landed yet: index -> (stream offset, staged file). Guarded by _cond.
+        self._uploading: dict[int, tuple[int, StagedFile]] = {}
+        self._runs = 0  # runs in the layout of the segments sealed so far
+        self._last_size = -1  # size of the last sealed segment
         self._skip = 0  # resume: input bytes already in S3, checked and skipped
         self._skip_layout = iter(())
         self._skip_seg_crc = 0
@@ -168,8 +208,9 @@ class StreamWriter:
         self.gid = old.gid if old is not None else None
         self.mtime_ns: int | None = None
         self._next_index = base.count + 1
+        self._runs, self._last_size = len(base.runs), base.runs[-1][1] if base.runs else -1
         self._offset = base.total
-        self._sealed = base.total
+        self._sealed_bytes = base.total
         self._existing = existing
 
         if self._replacing:
@@ -212,7 +253,7 @@ class StreamWriter:
     @property
     def sealed(self) -> int:
         """Bytes from the start that can no longer change (uploaded or on their way)."""
-        return self._sealed
+        return self._sealed_bytes
 
     def write(self, data) -> int:
         """Append ``data`` at the end."""
@@ -232,24 +273,31 @@ class StreamWriter:
         n = len(view)
         if offset == self._offset:
             return self.write(view)
-        self._refuse_out_of_order(offset, f"write of {n} bytes at offset {offset}")
-        if offset > self._offset:
-            self._append_zeros(offset - self._offset)
-        else:
-            view = self._patch(offset, view)
+        with self._stage:  # the check and the patch with no timed seal between them
+            self._refuse_out_of_order(offset, f"write of {n} bytes at offset {offset}")
+            gap = offset - self._offset
+            if gap < 0:
+                view = self._patch(offset, view)
+        if gap > 0:
+            self._append_zeros(gap)
         self._append(view)
         return n
 
     def truncate(self, length: int) -> None:
         """Extend to ``length`` with zeros, or cut the unsealed tail there."""
         self._check_writable()
-        if length == self._offset:
-            return
-        self._refuse_out_of_order(length, f"truncate to {length} bytes")
-        if length > self._offset:
-            self._append_zeros(length - self._offset)
-            return
-        first, start = self._staged[0], self._sealed
+        with self._stage:
+            if length == self._offset:
+                return
+            self._refuse_out_of_order(length, f"truncate to {length} bytes")
+            if length < self._offset:
+                self._cut(length)
+                return
+        self._append_zeros(length - self._offset)
+
+    def _cut(self, length: int) -> None:
+        """Drop the staged bytes from ``length`` on; call with _stage held."""
+        first, start = self._staged[0], self._sealed_bytes
         for i, staged in enumerate(self._staged):
             if length < start + staged.size:
                 break
@@ -268,6 +316,7 @@ class StreamWriter:
             if self._hash_valid:
                 self._stream_hash, self._hash_live = first.hash_before, True
         self._offset = length
+        self._last_write = time.monotonic()
 
     def _check_writable(self) -> None:
         self._check()
@@ -277,48 +326,54 @@ class StreamWriter:
     def _refuse_out_of_order(self, offset: int, what: str) -> None:
         if self._skip:
             raise errors.SeekNotAllowed(f"{self.where}: {what} refused: a resumed stream is written in order")
-        if offset < self._sealed:
+        if offset < self._sealed_bytes:
             raise errors.SeekNotAllowed(
-                f"{self.where}: {what} refused: the first {self._sealed} bytes are sealed (uploaded, or on "
+                f"{self.where}: {what} refused: the first {self._sealed_bytes} bytes are sealed (uploaded, or on "
                 "their way) and streams are append-only: only the unsealed tail can change; "
                 "nothing written so far changed")
 
     def _filling(self) -> StagedFile:
-        """The segment the next appended byte goes to."""
+        """The segment the next appended byte goes to; call with _stage held."""
         if not self._staged or self._staged[-1].size >= self.cfg.segment_size:
             staged = self._staging.create(mf.segment_name(self._next_index + len(self._staged)))
             if self._hash_valid and self._hash_live:
                 staged.hash_before = self._stream_hash.copy()
             staged.rehash = not self._hash_live
+            staged.since = time.monotonic()
             self._staged.append(staged)
         return self._staged[-1]
 
     def _append(self, view: memoryview) -> None:
         seg = self.cfg.segment_size
         while view:
-            staged = self._filling()
-            part = view[:seg - staged.size]
-            staged.append(part)
-            if self._hash_valid and self._hash_live:
-                self._stream_hash.update(part)
-            self._grew(len(part))
+            with self._stage:
+                staged = self._filling()
+                part = view[:seg - staged.size]
+                staged.append(part)
+                if self._hash_valid and self._hash_live:
+                    self._stream_hash.update(part)
+                sealed = self._grew(len(part))
+            self._submit_all(sealed)  # may wait for upload slots: outside _stage
             view = view[len(part):]
 
     def _append_zeros(self, n: int) -> None:
         seg = self.cfg.segment_size
         while n:
-            staged = self._filling()
-            take = min(n, seg - staged.size)
-            staged.append_zeros(take)
-            if self._hash_valid and self._hash_live:
-                for chunk in zeros(take):
-                    self._stream_hash.update(chunk)
-            self._grew(take)
+            with self._stage:
+                staged = self._filling()
+                take = min(n, seg - staged.size)
+                staged.append_zeros(take)
+                if self._hash_valid and self._hash_live:
+                    for chunk in zeros(take):
+                        self._stream_hash.update(chunk)
+                sealed = self._grew(take)
+            self._submit_all(sealed)
             n -= take
 
     def _patch(self, offset: int, view: memoryview) -> memoryview:
-        """Overwrite staged bytes from ``offset``; returns what lies past the end."""
-        pos = offset - self._sealed
+        """Overwrite staged bytes from ``offset``; returns what lies past the end. Call
+        with _stage held."""
+        pos = offset - self._sealed_bytes
         for i, staged in enumerate(self._staged):
             if pos < staged.size:
                 take = min(len(view), staged.size - pos)
@@ -330,6 +385,7 @@ class StreamWriter:
                     break
             else:
                 pos -= staged.size
+        self._last_write = time.monotonic()
         return view
 
     def _stale_from(self, i: int) -> None:
@@ -338,13 +394,55 @@ class StreamWriter:
         for staged in self._staged[i:]:
             staged.rehash = True
 
-    def _grew(self, n: int) -> None:
+    def _grew(self, n: int) -> list[tuple[int, StagedFile]]:
+        """``n`` bytes were appended; call with _stage held. Returns the segments it
+        sealed, for _submit_all."""
         self._offset += n
+        self._last_write = time.monotonic()
+        self._stage.notify_all()  # readers waiting at the end (wait_written)
         seg = self.cfg.segment_size
+        sealed = []
         # A full segment is sealed once hold_back bytes follow it.
         while (self._staged and self._staged[0].size >= seg
-               and self._offset - self._sealed - seg >= self._hold_back):
-            self._seal()
+               and self._offset - self._sealed_bytes - seg >= self._hold_back):
+            sealed.append(self._seal())
+        return sealed
+
+    # -- what a reader in this process may read before it is published ---------------------
+    def read_staged(self, offset: int, size: int) -> bytes | None:
+        """Up to ``size`` bytes at ``offset`` that only this writer holds: its staged
+        segments and sealed segments not landed yet, never past a segment's end. b"" at or
+        past the end of what was written; None when ``offset`` is in a landed segment
+        (read it from S3, see landed()). Raises the writer's error once it failed or was
+        aborted."""
+        with self._stage:
+            self._check()
+            if offset >= self._offset:
+                return b""
+            start = self._sealed_bytes
+            if offset >= start:
+                for staged in self._staged:
+                    if offset < start + staged.size:
+                        return staged.read(offset - start, min(size, start + staged.size - offset))
+                    start += staged.size
+            with self._cond:  # a segment leaves _uploading (under _cond) before its file goes
+                for begin, staged in self._uploading.values():
+                    if begin <= offset < begin + staged.size:
+                        return staged.read(offset - begin, min(size, begin + staged.size - offset))
+        return None
+
+    def landed(self) -> tuple[str, mf.Layout]:
+        """The key prefix of this writer's segments (a replacement's staging prefix until
+        its commit) and the layout of the contiguous run of them in S3, with what the
+        stream held before an append: readable now, before a manifest names them."""
+        with self._cond:
+            return self._data_prefix, self._contiguous()[0]
+
+    def wait_written(self, offset: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for bytes past ``offset`` (or the writer's end)."""
+        with self._stage:
+            return self._stage.wait_for(lambda: self._offset > offset or self.closed or self._error is not None,
+                                        timeout)
 
     def _consume_skip(self, view: memoryview) -> memoryview:
         """Resume: check input against the segments already uploaded, by their digest chain."""
@@ -370,8 +468,8 @@ class StreamWriter:
             f"{self.where}: input differs from the {self._base.total} bytes already uploaded; "
             "resume needs the same input from its start")
 
-    def _seal(self) -> None:
-        """Seal the oldest staged segment and hand it to the upload pool."""
+    def _seal(self) -> tuple[int, StagedFile]:
+        """Seal the oldest staged segment; call with _stage held. Upload it with _submit."""
         staged = self._staged.pop(0)
         if staged.rehash and self._hash_valid:
             # A patch left the stream hash behind: feed it this segment from the file.
@@ -384,11 +482,27 @@ class StreamWriter:
         elif staged.patched:
             staged.read_back()
         staged.seal()
-        self._sealed += staged.size
+        begin = self._sealed_bytes
+        self._sealed_bytes += staged.size
         index = self._next_index
         self._next_index += 1
+        if staged.size != self._last_size:
+            self._runs, self._last_size = self._runs + 1, staged.size
+        with self._cond:
+            self._uploading[index] = (begin, staged)
+        return index, staged
+
+    def _seal_all(self) -> list[tuple[int, StagedFile]]:
+        """Seal every staged segment; call with _stage held."""
+        return [self._seal() for _ in range(len(self._staged))]
+
+    def _submit_all(self, sealed: list[tuple[int, StagedFile]]) -> None:
+        for index, staged in sealed:
+            self._submit(index, staged)
+
+    def _submit(self, index: int, staged: StagedFile, slot_held: bool = False) -> None:
         # Backpressure: wait for a free upload slot, but keep noticing failures.
-        while not self._slots.acquire(timeout=0.5):
+        while not slot_held and not self._slots.acquire(timeout=0.5):
             self._check()
         try:
             fut = self._budget.submit(self._upload, index, staged)
@@ -399,10 +513,6 @@ class StreamWriter:
         with self._cond:
             self._futures.add(fut)
         fut.add_done_callback(lambda f: self._upload_done(f, staged))
-
-    def _seal_all(self) -> None:
-        while self._staged:
-            self._seal()
 
     def _upload_done(self, fut: cf.Future, staged: StagedFile) -> None:
         staged.remove()  # landed (removed already), failed or cancelled: its disk is free
@@ -427,12 +537,13 @@ class StreamWriter:
             # rewound, by the store: cfg.tries attempts).
             self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, sse_key=self.sse_key,
                            tries=self.cfg.tries)
-        staged.remove()
         with self._cond:
             self._landed[index] = (staged.size, crc)
+            del self._uploading[index]
             # A replacement is invisible until commit; only its heartbeat goes out.
             self._manifest_dirty = not self._replacing and not self._last_landing()
             self._cond.notify_all()
+        staged.remove()
 
     def _last_landing(self) -> bool:
         """Inside close, every sealed segment has landed; call with _cond held."""
@@ -486,6 +597,7 @@ class StreamWriter:
                 dirty = self._manifest_dirty
             if self._stop_manifest.is_set():
                 return
+            self._seal_if_held_too_long()
             due = time.monotonic() - last >= self.cfg.heartbeat_interval
             if not (dirty or due):
                 continue
@@ -493,12 +605,57 @@ class StreamWriter:
                 self._write_manifest()
                 last = time.monotonic()
             except BaseException as e:  # noqa: BLE001 - surfaces through write/flush/close
-                with self._cond:
-                    if self._error is None:
-                        self._error = e
-                    self._cond.notify_all()
+                self._fail(e)
                 return
             self._stop_manifest.wait(MIN_MANIFEST_INTERVAL)
+
+    def _flush_interval(self) -> float:
+        """How long staged bytes may wait to be published: 0 = until their segment is full."""
+        if not self.cfg.flush_interval or self._replacing or self._runs >= MAX_SHORT_RUNS:
+            return 0.0  # a replacement is invisible until its commit anyway
+        return self.cfg.flush_interval * max(1.0, self._runs / SHORT_RUNS_AT_FULL_RATE)
+
+    def _timed_seal_due(self, interval: float) -> bool:
+        """Is the oldest staged segment to be sealed now? Call with _stage held."""
+        if not self._staged or self._committing or self.closed:
+            return False
+        now = time.monotonic()
+        waited = now - self._staged[0].since
+        if not self._hold_back:
+            return waited >= interval
+        # A writable tail is given up when the writer pauses, or it has waited long.
+        return now - self._last_write >= interval / 2 or waited >= HELD_TAIL_INTERVALS * interval
+
+    def _seal_if_held_too_long(self) -> None:
+        """The timed seal: publish bytes held too long (see the module docstring) in
+        short segments. Never waits: a write holding _stage, or no free upload slot,
+        skips this round."""
+        interval = self._flush_interval()
+        if not interval or not self._staged or not self._stage.acquire(blocking=False):
+            return
+        sealed = []
+        try:
+            while self._timed_seal_due(interval) and self._slots.acquire(blocking=False):
+                try:
+                    sealed.append(self._seal())
+                except BaseException:
+                    self._slots.release()
+                    raise
+        except BaseException as e:  # noqa: BLE001 - surfaces through write/flush/close
+            self._fail(e)
+        finally:
+            self._stage.release()
+        for index, staged in sealed:
+            try:
+                self._submit(index, staged, slot_held=True)
+            except BaseException as e:  # noqa: BLE001 - surfaces through write/flush/close
+                self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = e
+            self._cond.notify_all()
 
     def _stop_manifest_loop(self, join: bool = True) -> None:
         # Wake the loop out of its wait on the condition, or a commit waits out the interval.
@@ -514,8 +671,9 @@ class StreamWriter:
             raise self._error
 
     def _drain(self) -> None:
+        """Wait until every sealed segment has landed (or an upload failed)."""
         with self._cond:
-            while self._futures:
+            while (self._futures or self._uploading) and self._error is None:
                 self._cond.wait(timeout=0.5)
         self._check()
 
@@ -524,7 +682,9 @@ class StreamWriter:
         self._check()
         if self.closed:
             return
-        self._seal_all()
+        with self._stage:
+            sealed = self._seal_all()
+        self._submit_all(sealed)
         self._drain()
         self._write_manifest()
 
@@ -538,11 +698,13 @@ class StreamWriter:
                 raise errors.IntegrityError(
                     f"{self.where}: input ended after {self._base.total - self._skip} bytes, before the "
                     f"{self._base.total} bytes already uploaded")
-            self._committing = True
-            if not self._staged and self._next_index == 1:
-                # An empty stream still has one (empty) segment, as s3pipe2 writes it.
-                self._staged.append(self._staging.create(mf.segment_name(1)))
-            self._seal_all()
+            with self._stage:
+                self._committing = True  # no timed seal from here on
+                if not self._staged and self._next_index == 1:
+                    # An empty stream still has one (empty) segment, as s3pipe2 writes it.
+                    self._staged.append(self._staging.create(mf.segment_name(1)))
+                sealed = self._seal_all()
+            self._submit_all(sealed)
             self._drain()
             self._stop_manifest_loop()
             self._check()
@@ -558,7 +720,12 @@ class StreamWriter:
             self.abort()
             raise
         self.closed = True
+        self._wake_readers()
         self._teardown()
+
+    def _wake_readers(self) -> None:
+        with self._stage:
+            self._stage.notify_all()
 
     def _swap_in(self) -> None:
         """Move the staged replacement into place; the stream is incomplete while it moves."""
@@ -590,6 +757,7 @@ class StreamWriter:
             if self._error is None:
                 self._error = errors.StreamIncomplete(f"{self.where}: writer aborted")
             self._cond.notify_all()
+        self._wake_readers()
         try:
             with self._cond:
                 while self._futures:  # the uploads already running
@@ -618,9 +786,10 @@ class StreamWriter:
     def _teardown(self) -> None:
         if self._own_budget:
             self._budget.shutdown()
-        for staged in self._staged:
-            staged.remove()
-        self._staged.clear()
+        with self._stage:
+            for staged in self._staged:
+                staged.remove()
+            self._staged.clear()
         self._staging.cleanup()
         done = self._data_prefix_done
         if done:

@@ -13,6 +13,9 @@ Choices worth knowing:
   past it (a hole, stored as zeros); a write into sealed data is refused. Complete streams and
   objects go through the page cache, and keep it across opens while their version (the
   manifest's writer and end time, or the object's ETag) is unchanged.
+* A file this mount is writing reads as on a local disk: a reader opened meanwhile reads
+  through the writer (fs/follow.py), every byte written so far, uploaded or not, then
+  follows it; the writing process itself reads up to what it wrote.
 * Sizes and modes: a stream shows the bytes written so far; a file this mount is
   writing shows the writer's size. Modes are 0666/0777 minus umask (write bits cleared
   on ``ro``); plain objects are 0444.
@@ -44,6 +47,7 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.fs import fserrors, names
+from s3pipefs.fs.follow import LiveReadHandle
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle, WriteState
 from s3pipefs.fs.namespace import Namespace, split
@@ -216,10 +220,10 @@ class Filesystem:
 
     def _open_read(self, path: str) -> Opened:
         writing = self._settle(path)
+        if writing is not None:
+            return self._open_following(path)
         entry = self.ns.lookup(path)
         if entry is None:
-            if writing is not None:
-                raise errors.Busy(f"{self.ns.where(path)}: being created on this mount, nothing uploaded yet")
             raise errors.NotFound(f"{self.ns.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.ns.where(path)}: is a directory")
@@ -230,7 +234,7 @@ class Filesystem:
             stale = True
         else:
             stale = False
-        growing = not reader.complete or writing is not None
+        growing = not reader.complete
         direct = self.cfg.direct_io or growing or stale
         version = _version(reader)
         with self._versions_lock:
@@ -240,6 +244,17 @@ class Filesystem:
         log.debug("open %s for reading: %d bytes, %s, %s", path, reader.size,
                   "complete" if reader.complete else "growing", "direct" if direct else "page cache")
         return Opened(fh, direct_io=direct, keep_cache=keep)
+
+    def _open_following(self, path: str) -> Opened:
+        """A file this mount is writing: read through its writer (fs/follow.py), no page cache."""
+        key = self.ns.key(path)
+        h = LiveReadHandle(path, self.handles.writer,
+                           open_stored=lambda: self.engine.open_reader(self.bucket, key, follow=True),
+                           open_live=self.engine.open_live_reader)
+        with self._versions_lock:
+            self._versions.pop(path, None)
+        log.debug("open %s for reading while this mount writes it", path)
+        return Opened(self.handles.add(h), direct_io=True)
 
     def _open_write(self, path: str, flags: int, creating: bool, perm: int | None = None) -> Opened:
         where = self.ns.where(path)
@@ -273,7 +288,8 @@ class Filesystem:
         trunc = entry is None or bool(flags & os.O_TRUNC)
         key = self.ns.key(path)
         # One segment stays unsealed behind the end: programs that seek back to patch a
-        # header they wrote (zip, zipfile) find it still writable.
+        # header they wrote (zip, zipfile) find it still writable, until they pause long
+        # enough for the timed seal to publish it (engine/writer.py).
         hold_back = self.engine.cfg.segment_size
         budget = self.engine.write_budget
         h = WriteHandle(
@@ -316,8 +332,9 @@ class Filesystem:
         """``interrupted``: tells whether the caller gave up (Ctrl-C); reads waiting on a
         growing stream then return EINTR instead of holding the process until data comes.
         ``owner``: the reading process's lock owner. The process that is writing the file
-        through another descriptor gets what is uploaded, then EBUSY instead of waiting
-        for bytes only its own writes can bring."""
+        through another descriptor never waits for bytes only its own writes can bring:
+        opened while this mount writes it, it reads every byte it wrote, then the end;
+        opened before, what is uploaded, then EBUSY."""
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle):
             h = self._reader_beside(fh, h)

@@ -186,6 +186,18 @@ class WriteHandle:
         """Closed, with its final commit still to run."""
         return self._state is S.RELEASING
 
+    @property
+    def stream_writer(self):
+        """The engine writer holding what was written since the last commit; None when
+        there is none (nothing written yet, committed, failed, released). For readers of
+        this mount, which read through it (fs/follow.py)."""
+        return self._writer
+
+    @property
+    def error(self) -> BaseException | None:
+        """What a FAILED or SHUT_DOWN handle reports."""
+        return self._error
+
     def wrote_from(self, owner: int | None) -> bool:
         """Did the process with this lock owner (file table) write since the last commit?"""
         return owner is not None and owner in self._owners
