@@ -262,7 +262,6 @@ class Filesystem:
             raise errors.ReadOnly(f"{where}: mounted read-only")
         if creating:
             self._check_new(path, stream=True)
-        self.ns.deletes.wait(path)  # unlinked just now: its delete lands first
         # O_EXCL reaches us only when the kernel saw no file: whoever else has it now won.
         lost = errors.Exists if (creating and flags & os.O_EXCL) else errors.Busy
         if self._settle(path) is not None:
@@ -640,13 +639,13 @@ class Filesystem:
             log.info("s3://%s/%s: no longer accepting new files", self.bucket, self.ns.prefix)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait for release work (final commits) and removals to finish; True when all done."""
+        """Wait for release work (final commits) to finish; True when all done."""
         deadline = time.monotonic() + timeout
         while any(w.is_releasing for w in self.handles.writers()):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
-        return self.ns.deletes.drain(max(0.0, deadline - time.monotonic()))
+        return True
 
     def close(self) -> None:
         """After the loop ended: stop the release pool (its work is done or abandoned)."""
@@ -656,7 +655,6 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-        self.ns.deletes.close()  # drained by wait_idle; waits for any straggler
 
 
 def _kept(entry: Entry, attrs: dict) -> bool:

@@ -43,7 +43,6 @@ from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.fs import fserrors, names
-from s3pipefs.fs.deletes import PendingDeletes
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,6 @@ MANIFEST_SUFFIX = "/" + MANIFEST_NAME
 LINK_MAX = 4095
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
-# Objects of a directory copied (then deleted) at once by rename(2).
-RENAME_THREADS = 16
 
 
 def split(path: str) -> tuple[str, str]:
@@ -82,8 +79,6 @@ class Namespace:
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self.mounted_at = time.time()
-        # Files unlinked here whose S3 requests are still running: hidden meanwhile.
-        self.deletes = PendingDeletes(self._deleted)
 
     # -- names -------------------------------------------------------------------------
     def key(self, path: str) -> str:
@@ -104,8 +99,6 @@ class Namespace:
         """The entry at ``path`` or None. ``fresh`` skips the caches (used before writing)."""
         if path == "/":
             return self.root()
-        if self.deletes.is_pending(path):
-            return None
         if not fresh:
             with self._lock:
                 if path in self._entries:
@@ -143,19 +136,7 @@ class Namespace:
         return found
 
     def listdir(self, path: str) -> dict[str, Entry]:
-        """{name: Entry} one level under the directory ``path``, less pending deletes."""
-        # A name pending when the listing began may be in it still, even once its
-        # delete is done: S3 was listed halfway through. Drop it from the cached listing.
-        gone = self.deletes.pending_names(path)
-        listing = self._listdir(path)
-        gone |= self.deletes.pending_names(path)
-        if any(n in listing for n in gone):
-            with self._lock:
-                for n in gone:
-                    listing.pop(n, None)
-        return listing
-
-    def _listdir(self, path: str) -> dict[str, Entry]:
+        """{name: Entry} one level under the directory ``path``."""
         with self._lock:
             cached = self._listings.get(path)
         if cached is not None:
@@ -206,22 +187,6 @@ class Namespace:
             self._entries[path] = entry
             self._listings.pop(split(path)[0], None)
 
-    def _forget_file(self, path: str) -> None:
-        """A file this mount removed: drop it from its listing, and keep the listing (the
-        next name ``rm -rf`` looks up is answered from it)."""
-        parent, name = split(path)
-        with self._lock:
-            self._entries[path] = None
-            listing = self._listings.get(parent)
-            if listing is not None:
-                listing.pop(name, None)
-
-    def _deleted(self, path: str, removed: bool) -> None:
-        if removed:
-            self._forget_file(path)
-        else:
-            self.invalidate(path)  # still there (or part of it): show what S3 has
-
     def update(self, path: str, entry: Entry) -> None:
         """A known file changed only its attributes: replace it where it is cached, and
         keep the listing (rsync sets times on every file it writes; dropping the listing
@@ -235,7 +200,6 @@ class Namespace:
 
     # -- directory changes ---------------------------------------------------------------
     def mkdir(self, path: str) -> None:
-        self.deletes.wait(path)
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE)
@@ -243,7 +207,6 @@ class Namespace:
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
         """A symlink object in the convention of s3fs-fuse: the target is its body."""
-        self.deletes.wait(path)
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         body = target.encode("utf-8", "surrogateescape")
@@ -275,7 +238,6 @@ class Namespace:
     def rmdir(self, path: str) -> None:
         if path == "/":
             raise errors.Busy("cannot remove the root of the mount")
-        self.deletes.wait_under(path)  # rm -rf: the files' deletes, then the directory
         entry = self.lookup(path, fresh=True)
         if entry is None:
             raise errors.NotFound(f"{self.where(path)}: no such directory")
@@ -293,27 +255,19 @@ class Namespace:
         return any(o.key != marker for o in _take(self.store.list(self.bucket, marker), 2))
 
     def unlink(self, path: str) -> None:
-        """Hide the file and remove it in the background (fs/deletes.py). The kernel has
-        just looked the name up, so the cached entry will do; the delete itself looks
-        again and refuses a stream that a live writer took meanwhile (logged; it shows
-        again)."""
-        entry = self.lookup(path)
-        where, key = self.where(path), self.key(path)
+        entry = self.lookup(path, fresh=True)
         if entry is None:
-            raise errors.NotFound(f"{where}: no such file")
+            raise errors.NotFound(f"{self.where(path)}: no such file")
         if entry.kind == "dir":
-            raise fserrors.IsADirectory(f"{where}: is a directory")
+            raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
         if entry.kind == "stream":
-            names.check_removable(key, where)
-            if entry.writer_alive:
-                raise errors.Busy(f"{where}: a writer is still writing it")
-
-        def delete() -> None:
-            self.engine.delete(self.bucket, key)
+            names.check_removable(self.key(path), self.where(path))
+        try:
+            self.engine.delete(self.bucket, self.key(path))
             if entry.kind == "stream":
-                self._drop_folder(key)
-        self.deletes.submit(path, delete, where)
-        self._forget_file(path)
+                self._drop_folder(self.key(path))
+        finally:
+            self.invalidate(path)
 
     def rename(self, old: str, new: str) -> None:
         """Server-side copy, then delete: streams, objects and empty directories.
@@ -324,8 +278,6 @@ class Namespace:
         """
         if old == new:
             return
-        self.deletes.wait(new)
-        self.deletes.wait_under(old)
         src = self.lookup(old, fresh=True)
         if src is None:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
@@ -415,23 +367,17 @@ class Namespace:
         objects = [o.key for o in held if not o.key.startswith(in_stream)]
         for k in streams:
             names.check_removable(k, f"s3://{self.bucket}/{k}")
-
-        def copy(k: str) -> None:
-            if k in streams:
-                self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="stream")
-            elif k.endswith("/"):
+            self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="stream")
+        for k in objects:
+            if k.endswith("/"):
                 self.store.put(self.bucket, nkey + k[len(okey):], b"", **marker)
             else:
                 self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="object")
-
-        def delete(k: str) -> None:
-            if k in streams:
-                self.engine.delete(self.bucket, k)
-            elif not k.endswith("/"):
+        for k in streams:
+            self.engine.delete(self.bucket, k)
+        for k in objects:
+            if not k.endswith("/"):
                 self.store.delete(self.bucket, k)
-        # Every copy lands before anything is deleted: a failure leaves the source whole.
-        _each(copy, [*streams, *objects])
-        _each(delete, [*streams, *objects])
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
@@ -444,15 +390,6 @@ def _target(body: bytes) -> str:
 
 def _rank(e: Entry) -> int:
     return {"stream": 0, "dir": 1}.get(e.kind, 2)
-
-
-def _each(fn, items: list) -> None:
-    """``fn`` on every item, up to RENAME_THREADS at once; raises the first failure."""
-    if not items:
-        return
-    with cf.ThreadPoolExecutor(min(RENAME_THREADS, len(items)), thread_name_prefix="s3pipefs-rename") as pool:
-        for f in [pool.submit(fn, x) for x in items]:
-            f.result()
 
 
 def _take(it, n: int):
