@@ -331,3 +331,139 @@ def test_small_local_files_are_hashed_on_one_thread_and_changes_still_found(stor
     small = {name for rel, name in threads.items() if not rel.startswith("big/")}
     assert len(threads) == len(files) and len(small) == 1 and small.pop().startswith("s3pipefs-hash")
     assert all(threads[rel].startswith("s3pipefs-check") for rel in ("big/a", "big/b"))
+
+
+# -- --shard and --files-from --------------------------------------------------------------------
+
+def run_shards(s3_server, count, *args) -> list[dict]:
+    """``count`` shard runs of `sync ARGS`, side by side, as N machines would run them."""
+    def one(i):
+        rc, rep, err = sync_json(s3_server, "--shard", f"{i}/{count}", *args)
+        assert rc == 0, err
+        return rep
+    with cf.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_shards_side_by_side_do_what_one_sync_does(store, bucket, bucket2, s3_server, tmp_path):
+    from s3pipefs.engine.sync.locations import shard_of
+
+    objs = fill(store, bucket, "", 60)
+    write_stream(store, bucket, "streams/one", os.urandom(MiB + 7))
+    entries = set(objs) | {"streams/one"}
+    reps = run_shards(s3_server, 4, f"s3://{bucket}", f"s3://{bucket2}")
+    # Each shard copied exactly its own paths, and together every path once.
+    assert [rep["copied"] for rep in reps] == [sum(shard_of(e, 4) == i for e in entries) for i in range(4)]
+    assert sum(rep["copied"] for rep in reps) == len(entries) and all(rep["copied"] for rep in reps)
+    got = listing(store, bucket2)
+    assert {k: o.etag for k, o in got.items() if not k.startswith("streams/")} == {
+        k: o.etag for k, o in listing(store, bucket).items() if not k.startswith("streams/")}
+    assert read_stream(store, bucket2, "streams/one") == read_stream(store, bucket, "streams/one")
+    # The union is what one unsharded sync makes: that sync finds nothing to do.
+    rc, rep, _ = sync_json(s3_server, f"s3://{bucket}", f"s3://{bucket2}")
+    assert rc == 0 and rep["copied"] == 0 and rep["skipped"] == len(entries)
+    # Every shard is idempotent.
+    assert [rep["copied"] for rep in run_shards(s3_server, 4, f"s3://{bucket}", f"s3://{bucket2}")] == [0] * 4
+
+    # --delete: each shard deletes the extra keys of its own shard, and nothing else.
+    extras = [f"extra/x{i}" for i in range(12)]
+    for k in extras:
+        store.put(bucket2, k, b"x")
+    gone = sorted(objs)[:3]
+    store.delete_many(bucket, gone)
+    reps = run_shards(s3_server, 3, "--delete", f"s3://{bucket}", f"s3://{bucket2}")
+    for i, rep in enumerate(reps):
+        deleted = sorted(a["path"] for a in rep["actions"] if a["action"] == "delete")
+        assert deleted == sorted(k for k in extras + gone if shard_of(k, 3) == i)
+        assert rep["copied"] == 0
+    assert {k for k in listing(store, bucket2) if not k.startswith("streams/")} == set(objs) - set(gone)
+
+    # Shards of a local destination: the same split, the same union.
+    out = tmp_path / "out"
+    run_shards(s3_server, 2, f"s3://{bucket}", str(out))
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert files == (set(objs) - set(gone)) | {"streams/one"}
+
+
+def test_shard_split_is_fixed_and_checked():
+    from s3pipefs.engine.sync.locations import parse_shard, shard_filter, shard_of
+
+    # The split is a property of the key alone, the same on every machine, run and release:
+    # shards of one job may run different versions.
+    assert shard_of("d0/e0/f0000.txt", 1_000_003) == int.from_bytes(
+        hashlib.blake2b(b"d0/e0/f0000.txt", digest_size=8).digest(), "big") % 1_000_003
+    keys = [f"k{i}" for i in range(800)]
+    sizes = [sum(shard_filter((i, 8))(k) for k in keys) for i in range(8)]
+    assert sum(sizes) == 800 and min(sizes) > 60  # a split, not everything in one shard
+    assert parse_shard("3/8") == (3, 8) and parse_shard("0/1") == (0, 1)
+    for bad in ("8/8", "-1/8", "1", "a/b", "1/0", "1/8/2"):
+        try:
+            parse_shard(bad)
+        except Exception as e:  # noqa: BLE001
+            assert "I/N" in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_bad_shard_and_files_from_are_usage_errors(s3_server, bucket, bucket2, tmp_path):
+    r = run_cli(s3_server, "sync", "--shard", "4/4", f"s3://{bucket}", f"s3://{bucket2}")
+    assert r.returncode == 2 and b"I/N" in r.stderr
+    keys = tmp_path / "keys"
+    keys.write_text("a\n")
+    r = run_cli(s3_server, "sync", "--delete", "--files-from", str(keys), f"s3://{bucket}", f"s3://{bucket2}")
+    assert r.returncode == 2 and b"--files-from" in r.stderr
+    r = run_cli(s3_server, "sync", "--files-from", str(tmp_path / "nope"), f"s3://{bucket}", f"s3://{bucket2}")
+    assert r.returncode == 2 and b"nope" in r.stderr
+    inv = tmp_path / "inv.csv"
+    inv.write_text('"other-bucket","a","1"\n')
+    r = run_cli(s3_server, "sync", "--files-from", str(inv), f"s3://{bucket}", f"s3://{bucket2}")
+    assert r.returncode == 2 and b"other-bucket" in r.stderr
+
+
+def test_files_from_copies_exactly_the_listed_keys(store, bucket, bucket2, s3_server, tmp_path):
+    import gzip
+    from urllib.parse import quote_plus
+
+    for k in ("p/a.txt", "p/b.txt", "p/c d.txt", "p/ünï/e+f.txt", "p/skip.txt", "q/outside.txt"):
+        store.put(bucket, k, k.encode())
+    write_stream(store, bucket, "p/s1", os.urandom(MiB + 3))
+    write_stream(store, bucket, "p/s2", b"s2" * 1000)
+
+    # One relative key a line, from stdin: a stream by its name; a missing key is reported.
+    r = run_cli(s3_server, "sync", "--json", "--files-from", "-", f"s3://{bucket}/p", f"s3://{bucket2}/o",
+                input=b"a.txt\r\ns1\n\nnot-there\nc d.txt\n")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and rep["missing"] == ["not-there"] and rep["failed"] == 0
+    assert rep["copied"] == 3
+    assert sorted(k for k in listing(store, bucket2) if not k.startswith("o/s1/")) == ["o/a.txt", "o/c d.txt"]
+    assert read_stream(store, bucket2, "o/s1") == read_stream(store, bucket, "p/s1")
+    r = run_cli(s3_server, "sync", "--files-from", "-", f"s3://{bucket}/p", f"s3://{bucket2}/o",
+                input=b"a.txt\nnot-there\n")
+    assert r.returncode == 1 and f"missing: not-there: listed in --files-from, not in s3://{bucket}/p/".encode() in r.stderr
+    assert b"copied 0, skipped 1" in r.stdout and b"1 listed keys not in the source" in r.stdout
+
+    # An S3 Inventory report (gzipped CSV, URL-encoded keys, more columns): rows outside the
+    # source prefix are left out; a stream's segment or manifest names the stream.
+    def row(key, size=1):
+        return f'"{bucket}","{quote_plus(key)}","{size}","2026-01-01T00:00:00.000Z"\n'
+    inv = tmp_path / "inventory.csv.gz"
+    inv.write_bytes(gzip.compress("".join(
+        row(k) for k in ("p/b.txt", "p/ünï/e+f.txt", "q/outside.txt", "p/s2/.manifest", "p/s2/000000000000001",
+                         "p/gone.txt")).encode()))
+    rc, rep, err = sync_json(s3_server, "--files-from", str(inv), f"s3://{bucket}/p", str(tmp_path / "d"))
+    assert rc == 1 and rep["missing"] == ["gone.txt"]
+    got = {str(p.relative_to(tmp_path / "d")): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    assert sorted(got) == ["b.txt", "s2", "ünï/e+f.txt"]
+    assert got["ünï/e+f.txt"] == b"p/\xc3\xbcn\xc3\xaf/e+f.txt" and got["s2"] == b"s2" * 1000
+
+    # With --shard: the listed keys of that shard only; missing keys too.
+    from s3pipefs.engine.sync.locations import shard_of
+    listed = ["a.txt", "b.txt", "c d.txt", "skip.txt", "nope1", "nope2", "nope3"]
+    for i in range(2):
+        r = run_cli(s3_server, "sync", "--json", "--shard", f"{i}/2", "--files-from", "-",
+                    f"s3://{bucket}/p", f"s3://{bucket2}/sh", input="\n".join(listed).encode())
+        rep = json.loads(r.stdout)
+        assert sorted(rep["missing"]) == sorted(k for k in listed if k.startswith("nope") and shard_of(k, 2) == i)
+        assert sorted(a["path"] for a in rep["actions"]) == sorted(
+            k for k in listed if not k.startswith("nope") and shard_of(k, 2) == i)
+    assert sorted(listing(store, bucket2, "sh/")) == ["sh/a.txt", "sh/b.txt", "sh/c d.txt", "sh/skip.txt"]

@@ -36,6 +36,12 @@ S3 locations, reassembled into one file on download.
 Filters: --include/--exclude GLOB, in order, first match wins; with any --include, paths
 matching no rule are excluded. A GLOB without '/' matches base names, with '/' the whole
 relative path. Excluded paths are never deleted.
+Many machines: --shard I/N takes the paths whose hash falls in shard I of N (0-based),
+so N runs with I = 0..N-1 (a Kubernetes Indexed Job, a SLURM array, GNU parallel) together
+do what one run does; each is idempotent and --delete deletes only within its shard.
+--files-from FILE (- for stdin) limits the run to the keys listed: one relative key a
+line, or an S3 Inventory CSV report of the source bucket (gzipped or not); listed keys
+the source lacks are reported and make the exit status 1.
 Exit status 0 when everything was transferred, 1 when anything failed (failures listed
 on stderr; --delete then deletes nothing), 2 for usage errors.
 """
@@ -46,6 +52,27 @@ class _FilterAction(argparse.Action):
         rules = list(getattr(ns, "filters", None) or [])
         rules.append((self.const, values))
         setattr(ns, "filters", rules)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from s3pipefs.engine.sync.locations import parse_shard
+
+    try:
+        return parse_shard(text)
+    except errors.UsageError as e:  # argparse reports it as one usage line, exit 2
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _read_keys(path: str, src) -> list[str]:
+    from s3pipefs.engine.sync.keylist import read_keys
+
+    if path == "-":
+        return read_keys(sys.stdin.buffer, src)
+    try:
+        with open(path, "rb") as f:
+            return read_keys(f, src)
+    except OSError as e:
+        raise errors.UsageError(f"--files-from {path}: {e.strerror}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size for uploads (default 32M)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="copy incomplete streams as far as they go (S3 to S3)")
+    p.add_argument("--shard", metavar="I/N", type=_shard,
+                   help="only the paths of shard I of N (0 <= I < N), by a hash of the relative path")
+    p.add_argument("--files-from", metavar="FILE",
+                   help="only the keys listed in FILE (- for stdin): one relative key a line, "
+                        "or an S3 Inventory CSV report")
     p.add_argument("--json", action="store_true", help="print the summary and failures as JSON on stdout")
     p.set_defaults(filters=[])
     options.add_arguments(p, defaults={"workers": DEFAULT_WORKERS})
@@ -88,7 +120,8 @@ def run(a: argparse.Namespace) -> int:
         mode="existing" if a.existing_only else "checksum" if a.checksum else "etag",
         delete=a.delete, dry_run=a.dry_run, filters=list(a.filters or []), workers=workers,
         checkers=checkers, part_size=parse_size(a.part_size) if a.part_size else 32 * MiB,
-        allow_incomplete=a.allow_incomplete, source=source)
+        allow_incomplete=a.allow_incomplete, source=source, shard=a.shard,
+        keys=_read_keys(a.files_from, src) if a.files_from else None)
     # The destination's key is the engine's; the source's goes with each call reading it.
     engine = common.engine_over(common.store(a), tcfg, dest)
     bar = None
@@ -119,5 +152,7 @@ def run(a: argparse.Namespace) -> int:
                 print(f"{'would ' if a.dry_run else ''}{verb} {rel} ({why})")
         for rel, msg in report.failures:
             print(f"{PROG}: failed: {rel}: {msg}", file=sys.stderr)
+        for rel in report.missing:
+            print(f"{PROG}: missing: {rel}: listed in --files-from, not in {src}", file=sys.stderr)
         print(report.summary())
-    return 1 if report.failed or report.failures else 0
+    return 1 if report.failed or report.failures or report.missing else 0

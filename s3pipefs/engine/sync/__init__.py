@@ -1,9 +1,10 @@
 """Sync between S3 prefixes/buckets and local directories (S3 APU + parallel-s3sync).
 
-Modules, one job each: ``locations`` (where: S3Loc, LocalLoc, entries, filters),
-``listings`` (what is there: one listing per side), ``compare`` (what must be copied),
-``digests`` (content hashes and ETag arithmetic), ``report`` (options and the report)
-and ``runner`` (the job: pools, transfers, deletions). Engine.sync runs one.
+Modules, one job each: ``locations`` (where: S3Loc, LocalLoc, entries, filters, shards),
+``listings`` (what is there: one listing per side), ``keylist`` (the keys of --files-from:
+a key list or an S3 Inventory report), ``compare`` (what must be copied), ``digests``
+(content hashes and ETag arithmetic), ``report`` (options and the report) and ``runner``
+(the job: pools, transfers, deletions). Engine.sync runs one.
 
 Flow::
 

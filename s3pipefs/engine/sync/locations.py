@@ -1,8 +1,9 @@
 """Where a sync reads and writes: S3 and local locations, the entries found there, and
-which relative paths the --include/--exclude filters let through."""
+which relative paths the --include/--exclude filters and a --shard let through."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -84,3 +85,33 @@ def make_filter(rules: list[tuple[str, str]]):
                 return kind == "include"
         return default
     return ok
+
+
+# -- shards ----------------------------------------------------------------------------------------
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): shard I (0-based, as Kubernetes' JOB_COMPLETION_INDEX) of N."""
+    index, slash, count = text.partition("/")
+    try:
+        i, n = int(index, 10), int(count, 10)
+    except ValueError:
+        raise errors.UsageError(f"--shard takes I/N (shard I of N, 0 <= I < N), not {text!r}") from None
+    if not slash or not 0 <= i < n:
+        raise errors.UsageError(f"--shard takes I/N (shard I of N, 0 <= I < N), not {text!r}")
+    return i, n
+
+
+def shard_of(rel: str, count: int) -> int:
+    """The shard of ``count`` that owns ``rel``: a hash of the relative path alone, so every
+    run, machine and listing order agrees, and the same key has the same shard whichever
+    side it is on (S3 or a directory). BLAKE2b, not hash(): that one is salted per process."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def shard_filter(shard: tuple[int, int] | None):
+    """A predicate on relative paths: those of shard ``(index, count)``; all when None."""
+    if shard is None or shard[1] == 1:
+        return lambda rel: True
+    index, count = shard
+    return lambda rel: shard_of(rel, count) == index

@@ -21,6 +21,10 @@ class SyncOptions:
     # The source side's request options (its SSE-C key); None: the engine's, which are
     # always the destination's.
     source: RequestOptions | None = None
+    # (index, count): only the relative paths of that shard (locations.shard_of); None: all.
+    shard: tuple[int, int] | None = None
+    # --files-from: only the entries these relative keys name (keylist.py); None: all.
+    keys: list[str] | None = None
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Report:
     throttles: int = 0
     dry_run: bool = False
     failures: list = field(default_factory=list)   # [(rel, message)]
+    missing: list = field(default_factory=list)    # --files-from keys the source does not have
     actions: list = field(default_factory=list)    # dry run / verbose: [(verb, rel, reason)]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -48,6 +53,7 @@ class Report:
             "bytes_per_second": round(self.bytes / e, 1), "requests": self.requests,
             "retries": self.retries, "throttles": self.throttles, "dry_run": self.dry_run,
             "failures": [{"path": r, "error": m} for r, m in self.failures],
+            "missing": list(self.missing),
             "actions": [{"action": a, "path": r, "reason": why} for a, r, why in self.actions],
         }
 
@@ -58,7 +64,8 @@ class Report:
         return (f"{verb} {self.copied}, skipped {self.skipped}, {dverb} {self.deleted}, failed {self.failed}; "
                 f"{_human(self.bytes)} in {self.elapsed:.1f}s ({_human(self.bytes / e)}/s, "
                 f"{(self.copied + self.skipped) / e:.0f} objects/s); {self.requests} S3 requests"
-                + (f", {self.retries} retries ({self.throttles} throttled)" if self.retries else ""))
+                + (f", {self.retries} retries ({self.throttles} throttled)" if self.retries else "")
+                + (f"; {len(self.missing)} listed keys not in the source" if self.missing else ""))
 
 
 def _human(n: float) -> str:

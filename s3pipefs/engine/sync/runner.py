@@ -1,6 +1,11 @@
 """The sync job: list both sides, compare in order on bounded pools, transfer what
 differs through the engine, then (with --delete, and only if nothing failed) delete what
-only the destination has. The flow is drawn in the package docstring."""
+only the destination has. The flow is drawn in the package docstring.
+
+What the job covers is one predicate on relative paths, ``ok``: the --include/--exclude
+rules, the --shard (a hash of the path), and after the listings the --files-from keys.
+Copies and deletions both ask it, so a shard deletes only within itself and N shards
+side by side do exactly what one unsharded run does."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -12,9 +17,10 @@ import time
 from s3pipefs import errors
 from s3pipefs.config import MiB
 from s3pipefs.engine import transfer
+from s3pipefs.engine.sync import keylist
 from s3pipefs.engine.sync.compare import Comparer
 from s3pipefs.engine.sync.listings import list_local, list_s3
-from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc, make_filter, safe_rel
+from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc, make_filter, safe_rel, shard_filter
 from s3pipefs.engine.sync.report import Report, SyncOptions
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ class Sync:
         if isinstance(src, S3Loc) and isinstance(dst, S3Loc) and src.bucket == dst.bucket and (
                 src.prefix.startswith(dst.prefix) or dst.prefix.startswith(src.prefix)):
             raise errors.UsageError(f"{src} and {dst} overlap")
+        if opts.keys is not None and opts.delete:
+            raise errors.UsageError("--delete and --files-from do not go together: a key list names "
+                                    "what to copy, not what the source lacks")
         self.engine, self.store = engine, engine.store
         self.src, self.dst, self.o = src, dst, opts
         # The destination's request options are the engine's; the source's may differ.
@@ -43,7 +52,8 @@ class Sync:
         self.progress = progress
         self.cmp = Comparer(engine, src, dst, opts)
         self.report = Report(dry_run=opts.dry_run)
-        self.ok = make_filter(opts.filters)
+        rules, in_shard = make_filter(opts.filters), shard_filter(opts.shard)
+        self.ok = lambda rel: in_shard(rel) and rules(rel)
         self._tslots = threading.BoundedSemaphore(opts.workers * 4)
         self._cslots = threading.BoundedSemaphore(opts.checkers * 4)
         # Transfers that checkers decided on; drained after every check is done.
@@ -81,6 +91,8 @@ class Sync:
         with cf.ThreadPoolExecutor(2, thread_name_prefix="s3pipefs-list") as lp:
             fs, fd = lp.submit(self._list, self.src), lp.submit(self._list, self.dst)
             src_entries, dst_entries = fs.result(), fd.result()
+        if self.o.keys is not None:
+            self._limit_to_keys(src_entries)
         with cf.ThreadPoolExecutor(self.o.checkers, thread_name_prefix="s3pipefs-check") as checkers, \
                 cf.ThreadPoolExecutor(1, thread_name_prefix="s3pipefs-hash") as hasher, \
                 cf.ThreadPoolExecutor(self.o.workers, thread_name_prefix="s3pipefs-xfer") as workers:
@@ -100,6 +112,14 @@ class Sync:
                 raise
         if self.o.delete:
             self._delete_extra(src_entries, dst_entries)
+
+    def _limit_to_keys(self, src_entries: dict) -> None:
+        """Narrow ``ok`` to the entries the --files-from keys name; keys naming none (of
+        this shard, through the filters) are reported missing."""
+        chosen, missing = keylist.select(self.o.keys, src_entries)
+        covered = self.ok
+        self.ok = lambda rel: rel in chosen and covered(rel)
+        self.report.missing = [k for k in missing if covered(k)]
 
     def _decide_all(self, src_entries: dict, dst_entries: dict, futures: list) -> None:
         """Compare every source entry; submit checks and transfers (bounded queues).
