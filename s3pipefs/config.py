@@ -96,8 +96,11 @@ class TransferConfig:
     # Attempts for a stream segment's or an object block's request, instead of
     # S3Config.max_attempts: a transfer's data may be given more (or fewer) than the rest.
     tries: int = 5
-    # Live follow: poll interval, and how long a silent writer may stay silent.
+    # Live follow: poll interval, and how long a silent writer may stay silent. A follower
+    # whose stream does not grow doubles its interval up to poll_max (a new segment is then
+    # seen within poll_max plus one request), and polls every poll_interval again once it grows.
     poll_interval: float = 0.5
+    poll_max: float = 0.8
     follow_timeout: float = 60.0
     # Writer: heartbeat into the manifest at least this often while uploading.
     heartbeat_interval: float = 10.0

@@ -54,6 +54,10 @@ class Busy(S3PipeError):
     errno = _errno.EBUSY
 
 
+class NotModified(S3PipeError):
+    """A conditional read (If-None-Match) found the object still has the ETag it named (304)."""
+
+
 class Exists(S3PipeError):
     errno = _errno.EEXIST
 

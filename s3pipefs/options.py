@@ -149,6 +149,9 @@ TRANSFER_OPTIONS: tuple[Option, ...] = (
            flags=("--follow-timeout",)),
     Option("poll_interval", "transfer", "poll_interval", parse_duration,
            "how often a read waiting on a growing stream polls its manifest", flags=("--poll-interval",)),
+    Option("poll_max", "transfer", "poll_max", parse_duration,
+           "while the stream does not grow, the poll interval doubles up to this (a new segment is "
+           "seen within it)", flags=("--poll-max",)),
     Option("stale_after", "transfer", "stale_after", parse_duration,
            "a writer whose heartbeat is older than this is dead", flags=("--stale-after",)),
     Option("heartbeat", "transfer", "heartbeat_interval", parse_duration,

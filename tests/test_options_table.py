@@ -36,6 +36,7 @@ SAMPLES = {
     "tries": "7",
     "follow_timeout": "2m",
     "poll_interval": "250ms",
+    "poll_max": "2s",
     "stale_after": "30s",
     "heartbeat": "2s",
     "flush_interval": "3s",

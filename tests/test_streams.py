@@ -314,3 +314,68 @@ def test_memory_stays_bounded(s3_env, bucket, tmp_path):
     peak_mib = peak_kib / 1024
     # docs/tuning.md: ~90 MiB interpreter + boto3, plus workers * ~4 MiB of request buffers.
     assert peak_mib < 90 + 4 * 4 + 30, peak_mib
+
+
+# -- polling a live stream: conditional GETs, backing off while idle --------------------------------
+
+def test_a_conditional_get_of_an_unchanged_object_is_a_bodiless_304(s3_server, bucket, fault_proxy):
+    from s3pipefs.s3.inmemory import MemoryStore
+
+    proxied = Store(S3Config(endpoint_url=fault_proxy.endpoint))
+    memory = MemoryStore()
+    memory.create_bucket(bucket)
+    for store in (proxied, memory):
+        etag = store.put(bucket, "m", b"manifest body")
+        retries = store.stats.retries
+        for given in (etag, f'"{etag}"'):
+            with pytest.raises(errors.NotModified):
+                store.get(bucket, "m", if_none_match=given)
+        assert store.stats.retries == retries  # an answer, not a failure: never retried
+        data, info = store.get(bucket, "m", if_none_match="0" * 32)
+        assert data == b"manifest body" and info.etag == etag
+        store.put(bucket, "m", b"changed")
+        assert store.get(bucket, "m", if_none_match=etag)[0] == b"changed"
+    # SeaweedFS itself answered 304, with no body.
+    conditional = [s for s in fault_proxy.requests if s.method == "GET" and "if-none-match" in s.headers]
+    assert [s.status for s in conditional] == [304, 304, 200, 200]
+    assert [s.bytes_out for s in conditional[:2]] == [0, 0]
+
+
+def test_an_idle_follower_backs_off_and_still_sees_a_new_segment_within_a_second(
+        s3_server, bucket, fault_proxy, tmp_path):
+    """Polling every 0.1 s for 4 idle seconds would be 40 manifest GETs; backing off to
+    poll_max (0.8 s) it is a handful, each a 304, and a new segment is still read within
+    about poll_max of landing."""
+    direct = Store(S3Config(endpoint_url=s3_server.endpoint))
+    wcfg = TransferConfig(segment_size=SEG, workers=2, staging_dir=str(tmp_path / "staging"),
+                          heartbeat_interval=60, flush_interval=0)
+    w = Engine(direct, wcfg).open_writer(bucket, "idle")
+    first, second = blob(SEG, 1), blob(SEG, 2)
+    w.write(first)
+    w.flush()
+    rcfg = TransferConfig(workers=2, poll_interval=0.1, poll_max=0.8, follow_timeout=30)
+    reader = Engine(Store(S3Config(endpoint_url=fault_proxy.endpoint)), rcfg).open_reader(bucket, "idle")
+    got, seen_at = [], []
+    try:
+        assert reader.read(0, SEG) == first
+
+        def follow():
+            got.append(reader.read(SEG, SEG))
+            seen_at.append(time.monotonic())
+        import threading
+        t = threading.Thread(target=follow)
+        fault_proxy.reset_log()
+        t.start()
+        time.sleep(4)
+        polls = [s for s in fault_proxy.requests if s.path.endswith("/.manifest")]
+        assert 3 <= len(polls) <= 12, len(polls)
+        assert {s.status for s in polls if s.status is not None} == {304} and sum(s.bytes_out for s in polls) == 0
+        w.write(second)
+        w.flush()  # returns once the segment landed and the manifest names it
+        landed = time.monotonic()
+        t.join(10)
+        assert got == [second]
+        assert seen_at[0] - landed < 1.5, seen_at[0] - landed
+    finally:
+        reader.close()
+        w.close()

@@ -27,8 +27,11 @@ def manifest_key(prefix: str) -> str:
     return prefix + mf.MANIFEST_NAME
 
 
-def load(store: ObjectStore, bucket: str, prefix: str, *, sse_key: bytes | None = None) -> Loaded | None:
+def load(store: ObjectStore, bucket: str, prefix: str, *, sse_key: bytes | None = None,
+         if_none_match: str | None = None) -> Loaded | None:
     """The manifest under ``prefix`` (which ends with '/'), or None when there is none.
+    ``if_none_match``: the ETag of the manifest the caller holds; NotModified when it is
+    still the current one (a 304 without a body: a follower's poll of an idle stream).
 
     The body is checked against its ETag (the MD5 of a single-part upload) unless it is
     read with an SSE-C key (``sse_key``; None or b"": none). A body that broke
@@ -55,7 +58,7 @@ def load(store: ObjectStore, bucket: str, prefix: str, *, sse_key: bytes | None 
             raise errors.IntegrityError(f"read {where}: body does not match its MD5 ETag")
         parsed[:] = [m]
     try:
-        data, info = store.get(bucket, key, sse_key=sse_key, verify=check)
+        data, info = store.get(bucket, key, sse_key=sse_key, verify=check, if_none_match=if_none_match)
     except errors.BucketNotFound:
         raise
     except errors.NotFound:

@@ -11,7 +11,11 @@ handed out. A plain object is split into ranged units of ``block_size``.
   not one of eight sharing the server's bandwidth.
 * Cache: verified units behind the position are kept in a byte-bounded cachetools LRU.
   Memory stays within (window + cache) units; see config.TransferConfig.
-* Live follow: at the end of an incomplete stream the reader polls the manifest. It fails
+* Live follow: at the end of an incomplete stream the reader polls the manifest with a
+  conditional GET (If-None-Match on the ETag it holds: an unchanged manifest costs a 304
+  and no body), every ``poll_interval`` at first and, while the stream does not grow,
+  twice as long after each poll up to ``poll_max`` (so a new segment is seen within
+  ``poll_max`` plus one request; a heartbeat alone does not count as growth). It fails
   with StreamIncomplete when nothing changed for ``follow_timeout`` seconds (measured on
   this machine's clock, so writer clock skew does not matter) or the writer released the
   stream without completing it.
@@ -164,14 +168,18 @@ class StreamPlan:
         return self.units.index_at(offset)
 
     def refresh(self) -> None:
-        loaded = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
-        # Some S3-compatible servers answer 404 for a moment while a key is overwritten
-        # under load; only a manifest that stays gone means the stream was removed.
-        for pause in (0.2, 0.5, 1.0):
-            if loaded is not None:
-                break
-            time.sleep(pause)
-            loaded = manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key)
+        """Read the manifest again, unless it is still the one applied (a conditional GET)."""
+        try:
+            loaded = self._load()
+            # Some S3-compatible servers answer 404 for a moment while a key is overwritten
+            # under load; only a manifest that stays gone means the stream was removed.
+            for pause in (0.2, 0.5, 1.0):
+                if loaded is not None:
+                    break
+                time.sleep(pause)
+                loaded = self._load()
+        except errors.NotModified:
+            return
         if loaded is None:
             raise errors.StreamIncomplete(f"{self.where}: stream was removed while being read")
         before = self.size
@@ -179,8 +187,15 @@ class StreamPlan:
         if self.size != before:
             self._changed = time.monotonic()
 
+    def _load(self) -> manifests.Loaded | None:
+        return manifests.load(self.store, self.bucket, self.prefix, sse_key=self.sse_key,
+                              if_none_match=self._etag or None)
+
     def wait_grow(self, follow_timeout: float) -> None:
-        """Block until the stream grows or completes; StreamIncomplete when it won't."""
+        """Block until the stream grows or completes; StreamIncomplete when it won't.
+        Polls back off while nothing grows (see the module docstring)."""
+        interval = self.cfg.poll_interval
+        longest = max(self.cfg.poll_interval, self.cfg.poll_max)
         while True:
             m = self.manifest
             if m is not None and m.own and not m.completed and m.writer_id and m.heartbeat == 0:
@@ -190,11 +205,12 @@ class StreamPlan:
             if silent > follow_timeout:
                 raise errors.StreamIncomplete(
                     f"{self.where}: stream incomplete at {self.size} bytes: writer silent for {silent:.0f}s")
-            time.sleep(self.cfg.poll_interval)
+            time.sleep(interval)
             size = self.size
             self.refresh()
             if self.size != size or self.complete:
                 return
+            interval = min(2 * interval, longest)
 
 
 class ObjectPlan:

@@ -1,7 +1,8 @@
 """An ObjectStore in memory, for fast tests of the engine without a server.
 
 It keeps the contract of s3/interface.py as S3 does, where the engine depends on it:
-conditional PUTs (If-None-Match: "*", If-Match: ETag) that fail with Busy; NotFound and
+conditional PUTs (If-None-Match: "*", If-Match: ETag) that fail with Busy; conditional
+GETs (If-None-Match: ETag) that answer NotModified; NotFound and
 BucketNotFound; ranged GETs with the whole object's size in the info; Content-MD5 and
 CRC32 checked on upload; listings in key order, in pages, with common prefixes for a
 delimiter; multipart uploads with S3's ETags (MD5 of the part MD5s, "-N"); SSE-C keys that
@@ -111,13 +112,15 @@ class MemoryStore:
 
     def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None,
             sse_key: bytes | None = None, *, verify: Verify | None = None,
-            tries: int | None = None) -> tuple[bytes, ObjectInfo]:
+            tries: int | None = None, if_none_match: str | None = None) -> tuple[bytes, ObjectInfo]:
         if start is not None and end is not None and end <= start:
             return b"", ObjectInfo(key, 0)
 
         def once():
             with self._lock:
                 obj = self._object(bucket, key, sse_key, "read")
+                if if_none_match and obj.etag.strip('"') == if_none_match.strip('"'):
+                    raise errors.NotModified(f"read {_where(bucket, key)}: not modified")
             if start is not None and start >= len(obj.data) and len(obj.data):
                 raise errors.S3PipeError(f"read {_where(bucket, key)}: range not satisfiable")
             data = obj.data if start is None else obj.data[start:end]

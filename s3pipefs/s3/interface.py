@@ -9,7 +9,7 @@ The contract every implementation keeps:
 * Failures are S3PipeErrors (errors.py), never a library's exceptions: ``NotFound`` (a
   missing key), ``BucketNotFound`` (a missing bucket, a subclass of NotFound),
   ``AccessDenied`` (403, or a wrong SSE-C key), ``Busy`` (a failed If-Match /
-  If-None-Match: 412 or 409), ``IntegrityError`` (a body that failed its length, checksum
+  If-None-Match: 412 or 409), ``NotModified`` (a conditional GET's object is unchanged: 304), ``IntegrityError`` (a body that failed its length, checksum
   or ``verify`` check), ``EndpointError`` (cannot reach the server, a broken connection),
   else ``S3PipeError``. Errors from an S3 reply carry ``.code`` and ``.status``.
 * Each call is retried inside the store, under its one retry policy (s3/retry.py), and by
@@ -107,11 +107,12 @@ class ObjectStore(Protocol):
 
     def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None,
             sse_key: bytes | None = None, *, verify: Verify | None = None,
-            tries: int | None = None) -> tuple[bytes, ObjectInfo]:
+            tries: int | None = None, if_none_match: str | None = None) -> tuple[bytes, ObjectInfo]:
         """Bytes [start, end) (the whole object when start is None; to the end when end is
         None) and the object's info (``size`` is the whole object's). NotFound when missing.
         ``verify`` as described at :data:`Verify`; ``tries`` bounds this call's transient
-        failures instead of ``cfg.max_attempts``."""
+        failures instead of ``cfg.max_attempts``. ``if_none_match``: an ETag; when the
+        object still has it, NotModified (S3 answers 304 and sends no body)."""
 
     def list(self, bucket: str, prefix: str = "", delimiter: str | None = None,
              start_after: str | None = None, quick: bool = False) -> Iterator[ObjectInfo | str]:

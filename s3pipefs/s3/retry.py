@@ -73,8 +73,8 @@ def error_code(exc: BaseException) -> tuple[str, int | None]:
 
 def classify(exc: BaseException) -> str:
     """THROTTLE, TRANSIENT or PERMANENT."""
-    if isinstance(exc, (errors.NotFound, errors.AccessDenied, errors.UsageError, errors.Busy,
-                        errors.Exists, errors.ManifestError, errors.StreamIncomplete,
+    if isinstance(exc, (errors.NotFound, errors.NotModified, errors.AccessDenied, errors.UsageError,
+                        errors.Busy, errors.Exists, errors.ManifestError, errors.StreamIncomplete,
                         errors.ReadOnly, errors.NoMemory, errors.Interrupted)):
         return PERMANENT
     code, status = error_code(exc)

@@ -73,6 +73,8 @@ def _translate(exc: Exception, bucket: str, key: str | None, action: str, sse: b
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 304:
+            return errors.NotModified(f"{doing}{where}: not modified")
         if code in _NO_BUCKET:
             return errors.BucketNotFound(f"{doing}{where}: no such bucket '{bucket}'")
         if code in _NOT_FOUND or status == 404:
@@ -251,12 +253,15 @@ class Store:
 
     def get(self, bucket: str, key: str, start: int | None = None, end: int | None = None,
             sse_key: bytes | None = None, *, verify: Verify | None = None,
-            tries: int | None = None) -> tuple[bytes, ObjectInfo]:
+            tries: int | None = None, if_none_match: str | None = None) -> tuple[bytes, ObjectInfo]:
         """Body bytes [start, end) (whole object when start is None) and object info.
 
         ``verify(data, info)`` runs inside each attempt: an IntegrityError it raises has
-        the body fetched again. ``tries`` bounds this request's transient failures."""
+        the body fetched again. ``tries`` bounds this request's transient failures.
+        ``if_none_match``: NotModified when the object still has this ETag (a 304, no body)."""
         kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+        if if_none_match:
+            kw["IfNoneMatch"] = '"' + if_none_match.strip('"') + '"'
         if start is not None:
             if end is not None and end <= start:
                 return b"", ObjectInfo(key, 0)
