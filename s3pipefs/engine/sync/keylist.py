@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 from typing import BinaryIO, Iterable
 from urllib.parse import unquote_plus
 
@@ -35,14 +36,9 @@ def read_keys(f: BinaryIO, src) -> list[str]:
     first = next((line for line in lines if line), None)
     if first is None:
         return []
-    rest = _chain(first, lines)
+    rest = itertools.chain([first], lines)
     keys = _inventory_keys(rest, src) if first.startswith('"') else (k for k in rest if k)
     return list(dict.fromkeys(keys))
-
-
-def _chain(first: str, rest: Iterable[str]):
-    yield first
-    yield from rest
 
 
 def _inventory_keys(lines: Iterable[str], src):
