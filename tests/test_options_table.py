@@ -26,6 +26,7 @@ SAMPLES = {
     "profile": "backup",
     "region": "eu-west-1",
     "retries": "3",
+    "bwlimit": "10M",
     "addressing": "virtual",
     "segment_size": "8M",
     "workers": "3",

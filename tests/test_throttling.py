@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 from tests.conftest import run_cli
@@ -48,3 +49,34 @@ def test_sync_keeps_pace_under_a_one_in_three_slowdown_storm(s3_server, store, b
     notice = [ln for ln in err.splitlines() if "throttl" in ln]
     assert len(notice) == 1, err  # one line, without -v
     assert "SlowDown" in notice[0] and "/s" in notice[0], notice
+
+
+def test_bwlimit_paces_put_and_cat_and_the_bytes_arrive_whole(cli, bucket):
+    n, limit = 6, 2  # MiB, MiB/s
+    data = os.urandom(n << 20)
+    url = f"s3://{bucket}/paced"
+    t0 = time.monotonic()
+    r = cli("put", "--bwlimit", f"{limit}M", "--segment-size", "1M", url, input=data)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    # Paced block by block, the first block free: (n - 1) / limit seconds at least.
+    assert took >= 0.9 * (n - 1) / limit, took
+    t0 = time.monotonic()
+    r = cli("cat", "--bwlimit", f"{limit}M", url)
+    took_cat = time.monotonic() - t0
+    assert r.returncode == 0 and r.stdout == data
+    assert took_cat >= 0.9 * (n - 1) / limit, took_cat
+    # Without the limit the same bytes take a fraction of that (loopback).
+    t0 = time.monotonic()
+    assert cli("cat", url).stdout == data
+    assert time.monotonic() - t0 < took_cat / 2
+    r = cli("put", "--bwlimit", "fast", url, input=b"x")
+    assert r.returncode == 2 and b"not a size" in r.stderr
+
+
+def test_bwlimit_is_a_mount_option_too():
+    from s3pipefs.fs.options import parse_options, render
+
+    opts, _ = parse_options(["bwlimit=10M"])
+    assert opts.s3.bwlimit == 10 << 20
+    assert parse_options([render(opts)])[0] == opts
