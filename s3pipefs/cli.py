@@ -44,6 +44,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cp", ()),
     ("sync", ()),
     ("abort", ()),
+    ("status", ()),
     ("completion", ()),
 )
 
