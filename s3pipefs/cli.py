@@ -9,6 +9,8 @@ loading FUSE or sync code. The S3 and transfer options come from the option tabl
 ``s3pipefs to|from PATH`` with s3pipe2's flags (-m MB, -b KB, -p, -n, -t, -r, -v, and -a/-s
 with a warning) keeps ``alias s3pipe2=s3pipefs`` working. Every failure is one line on
 stderr and exit status 1 (2 for usage errors); no tracebacks unless S3PIPEFS_DEBUG is set.
+When a command ends, a line on stderr says whether the server throttled it, and with -v
+how many requests it sent, retried and lost (commands/common.py, ``report_requests``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import sys
 import threading
 
 from s3pipefs import __version__, errors, options
+from s3pipefs.commands import common
 from s3pipefs.commands.common import PROG
 from s3pipefs.memory import tune_malloc
 
@@ -41,6 +44,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cp", ()),
     ("sync", ()),
     ("abort", ()),
+    ("status", ()),
     ("completion", ()),
 )
 
@@ -115,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "run", None):
             build_parser([]).print_help(sys.stderr)
             return 2
-        return int(args.run(args) or 0)
+        try:
+            return int(args.run(args) or 0)
+        finally:
+            common.report_requests(bool(getattr(args, "verbose", False)))
     except errors.S3PipeError as e:
         if debug:
             raise

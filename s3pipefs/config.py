@@ -74,6 +74,8 @@ class S3Config:
     max_pool_connections: int = 32
     # Path-style addressing works with every S3-compatible server.
     path_style: bool = True
+    # Payload bytes a second through this store, up and down together (s3/bandwidth.py); 0: no limit.
+    bwlimit: int = 0
 
 
 @dataclass(frozen=True)

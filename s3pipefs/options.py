@@ -116,6 +116,9 @@ S3_OPTIONS: tuple[Option, ...] = (
     Option("retries", "s3", "max_attempts", whole_number(1, 100),
            "attempts per S3 request, the first included; a throttled one gets twice as many and two "
            "more", flags=("--retries",)),
+    Option("bwlimit", "s3", "bwlimit", parse_size,
+           "payload bytes a second, uploads and downloads together, e.g. 10M (0: no limit)",
+           flags=("--bwlimit",), metavar="BYTES/S", show_default=False),
     Option("addressing", "s3", "path_style", addressing, "bucket addressing: path or virtual",
            flags=("--addressing",), metavar="path|virtual", render=lambda v: "path" if v else "virtual"),
     Option("access_key", "cli", "access_key", any_text, "", flags=("-a",), mount=False, hidden=True,

@@ -23,8 +23,8 @@ Design
   not send the body afterwards.
 - A rule is chosen when the request head arrives: rules are tried in the order they
   were added and the first that *fires* wins. A rule counts (`matched`) only requests
-  that reach it; it fires once `skip` of them have passed, `times` times (-1: always),
-  and `hits` counts firings even when the body turned out shorter than `after_bytes`.
+  that reach it; it fires once `skip` of them have passed, on every `every`-th one after
+  that (1: each), `times` times (-1: always), and `hits` counts firings even when the body turned out shorter than `after_bytes`.
   Faults are positioned by `after_bytes`:
     * `0`  -- before the request is forwarded: the server never sees it
               (`status`, `reset`, `stall`);
@@ -80,6 +80,7 @@ class Rule:
     query_contains: str | None = None  # substring of the raw query string
     times: int = 1                     # requests that get the fault; -1 = forever
     skip: int = 0                      # first matching requests let through untouched
+    every: int = 1                     # past `skip`, only every n-th matching request (a 1-in-n storm)
     status: int = 503
     code: str = "SlowDown"
     after_bytes: int = 0
@@ -357,7 +358,8 @@ class FaultProxy:
                 if not r.matches(seen.method, seen.path, seen.query):
                     continue
                 r.matched += 1
-                if r.matched > r.skip and (r.times < 0 or r.hits < r.times):
+                if (r.matched > r.skip and (r.matched - r.skip) % r.every == 0
+                        and (r.times < 0 or r.hits < r.times)):
                     r.hits += 1
                     seen.fault = r.action
                     return r

@@ -47,6 +47,9 @@ def test_slowdown_is_retried_and_lowers_the_store_rate(store, bucket, proxy):
     took = time.monotonic() - t0
     assert data == b"v"
     assert proxy.count("GET", f"/{bucket}/k") == 1 + 5  # warm-up, 4 throttled, 1 success
+    # The limiter sets the rate once a second, from the second that passed.
+    time.sleep(max(0.0, 1.0 - took))
+    via.head(bucket, "k")
     # The store now limits its own send rate, and it did back off between attempts.
     assert lim.rate is not None and lim.rate < 50 and lim.throttles == 4
     assert (via.stats.retries, via.stats.throttles) == (4, 4)
@@ -153,36 +156,66 @@ class _Clock:
         self.t += s
 
 
-def test_rate_limiter_is_aimd_and_shared():
+def _storm_second(lim, c, sends: int) -> None:
+    """A second in which the program sends ``sends`` requests, evenly spread (later when the
+    limiter makes them wait), and the server refuses every third."""
+    t0 = c.t
+    for i in range(sends):
+        c.t = max(c.t, t0 + i / sends)
+        lim.acquire()
+        if i % 3 == 2:
+            lim.throttled()
+    c.t = max(c.t, t0 + 1.0)
+
+
+def test_rate_limiter_cuts_to_what_the_server_accepted_once_a_second():
     c = _Clock()
-    lim = RateLimiter(floor=1.0, increase=2.0, cooldown=0.2, quiet=3.0, clock=c.now, sleep=c.sleep)
-    for _ in range(40):           # 40 requests within one second: unlimited
+    lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
+    for i in range(40):           # 40 requests within one second: unlimited
+        c.t = 100 + i / 40
         lim.acquire()
-    assert c.slept == 0 and lim.rate is None
-    lim.throttled()
-    assert lim.rate == pytest.approx(20.0)   # half the measured 40/s
-    lim.throttled()                          # same congestion event (cooldown): no second cut
-    assert lim.rate == pytest.approx(20.0)
-    c.t += 1
-    lim.throttled()
-    assert lim.rate == pytest.approx(10.0)   # half of 20
-    c.slept = 0
+    assert c.slept == 0 and lim.rate is None and lim.slowdown() is None
+    sent = 40 / 0.975             # over the time they were sent, from the first to the last
+    lim.throttled()               # 40 requests show the rate: the smallest cut, at once
+    first = 0.75 * sent
+    assert lim.rate == pytest.approx(first)
+    for _ in range(19):
+        lim.throttled()           # the same second: no further cut
+    assert lim.rate == pytest.approx(first)
+    c.t, c.slept = 101.0, 0
     for _ in range(10):
-        lim.acquire()
-    assert c.slept == pytest.approx(0.9, abs=0.01)  # spaced 1/10 s apart
-    for _ in range(10):
-        lim.succeeded()
-    assert lim.rate == pytest.approx(20.0)   # slow start back to where it was throttled
-    lim.succeeded()
-    assert lim.rate == pytest.approx(20.1)   # then additive
+        lim.acquire()             # the second is over: half of it was refused, so half the limit
+    half = first / 2
+    assert lim.rate == pytest.approx(half)
+    assert c.slept == pytest.approx(9 / half)  # spaced 1/rate apart
+    lim.throttled()               # slower, and a smaller share refused: slowing helped
+    c.t = 102.0
+    lim.acquire()
+    second = 0.75 * half          # the smallest cut, of the limit
+    assert lim.rate == pytest.approx(second)
+    for _ in range(5):
+        lim.succeeded()           # each success regrows the limit by one request a second
+    assert lim.rate == pytest.approx(second + 5)
     c.t += 3
     lim.succeeded()
-    assert lim.rate is None                  # quiet for 3 s: limit lifted
-    for _ in range(50):
-        c.t += 1
-        lim.throttled()
-    assert lim.rate == 1.0 and lim.lowest == 1.0  # never below the floor
-    assert lim.throttles == 53
+    assert lim.rate is None       # quiet for 3 s: limit lifted
+    assert lim.slowdown() == (pytest.approx(sent), pytest.approx(second), pytest.approx(105 - 100.975))
+    assert lim.throttles == 20 + 1
+
+
+def test_rate_limiter_lifts_a_limit_that_did_not_help():
+    """A server refusing one request in three however slowly they come: a cut that lowered
+    the rate sent but not the share refused is undone, so the storm costs its retries,
+    not a rate driven down to the floor."""
+    c = _Clock()
+    lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
+    _storm_second(lim, c, 300)
+    assert lim.rate is not None and lim.rate < 300  # cut
+    t0 = c.t
+    for _ in range(8):
+        _storm_second(lim, c, 300)  # the storm goes on, at whatever rate is allowed
+    assert c.t - t0 < 8 * 1.5     # a cut that did not help was lifted: 300 a second still go out
+    assert lim.lowest >= 300 / 3  # and the limit was never driven far down
 
 
 def test_retry_policy_jitter_and_bounds():

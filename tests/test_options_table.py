@@ -26,6 +26,7 @@ SAMPLES = {
     "profile": "backup",
     "region": "eu-west-1",
     "retries": "3",
+    "bwlimit": "10M",
     "addressing": "virtual",
     "segment_size": "8M",
     "workers": "3",
@@ -174,7 +175,7 @@ def test_main_help_lists_every_command_and_every_option():
     assert "(default 32M)" in text and "(default 0.5s)" in text  # --cache-size, --poll-interval
 
 
-@pytest.mark.parametrize("name", [name for name, _ in cli.COMMANDS if name not in ("serve", "mount", "completion")])
+@pytest.mark.parametrize("name", [name for name, _ in cli.COMMANDS if name not in ("serve", "mount", "completion", "status")])
 def test_each_s3_command_help_lists_the_table_with_its_defaults(name):
     r = run(name, "--help")
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,5 @@
-"""What the commands share: config, store and engine from the arguments, progress, SSE-C keys.
+"""What the commands share: config, store and engine from the arguments, progress, request
+counters and the throttling notice, SSE-C keys.
 
 Cheap to import: the store, the engine and tqdm are imported inside the functions that
 make them, so `put --help` loads none of them.
@@ -52,7 +53,33 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
 def store(args: argparse.Namespace):
     from s3pipefs.s3 import Store
 
-    return Store(s3_config(args))
+    made = Store(s3_config(args))
+    _stores.append(made)
+    return made
+
+
+# The stores this command made, for report_requests when it ends.
+_stores: list = []
+
+
+def report_requests(verbose: bool) -> None:
+    """When a command ends, on stderr: one line if the server throttled it (always: a backup
+    that took twice as long should say why), and with -v its request counters."""
+    from s3pipefs.s3.retry import throttle_notice
+
+    for made in _stores:
+        notice = throttle_notice(made.stats, made.retry.limiter)
+        if notice:
+            print(f"{PROG}: {notice}", file=sys.stderr)
+        if verbose and made.stats.requests:
+            print(f"{PROG}: {request_counts(made.stats.as_dict())}", file=sys.stderr)
+
+
+def request_counts(c: dict) -> str:
+    """Request counters (RetryStats.as_dict) as one line."""
+    return (f"{c['requests']} requests, {c['retries']} retried ({c['throttles']} throttled, "
+            f"{c['backoff_seconds']:.1f}s backing off), {c['gave_up']} failed after retries, "
+            f"{c['refused']} refused (not found, denied or changed)")
 
 
 def engine(args: argparse.Namespace):

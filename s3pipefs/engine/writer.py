@@ -255,6 +255,16 @@ class StreamWriter:
         """Bytes from the start that can no longer change (uploaded or on their way)."""
         return self._sealed_bytes
 
+    def progress(self) -> dict:
+        """Bytes written, in S3 (with what was there before an append) and staged here, and
+        segments sealed but not landed yet: for `s3pipefs status`."""
+        with self._cond:
+            uploaded = self._base.total + sum(size for size, _ in self._landed.values())
+            in_flight = len(self._uploading)
+        written = self._offset
+        return {"written": written, "uploaded": uploaded, "staged": max(0, written - uploaded),
+                "segments_in_flight": in_flight}
+
     def write(self, data) -> int:
         """Append ``data`` at the end."""
         self._check_writable()

@@ -11,7 +11,8 @@ MountOptions; ``make_plan`` and ``mount`` take it from there. Order matters:
    failure before that (no such bucket, endpoint down, libfuse refusing the mount
    point) is relayed as one line and the parent exits non-zero.
 4. Unmount (umount, fusermount -u, systemd stop): the loop ends, release work drains,
-   the daemon exits. SIGTERM: no new files; open writers get ``shutdown_timeout`` to
+   the daemon exits. While mounted, the daemon answers `s3pipefs status` on a private
+   socket (fs/status.py). SIGTERM: no new files; open writers get ``shutdown_timeout`` to
    close (their close commits as usual); after that their data is uploaded and the
    streams left incomplete (resumable) - never completed short. Then the mount is
    detached and the daemon exits.
@@ -30,6 +31,8 @@ from s3pipefs.fs import daemon, readahead
 from s3pipefs.fs.mounttable import mounted_at
 from s3pipefs.config import S3Config
 from s3pipefs.fs.options import MountOptions, parse_source
+from s3pipefs.fs.status import StatusServer
+from s3pipefs.s3.retry import throttle_notice
 from s3pipefs.memory import tune_malloc
 
 log = logging.getLogger("s3pipefs.fs")
@@ -184,6 +187,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
 
     fs = Filesystem(engine, plan.bucket, plan.prefix, opts.fs, blksize=fuselib.MAX_REQUEST)
     loop_done = threading.Event()
+    status_server = StatusServer(fs, plan.source, plan.mountpoint)
 
     resolved = os.path.realpath(plan.mountpoint)  # as mountinfo spells it
 
@@ -194,6 +198,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
                  "read-only" if opts.fs.read_only else "read-write")
         if opts.ignored:
             log.debug("ignored mount options: %s", ",".join(opts.ignored))
+        status_server.start()  # `s3pipefs status` sees the mount once it is live
         ready.ok()
         if capture is not None:
             capture.detach()
@@ -222,6 +227,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
         log.error("FUSE loop ended with an error: %s", e)
     finally:
         loop_done.set()
+        status_server.close()
     if not ready.ok_sent:
         ready.fail("libfuse returned before the mount was ready" + (f": {capture.tail()}" if capture else ""))
         return 1
@@ -231,6 +237,9 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
         log.warning("some final commits did not finish before exit")
     fs.close()
     engine.write_budget.shutdown()
+    notice = throttle_notice(engine.store.stats, engine.store.retry.limiter)
+    if notice:
+        log.warning("%s", notice)
     log.info("unmounted %s from %s", where, plan.mountpoint)
     return 0
 

@@ -6,11 +6,14 @@ exceptions stay here. botocore is told to try each request once: every request r
 under the store's one retry policy (s3/retry.py), which retries throttles and transient
 failures a bounded number of times and lowers the store's request rate when the server
 answers 503 SlowDown. Errors are classified by their code, never by their message text.
+With a bandwidth limit (`--bwlimit`) upload and download bodies are paced through
+s3/bandwidth.py.
 Small repeated requests may take the plain-HTTP fast path (s3/fastpath.py) where its
 conditions hold; botocore's private attributes are reached only through s3/internals.py.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -26,6 +29,7 @@ import urllib3.exceptions
 from s3pipefs import errors
 from s3pipefs.config import S3Config
 from s3pipefs.s3 import internals
+from s3pipefs.s3.bandwidth import Bandwidth, PacedBody, read_paced
 from s3pipefs.s3.fastpath import QuickS3
 from s3pipefs.s3.interface import ObjectInfo, Verify, every_page
 from s3pipefs.s3.models import S3FirstLoader
@@ -168,6 +172,8 @@ class Store:
         # Retries of the store's requests are warnings: what a transfer rode out is worth
         # seeing (a damaged segment, a flaky link) even when it succeeds in the end.
         self.retry = RetryPolicy(self.cfg.max_attempts, limiter=RateLimiter(), log_level=logging.WARNING)
+        # --bwlimit: upload bodies and download bodies are paced through it, block by block.
+        self.bandwidth = Bandwidth(self.cfg.bwlimit) if self.cfg.bwlimit else None
 
     @property
     def stats(self) -> RetryStats:
@@ -271,7 +277,7 @@ class Store:
             r = self._send(self.client.get_object, bucket, key, "read", kw)
             body = r["Body"]
             try:
-                data = body.read()
+                data = read_paced(body, self.bandwidth)
             except Exception as e:  # noqa: BLE001 - a body that broke mid-transfer
                 raise errors.EndpointError(f"read {_where(bucket, key)}: transfer broke ({type(e).__name__})") from None
             finally:
@@ -360,12 +366,14 @@ class Store:
         this request's transient failures.
         """
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
-            sse_key or if_match or if_none_match) else None
+            sse_key or if_match or if_none_match or self.bandwidth) else None
         if fast is not None:
             headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
                                          ("Content-Type", content_type)) if v}
             headers.update({f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()})
             return self._call(lambda: fast.put(bucket, key, body, headers), bucket, key, "write")
+        if self.bandwidth is not None:
+            body, length = self._paced(body, length)
         kw = {"Bucket": bucket, "Key": key, "Body": body, **self._sse(sse_key)}
         if md5:
             kw["ContentMD5"] = md5
@@ -405,6 +413,16 @@ class Store:
                 kw["ContentType"] = content_type
         r = self._call(self.client.copy_object, bucket, key, "copy to", **kw)
         return r.get("CopyObjectResult", {}).get("ETag", "").strip('"')
+
+    def _paced(self, body, length: int | None) -> tuple[PacedBody, int]:
+        """``body`` (bytes or a seekable file) read through the bandwidth limit, and its length."""
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            body = io.BytesIO(body)
+        if length is None:
+            here = body.tell()
+            length = body.seek(0, io.SEEK_END) - here
+            body.seek(here)
+        return PacedBody(body, self.bandwidth), length
 
     def delete(self, bucket: str, key: str) -> None:
         self._call(self.client.delete_object, bucket, key, "delete", Bucket=bucket, Key=key)
@@ -446,10 +464,15 @@ class Store:
 
     def mpu_part(self, bucket: str, key: str, upload_id: str, number: int, body, md5: str | None = None,
                  sse_key=None) -> str:
+        length = None
+        if self.bandwidth is not None:
+            body, length = self._paced(body, None)
         kw = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "Body": body,
               **self._sse(sse_key)}
         if md5:
             kw["ContentMD5"] = md5
+        if length is not None:
+            kw["ContentLength"] = length
         return self.retry.call(self._send, _rewinding(self.client.upload_part, body), bucket, key,
                                f"upload part {number} of", kw)["ETag"]
 
