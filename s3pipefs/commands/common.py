@@ -94,16 +94,19 @@ def input_size(fd: int) -> int | None:
 
 # -- keys ---------------------------------------------------------------------------------------
 
-def add_key_arguments(p: argparse.ArgumentParser, source: bool = True) -> None:
-    """The key options of a command; ``source``: also the keys of a copy's source."""
+def add_key_arguments(p: argparse.ArgumentParser, source: bool = True, client_side: bool = True) -> None:
+    """The key options of a command; ``source``: also the keys of a copy's source;
+    ``client_side``: the client-side encryption key too (not for ls and rm, which never
+    read a stream's data)."""
     g = p.add_argument_group("encryption (keys come from files or the environment, never the command line)")
     dest = "the destination" if source else "the stream or object"
     g.add_argument("--sse-c-key-file", metavar="FILE",
                    help=f"SSE-C key of {dest} (default: ${KEY_ENV} if set). 32 raw bytes, 64 hex "
                         "digits or base64")
-    g.add_argument("--encrypt-key-file", metavar="FILE",
-                   help=f"client-side encryption key of {dest} (default: ${ENCRYPT_ENV} if set); "
-                        "same forms; see docs/encryption.md")
+    if client_side:
+        g.add_argument("--encrypt-key-file", metavar="FILE",
+                       help=f"client-side encryption key of {dest} (default: ${ENCRYPT_ENV} if set); "
+                            "same forms; see docs/encryption.md")
     if source:
         g.add_argument("--source-sse-c-key-file", metavar="FILE",
                        help=f"SSE-C key that decrypts the source (default: ${SOURCE_KEY_ENV}, else the "

@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="S3URL")
     p.add_argument("--json", action="store_true")
     options.add_arguments(p)
+    common.add_key_arguments(p, source=False)
 
 
 def run(a: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ from s3pipefs.s3 import ObjectInfo, ObjectStore, RequestOptions
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3
+# Entry.encryption of a stream whose manifest is under an SSE-C key not given.
+LOCKED = "sse-c"
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Entry:
     manifest: mf.Manifest | None = None
     # An object's or a directory marker's user metadata, when read (engine/objattrs.py).
     metadata: dict = field(default_factory=dict)
+    # A stream's encryption: its manifest's scheme (client-side), or LOCKED when its
+    # manifest could not be read for want of the right SSE-C key (size and state unknown).
+    encryption: str = ""
 
     # Attributes stored by a mount (utimens, chmod, chown) or another tool: a stream's in
     # its manifest, an object's or a directory's in its metadata; None = not set.
@@ -118,7 +123,14 @@ class Engine:
         else:
             mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m,
+                     encryption=m.encryption)
+
+    @staticmethod
+    def locked_entry(bucket: str, key: str) -> Entry:
+        """A stream whose manifest is under an SSE-C key this engine does not hold: listed,
+        marked, and nothing more is known of it."""
+        return Entry(kinds.STREAM, bucket, key, encryption=LOCKED)
 
     def find(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> kinds.Found | None:
         """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
@@ -162,7 +174,11 @@ class Engine:
 
         # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
-            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p, sse_key=self.request.sse_key))
+            try:
+                found = kinds.find(self.store, bucket, p, sse_key=self.request.sse_key)
+            except (errors.KeyNeeded, errors.WrongKey):
+                return self.locked_entry(bucket, p.rstrip("/"))  # its manifest exists: a stream
+            return self._entry(bucket, p.rstrip("/"), found)
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
@@ -208,7 +224,8 @@ class Engine:
         of the directory's marker (engine/objattrs.py); the entry as the server then holds
         it, None when there is no such object."""
         key = key.strip("/")
-        info = objattrs.store_attrs(self.store, bucket, key, directory=directory, **attrs)
+        info = objattrs.store_attrs(self.store, bucket, key, directory=directory, sse_key=self.request.sse_key,
+                                    **attrs)
         if info is None:
             return None
         if directory:
@@ -295,8 +312,6 @@ class Engine:
         if kind == kinds.STREAM and self._recrypts(src_bucket, src_key, found, source, dest):
             return self._copy_through(src_bucket, src_key, dst_bucket, dst_key, source=source, dest=dest,
                                       progress=progress)
-        if kind == kinds.OBJECT:
-            self._refuse_encrypted_object(dest, f"s3://{dst_bucket}/{dst_key.strip('/')}")
         if kind == kinds.STREAM:
             return copying.copy_stream(self.store, src_bucket, src_key, dst_bucket, dst_key, workers,
                                        allow_incomplete=allow_incomplete, source_sse_key=source_sse_key,
