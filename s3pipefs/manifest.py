@@ -298,7 +298,8 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         return m
     own = cp[OWN_SECTION]
     fmt = _int(own, "format", 1, 2**31, where)
-    if fmt > NEWEST_FORMAT:
+    # Format 2 is the encrypted stream's; a format 2 without encryption is none we know.
+    if fmt > NEWEST_FORMAT or (fmt > FORMAT_VERSION and not own.get("encryption", "").strip()):
         raise ManifestError(
             f"{where}: format {fmt} was written by a newer s3pipefs (this one reads up to {NEWEST_FORMAT})"
         )
