@@ -42,6 +42,14 @@ class AccessDenied(S3PipeError):
     errno = _errno.EACCES
 
 
+class KeyNeeded(AccessDenied):
+    """The data is encrypted (SSE-C or client-side) and no key was given for it."""
+
+
+class WrongKey(AccessDenied):
+    """A key was given, but not the one the data was encrypted with."""
+
+
 class EndpointError(S3PipeError):
     """The endpoint could not be reached (DNS, refused, timeout)."""
 

@@ -21,6 +21,10 @@ MANIFEST_NAME = ".manifest"
 SEGMENT_DIGITS = 15
 MAX_SEGMENTS = 10**SEGMENT_DIGITS - 1
 FORMAT_VERSION = 1
+# Client-side encrypted streams (engine/crypto.py) are format 2: an s3pipefs that cannot
+# decrypt them refuses them by their version instead of serving ciphertext.
+ENCRYPTED_FORMAT = 2
+NEWEST_FORMAT = ENCRYPTED_FORMAT
 # A manifest is a few hundred bytes; appends add one layout run each. 1 MiB is generous
 # and keeps a hostile manifest from costing memory.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -156,6 +160,12 @@ class Manifest:
     mode: int | None = None  # permission bits, 0..0o7777
     uid: int | None = None
     gid: int | None = None
+    # Client-side encryption (engine/crypto.py): the scheme ("" for none), the stream's
+    # random id (hex), the key's fingerprint and the manifest's MAC. Never the key.
+    encryption: str = ""
+    stream_id: str = ""
+    key_id: str = ""
+    mac: str = ""
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> "Manifest":
@@ -212,6 +222,11 @@ def render(m: Manifest) -> bytes:
             own["uid"] = str(m.uid)
         if m.gid is not None:
             own["gid"] = str(m.gid)
+        if m.encryption:
+            own["encryption"] = m.encryption
+            own["stream_id"] = m.stream_id
+            own["key_id"] = m.key_id
+            own["mac"] = m.mac
         for k, v in m.extra.items():
             own[k] = v
     import io
@@ -283,9 +298,10 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         return m
     own = cp[OWN_SECTION]
     fmt = _int(own, "format", 1, 2**31, where)
-    if fmt > FORMAT_VERSION:
+    # Format 2 is the encrypted stream's; a format 2 without encryption is none we know.
+    if fmt > NEWEST_FORMAT or (fmt > FORMAT_VERSION and not own.get("encryption", "").strip()):
         raise ManifestError(
-            f"{where}: format {fmt} was written by a newer s3pipefs (this one reads up to {FORMAT_VERSION})"
+            f"{where}: format {fmt} was written by a newer s3pipefs (this one reads up to {NEWEST_FORMAT})"
         )
     seg = _int(own, "segment_size_bytes", 0, MAX_SEGMENT_SIZE, where)
     block = _int(own, "block_size", 0, MAX_SEGMENT_SIZE, where, default=0)
@@ -317,8 +333,16 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: 'mode' is not octal permission bits: {mode_raw[:40]!r}")
     uid = _int(own, "uid", 0, MAX_ID, where) if "uid" in own else None
     gid = _int(own, "gid", 0, MAX_ID, where) if "gid" in own else None
+    encryption = own.get("encryption", "").strip()
+    crypt = {k: own.get(k, "").strip().lower() for k in ("stream_id", "key_id", "mac")}
+    if encryption:
+        for k, digits in (("stream_id", 32), ("key_id", 16), ("mac", 64)):
+            if not re.fullmatch(f"[0-9a-f]{{{digits}}}", crypt[k]):
+                raise ManifestError(f"{where}: '{k}' of an encrypted stream is not {digits} hex digits")
+        if layout is None:
+            raise ManifestError(f"{where}: an encrypted stream's manifest has no layout")
     known = {"format", "segment_size_bytes", "block_size", "layout", "sha256", "chain", "writer_id", "heartbeat",
-             "mtime_ns", "mode", "uid", "gid"}
+             "mtime_ns", "mode", "uid", "gid", "encryption", "stream_id", "key_id", "mac"}
     extra = {k: v for k, v in own.items() if k not in known}
     return replace(
         m,
@@ -335,6 +359,10 @@ def parse(data: bytes, where: str = "manifest") -> Manifest:
         mode=int(mode_raw, 8) if mode_raw else None,
         uid=uid,
         gid=gid,
+        encryption=encryption[:40],
+        stream_id=crypt["stream_id"] if encryption else "",
+        key_id=crypt["key_id"] if encryption else "",
+        mac=crypt["mac"] if encryption else "",
         extra=extra,
     )
 

@@ -76,7 +76,7 @@ def check_invariants(m: mf.Manifest) -> None:
     assert 0 <= m.num_segments <= mf.MAX_SEGMENTS
     assert 0 <= m.total_size <= mf.MAX_TOTAL_SIZE
     assert 0 <= m.segment_size <= mf.MAX_SEGMENT_SIZE
-    assert m.format <= mf.FORMAT_VERSION
+    assert m.format <= mf.NEWEST_FORMAT
     if m.layout is not None:
         assert m.layout.count == m.num_segments and m.layout.total == m.total_size
         assert all(c >= 1 and 0 <= s <= mf.MAX_SEGMENT_SIZE for c, s in m.layout.runs)

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", default="0", help="start at this byte offset")
     p.add_argument("--no-follow", action="store_true", help="stop at the current end of an incomplete stream")
     options.add_arguments(p, s3pipe2=True)  # to/from
+    common.add_key_arguments(p, source=False)
 
 
 def run(a: argparse.Namespace) -> int:

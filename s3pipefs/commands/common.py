@@ -4,11 +4,11 @@ counters and the throttling notice, SSE-C keys.
 Cheap to import: the store, the engine and tqdm are imported inside the functions that
 make them, so `put --help` loads none of them.
 
-SSE-C keys come from files (``--sse-c-key-file``, ``--source-sse-c-key-file``) or from the
-environment (``S3PIPEFS_SSE_C_KEY``, ``S3PIPEFS_SOURCE_SSE_C_KEY``), never from the command
-line where ``ps`` shows them. A key is 32 raw bytes, 64 hex digits or base64 of 32 bytes.
-They travel as request options (``RequestOptions``): the destination's are the engine's
-own, the source's are passed with the calls that read the source. One store serves both.
+Keys (SSE-C and client-side encryption, s3pipefs/keys.py) come from files
+(``--sse-c-key-file``, ``--encrypt-key-file`` and their ``--source-`` forms) or from the
+environment, never from the command line where ``ps`` shows them. They travel as request
+options (``RequestOptions``): the destination's are the engine's own, the source's are
+passed with the calls that read the source. One store serves both.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import os
 import stat
 import sys
 
-from s3pipefs import errors, options
+from s3pipefs import keys, options
 from s3pipefs.config import S3Config, TransferConfig
 
 PROG = "s3pipefs"
-KEY_ENV = "S3PIPEFS_SSE_C_KEY"
-SOURCE_KEY_ENV = "S3PIPEFS_SOURCE_SSE_C_KEY"
+KEY_ENV, SOURCE_KEY_ENV = keys.SSE_C_ENV, keys.SOURCE_SSE_C_ENV
+ENCRYPT_ENV, SOURCE_ENCRYPT_ENV = keys.ENCRYPT_ENV, keys.SOURCE_ENCRYPT_ENV
 
 
 # -- config, store and engine from the arguments ------------------------------------------------
@@ -83,8 +83,9 @@ def request_counts(c: dict) -> str:
 
 
 def engine(args: argparse.Namespace):
-    """The engine over a store made from the arguments, with their transfer config."""
-    return engine_over(store(args), transfer_config(args))
+    """The engine over a store made from the arguments, with their transfer config and
+    their keys (the destination's, for a command of one location)."""
+    return engine_over(store(args), transfer_config(args), request_options(args)[1])
 
 
 def engine_over(s3, tcfg: TransferConfig, request=None):
@@ -118,69 +119,41 @@ def input_size(fd: int) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-# -- SSE-C keys ---------------------------------------------------------------------------------
+# -- keys ---------------------------------------------------------------------------------------
 
-def add_key_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("SSE-C (customer-provided encryption keys)")
+def add_key_arguments(p: argparse.ArgumentParser, source: bool = True, client_side: bool = True) -> None:
+    """The key options of a command; ``source``: also the keys of a copy's source;
+    ``client_side``: the client-side encryption key too (not for ls and rm, which never
+    read a stream's data)."""
+    g = p.add_argument_group("encryption (keys come from files or the environment, never the command line)")
+    dest = "the destination" if source else "the stream or object"
     g.add_argument("--sse-c-key-file", metavar="FILE",
-                   help=f"key for the destination (default: ${KEY_ENV} if set). 32 raw bytes, 64 hex "
-                        "digits or base64; never pass keys on the command line")
-    g.add_argument("--source-sse-c-key-file", metavar="FILE",
-                   help=f"key that decrypts the source (default: ${SOURCE_KEY_ENV}, else the "
-                        "destination key); a different one re-encrypts on copy")
+                   help=f"SSE-C key of {dest} (default: ${KEY_ENV} if set). 32 raw bytes, 64 hex "
+                        "digits or base64")
+    if client_side:
+        g.add_argument("--encrypt-key-file", metavar="FILE",
+                       help=f"client-side encryption key of {dest} (default: ${ENCRYPT_ENV} if set); "
+                            "same forms; see docs/encryption.md")
+    if source:
+        g.add_argument("--source-sse-c-key-file", metavar="FILE",
+                       help=f"SSE-C key that decrypts the source (default: ${SOURCE_KEY_ENV}, else the "
+                            "destination key); a different one re-encrypts on copy")
+        g.add_argument("--source-encrypt-key-file", metavar="FILE",
+                       help=f"client-side key of the source (default: ${SOURCE_ENCRYPT_ENV}, else the "
+                            "destination key); a different one re-encrypts on copy (key rotation)")
 
 
 def request_options(args: argparse.Namespace):
-    """(source, destination) RequestOptions from the key arguments; the source's key
+    """(source, destination) RequestOptions from the key arguments; each source key
     defaults to the destination's."""
     from s3pipefs.s3 import RequestOptions
 
-    dkey = load_key(getattr(args, "sse_c_key_file", None), KEY_ENV) or b""
-    skey = load_key(getattr(args, "source_sse_c_key_file", None), SOURCE_KEY_ENV)
-    return RequestOptions(sse_key=dkey if skey is None else skey), RequestOptions(sse_key=dkey)
-
-
-def load_key(path: str | None, env_name: str) -> bytes | None:
-    """The key from ``path``, else from ``$env_name``, else None. Never logged."""
-    if path:
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read(1024)
-        except OSError as e:
-            raise errors.UsageError(f"{path}: cannot read the SSE-C key file: {e.strerror}") from None
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            print(f"{PROG}: warning: {path}: the SSE-C key file is readable by other users (chmod 600 it)",
-                  file=sys.stderr)
-        return parse_key(data, path)
-    env = os.environ.get(env_name)
-    if env:
-        return parse_key(env.encode(), f"${env_name}")
-    return None
-
-
-def parse_key(data: bytes, where: str) -> bytes:
-    """32 raw bytes, 64 hex digits or base64 of 32 bytes; trailing whitespace ignored."""
-    import base64
-    import binascii
-
-    if len(data) == 32:
-        return data
-    text = data.strip()
-    if len(text) == 32:
-        return text
-    if len(text) == 64:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    try:
-        raw = base64.b64decode(text, validate=True)
-        if len(raw) == 32:
-            return raw
-    except (binascii.Error, ValueError):
-        pass
-    raise errors.UsageError(f"{where}: an SSE-C key must be 32 bytes (raw, 64 hex digits or base64)")
+    dkey = keys.load_key(getattr(args, "sse_c_key_file", None), KEY_ENV) or b""
+    skey = keys.load_key(getattr(args, "source_sse_c_key_file", None), SOURCE_KEY_ENV)
+    dcrypt = keys.load_key(getattr(args, "encrypt_key_file", None), ENCRYPT_ENV, "encryption key") or b""
+    scrypt = keys.load_key(getattr(args, "source_encrypt_key_file", None), SOURCE_ENCRYPT_ENV, "encryption key")
+    source = RequestOptions(sse_key=dkey if skey is None else skey, encrypt_key=dcrypt if scrypt is None else scrypt)
+    return source, RequestOptions(sse_key=dkey, encrypt_key=dcrypt)
 
 
 # -- pipes --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="S3URL")
     p.add_argument("--json", action="store_true")
     options.add_arguments(p)
+    common.add_key_arguments(p, source=False)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -41,6 +42,8 @@ def run(a: argparse.Namespace) -> int:
         # Set through a mount (touch, chmod, rsync -a, cp -p); shown by ls -l there.
         "mtime": _iso_ns(m.mtime_ns) if m.mtime_ns is not None else None,
         "mode": f"{m.mode:04o}" if m.mode is not None else None,
+        # Client-side encryption: the scheme and the key's fingerprint (sha256 is then keyed).
+        "encryption": f"{m.encryption}, key {m.key_id}" if m.encryption else None,
     }
     if a.json:
         print(json.dumps(info, indent=1))

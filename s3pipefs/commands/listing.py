@@ -1,7 +1,8 @@
 """What a URL names for ls, rm, du and cp: one entry, a recursive walk, or wildcard matches.
 
 Streams are one entry each everywhere here: a prefix holding a ``.manifest`` is listed as
-its stream (size and state from the manifest, which is read), never as its segments.
+its stream (size and state from the manifest, which is read), never as its segments. A
+manifest under an SSE-C key not given is listed as a stream marked locked (Engine.locked_entry).
 
 * ``walk``: every stream and object under a prefix, through the flat listing sync uses
   (engine/sync/listings.py ``list_s3``: large subtrees listed side by side, keys grouped into
@@ -86,7 +87,10 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
             found.entries.append(Entry("object", bucket, key, size=e.size, mtime=e.mtime, etag=e.etag))
 
     def stream(key: str):
-        loaded = manifests.load(eng.store, bucket, key + "/", sse_key=sse_key)
+        try:
+            loaded = manifests.load(eng.store, bucket, key + "/", sse_key=sse_key)
+        except (errors.KeyNeeded, errors.WrongKey):
+            return eng.locked_entry(bucket, key)  # listed and marked, unread
         return None if loaded is None else eng.stream_entry(bucket, key, loaded)  # gone meanwhile
 
     if streams:
@@ -100,9 +104,14 @@ def _inside_stream(store, bucket: str, directory: str, sse_key: bytes) -> bool:
     """True when ``directory`` ("a/b/") or a parent of it is a stream's prefix."""
     from s3pipefs.engine import manifests
 
+    def is_stream(prefix: str) -> bool:
+        try:
+            return store.head(bucket, manifests.manifest_key(prefix), sse_key) is not None
+        except (errors.KeyNeeded, errors.WrongKey):
+            return True  # a manifest under another SSE-C key
+
     parts = directory.split("/")[:-1]
-    return any(store.head(bucket, manifests.manifest_key("/".join(parts[:i]) + "/"), sse_key) is not None
-               for i in range(1, len(parts) + 1))
+    return any(is_stream("/".join(parts[:i]) + "/") for i in range(1, len(parts) + 1))
 
 
 def _has_marker(store, bucket: str, prefix: str) -> bool:

@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "bytes already uploaded are checked and skipped")
     m.add_argument("--append", action="store_true", help="add to the end of an existing stream")
     options.add_arguments(p, s3pipe2=True)  # to/from
+    common.add_key_arguments(p, source=False)
 
 
 def run(a: argparse.Namespace) -> int:

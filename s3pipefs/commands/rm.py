@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="remove a prefix with every stream and object under it")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     options.add_arguments(p)
+    common.add_key_arguments(p, source=False, client_side=False)
 
 
 def run(a: argparse.Namespace) -> int:

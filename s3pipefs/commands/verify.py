@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the report as JSON: url, ok, size, segments, checked, problems")
     options.add_arguments(p)
+    common.add_key_arguments(p, source=False)
 
 
 def run(a: argparse.Namespace) -> int:

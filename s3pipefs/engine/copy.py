@@ -29,6 +29,11 @@ same input.
 SSE-C: ``source_sse_key`` decrypts the source, ``sse_key`` encrypts the copy (None or
 ``b""``: no key), so a copy can re-encrypt. Engine.copy takes them from the request
 options of each side.
+
+A client-side encrypted stream (engine/crypto.py) is copied as it is stored: ciphertext
+segments, each OVERHEAD bytes longer than the layout says, and its authenticated manifest,
+so the copy reads with the same key. Changing that key needs the data decrypted and
+encrypted again (Engine.copy does that through this machine).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from dataclasses import dataclass
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.config import GiB, TransferConfig
-from s3pipefs.engine import deletion, manifests, parts
+from s3pipefs.engine import crypto, deletion, manifests, parts
 from s3pipefs.engine.lease import Lease, new_writer_id, writer_alive
 from s3pipefs.engine.parts import COPY_PART
 from s3pipefs.s3 import ObjectInfo, ObjectStore
@@ -158,6 +163,8 @@ def _segments(store: ObjectStore, bucket: str, prefix: str, m: mf.Manifest, wher
         while count + 1 in found:
             count += 1
     segs = []
+    # Stored segments of an encrypted stream are longer than the plaintext the layout counts.
+    extra = crypto.OVERHEAD if m.encryption else 0
     # An iterator, not a list: a hostile layout may name 10**15 segments.
     sizes = m.layout.sizes() if (m.own and m.layout is not None) else None
     for i in range(1, count + 1):
@@ -165,13 +172,14 @@ def _segments(store: ObjectStore, bucket: str, prefix: str, m: mf.Manifest, wher
         if o is None:
             raise errors.StreamIncomplete(f"{where}: segment {mf.segment_name(i)} is missing")
         want = next(sizes, None) if sizes is not None else None
+        want = want + extra if want is not None else None
         if want is not None and o.size != want:
             raise errors.IntegrityError(f"{where}: segment {mf.segment_name(i)} holds {o.size} bytes, "
                                         f"the manifest says {want}")
         segs.append(o)
-    if m.completed and sum(o.size for o in segs) != m.total_size:
-        raise errors.IntegrityError(f"{where}: segments hold {sum(o.size for o in segs)} bytes, "
-                                    f"the manifest says {m.total_size}")
+    held = sum(o.size for o in segs) - extra * len(segs)
+    if m.completed and held != m.total_size:
+        raise errors.IntegrityError(f"{where}: segments hold {held} bytes, the manifest says {m.total_size}")
     return segs
 
 
@@ -241,12 +249,14 @@ def copy_stream(store: ObjectStore, src_bucket: str, src_key: str, dst_bucket: s
             # A replacement in progress at the source, or an incomplete copy: publish the
             # snapshot that was copied, with a released lease.
             extra = {k: v for k, v in m.extra.items() if k != "replacing"}
-            layout = mf.Layout.from_sizes(o.size for o in segs)
-            snap = m.with_(extra=extra, num_segments=len(segs), total_size=total,
+            # An encrypted stream's layout names exactly the segments copied (and its MAC covers it).
+            layout = m.layout if m.encryption else mf.Layout.from_sizes(o.size for o in segs)
+            snap = m.with_(extra=extra, num_segments=layout.count if m.encryption else len(segs),
+                           total_size=layout.total if m.encryption else total,
                            layout=layout if m.own else None, writer_id=lease.writer_id,
                            heartbeat=0.0 if not m.completed else m.heartbeat)
             if not m.completed:
-                snap = snap.with_(sha256="", own=True, format=mf.FORMAT_VERSION,
+                snap = snap.with_(sha256="", own=True, format=m.format if m.own else mf.FORMAT_VERSION,
                                   chain=m.chain if (m.own and m.layout is not None) else "")
             final = mf.render(snap)
         lease.commit(final)

@@ -3,8 +3,11 @@
 It classifies keys (stream, plain object, directory), lists one directory level, and opens
 writers and readers. It holds one ObjectStore and one TransferConfig and is thread-safe.
 
-Request options (s3/interface.py ``RequestOptions``: the SSE-C key) are the engine's own:
-every request its readers, writers, leases, manifest reads and lookups send carries them.
+Request options (s3/interface.py ``RequestOptions``: the SSE-C key and the client-side
+encryption key) are the engine's own: every request its readers, writers, leases, manifest
+reads and lookups send carries them, and its readers and writers encrypt with the
+client-side key (engine/crypto.py). Plain objects are never encrypted client-side: writing
+one with a client-side key is refused.
 The data calls (stat, find, open_reader, open_writer, upload, upload_url, download) take a
 ``request`` for a location whose options differ, and copy a ``source`` and a ``dest``: a
 copy decrypts with one key and encrypts with another through the same engine and store.
@@ -28,6 +31,8 @@ from s3pipefs.s3 import ObjectInfo, ObjectStore, RequestOptions
 
 # Conditional manifest rewrites tried by set_attrs before giving up with EBUSY.
 ATTR_TRIES = 3
+# Entry.encryption of a stream whose manifest is under an SSE-C key not given.
+LOCKED = "sse-c"
 
 
 @dataclass
@@ -43,6 +48,9 @@ class Entry:
     manifest: mf.Manifest | None = None
     # An object's or a directory marker's user metadata, when read (engine/objattrs.py).
     metadata: dict = field(default_factory=dict)
+    # A stream's encryption: its manifest's scheme (client-side), or LOCKED when its
+    # manifest could not be read for want of the right SSE-C key (size and state unknown).
+    encryption: str = ""
 
     # Attributes stored by a mount (utimens, chmod, chown) or another tool: a stream's in
     # its manifest, an object's or a directory's in its metadata; None = not set.
@@ -102,6 +110,11 @@ class Engine:
         """The SSE-C key of a call: its own request options', else the engine's."""
         return (request or self.request).sse_key
 
+    def _refuse_encrypted_object(self, request: RequestOptions | None, where: str) -> None:
+        if (request or self.request).encrypt_key:
+            raise errors.UsageError(f"{where}: client-side encryption is for streams; a plain object "
+                                    "cannot be encrypted (write a stream, or leave out the encryption key)")
+
     # -- classification ------------------------------------------------------------------
     def stream_entry(self, bucket: str, key: str, loaded: manifests.Loaded) -> Entry:
         m = loaded.manifest
@@ -110,7 +123,14 @@ class Engine:
         else:
             mtime = loaded.last_modified or _iso_to_epoch(m.upload_ended or m.upload_began)
         return Entry("stream", bucket, key, size=m.total_size, mtime=mtime, complete=m.completed,
-                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m)
+                     writer_alive=writer_alive(m, self.cfg.stale_after), etag=loaded.etag, manifest=m,
+                     encryption=m.encryption)
+
+    @staticmethod
+    def locked_entry(bucket: str, key: str) -> Entry:
+        """A stream whose manifest is under an SSE-C key this engine does not hold: listed,
+        marked, and nothing more is known of it."""
+        return Entry(kinds.STREAM, bucket, key, encryption=LOCKED)
 
     def find(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> kinds.Found | None:
         """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
@@ -154,7 +174,11 @@ class Engine:
 
         # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
-            return self._entry(bucket, p.rstrip("/"), kinds.find(self.store, bucket, p, sse_key=self.request.sse_key))
+            try:
+                found = kinds.find(self.store, bucket, p, sse_key=self.request.sse_key)
+            except (errors.KeyNeeded, errors.WrongKey):
+                return self.locked_entry(bucket, p.rstrip("/"))  # its manifest exists: a stream
+            return self._entry(bucket, p.rstrip("/"), found)
 
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
@@ -200,7 +224,8 @@ class Engine:
         of the directory's marker (engine/objattrs.py); the entry as the server then holds
         it, None when there is no such object."""
         key = key.strip("/")
-        info = objattrs.store_attrs(self.store, bucket, key, directory=directory, **attrs)
+        info = objattrs.store_attrs(self.store, bucket, key, directory=directory, sse_key=self.request.sse_key,
+                                    **attrs)
         if info is None:
             return None
         if directory:
@@ -212,7 +237,8 @@ class Engine:
                     hold_back: int = 0, request: RequestOptions | None = None) -> StreamWriter:
         """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them."""
         return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, hold_back=hold_back,
-                            sse_key=self._key(request), budget=self.write_budget)
+                            sse_key=self._key(request), encrypt_key=(request or self.request).encrypt_key,
+                            budget=self.write_budget)
 
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
                     request: RequestOptions | None = None) -> Reader:
@@ -221,7 +247,8 @@ class Engine:
         if entry is None or entry.kind == "stream":
             loaded = manifests.load(self.store, bucket, key + "/", sse_key=sse_key) if key else None
             if loaded is not None:
-                plan = StreamPlan(self.store, self.cfg, bucket, key, loaded, sse_key=sse_key)
+                plan = StreamPlan(self.store, self.cfg, bucket, key, loaded, sse_key=sse_key,
+                                  encrypt_key=(request or self.request).encrypt_key)
                 return Reader(self.store, self.cfg, plan, follow, budget=self.read_budget)
         info = self.store.head(bucket, key, sse_key=sse_key) if key else None
         if info is None:
@@ -273,6 +300,7 @@ class Engine:
 
         workers = workers or self.cfg.workers
         source_sse_key, sse_key = self._key(source), self._key(dest)
+        found = None
         if kind is None:
             found = kinds.find(self.store, src_bucket, src_key, sse_key=source_sse_key)
             if found is None:
@@ -281,6 +309,9 @@ class Engine:
         if kind == kinds.DIR:
             raise copying.IsADirectory(f"s3://{src_bucket}/{src_key}: is a directory "
                                        "(use `s3pipefs sync` for a tree)")
+        if kind == kinds.STREAM and self._recrypts(src_bucket, src_key, found, source, dest):
+            return self._copy_through(src_bucket, src_key, dst_bucket, dst_key, source=source, dest=dest,
+                                      progress=progress)
         if kind == kinds.STREAM:
             return copying.copy_stream(self.store, src_bucket, src_key, dst_bucket, dst_key, workers,
                                        allow_incomplete=allow_incomplete, source_sse_key=source_sse_key,
@@ -288,6 +319,50 @@ class Engine:
         return copying.copy_object(self.store, src_bucket, src_key.strip("/"), dst_bucket, dst_key.strip("/"),
                                    workers=workers, info=info, source_sse_key=source_sse_key, sse_key=sse_key,
                                    progress=progress)
+
+    def _recrypts(self, bucket: str, key: str, found: kinds.Found | None, source: RequestOptions | None,
+                  dest: RequestOptions | None) -> bool:
+        """Must a stream copy pass through this machine? Yes when the copy is to be encrypted
+        with another client-side key than the source's (key rotation), or to be encrypted
+        from a plain source; a server-side copy keeps the source's ciphertext as it is."""
+        skey, dkey = (source or self.request).encrypt_key, (dest or self.request).encrypt_key
+        if not skey and not dkey:
+            return False
+        if found is None or found.loaded is None:
+            found = kinds.find(self.store, bucket, key, sse_key=self._key(source))
+        if found is None or found.loaded is None:
+            return False  # gone meanwhile: copy_stream names it
+        return dkey != skey if found.loaded.manifest.encryption else bool(dkey)
+
+    def _copy_through(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+                      source: RequestOptions | None, dest: RequestOptions | None, progress=None):
+        """A stream copy that decrypts with the source's keys and encrypts with the
+        destination's: read through a Reader, written through a StreamWriter. Complete
+        sources only: the copy is a new stream, committed like a put."""
+        from s3pipefs.engine import copy as copying
+
+        reader = self.open_reader(src_bucket, src_key, follow=False, request=source)
+        try:
+            if not reader.complete:
+                raise errors.StreamIncomplete(f"s3://{src_bucket}/{src_key.strip('/')}: stream is incomplete; "
+                                              "a re-encrypting copy needs it complete")
+            writer = self.open_writer(dst_bucket, dst_key, request=dest)
+            m = reader.plan.manifest
+            writer.mtime_ns, writer.mode, writer.uid, writer.gid = m.mtime_ns, m.mode, m.uid, m.gid
+            size = 0
+            try:
+                for piece in reader.chunks(0):
+                    writer.write(piece)
+                    size += len(piece)
+                    if progress:
+                        progress(len(piece))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            reader.close()
+        return copying.CopyResult(kinds.STREAM, size, 0, complete=True)
 
     def upload(self, src, bucket: str, key: str, *, as_object: bool = False, resume: bool = False,
                workers: int | None = None, part_size: int | None = None, content_type: str | None = None,
@@ -302,7 +377,9 @@ class Engine:
         """
         from s3pipefs.engine import parts, transfer  # imported on use: a mount never uploads this way
 
-        if not as_object:
+        if as_object:
+            self._refuse_encrypted_object(request, f"s3://{bucket}/{key}")
+        else:
             return transfer.upload_to_stream(self, src, bucket, key, mode="resume" if resume else "create",
                                              progress=progress, file_stat=file_stat, request=request)
         return transfer.upload_file(self.store, src, bucket, key, workers=workers or self.cfg.workers,
@@ -320,6 +397,7 @@ class Engine:
 
         workers = workers or self.cfg.workers
         if as_object:
+            self._refuse_encrypted_object(request, f"s3://{bucket}/{key}")
             return transfer.url_to_object(self.store, url, bucket, key, workers=workers,
                                           part_size=part_size or parts.UPLOAD_PART, content_type=content_type,
                                           sse_key=self._key(request), resume=resume, retrier=retrier,

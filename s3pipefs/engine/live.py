@@ -30,6 +30,7 @@ class WriterPlan:
 
     def __init__(self, writer: StreamWriter):
         self.bucket, self.sse_key = writer.bucket, writer.sse_key  # the writer's SSE-C key reads its segments
+        self.cipher = writer.cipher  # and its cipher decrypts them
         self.where = writer.where
         self._writer = writer
         self.units = StreamUnits(writer.prefix, mf.Layout())

@@ -89,22 +89,24 @@ def render_time(ns: int) -> str:
     return f"{sec}.{frac:09d}" if frac else str(sec)
 
 
-def store_attrs(store: ObjectStore, bucket: str, key: str, *, directory: bool, **attrs) -> ObjectInfo | None:
+def store_attrs(store: ObjectStore, bucket: str, key: str, *, directory: bool, sse_key: bytes = b"",
+                **attrs) -> ObjectInfo | None:
     """Write ``attrs`` (mode, uid, gid, mtime_ns) into the metadata of the object ``key``,
     or of the marker of the directory ``key``; what the server then holds (read back:
     some servers keep no metadata on directory markers). None: no such object. Objects
-    over MAX_COPY are the caller's to refuse."""
+    over MAX_COPY are the caller's to refuse. ``sse_key``: the SSE-C key of every request."""
     if directory:
         marker = key + "/" if key else ""
-        info = store.head(bucket, marker) if marker else None
+        info = store.head(bucket, marker, sse_key=sse_key) if marker else None
         meta = updated(info.metadata if info is not None else {}, stat.S_IFDIR, **attrs)
-        store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE)
-        return store.head(bucket, marker)
-    info = store.head(bucket, key)
+        store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE, sse_key=sse_key)
+        return store.head(bucket, marker, sse_key=sse_key)
+    info = store.head(bucket, key, sse_key=sse_key)
     if info is None:
         return None
     meta = updated(info.metadata, stat.S_IFREG, **attrs)
-    etag = store.copy(bucket, key, bucket, key, metadata=meta, content_type=info.content_type or None)
+    etag = store.copy(bucket, key, bucket, key, metadata=meta, content_type=info.content_type or None,
+                      source_sse_key=sse_key, sse_key=sse_key)
     return ObjectInfo(key, info.size, etag or info.etag, time.time(), meta, info.content_type)
 
 

@@ -21,6 +21,10 @@ handed out. A plain object is split into ranged units of ``block_size``.
   stream without completing it.
 * SSE-C: a plan holds the key its object or stream was written with (``sse_key``, from the
   Engine's request options); every manifest read and unit fetch sends it.
+* Client-side encryption: a stream plan holds its stream's cipher (engine/crypto.py),
+  checks every manifest it applies against it, and a unit is decrypted and authenticated
+  whole, right after its CRC32 check, before any byte of it is handed out. Units keep
+  plaintext offsets and lengths; only the fetch knows a stored segment is OVERHEAD longer.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import cachetools
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import manifests
+from s3pipefs.engine import crypto, manifests
 from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 
@@ -115,8 +119,10 @@ class StreamPlan:
     """Where each byte of a stream lives; grows while the stream is written."""
 
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str,
-                 loaded: manifests.Loaded | None = None, *, sse_key: bytes = b""):
+                 loaded: manifests.Loaded | None = None, *, sse_key: bytes = b"", encrypt_key: bytes = b""):
         self.store, self.cfg, self.sse_key = store, cfg, sse_key
+        self._encrypt_key = encrypt_key
+        self.cipher: crypto.StreamCipher | None = None
         self.bucket, self.prefix = bucket, key.strip("/") + "/"
         self.where = f"s3://{bucket}/{key.strip('/')}"
         self.units = StreamUnits(self.prefix, mf.Layout())
@@ -132,6 +138,12 @@ class StreamPlan:
 
     def _apply(self, loaded: manifests.Loaded) -> None:
         m = loaded.manifest
+        # Every manifest is authenticated before it is believed (and a plain one refused
+        # when a key was given); a replaced stream brings a new stream id.
+        if self.cipher is not None and m.stream_id == self.cipher.stream_id.hex():
+            self.cipher.check(m)
+        else:
+            self.cipher = crypto.for_reading(m, self._encrypt_key, self.where)
         if loaded.etag != self._etag:
             self._changed = time.monotonic()
         self._etag = loaded.etag
@@ -215,6 +227,8 @@ class StreamPlan:
 
 class ObjectPlan:
     """A plain object split into ranged units."""
+
+    cipher = None  # objects are never encrypted client-side
 
     def __init__(self, bucket: str, info: ObjectInfo, block: int, *, sse_key: bytes = b""):
         self.bucket, self.sse_key = bucket, sse_key
@@ -388,10 +402,12 @@ class Reader:
         u = self.plan.units[i]
         where = f"s3://{self.bucket}/{u.key}"
         deadline = time.monotonic() + self.cfg.follow_timeout
+        cipher = self.plan.cipher
+        stored = u.length + crypto.OVERHEAD if cipher is not None else u.length
 
         def check(data, info) -> None:  # inside the store's attempt: a mismatch is fetched again
-            if len(data) != u.length:
-                raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {u.length}")
+            if len(data) != stored:
+                raise errors.IntegrityError(f"{where}: {len(data)} bytes, expected {stored}")
             if u.start is None:
                 _verify_segment(where, data, info)
         while True:
@@ -402,7 +418,8 @@ class Reader:
                 else:
                     data, _ = self.store.get(self.bucket, u.key, u.start, u.start + u.length, self.plan.sse_key,
                                              verify=check, tries=self.cfg.tries)
-                return data
+                # Unit i of a stream is segment i + 1; authenticated whole before any byte is used.
+                return cipher.open(i + 1, data, where) if cipher is not None else data
             except errors.NotFound as e:
                 # An incomplete s3pipe2 stream can name a segment before it lands.
                 if self.plan.complete or time.monotonic() > deadline:

@@ -59,7 +59,9 @@ Data flow::
   under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
   until the new one is complete.
 * ``sse_key`` (the Engine's request options): the SSE-C key every segment and manifest
-  request of this writer carries.
+  request of this writer carries. ``encrypt_key``: the client-side key; each segment is
+  encrypted as it is uploaded and each manifest protected (engine/crypto.py), while the
+  staged files, the CRC32 chain and the layout stay in plaintext terms.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ import time
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import deletion, manifests
+from s3pipefs.engine import crypto, deletion, manifests
 from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.staging import StagedFile, StagingDir, zeros
@@ -99,7 +101,7 @@ HELD_TAIL_INTERVALS = 4
 class StreamWriter:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
                  writer_id: str | None = None, *, hold_back: int = 0, sse_key: bytes = b"",
-                 budget: WriteBudget | None = None):
+                 encrypt_key: bytes = b"", budget: WriteBudget | None = None):
         """``hold_back``: keep the last this many bytes (at most one segment) unsealed, so
         pwrite and truncate may still change them. ``sse_key``: the SSE-C key of every
         request (b"": none). ``budget``: the staging budget and upload pool this writer
@@ -107,6 +109,8 @@ class StreamWriter:
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
         self.store, self.cfg, self.sse_key = store, cfg, sse_key
+        self._encrypt_key = encrypt_key
+        self.cipher: crypto.StreamCipher | None = None  # set by _open
         self.bucket, self.key = bucket, key.strip("/")
         if not self.key:
             raise errors.UsageError(f"s3://{bucket}/: a stream needs a name, not just a bucket")
@@ -176,8 +180,12 @@ class StreamWriter:
         began = mf.now_iso()
         chain = ""
         if existing is not None:
-            m = existing.manifest
             self._lease.refuse_if_held(existing, cfg.stale_after)
+        self.cipher = crypto.for_writing(self._encrypt_key, existing and existing.manifest, mode, self.where)
+        if self.cipher is not None:
+            chain = self._skip_chain = self.cipher.chain_seed
+        if existing is not None:
+            m = existing.manifest
             if mode == "resume" and m.completed:
                 raise errors.Exists(f"{self.where}: stream is already complete; nothing to resume")
             if mode in ("append", "resume"):
@@ -537,15 +545,18 @@ class StreamWriter:
 
     def _upload(self, index: int, staged: StagedFile) -> None:
         key = self._data_prefix + mf.segment_name(index)
-        crc = mf.crc32_bytes(staged.crc)
-        b64 = store_b64(crc)
-        meta = {"crc32": crc.hex(), "gen": self.writer_id}
+        crc = mf.crc32_bytes(staged.crc)  # of the plaintext: the digest chain's
         if self._error is not None:
             return
         with open(staged.path, "rb") as f:
+            body, body_crc, length = f, crc, staged.size
+            if self.cipher is not None:
+                body = self.cipher.seal(index, f.read())
+                body_crc, length = mf.crc32_bytes(crc32(body)), len(body)
             # The server checks the CRC32 and refuses a body damaged in transit (retried,
             # rewound, by the store: cfg.tries attempts).
-            self.store.put(self.bucket, key, f, crc32=b64, length=staged.size, metadata=meta, sse_key=self.sse_key,
+            self.store.put(self.bucket, key, body, crc32=store_b64(body_crc), length=length,
+                           metadata={"crc32": body_crc.hex(), "gen": self.writer_id}, sse_key=self.sse_key,
                            tries=self.cfg.tries)
         with self._cond:
             self._landed[index] = (staged.size, crc)
@@ -574,7 +585,7 @@ class StreamWriter:
 
     def _manifest(self, completed: bool, layout: mf.Layout | None = None, chain: str = "") -> mf.Manifest:
         layout = layout if layout is not None else self._base
-        return mf.Manifest(
+        m = mf.Manifest(
             completed=completed, num_segments=layout.count, total_size=layout.total,
             segment_size=self.cfg.segment_size, upload_began=self._began,
             upload_ended=mf.now_iso() if completed else "",
@@ -583,6 +594,7 @@ class StreamWriter:
             writer_id=self.writer_id, heartbeat=time.time(), mtime_ns=self.mtime_ns, mode=self.mode,
             uid=self.uid, gid=self.gid,
         )
+        return self.cipher.protect(m) if self.cipher is not None else m
 
     def _write_manifest(self, completed: bool = False) -> None:
         with self._manifest_lock:

@@ -49,6 +49,9 @@ class MountPlan:
     mountpoint: str
     opts: MountOptions
     source: str
+    # The mount's keys (RequestOptions), read before any fork so a bad key file is a usage
+    # error on the terminal; repr() never shows them.
+    request: object = None
 
 
 def make_plan(source: str, mountpoint: str, opts: MountOptions) -> MountPlan:
@@ -65,7 +68,7 @@ def make_plan(source: str, mountpoint: str, opts: MountOptions) -> MountPlan:
     if not os.path.exists("/dev/fuse"):
         raise errors.S3PipeError("/dev/fuse is missing: load the fuse module (modprobe fuse) "
                                  "or give the container the device")
-    return MountPlan(bucket, prefix, mountpoint, opts, source)
+    return MountPlan(bucket, prefix, mountpoint, opts, source, request_options(opts))
 
 
 def mount(plan: MountPlan) -> int:
@@ -143,6 +146,16 @@ def _fuse_kwargs(plan: MountPlan, fuselib) -> dict:
     return kw
 
 
+def request_options(opts: MountOptions):
+    """The mount's keys, from its key files or the environment (s3pipefs/keys.py)."""
+    from s3pipefs import keys
+    from s3pipefs.s3.interface import RequestOptions
+
+    return RequestOptions(
+        sse_key=keys.load_key(opts.sse_c_key_file, keys.SSE_C_ENV) or b"",
+        encrypt_key=keys.load_key(opts.encrypt_key_file, keys.ENCRYPT_ENV, "encryption key") or b"")
+
+
 def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCapture | None) -> int:
     """Build the engine, mount and run the FUSE loop until unmounted. Returns an exit status."""
     tune_malloc(keep=64 << 20)  # before the first thread; a daemon gives idle memory back
@@ -170,7 +183,8 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
     try:
         s3cfg = dataclasses.replace(opts.s3, max_pool_connections=connection_pool_size(opts))
         engine = Engine(Store(s3cfg), opts.transfer, read_budget=ReadBudget(opts.fs.read_memory),
-                        write_budget=WriteBudget(opts.fs.write_budget, opts.fs.upload_threads))
+                        write_budget=WriteBudget(opts.fs.write_budget, opts.fs.upload_threads),
+                        request=plan.request)
         try:
             engine.store.bucket_exists(plan.bucket)
         except errors.NotFound:

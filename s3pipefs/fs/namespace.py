@@ -27,6 +27,10 @@ within ``metadata_ttl``.
 
 Directory markers are zero-byte objects ``dir/`` with Content-Type
 ``application/x-directory``, the convention of s3fs-fuse and the S3 consoles.
+
+The objects written and read here (markers, links) carry the engine's SSE-C key, as its
+streams do; a mount with a client-side key still keeps them as plain objects (a marker
+holds nothing, a link's target is its name), see docs/encryption.md.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ class Namespace:
     def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic):
         self.engine = engine
         self.store = engine.store
+        self._sse = engine.request.sse_key  # every object request of this mount carries it
         self.bucket = bucket
         self.prefix = prefix  # "" or ends with "/"
         self.ttl = ttl
@@ -116,7 +121,10 @@ class Namespace:
 
     def _with_marker(self, entry: Entry) -> Entry:
         """A directory with its marker's metadata (owners, mode, time), when it has one."""
-        info = self.store.head(self.bucket, entry.key + "/") if entry.key else None
+        try:
+            info = self.store.head(self.bucket, entry.key + "/", sse_key=self._sse) if entry.key else None
+        except (errors.KeyNeeded, errors.WrongKey):
+            return entry  # a marker under another SSE-C key: the directory, without its attributes
         return replace(entry, metadata=info.metadata) if info is not None and info.metadata else entry
 
     def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
@@ -126,9 +134,11 @@ class Namespace:
         if entry.kind == "dir":
             return self._with_marker(entry)
         try:
-            body, info = self.store.get(self.bucket, entry.key)
+            body, info = self.store.get(self.bucket, entry.key, sse_key=self._sse)
         except errors.NotFound:
             return None
+        except (errors.KeyNeeded, errors.WrongKey):
+            return entry  # under another SSE-C key: listed as the listing has it
         found = self.engine.object_entry(self.bucket, entry.key, info)
         if found.is_link and len(body) <= LINK_MAX:
             with self._lock:
@@ -202,7 +212,7 @@ class Namespace:
     def mkdir(self, path: str) -> None:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
-        self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE)
+        self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse)
         self.invalidate(path)
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
@@ -212,7 +222,7 @@ class Namespace:
         body = target.encode("utf-8", "surrogateescape")
         try:
             self.store.put(self.bucket, self.key(path), body, metadata=objattrs.link_metadata(uid, gid),
-                           content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True)
+                           content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True, sse_key=self._sse)
         except errors.Busy:
             raise errors.Exists(f"{self.where(path)}: created meanwhile") from None
         finally:
@@ -227,7 +237,7 @@ class Namespace:
         with self._lock:
             target = self._links.get((path, entry.etag))
         if target is None:
-            body, _ = self.store.get(self.bucket, self.key(path), 0, LINK_MAX + 1)
+            body, _ = self.store.get(self.bucket, self.key(path), 0, LINK_MAX + 1, sse_key=self._sse)
             if len(body) > LINK_MAX:
                 raise fserrors.NameTooLong(f"{self.where(path)}: a link target over {LINK_MAX} bytes")
             target = _target(body)
@@ -345,7 +355,7 @@ class Namespace:
         if len(held) > MAX_DIR_RENAME:
             raise fserrors.CrossDevice(f"{self.where(old)}: renaming a directory of more than {MAX_DIR_RENAME} "
                                        "objects is not supported (mv falls back to copy and delete)")
-        marker = {"content_type": DIR_CONTENT_TYPE}
+        marker = {"content_type": DIR_CONTENT_TYPE, "sse_key": self._sse}
         top = {**marker, "metadata": src.metadata or None}
         if held:
             with self._dir_renames:  # one claim at a time on this mount

@@ -91,6 +91,10 @@ class MountOptions:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     # AWS shared credentials file for this mount (AWS_SHARED_CREDENTIALS_FILE).
     credentials: str | None = None
+    # Files holding this mount's keys (s3pipefs/keys.py), read at mount time; the keys
+    # themselves never appear in the options, /proc/mounts or ps.
+    sse_c_key_file: str | None = None
+    encrypt_key_file: str | None = None
     # Accepted for mount(8)/systemd and otherwise ignored (logged once at mount).
     ignored: tuple[str, ...] = ()
 
@@ -155,6 +159,12 @@ _FS_OPTIONS: tuple[Option, ...] = (
            "on SIGTERM, time open writers get to close before streams are left incomplete"),
 )
 _CREDENTIALS = Option("credentials", "top", "credentials", nonempty, "AWS shared credentials file for this mount")
+_KEY_OPTIONS: tuple[Option, ...] = (
+    Option("sse_c_key_file", "top", "sse_c_key_file", nonempty,
+           "file holding the SSE-C key of everything the mount reads and writes (else $S3PIPEFS_SSE_C_KEY)"),
+    Option("encrypt_key_file", "top", "encrypt_key_file", nonempty,
+           "file holding the client-side encryption key of the mount's streams (else $S3PIPEFS_ENCRYPT_KEY)"),
+)
 _DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("foreground", "daemon", "foreground", None, "stay in the foreground (also: s3pipefs mount -f)"),
     Option("log", "daemon", "log", _log, "where the daemon logs: auto, syslog, stderr or /path/to/file"),
@@ -164,7 +174,7 @@ _DAEMON_OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS: tuple[Option, ...] = (
     _FS_OPTIONS
-    + tuple(o for o in S3_OPTIONS if o.mount) + (_CREDENTIALS,)
+    + tuple(o for o in S3_OPTIONS if o.mount) + (_CREDENTIALS,) + _KEY_OPTIONS
     + tuple(o for o in TRANSFER_OPTIONS if o.mount)
     + _DAEMON_OPTIONS
 )
@@ -262,6 +272,8 @@ def parse_options(texts: Iterable[str], *, sloppy: bool = False,
         fs=fs,
         daemon=dataclasses.replace(base.daemon, **changes["daemon"]),
         credentials=changes["top"].get("credentials", base.credentials),
+        sse_c_key_file=changes["top"].get("sse_c_key_file", base.sse_c_key_file),
+        encrypt_key_file=changes["top"].get("encrypt_key_file", base.encrypt_key_file),
         ignored=tuple(ignored),
     ), warnings
 

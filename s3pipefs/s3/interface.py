@@ -40,17 +40,23 @@ class RequestOptions:
     ``sse_key``: the SSE-C customer key (32 raw bytes) the objects there are encrypted
     with, ``b""`` for none. An Engine holds one (its readers, writers, leases and manifest
     reads all send it); a call reaching another location (a copy's source) is given that
-    location's own. The key never shows in repr(), so a traceback or a debug log cannot leak it.
+    location's own. ``encrypt_key``: the client-side encryption key of the streams there
+    (engine/crypto.py), which never leaves this process; it rides along for the same
+    reason. Neither key shows in repr(), so a traceback or a debug log cannot leak it.
     """
 
     sse_key: bytes = b""
+    encrypt_key: bytes = b""
 
     def __post_init__(self):
         if self.sse_key and len(self.sse_key) != SSE_C_KEY_BYTES:
             raise errors.UsageError(f"an SSE-C key must be {SSE_C_KEY_BYTES} bytes")
+        if self.encrypt_key and len(self.encrypt_key) != SSE_C_KEY_BYTES:
+            raise errors.UsageError(f"an encryption key must be {SSE_C_KEY_BYTES} bytes")
 
     def __repr__(self) -> str:
-        return f"RequestOptions(sse_c={'yes' if self.sse_key else 'no'})"
+        return (f"RequestOptions(sse_c={'yes' if self.sse_key else 'no'}, "
+                f"encrypted={'yes' if self.encrypt_key else 'no'})")
 
 
 @dataclass

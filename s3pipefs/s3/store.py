@@ -43,6 +43,9 @@ _DENIED = {
     "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
     "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
 }
+# A GET or HEAD of an SSE-C object sent without its key: 400 with one of these codes (a
+# HEAD's reply has no body, so its code is just the status).
+_SSE_C_NEEDED = {"InvalidRequest", "InvalidArgument", "BadRequest", "400"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 UPLOAD_BLOCK = 1024 * 1024  # bytes per read()/send() of an upload body
 # Characters XML 1.0 cannot carry, even escaped: S3 keys may hold them, but a DeleteObjects
@@ -84,7 +87,11 @@ def _translate(exc: Exception, bucket: str, key: str | None, action: str, sse: b
         if code in _NOT_FOUND or status == 404:
             return errors.NotFound(f"{doing}{where}: not found")
         if sse and (code in _DENIED or status in (400, 403)):
-            return errors.AccessDenied(f"{doing}{where}: refused ({code or status}); is the SSE-C key the one it was written with?")
+            return errors.WrongKey(f"{doing}{where}: wrong SSE-C key: the server refused it ({code or status}); "
+                                   "give the key it was written with")
+        if not sse and status == 400 and action in ("head", "read") and code in _SSE_C_NEEDED:
+            return errors.KeyNeeded(f"{doing}{where}: encrypted with an SSE-C key; give it with --sse-c-key-file "
+                                    "or $S3PIPEFS_SSE_C_KEY")
         if code in _DENIED or status == 403:
             return errors.AccessDenied(f"{doing}{where}: access denied ({code or status}); check the credentials and the bucket policy")
         if code in _PRECONDITION or status in (409, 412):
@@ -251,7 +258,7 @@ class Store:
             try:
                 return _info(key, self.client.head_object(**kw))
             except Exception as e:  # noqa: BLE001
-                err = translate(e, bucket, key, "head")
+                err = translate(e, bucket, key, "head", sse=bool(sse_key))
                 if type(err) is errors.NotFound:
                     return None
                 raise err from None
