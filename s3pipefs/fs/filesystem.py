@@ -107,12 +107,12 @@ class Filesystem:
             perm = stored  # set by chmod through a mount (or by another tool, on objects)
         elif kind == "dir":
             perm = 0o777
-        elif kind == "object":
+        elif kind == "object" and self.cfg.small_files == "stream":
             perm = 0o444
         else:
             perm = 0o666
-        if kind == "object":
-            perm &= ~0o222  # plain objects cannot be written through the mount
+        if kind == "object" and self.cfg.small_files == "stream":
+            perm &= ~0o222  # plain objects cannot be written through such a mount
         # umask bounds even a stored mode: with allow_other and umask=077, no chmod made
         # anywhere opens the bucket to other users of this machine.
         perm &= ~self.cfg.umask
@@ -278,8 +278,9 @@ class Filesystem:
                 raise errors.Exists(f"{where}: already exists")
             if entry.kind == "dir":
                 raise fserrors.IsADirectory(f"{where}: is a directory")
-            if entry.kind == "object":
-                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only; write to a new name")
+            if entry.kind == "object" and self.cfg.small_files == "stream":
+                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only with small_files=stream; "
+                                                "write to a new name")
             if entry.writer_alive:
                 raise errors.Busy(f"{where}: another writer is writing this stream")
         # A create that finds the file (the kernel's cache was behind) opens it as open(2)
@@ -291,8 +292,17 @@ class Filesystem:
         # enough for the timed seal to publish it (engine/writer.py).
         hold_back = self.engine.cfg.segment_size
         budget = self.engine.write_budget
+
+        def open_writer(how: str):
+            # What the name holds now: what this handle committed last, else what open found.
+            known = h.last_commit
+            now = self.engine.committed_entry(self.bucket, key, known) if known is not None else entry
+            if self.cfg.small_files == "stream":
+                return self.engine.open_writer(self.bucket, key, how, hold_back=hold_back)
+            return self.engine.open_file_writer(self.bucket, key, how, existing=now, hold_back=hold_back)
+
         h = WriteHandle(
-            path, where, lambda how: self.engine.open_writer(self.bucket, key, how, hold_back=hold_back),
+            path, where, open_writer,
             mode="create" if trunc else "append",
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
@@ -302,6 +312,7 @@ class Filesystem:
             claim=self.handles.claim,
             on_commit=self._committed,
             admit=budget.admit if budget is not None else None,
+            rewritable=self._rewritable(entry),
         )
         try:
             fh = self.handles.add_writer(h)
@@ -309,12 +320,20 @@ class Filesystem:
             raise lost(str(e)) from None  # two creates that raced: one is registered first
         return Opened(fh, direct_io=True)
 
+    def _rewritable(self, entry: Entry | None) -> bool:
+        """Can a write change the bytes ``entry`` holds? A plain object that fits one
+        segment is read back and stored again whole (engine/filewriter.py); a stream's
+        bytes are sealed."""
+        return (self.cfg.small_files == "object" and entry is not None and entry.kind == "object"
+                and entry.size <= self.engine.cfg.segment_size)
+
     def _committed(self, h: WriteHandle) -> None:
-        self.ns.invalidate(h.path)
         if h.last_commit is not None:
             # What S3 now holds, known without asking: tools stat and utime a file right
-            # after closing it (rsync, cp -p, tar x), which then costs no manifest GET.
-            self.ns.remember(h.path, self.engine.stream_entry(self.bucket, self.ns.key(h.path), h.last_commit))
+            # after closing it (rsync, cp -p, tar x), which then costs no request.
+            self.ns.remember(h.path, self.engine.committed_entry(self.bucket, self.ns.key(h.path), h.last_commit))
+        else:
+            self.ns.invalidate(h.path)
         with self._versions_lock:
             self._versions.pop(h.path, None)
         log.info("%s: committed, %d bytes", h.where, h.size)
@@ -456,13 +475,17 @@ class Filesystem:
             raise fserrors.IsADirectory(f"{where}: is a directory")
         if length == entry.size:
             return
-        if entry.kind == "object":
-            raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only")
-        if 0 < length < entry.size:
+        if entry.kind == "object" and self.cfg.small_files == "stream":
+            raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only with small_files=stream")
+        if 0 < length < entry.size and not self._rewritable(entry):
             raise fserrors.NotSupported(f"{where}: truncate to {length} refused: streams are append-only: a "
                                         f"closed file may grow (with zeros) or be emptied, not lose its last "
                                         f"{entry.size - length} bytes")
-        w = self.engine.open_writer(self.bucket, self.ns.key(path), "create" if length == 0 else "append")
+        how = "create" if length == 0 else "append"
+        if self.cfg.small_files == "stream":
+            w = self.engine.open_writer(self.bucket, self.ns.key(path), how)
+        else:
+            w = self.engine.open_file_writer(self.bucket, self.ns.key(path), how, existing=entry)
         try:
             w.truncate(length)
         except BaseException:

@@ -182,10 +182,18 @@ class Namespace:
             self._listings.pop(path, None)
 
     def remember(self, path: str, entry: Entry | None) -> None:
-        """Record what this mount just learned (a reader's size at open, a commit)."""
+        """Record what this mount just learned (a reader's size at open, a commit, a
+        removal: None), in the listing of its directory too, so the next lookup there
+        (tar x and rsync look up every name before creating it) costs no request."""
+        parent, name = split(path)
         with self._lock:
             self._entries[path] = entry
-            self._listings.pop(split(path)[0], None)
+            listing = self._listings.get(parent)
+            if listing is not None:
+                if entry is None:
+                    listing.pop(name, None)
+                else:
+                    listing[name] = entry
 
     def update(self, path: str, entry: Entry) -> None:
         """A known file changed only its attributes: replace it where it is cached, and
@@ -203,7 +211,9 @@ class Namespace:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE)
-        self.invalidate(path)
+        self.remember(path, Entry("dir", self.bucket, self.key(path), mtime=time.time()))
+        with self._lock:
+            self._listings[path] = {}  # new, so empty: lookups of names in it cost nothing
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
         """A symlink object in the convention of s3fs-fuse: the target is its body."""
@@ -255,19 +265,28 @@ class Namespace:
         return any(o.key != marker for o in _take(self.store.list(self.bucket, marker), 2))
 
     def unlink(self, path: str) -> None:
-        entry = self.lookup(path, fresh=True)
+        """Remove a file. A plain object known from a listing within the TTL (rm -rf
+        reads the directory first) costs one DELETE; a stream is looked up afresh, since
+        a writer elsewhere may hold it, and goes manifest first."""
+        entry = self.lookup(path)
+        if entry is None or entry.kind != "object":
+            entry = self.lookup(path, fresh=True)
         if entry is None:
             raise errors.NotFound(f"{self.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
         if entry.kind == "stream":
+            if entry.writer_alive:
+                raise errors.Busy(f"{self.where(path)}: a writer is still writing it ({entry.manifest.writer_id})")
             names.check_removable(self.key(path), self.where(path))
         try:
-            self.engine.delete(self.bucket, self.key(path))
+            self.engine.delete(self.bucket, self.key(path), kind=entry.kind)
             if entry.kind == "stream":
                 self._drop_folder(self.key(path))
-        finally:
+        except BaseException:
             self.invalidate(path)
+            raise
+        self.remember(path, None)
 
     def rename(self, old: str, new: str) -> None:
         """Server-side copy, then delete: streams, objects and empty directories.
