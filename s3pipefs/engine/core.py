@@ -117,11 +117,14 @@ class Engine:
         """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
         return kinds.find(self.store, bucket, key, sse_key=self._key(request))
 
-    def stat(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> Entry | None:
+    def stat(self, bucket: str, key: str, *, request: RequestOptions | None = None, probe: bool = False
+             ) -> Entry | None:
         """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
-        ignored: "x/" finds an object "x" as well."""
+        ignored: "x/" finds an object "x" as well. ``probe``: start from one LIST of the
+        name (cheapest when the name is likely free: a mount's lookups)."""
         key = key.strip("/")
-        return self._entry(bucket, key, kinds.find(self.store, bucket, key, sse_key=self._key(request)))
+        classify = kinds.probe if probe else kinds.find
+        return self._entry(bucket, key, classify(self.store, bucket, key, sse_key=self._key(request)))
 
     def _entry(self, bucket: str, key: str, found: kinds.Found | None) -> Entry | None:
         if found is None:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # Chunk of a replay into the stream at promotion, and of the checksum read at close.
 _CHUNK = 1 << 20
+# Ranged GETs of an object larger than a segment, copied into the stream that replaces it.
+_COPY_CHUNK = 8 << 20
 
 
 class FileWriter:
@@ -246,15 +248,14 @@ class FileWriter:
         """Append to an object larger than a segment: copy it into a new stream first."""
         stream = self._open_stream("create")
         try:
-            reader = self.engine.open_reader(self.bucket, self.key, follow=False)
-            with reader:
-                pos = 0
-                while pos < size:
-                    chunk = reader.read(pos, _CHUNK)
-                    if not chunk:
-                        raise errors.StreamIncomplete(f"{self.where}: object ended at {pos} of {size} bytes")
-                    stream.write(chunk)
-                    pos += len(chunk)
+            # Read by ranges from the object itself: the new stream already shadows its name.
+            for pos in range(0, size, _COPY_CHUNK):
+                chunk, _ = self.store.get(self.bucket, self.key, pos, min(size, pos + _COPY_CHUNK),
+                                          sse_key=self.sse_key)
+                if len(chunk) != min(_COPY_CHUNK, size - pos):
+                    raise errors.StreamIncomplete(f"{self.where}: object changed while it was copied "
+                                                  f"(short read at {pos} of {size} bytes)")
+                stream.write(chunk)
         except BaseException:
             stream.abort()
             raise

@@ -107,7 +107,7 @@ class Namespace:
                 listing = self._listings.get(parent)
                 if listing is not None:
                     return listing.get(name)
-        entry = self.engine.stat(self.bucket, self.key(path))
+        entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
         with self._lock:
