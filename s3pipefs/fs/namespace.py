@@ -105,14 +105,26 @@ class Namespace:
                     return self._entries[path]
                 parent, name = split(path)
                 listing = self._listings.get(parent)
-                if listing is not None:
-                    return listing.get(name)
+                found = listing.get(name) if listing is not None else _UNLISTED
+            if found is not _UNLISTED:
+                return self._described(path, found)
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
         with self._lock:
             self._entries[path] = entry
         return entry
+
+    def _described(self, path: str, entry: Entry | None) -> Entry | None:
+        """A listed entry with its metadata: an object too large to be a link was listed
+        without it (metadata None); its first lookup HEADs it (stat of a file that ls -l or
+        rsync asks for), once per TTL."""
+        if entry is None or entry.metadata is not None:
+            return entry
+        info = self.store.head(self.bucket, entry.key)
+        described = self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+        self.remember(path, described)
+        return described
 
     def _with_marker(self, entry: Entry) -> Entry:
         """A directory with its marker's metadata (owners, mode, time), when it has one."""
@@ -161,6 +173,9 @@ class Namespace:
                 listing[name] = e
         wanted = [n for n, e in listing.items()
                   if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX)]
+        for name, e in listing.items():
+            if e.kind == "object" and not 0 < e.size <= LINK_MAX:
+                listing[name] = replace(e, metadata=None)  # not known yet: see _described
         if wanted:
             with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
                 found = pool.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
@@ -400,6 +415,9 @@ class Namespace:
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
+
+
+_UNLISTED = object()  # a name the listing cache cannot answer for
 
 
 def _target(body: bytes) -> str:
