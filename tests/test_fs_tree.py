@@ -204,3 +204,23 @@ def test_modes_owners_and_times_of_small_files_survive_tar_and_rsync(mounter, en
     assert subprocess.run(["diff", "-r", str(src), str(m / "untar")]).returncode == 0
     assert _kind(engine, bucket, "untar/f2") == "object"
     assert mf.MANIFEST_NAME not in {o.key.rsplit("/", 1)[-1] for o in engine.store.list(bucket, "untar/")}
+
+
+def test_an_rsync_style_small_file_costs_few_requests(mounter, fault_proxy, engine, bucket, tmp_path):
+    """rsync writes a temporary file, closes it, sets its time and mode, renames it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(b"y" * (100 * i))
+        os.utime(src / f"f{i}", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000 + i))
+    m = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="120")
+    os.mkdir(m / "r")
+    fault_proxy.reset_log()
+    subprocess.run(["rsync", "-a", f"{src}/", f"{m / 'r'}/"], check=True)
+    per_file = len(fault_proxy.requests) / 20
+    print(f"\nrsync -a: {per_file:.1f} requests per file: {dict(_requests(fault_proxy))}")
+    # The PUT, its time (and mode) in its metadata, the rename's copy and delete, and
+    # the lookups of the two names.
+    assert per_file <= 11, dict(_requests(fault_proxy))
+    assert all(_kind(engine, bucket, f"r/f{i}") == "object" for i in range(20))
+    assert (m / "r" / "f7").stat().st_mtime_ns == 1_500_000_000_000_000_007

@@ -225,7 +225,8 @@ class Engine:
         holds now, as the caller just looked it up."""
         return FileWriter(self, bucket, key, mode, existing=existing.kind if existing is not None else None,
                           existing_size=existing.size if existing is not None else 0,
-                          existing_metadata=existing.metadata if existing is not None else None,
+                          carried={"mode": existing.mode, "uid": existing.uid, "gid": existing.gid}
+                          if existing is not None else None,
                           hold_back=hold_back, sse_key=self.request.sse_key)
 
     def committed_entry(self, bucket: str, key: str, committed: manifests.Loaded | ObjectInfo) -> Entry:

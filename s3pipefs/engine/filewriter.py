@@ -61,11 +61,12 @@ _COPY_CHUNK = 8 << 20
 
 class FileWriter:
     def __init__(self, engine: "Engine", bucket: str, key: str, mode: str, *, existing: str | None,
-                 existing_size: int = 0, existing_metadata: dict | None = None, hold_back: int = 0,
+                 existing_size: int = 0, carried: dict | None = None, hold_back: int = 0,
                  sse_key: bytes = b""):
         """``mode``: "create" (a new or truncated file) or "append" (keep what is there).
         ``existing``: what the name holds now, "stream", "object" or None, as the caller
-        just looked it up, with the object's size and metadata."""
+        just looked it up, with its size. ``carried``: the permission bits and owners it
+        has ("mode", "uid", "gid"), which stay with the name as on a disk."""
         if mode not in ("create", "append"):
             raise errors.UsageError(f"unknown file write mode {mode!r}")
         self.engine, self.store, self.cfg = engine, engine.store, engine.cfg
@@ -85,9 +86,9 @@ class FileWriter:
         self._error: BaseException | None = None
         self._closed = False
         self.committed: manifests.Loaded | ObjectInfo | None = None
-        attrs = objattrs.parse(existing_metadata or {}) if existing == "object" else objattrs.Attrs()
-        self._attrs = {"mode": stat.S_IMODE(attrs.mode) if attrs.mode is not None else None,
-                       "uid": attrs.uid, "gid": attrs.gid, "mtime_ns": None}
+        carried = carried or {}
+        self._attrs = {"mode": carried.get("mode"), "uid": carried.get("uid"), "gid": carried.get("gid"),
+                       "mtime_ns": None}
         if mode == "append" and existing == "stream":
             self._promote_to(self._open_stream("append"))
         elif mode == "append" and existing == "object" and existing_size > self.cfg.segment_size:

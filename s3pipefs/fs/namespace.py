@@ -42,6 +42,7 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.manifest import MANIFEST_NAME
+from s3pipefs.s3 import ObjectInfo
 from s3pipefs.fs import fserrors, names
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,11 @@ class Namespace:
         """
         if old == new:
             return
-        src = self.lookup(old, fresh=True)
+        # A plain object this mount knows within the TTL (rsync's temporary file, just
+        # written) needs no lookup again; a stream or directory does (a writer elsewhere).
+        src = self.lookup(old)
+        if src is None or src.kind != "object" or not src.etag:
+            src = self.lookup(old, fresh=True)
         if src is None:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
         dst = self.lookup(new, fresh=True)
@@ -321,7 +326,15 @@ class Namespace:
                 self._rename_dir(old, new, src, dst)
             else:
                 self._rename_file(old, new, src, dst)
-        finally:
+        except BaseException:
+            self.invalidate(old)
+            self.invalidate(new)
+            raise
+        if src.kind == "object":
+            # Known without asking, and the listings stay: rsync renames every file it writes.
+            self.remember(old, None)
+            self.remember(new, replace(src, key=self.key(new)))
+        else:
             self.invalidate(old)
             self.invalidate(new)
 
@@ -333,14 +346,16 @@ class Namespace:
         skey, dkey = self.key(old), self.key(new)
         if src.kind == "stream":
             names.check_removable(skey, self.where(old))  # before the copy: nothing to undo
-        self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind)  # src was just looked up
+        info = (ObjectInfo(skey, src.size, src.etag, src.mtime, src.metadata)
+                if src.kind == "object" and src.etag else None)
+        self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind, info=info)  # src was just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
             # it, or it would shadow the new one or linger beside it.
             self.engine.delete(self.bucket, dkey, kind=dst.kind)
             if dst.kind == "stream":
                 self._drop_folder(dkey)
-        self.engine.delete(self.bucket, skey)
+        self.engine.delete(self.bucket, skey, kind=src.kind)
         if src.kind == "stream":
             self._drop_folder(skey)
 
