@@ -23,6 +23,7 @@ from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.fs import fserrors
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.write_handle import WriteHandle
+from s3pipefs.fs import namespace
 from s3pipefs.fs.namespace import DIR_CONTENT_TYPE
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3 import Store
@@ -464,7 +465,7 @@ def test_directories_markers_rmdir_and_listing(fs, engine, bucket):
         fs.getattr("/d")
 
 
-def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket):
+def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket, monkeypatch):
     write_file(fs, "/dir/.tmp.x", blob(3 * SEG, 2))  # rsync's temp file
     write_file(fs, "/dir/x", b"older, longer " * 10_000)
     fs.rename("/dir/.tmp.x", "/dir/x")
@@ -489,6 +490,7 @@ def test_rename_is_copy_then_delete_and_replaces_the_target(fs, engine, bucket):
     assert read_file(fs, "/dir2/x") == b"strm" and read_file(fs, "/dir2/sub/deep") == b"deep"
     assert read_file(fs, "/dir2/sub/obj") == b"object"
     assert list(engine.store.list(bucket, "dir/")) == [] and engine.stat(bucket, "dir") is None
+    monkeypatch.setattr(namespace, "MAX_DIR_RENAME", 64)  # the limit, made small for the test
     for i in range(65):
         engine.store.put(bucket, f"big/{i}", b"")
     with pytest.raises(fserrors.CrossDevice) as e:

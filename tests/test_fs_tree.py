@@ -224,3 +224,18 @@ def test_an_rsync_style_small_file_costs_few_requests(mounter, fault_proxy, engi
     assert per_file <= 11, dict(_requests(fault_proxy))
     assert all(_kind(engine, bucket, f"r/f{i}") == "object" for i in range(20))
     assert (m / "r" / "f7").stat().st_mtime_ns == 1_500_000_000_000_000_007
+
+
+def test_mv_of_a_directory_copies_on_the_server_in_parallel(mounter, fault_proxy, engine, bucket):
+    m = mounter(bucket, endpoint=fault_proxy.endpoint)
+    os.makedirs(m / "a" / "sub")
+    for i in range(300):
+        (m / "a" / ("sub" if i % 3 else ".") / f"f{i}").write_bytes(b"%d" % i)
+    fault_proxy.reset_log()
+    subprocess.run(["mv", str(m / "a"), str(m / "b")], check=True)
+    copies = [s for s in fault_proxy.requests if s.method == "PUT" and "x-amz-copy-source" in s.headers]
+    assert len(copies) == 300
+    assert fault_proxy.peak_in_flight("PUT") > 4  # not one file at a time
+    assert fault_proxy.count("POST") >= 1  # the sources go in a DeleteObjects batch
+    assert not (m / "a").exists() and (m / "b" / "sub" / "f299").read_bytes() == b"299"
+    assert [o.key for o in engine.store.list(bucket, "a/")] == []

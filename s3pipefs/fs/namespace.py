@@ -51,14 +51,16 @@ DIR_CONTENT_TYPE = "application/x-directory"
 # Bounds the caches' memory: ~1 KB per Entry, so at most ~100 MB in the worst case.
 MAX_ENTRIES = 100_000
 MAX_LISTINGS = 256
-# rename(2) of a directory copies what it holds: up to this many objects (lock directories,
-# a few files); a larger one gives EXDEV and mv(1) copies it file by file.
-MAX_DIR_RENAME = 64
+# rename(2) of a directory copies what it holds on the server, in parallel: up to this
+# many objects; a larger one gives EXDEV and mv(1) copies it file by file.
+MAX_DIR_RENAME = 10_000
 MANIFEST_SUFFIX = "/" + MANIFEST_NAME
 # The longest symlink target (PATH_MAX less its NUL): larger objects are never links.
 LINK_MAX = 4095
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
+# Parallel copies and deletes of a directory's rename.
+RENAME_WORKERS = 16
 
 
 def split(path: str) -> tuple[str, str]:
@@ -416,17 +418,22 @@ class Namespace:
         objects = [o.key for o in held if not o.key.startswith(in_stream)]
         for k in streams:
             names.check_removable(k, f"s3://{self.bucket}/{k}")
-            self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="stream")
-        for k in objects:
+
+        def copy(k: str) -> None:
+            to = nkey + k[len(okey):]
             if k.endswith("/"):
-                self.store.put(self.bucket, nkey + k[len(okey):], b"", **marker)
+                self.store.put(self.bucket, to, b"", **marker)
             else:
-                self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="object")
-        for k in streams:
-            self.engine.delete(self.bucket, k)
-        for k in objects:
-            if not k.endswith("/"):
-                self.store.delete(self.bucket, k)
+                self.engine.copy(self.bucket, k, self.bucket, to, kind="stream" if k in streams else "object")
+
+        # Copies in parallel, all of them done before anything is deleted (a failure
+        # leaves the source whole); then the deletes, objects in one batch.
+        with cf.ThreadPoolExecutor(min(RENAME_WORKERS, len(streams) + len(objects) or 1)) as pool:
+            list(pool.map(copy, [*streams, *objects]))
+            list(pool.map(lambda k: self.engine.delete(self.bucket, k, kind="stream"), streams))
+        plain = [k for k in objects if not k.endswith("/")]
+        if plain:
+            self.store.delete_many(self.bucket, plain)
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
