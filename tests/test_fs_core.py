@@ -740,6 +740,9 @@ def test_objects_keep_attributes_in_their_metadata_and_markers_where_the_server_
     engine.store.put(bucket, "obj", b"plain", content_type="text/plain")
     fs.set_times("/obj", (T1, T1))
     fs.set_mode("/obj", 0o640)
+    assert stat.S_IMODE(fs.getattr("/obj")["st_mode"]) == 0o440  # shown at once
+    assert engine.store.head(bucket, "obj").metadata == {}  # stored a moment later, both in one copy
+    fs.wait_idle(10)
     st = make_fs(engine, bucket).getattr("/obj")
     # Kept as s3fs-fuse keeps them; shown without write bits (objects are read-only here).
     assert st["st_mtime"] == T1 and stat.S_IMODE(st["st_mode"]) == 0o440

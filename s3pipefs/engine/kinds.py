@@ -78,7 +78,13 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
         if seen > PROBE_NAMES:
             return find(store, bucket, key, sse_key=sse_key)  # crowded by names that start alike
     if below:
-        return find(store, bucket, key, sse_key=sse_key)
+        loaded = manifests.load(store, bucket, name + "/", sse_key=sse_key)
+        if loaded is not None:
+            return Found(STREAM, loaded=loaded)
+        if obj and not key.endswith("/"):
+            return find(store, bucket, key, sse_key=sse_key)  # an object beside a prefix: find's rule
+        # A listed prefix may be a folder the server keeps after its last object went.
+        return Found(DIR) if store.any_key(bucket, name + "/") else None
     if obj and not key.endswith("/"):
         info = store.head(bucket, name, sse_key=sse_key)
         return Found(OBJECT, info=info) if info is not None else None

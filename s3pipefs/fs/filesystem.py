@@ -47,6 +47,7 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.fs import fserrors, names
+from s3pipefs.fs.attrs_behind import AttrsBehind
 from s3pipefs.fs.follow import LiveReadHandle
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle, WriteState
@@ -82,7 +83,10 @@ class Filesystem:
         self.engine = engine
         self.bucket = bucket
         self.cfg = cfg
-        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl)
+        # chmod, chown and utimens of objects, stored a moment later, merged (fs/attrs_behind.py).
+        self.attrs_behind = AttrsBehind(
+            lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
+        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl, attrs_behind=self.attrs_behind)
         self.handles = HandleTable()
         self.uid = os.getuid() if cfg.uid is None else cfg.uid
         self.gid = os.getgid() if cfg.gid is None else cfg.gid
@@ -328,6 +332,7 @@ class Filesystem:
                 and entry.size <= self.engine.cfg.segment_size)
 
     def _committed(self, h: WriteHandle) -> None:
+        self.attrs_behind.take(self.ns.key(h.path))  # the commit wrote what was held
         if h.last_commit is not None:
             # What S3 now holds, known without asking: tools stat and utime a file right
             # after closing it (rsync, cp -p, tar x), which then costs no request.
@@ -492,6 +497,7 @@ class Filesystem:
             w.abort()
             raise
         w.close()
+        self.attrs_behind.take(self.ns.key(path))  # the commit wrote what was held
         self.ns.invalidate(path)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
@@ -612,6 +618,12 @@ class Filesystem:
             if entry.kind == "object" and entry.size > objattrs.MAX_COPY:
                 raise fserrors.NotSupported(f"{self.ns.where(path)}: attributes of an object over 5 GiB cannot "
                                             "be changed (S3 copies metadata only with the whole object)")
+            if entry.kind == "object":
+                # Shown now, stored a moment later with any that follow (fs/attrs_behind.py).
+                self.attrs_behind.hold(key, **attrs)
+                self.ns.update(path, replace(entry, metadata=objattrs.updated(entry.metadata or {}, stat.S_IFREG,
+                                                                                **attrs)))
+                return
             updated = self.engine.set_object_attrs(self.bucket, key, directory=entry.kind == "dir", **attrs)
             if updated is not None and entry.kind == "dir" and not _kept(updated, attrs):
                 self._markers_keep_nothing()
@@ -668,6 +680,7 @@ class Filesystem:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+        self.attrs_behind.flush()
         return True
 
     def close(self) -> None:
@@ -678,6 +691,7 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        self.attrs_behind.close()
 
 
 def _kept(entry: Entry, attrs: dict) -> bool:

@@ -44,6 +44,7 @@ from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.s3 import ObjectInfo
 from s3pipefs.fs import fserrors, names
+from s3pipefs.fs.attrs_behind import AttrsBehind
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,10 @@ def split(path: str) -> tuple[str, str]:
 
 
 class Namespace:
-    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic):
+    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic,
+                 attrs_behind: AttrsBehind | None = None):
+        """``attrs_behind``: objects' attributes not stored yet, which a rename carries and
+        an unlink drops."""
         self.engine = engine
         self.store = engine.store
         self.bucket = bucket
@@ -82,6 +86,8 @@ class Namespace:
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self.mounted_at = time.time()
+        self.attrs_behind = attrs_behind or AttrsBehind(
+            lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
 
     # -- names -------------------------------------------------------------------------
     def key(self, path: str) -> str:
@@ -297,6 +303,7 @@ class Namespace:
             if entry.writer_alive:
                 raise errors.Busy(f"{self.where(path)}: a writer is still writing it ({entry.manifest.writer_id})")
             names.check_removable(self.key(path), self.where(path))
+        self.attrs_behind.take(self.key(path))  # going: nothing to store
         try:
             self.engine.delete(self.bucket, self.key(path), kind=entry.kind)
             if entry.kind == "stream":
@@ -348,9 +355,14 @@ class Namespace:
         skey, dkey = self.key(old), self.key(new)
         if src.kind == "stream":
             names.check_removable(skey, self.where(old))  # before the copy: nothing to undo
-        info = (ObjectInfo(skey, src.size, src.etag, src.mtime, src.metadata)
-                if src.kind == "object" and src.etag else None)
-        self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind, info=info)  # src was just looked up
+        held = self.attrs_behind.take(skey) if src.kind == "object" else {}
+        if held:
+            # Attributes set since the object was stored go with the copy (rsync's temporary file).
+            objattrs.copy_with_attrs(self.store, self.bucket, skey, dkey, **held)
+        else:
+            info = (ObjectInfo(skey, src.size, src.etag, src.mtime, src.metadata)
+                    if src.kind == "object" and src.etag else None)
+            self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind, info=info)  # src just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
             # it, or it would shadow the new one or linger beside it.
@@ -391,6 +403,8 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a directory into itself")
         okey, nkey = self.key(old), self.key(new)
+        for key, attrs in self.attrs_behind.take_under(okey + "/").items():
+            self.engine.set_object_attrs(self.bucket, key, directory=False, **attrs)  # stored before the copy
         held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
                 if not isinstance(o, str) and o.key != okey + "/"]
         if len(held) > MAX_DIR_RENAME:
