@@ -18,7 +18,7 @@ from s3pipefs.engine import Engine
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3.inmemory import MemoryStore
-from tests.fs_fixtures import tool
+from tests.fs_fixtures import wait_for, tool
 
 # What s3fs-fuse writes for a symlink: mode 0o120777 and these keys, nothing else.
 S3FS_LINK_KEYS = {"mode", "atime", "ctime", "mtime", "uid", "gid"}
@@ -132,14 +132,15 @@ def test_chown_and_chgrp_are_kept_on_streams_objects_and_shown(mounter, bucket, 
     assert os.geteuid() == 0, "chown to other users needs root"
     boto(s3_server).put_object(Bucket=bucket, Key="obj", Body=b"an object", ContentType="text/plain")
     m = mounter(bucket)
-    (m / "stream").write_bytes(b"a stream")
+    (m / "stream").write_bytes(os.urandom(1536 * 1024))  # past a segment (1 MiB): a stream
     (m / "dir").mkdir()
     sh(f"chown 1234:5678 {m / 'stream'} && chgrp 99 {m / 'obj'} && chown 4321 {m / 'obj'} && chown 7:8 {m / 'dir'}")
     for mnt in (m, mounter(bucket)):  # this mount and a fresh one
         st = os.stat(mnt / "stream")
         assert (st.st_uid, st.st_gid) == (1234, 5678)
-        st = os.stat(mnt / "obj")
-        assert (st.st_uid, st.st_gid) == (4321, 99)
+        # An object's are stored a moment after they are set (fs/attrs_behind.py), both
+        # in one copy; the fresh mount may first cache what was there before, for its TTL.
+        assert wait_for(lambda: (os.stat(mnt / "obj").st_uid, os.stat(mnt / "obj").st_gid) == (4321, 99), 5)
     manifest = store.get(bucket, "stream/.manifest")[0].decode()
     assert "uid = 1234" in manifest and "gid = 5678" in manifest
     info = store.head(bucket, "obj")
@@ -218,9 +219,13 @@ def test_a_listing_fetches_only_objects_small_enough_to_be_links(store, bucket):
     assert counted.calls.get("head", 0) <= 2, counted.calls  # (the directory's own lookup)
     counted.calls.clear()
     fs.readdir("/big")
-    for i in range(n):
-        assert stat.S_ISREG(fs.getattr(f"/big/o{i:03d}")["st_mode"])
     assert counted.calls.get("get", 0) <= 1 and counted.calls.get("head", 0) <= 2, counted.calls
+    # Their metadata (times, modes, owners) comes with the first stat of each: a HEAD,
+    # once per TTL.
+    for _ in range(2):
+        for i in range(n):
+            assert stat.S_ISREG(fs.getattr(f"/big/o{i:03d}")["st_mode"])
+    assert counted.calls.get("get", 0) <= 1 and n <= counted.calls.get("head", 0) <= n + 2, counted.calls
     print(f"\nreaddir of {n} links: {t_links * 1000:.0f} ms ({n} GETs in parallel)")
 
 

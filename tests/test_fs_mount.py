@@ -193,7 +193,8 @@ def test_plain_objects_read_at_random_offsets(mounter, bucket, store, tmp_path):
     store.put(bucket, "plain/object.bin", data)
     m = mounter(bucket)
     st = os.stat(m / "plain" / "object.bin")
-    assert st.st_size == len(data) and stat.S_IMODE(st.st_mode) == 0o444
+    # Writable (a write reads it back and stores it again, or appends as a stream).
+    assert st.st_size == len(data) and stat.S_IMODE(st.st_mode) == 0o644
     rnd = random.Random(5)
     with open(m / "plain" / "object.bin", "rb", buffering=0) as f:
         for _ in range(60):
@@ -202,8 +203,9 @@ def test_plain_objects_read_at_random_offsets(mounter, bucket, store, tmp_path):
             assert os.pread(f.fileno(), n, off) == data[off:off + n]
     sh(f"tail -c 12345 {m / 'plain' / 'object.bin'} > {tmp_path / 'tail'}")
     assert (tmp_path / "tail").read_bytes() == data[-12345:]
-    with pytest.raises(PermissionError):
-        open(m / "plain" / "object.bin", "ab")
+    open(m / "plain" / "object.bin", "ab").close()  # opened for writing, not written: unchanged
+    assert store.head(bucket, "plain/object.bin").size == len(data)
+    assert store.head(bucket, "plain/object.bin/.manifest") is None
 
 
 # -- live follow across two mounts -------------------------------------------------------------------
@@ -325,7 +327,8 @@ def test_mount_fstab_through_mount8(installed_helper, s3_server, s3_env, bucket,
         assert line.split()[:3] == [f"{bucket}/pre", str(mp), "fuse.s3pipefs"]
         assert "allow_other" in line.split()[3]
         (mp / "hello").write_bytes(b"via fstab")
-        assert Store(S3Config(endpoint_url=s3_server.endpoint)).get(bucket, "pre/hello/000000000000001")[0] == b"via fstab"
+        # A small file: one plain object.
+        assert Store(S3Config(endpoint_url=s3_server.endpoint)).get(bucket, "pre/hello")[0] == b"via fstab"
     finally:
         u = subprocess.run(["umount", str(mp)], capture_output=True, text=True)
     assert u.returncode == 0, u.stderr
@@ -585,9 +588,12 @@ def test_libfuse2_works_too(mounter, bucket, tmp_path):
     (tmp_path / "d").write_bytes(data)
     sh(f"cp {tmp_path / 'd'} {m / 'd'}; echo tail >> {m / 'd'}")
     assert (m / "d").read_bytes() == data + b"tail\n"
-    sh(f"echo short > {m / 'd'}")  # O_TRUNC on an existing stream
-    assert (m / "d").read_bytes() == b"short\n"
-    with open(m / "d", "r+b", buffering=0) as f:
+    with open(m / "d", "r+b", buffering=0) as f:  # a stream's bytes are sealed
         with pytest.raises(OSError) as e:
             os.pwrite(f.fileno(), b"x", 0)
         assert e.value.errno == errno.ESPIPE
+    sh(f"echo short > {m / 'd'}")  # O_TRUNC on an existing stream: a small file now, one object
+    assert (m / "d").read_bytes() == b"short\n"
+    with open(m / "d", "r+b", buffering=0) as f:  # an object that fits a segment changes in place
+        os.pwrite(f.fileno(), b"S", 0)
+    assert (m / "d").read_bytes() == b"Short\n"

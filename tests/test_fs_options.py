@@ -147,6 +147,7 @@ _values = {
     table.http_url: st.from_regex(r"\Ahttps?://[a-z0-9.]{1,20}(:[0-9]{1,5})?\Z"),
     table.addressing: st.booleans(),
     options._log: st.sampled_from(["auto", "syslog", "stderr", "/var/log/s.log", "/tmp/a,b.log"]),
+    options._small_files: st.sampled_from(["object", "stream"]),
 }
 
 

@@ -82,7 +82,8 @@ def test_names_s3_cannot_store_are_refused_before_anything_is_written(mounter, b
 
 def test_what_a_stream_cannot_be_gets_a_clear_errno(mounter, bucket, store):
     m = mounter(bucket)
-    (m / "f").write_bytes(b"data")
+    data = b"data" * (400 << 10)  # past a segment (1 MiB): a stream, not a plain object
+    (m / "f").write_bytes(data)
     r = run(tool("ln"), m / "f", m / "hard")
     assert r.returncode != 0 and "Operation not supported" in r.stderr
     r = run(tool("mkfifo"), m / "fifo")
@@ -92,7 +93,7 @@ def test_what_a_stream_cannot_be_gets_a_clear_errno(mounter, bucket, store):
     with open(m / "f", "r+b", buffering=0) as f:  # a write into the middle
         assert errno_of(lambda: os.pwrite(f.fileno(), b"X", 1)) == errno.ESPIPE
     assert errno_of(lambda: (m / ".manifest").write_bytes(b"x")) == errno.EACCES
-    assert (m / "f").read_bytes() == b"data"
+    assert (m / "f").read_bytes() == data
     assert not (m / "hard").exists() and not (m / "fifo").exists()
     log = m.log_text()
     for why in ("hard links are not supported", "a FIFO cannot be stored in S3", "streams are append-only",
@@ -366,7 +367,7 @@ def test_an_object_and_a_prefix_of_the_same_name_show_the_prefix(mounter, bucket
     in listings and lookups alike; the object is left alone."""
     store.put(bucket, "d", b"object d")
     store.put(bucket, "d/inner", b"inner")
-    m = mounter(bucket)
+    m = mounter(bucket, small_files="stream")
     (m / "s2").write_bytes(b"stream")
     store.put(bucket, "s", b"object s")
     for o in store.list(bucket, "s2/"):

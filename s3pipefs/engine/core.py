@@ -23,6 +23,7 @@ from s3pipefs import errors, manifest as mf
 from s3pipefs.config import TransferConfig
 from s3pipefs.engine import deletion, kinds, manifests, objattrs
 from s3pipefs.engine.budget import WriteBudget
+from s3pipefs.engine.filewriter import FileWriter
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.live import LiveReader
 from s3pipefs.engine.reader import ObjectPlan, ReadBudget, Reader, StreamPlan
@@ -136,11 +137,14 @@ class Engine:
         """What ``key`` names, as written: a trailing '/' never names an object (engine/kinds.py)."""
         return kinds.find(self.store, bucket, key, sse_key=self._key(request))
 
-    def stat(self, bucket: str, key: str, *, request: RequestOptions | None = None) -> Entry | None:
+    def stat(self, bucket: str, key: str, *, request: RequestOptions | None = None, probe: bool = False
+             ) -> Entry | None:
         """What ``key`` names (engine/kinds.py), or None. Slashes around the name are
-        ignored: "x/" finds an object "x" as well."""
+        ignored: "x/" finds an object "x" as well. ``probe``: start from one LIST of the
+        name (cheapest when the name is likely free: a mount's lookups)."""
         key = key.strip("/")
-        return self._entry(bucket, key, kinds.find(self.store, bucket, key, sse_key=self._key(request)))
+        classify = kinds.probe if probe else kinds.find
+        return self._entry(bucket, key, classify(self.store, bucket, key, sse_key=self._key(request)))
 
     def _entry(self, bucket: str, key: str, found: kinds.Found | None) -> Entry | None:
         if found is None:
@@ -240,6 +244,23 @@ class Engine:
                             sse_key=self._key(request), encrypt_key=(request or self.request).encrypt_key,
                             budget=self.write_budget)
 
+    def open_file_writer(self, bucket: str, key: str, mode: str = "create", *, existing: Entry | None,
+                         hold_back: int = 0) -> FileWriter:
+        """A file as the mount writes it: a plain object while it fits one segment, a
+        stream once it outgrows it (engine/filewriter.py). ``existing``: what the name
+        holds now, as the caller just looked it up."""
+        return FileWriter(self, bucket, key, mode, existing=existing.kind if existing is not None else None,
+                          existing_size=existing.size if existing is not None else 0,
+                          carried={"mode": existing.mode, "uid": existing.uid, "gid": existing.gid}
+                          if existing is not None else None,
+                          hold_back=hold_back, sse_key=self.request.sse_key)
+
+    def committed_entry(self, bucket: str, key: str, committed: manifests.Loaded | ObjectInfo) -> Entry:
+        """What a writer's commit left in S3, known without asking."""
+        if isinstance(committed, ObjectInfo):
+            return self.object_entry(bucket, key, committed)
+        return self.stream_entry(bucket, key, committed)
+
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
                     request: RequestOptions | None = None) -> Reader:
         key = key.strip("/")
@@ -250,7 +271,11 @@ class Engine:
                 plan = StreamPlan(self.store, self.cfg, bucket, key, loaded, sse_key=sse_key,
                                   encrypt_key=(request or self.request).encrypt_key)
                 return Reader(self.store, self.cfg, plan, follow, budget=self.read_budget)
-        info = self.store.head(bucket, key, sse_key=sse_key) if key else None
+        if entry is not None and entry.kind == kinds.OBJECT and entry.etag:
+            # Just listed or looked up (a mount's cache): no HEAD again.
+            info = ObjectInfo(key, entry.size, entry.etag, entry.mtime, entry.metadata)
+        else:
+            info = self.store.head(bucket, key, sse_key=sse_key) if key else None
         if info is None:
             self.store.bucket_exists(bucket)
             raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")

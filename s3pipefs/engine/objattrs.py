@@ -101,13 +101,21 @@ def store_attrs(store: ObjectStore, bucket: str, key: str, *, directory: bool, s
         meta = updated(info.metadata if info is not None else {}, stat.S_IFDIR, **attrs)
         store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE, sse_key=sse_key)
         return store.head(bucket, marker, sse_key=sse_key)
+    return copy_with_attrs(store, bucket, key, key, sse_key=sse_key, **attrs)
+
+
+def copy_with_attrs(store: ObjectStore, bucket: str, key: str, to: str, *, sse_key: bytes | None = None,
+                    **attrs) -> ObjectInfo | None:
+    """Copy the object ``key`` to ``to`` (itself: change its attributes in place) with
+    ``attrs`` written into its metadata, its other metadata and content type kept; what
+    the server then holds. None: no such object. ``sse_key``: the SSE-C key of both."""
     info = store.head(bucket, key, sse_key=sse_key)
     if info is None:
         return None
     meta = updated(info.metadata, stat.S_IFREG, **attrs)
-    etag = store.copy(bucket, key, bucket, key, metadata=meta, content_type=info.content_type or None,
+    etag = store.copy(bucket, key, bucket, to, metadata=meta, content_type=info.content_type or None,
                       source_sse_key=sse_key, sse_key=sse_key)
-    return ObjectInfo(key, info.size, etag or info.etag, time.time(), meta, info.content_type)
+    return ObjectInfo(to, info.size, etag or info.etag, time.time(), meta, info.content_type)
 
 
 def _number(text, hi: int) -> int | None:

@@ -47,6 +47,7 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.fs import fserrors, names
+from s3pipefs.fs.attrs_behind import AttrsBehind
 from s3pipefs.fs.follow import LiveReadHandle
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle, WriteState
@@ -82,7 +83,10 @@ class Filesystem:
         self.engine = engine
         self.bucket = bucket
         self.cfg = cfg
-        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl)
+        # chmod, chown and utimens of objects, stored a moment later, merged (fs/attrs_behind.py).
+        self.attrs_behind = AttrsBehind(
+            lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
+        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl, attrs_behind=self.attrs_behind)
         self.handles = HandleTable()
         self.uid = os.getuid() if cfg.uid is None else cfg.uid
         self.gid = os.getgid() if cfg.gid is None else cfg.gid
@@ -99,6 +103,12 @@ class Filesystem:
         self._rw_lock = threading.Lock()
         self._said_markers = False  # warned that the server drops directory markers' metadata
 
+    @property
+    def _all_streams(self) -> bool:
+        """Every file written is a stream: asked for (small_files=stream), or needed by
+        client-side encryption, which plain objects cannot carry."""
+        return self.cfg.small_files == "stream" or bool(self.engine.request.encrypt_key)
+
     # -- attributes ---------------------------------------------------------------------
     def _mode(self, kind: str, stored: int | None = None, link: bool = False) -> int:
         if link:
@@ -107,12 +117,12 @@ class Filesystem:
             perm = stored  # set by chmod through a mount (or by another tool, on objects)
         elif kind == "dir":
             perm = 0o777
-        elif kind == "object":
+        elif kind == "object" and self._all_streams:
             perm = 0o444
         else:
             perm = 0o666
-        if kind == "object":
-            perm &= ~0o222  # plain objects cannot be written through the mount
+        if kind == "object" and self._all_streams:
+            perm &= ~0o222  # plain objects cannot be written through such a mount
         # umask bounds even a stored mode: with allow_other and umask=077, no chmod made
         # anywhere opens the bucket to other users of this machine.
         perm &= ~self.cfg.umask
@@ -278,8 +288,10 @@ class Filesystem:
                 raise errors.Exists(f"{where}: already exists")
             if entry.kind == "dir":
                 raise fserrors.IsADirectory(f"{where}: is a directory")
-            if entry.kind == "object":
-                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only; write to a new name")
+            if entry.kind == "object" and self._all_streams:
+                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only on this mount (small_files=stream, or "
+                                                "client-side encryption); "
+                                                "write to a new name")
             if entry.writer_alive:
                 raise errors.Busy(f"{where}: another writer is writing this stream")
         # A create that finds the file (the kernel's cache was behind) opens it as open(2)
@@ -291,8 +303,17 @@ class Filesystem:
         # enough for the timed seal to publish it (engine/writer.py).
         hold_back = self.engine.cfg.segment_size
         budget = self.engine.write_budget
+
+        def open_writer(how: str):
+            # What the name holds now: what this handle committed last, else what open found.
+            known = h.last_commit
+            now = self.engine.committed_entry(self.bucket, key, known) if known is not None else entry
+            if self._all_streams:
+                return self.engine.open_writer(self.bucket, key, how, hold_back=hold_back)
+            return self.engine.open_file_writer(self.bucket, key, how, existing=now, hold_back=hold_back)
+
         h = WriteHandle(
-            path, where, lambda how: self.engine.open_writer(self.bucket, key, how, hold_back=hold_back),
+            path, where, open_writer,
             mode="create" if trunc else "append",
             size=0 if (trunc or entry is None) else entry.size,
             append=bool(flags & os.O_APPEND),
@@ -302,6 +323,7 @@ class Filesystem:
             claim=self.handles.claim,
             on_commit=self._committed,
             admit=budget.admit if budget is not None else None,
+            rewritable=self._rewritable(entry),
         )
         try:
             fh = self.handles.add_writer(h)
@@ -309,12 +331,21 @@ class Filesystem:
             raise lost(str(e)) from None  # two creates that raced: one is registered first
         return Opened(fh, direct_io=True)
 
+    def _rewritable(self, entry: Entry | None) -> bool:
+        """Can a write change the bytes ``entry`` holds? A plain object that fits one
+        segment is read back and stored again whole (engine/filewriter.py); a stream's
+        bytes are sealed."""
+        return (not self._all_streams and entry is not None and entry.kind == "object"
+                and entry.size <= self.engine.cfg.segment_size)
+
     def _committed(self, h: WriteHandle) -> None:
-        self.ns.invalidate(h.path)
+        self.attrs_behind.take(self.ns.key(h.path))  # the commit wrote what was held
         if h.last_commit is not None:
             # What S3 now holds, known without asking: tools stat and utime a file right
-            # after closing it (rsync, cp -p, tar x), which then costs no manifest GET.
-            self.ns.remember(h.path, self.engine.stream_entry(self.bucket, self.ns.key(h.path), h.last_commit))
+            # after closing it (rsync, cp -p, tar x), which then costs no request.
+            self.ns.remember(h.path, self.engine.committed_entry(self.bucket, self.ns.key(h.path), h.last_commit))
+        else:
+            self.ns.invalidate(h.path)
         with self._versions_lock:
             self._versions.pop(h.path, None)
         log.info("%s: committed, %d bytes", h.where, h.size)
@@ -456,19 +487,25 @@ class Filesystem:
             raise fserrors.IsADirectory(f"{where}: is a directory")
         if length == entry.size:
             return
-        if entry.kind == "object":
-            raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only")
-        if 0 < length < entry.size:
+        if entry.kind == "object" and self._all_streams:
+            raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only on this mount "
+                                                "(small_files=stream, or client-side encryption)")
+        if 0 < length < entry.size and not self._rewritable(entry):
             raise fserrors.NotSupported(f"{where}: truncate to {length} refused: streams are append-only: a "
                                         f"closed file may grow (with zeros) or be emptied, not lose its last "
                                         f"{entry.size - length} bytes")
-        w = self.engine.open_writer(self.bucket, self.ns.key(path), "create" if length == 0 else "append")
+        how = "create" if length == 0 else "append"
+        if self._all_streams:
+            w = self.engine.open_writer(self.bucket, self.ns.key(path), how)
+        else:
+            w = self.engine.open_file_writer(self.bucket, self.ns.key(path), how, existing=entry)
         try:
             w.truncate(length)
         except BaseException:
             w.abort()
             raise
         w.close()
+        self.attrs_behind.take(self.ns.key(path))  # the commit wrote what was held
         self.ns.invalidate(path)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
@@ -589,6 +626,12 @@ class Filesystem:
             if entry.kind == "object" and entry.size > objattrs.MAX_COPY:
                 raise fserrors.NotSupported(f"{self.ns.where(path)}: attributes of an object over 5 GiB cannot "
                                             "be changed (S3 copies metadata only with the whole object)")
+            if entry.kind == "object":
+                # Shown now, stored a moment later with any that follow (fs/attrs_behind.py).
+                self.attrs_behind.hold(key, **attrs)
+                self.ns.update(path, replace(entry, metadata=objattrs.updated(entry.metadata or {}, stat.S_IFREG,
+                                                                                **attrs)))
+                return
             updated = self.engine.set_object_attrs(self.bucket, key, directory=entry.kind == "dir", **attrs)
             if updated is not None and entry.kind == "dir" and not _kept(updated, attrs):
                 self._markers_keep_nothing()
@@ -645,6 +688,7 @@ class Filesystem:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+        self.attrs_behind.flush()
         return True
 
     def close(self) -> None:
@@ -655,6 +699,7 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        self.attrs_behind.close()
 
 
 def _kept(entry: Entry, attrs: dict) -> bool:

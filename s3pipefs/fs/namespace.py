@@ -46,7 +46,9 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.manifest import MANIFEST_NAME
+from s3pipefs.s3 import ObjectInfo
 from s3pipefs.fs import fserrors, names
+from s3pipefs.fs.attrs_behind import AttrsBehind
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,16 @@ DIR_CONTENT_TYPE = "application/x-directory"
 # Bounds the caches' memory: ~1 KB per Entry, so at most ~100 MB in the worst case.
 MAX_ENTRIES = 100_000
 MAX_LISTINGS = 256
-# rename(2) of a directory copies what it holds: up to this many objects (lock directories,
-# a few files); a larger one gives EXDEV and mv(1) copies it file by file.
-MAX_DIR_RENAME = 64
+# rename(2) of a directory copies what it holds on the server, in parallel: up to this
+# many objects; a larger one gives EXDEV and mv(1) copies it file by file.
+MAX_DIR_RENAME = 10_000
 MANIFEST_SUFFIX = "/" + MANIFEST_NAME
 # The longest symlink target (PATH_MAX less its NUL): larger objects are never links.
 LINK_MAX = 4095
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
+# Parallel copies and deletes of a directory's rename.
+RENAME_WORKERS = 16
 
 
 def split(path: str) -> tuple[str, str]:
@@ -71,7 +75,10 @@ def split(path: str) -> tuple[str, str]:
 
 
 class Namespace:
-    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic):
+    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic,
+                 attrs_behind: AttrsBehind | None = None):
+        """``attrs_behind``: objects' attributes not stored yet, which a rename carries and
+        an unlink drops."""
         self.engine = engine
         self.store = engine.store
         self._sse = engine.request.sse_key  # every object request of this mount carries it
@@ -84,6 +91,8 @@ class Namespace:
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self.mounted_at = time.time()
+        self.attrs_behind = attrs_behind or AttrsBehind(
+            lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
 
     # -- names -------------------------------------------------------------------------
     def key(self, path: str) -> str:
@@ -110,14 +119,26 @@ class Namespace:
                     return self._entries[path]
                 parent, name = split(path)
                 listing = self._listings.get(parent)
-                if listing is not None:
-                    return listing.get(name)
-        entry = self.engine.stat(self.bucket, self.key(path))
+                found = listing.get(name) if listing is not None else _UNLISTED
+            if found is not _UNLISTED:
+                return self._described(path, found)
+        entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
         with self._lock:
             self._entries[path] = entry
         return entry
+
+    def _described(self, path: str, entry: Entry | None) -> Entry | None:
+        """A listed entry with its metadata: an object too large to be a link was listed
+        without it (metadata None); its first lookup HEADs it (stat of a file that ls -l or
+        rsync asks for), once per TTL."""
+        if entry is None or entry.metadata is not None:
+            return entry
+        info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
+        described = self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+        self.remember(path, described)
+        return described
 
     def _with_marker(self, entry: Entry) -> Entry:
         """A directory with its marker's metadata (owners, mode, time), when it has one."""
@@ -171,6 +192,9 @@ class Namespace:
                 listing[name] = e
         wanted = [n for n, e in listing.items()
                   if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX)]
+        for name, e in listing.items():
+            if e.kind == "object" and not 0 < e.size <= LINK_MAX:
+                listing[name] = replace(e, metadata=None)  # not known yet: see _described
         if wanted:
             with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
                 found = pool.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
@@ -192,10 +216,18 @@ class Namespace:
             self._listings.pop(path, None)
 
     def remember(self, path: str, entry: Entry | None) -> None:
-        """Record what this mount just learned (a reader's size at open, a commit)."""
+        """Record what this mount just learned (a reader's size at open, a commit, a
+        removal: None), in the listing of its directory too, so the next lookup there
+        (tar x and rsync look up every name before creating it) costs no request."""
+        parent, name = split(path)
         with self._lock:
             self._entries[path] = entry
-            self._listings.pop(split(path)[0], None)
+            listing = self._listings.get(parent)
+            if listing is not None:
+                if entry is None:
+                    listing.pop(name, None)
+                else:
+                    listing[name] = entry
 
     def update(self, path: str, entry: Entry) -> None:
         """A known file changed only its attributes: replace it where it is cached, and
@@ -213,7 +245,9 @@ class Namespace:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse)
-        self.invalidate(path)
+        self.remember(path, Entry("dir", self.bucket, self.key(path), mtime=time.time()))
+        with self._lock:
+            self._listings[path] = {}  # new, so empty: lookups of names in it cost nothing
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
         """A symlink object in the convention of s3fs-fuse: the target is its body."""
@@ -265,19 +299,29 @@ class Namespace:
         return any(o.key != marker for o in _take(self.store.list(self.bucket, marker), 2))
 
     def unlink(self, path: str) -> None:
-        entry = self.lookup(path, fresh=True)
+        """Remove a file. A plain object known from a listing within the TTL (rm -rf
+        reads the directory first) costs one DELETE; a stream is looked up afresh, since
+        a writer elsewhere may hold it, and goes manifest first."""
+        entry = self.lookup(path)
+        if entry is None or entry.kind != "object":
+            entry = self.lookup(path, fresh=True)
         if entry is None:
             raise errors.NotFound(f"{self.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.where(path)}: is a directory")
         if entry.kind == "stream":
+            if entry.writer_alive:
+                raise errors.Busy(f"{self.where(path)}: a writer is still writing it ({entry.manifest.writer_id})")
             names.check_removable(self.key(path), self.where(path))
+        self.attrs_behind.take(self.key(path))  # going: nothing to store
         try:
-            self.engine.delete(self.bucket, self.key(path))
+            self.engine.delete(self.bucket, self.key(path), kind=entry.kind)
             if entry.kind == "stream":
                 self._drop_folder(self.key(path))
-        finally:
+        except BaseException:
             self.invalidate(path)
+            raise
+        self.remember(path, None)
 
     def rename(self, old: str, new: str) -> None:
         """Server-side copy, then delete: streams, objects and empty directories.
@@ -288,7 +332,11 @@ class Namespace:
         """
         if old == new:
             return
-        src = self.lookup(old, fresh=True)
+        # A plain object this mount knows within the TTL (rsync's temporary file, just
+        # written) needs no lookup again; a stream or directory does (a writer elsewhere).
+        src = self.lookup(old)
+        if src is None or src.kind != "object" or not src.etag:
+            src = self.lookup(old, fresh=True)
         if src is None:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
         dst = self.lookup(new, fresh=True)
@@ -297,7 +345,15 @@ class Namespace:
                 self._rename_dir(old, new, src, dst)
             else:
                 self._rename_file(old, new, src, dst)
-        finally:
+        except BaseException:
+            self.invalidate(old)
+            self.invalidate(new)
+            raise
+        if src.kind == "object":
+            # Known without asking, and the listings stay: rsync renames every file it writes.
+            self.remember(old, None)
+            self.remember(new, replace(src, key=self.key(new)))
+        else:
             self.invalidate(old)
             self.invalidate(new)
 
@@ -309,14 +365,21 @@ class Namespace:
         skey, dkey = self.key(old), self.key(new)
         if src.kind == "stream":
             names.check_removable(skey, self.where(old))  # before the copy: nothing to undo
-        self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind)  # src was just looked up
+        held = self.attrs_behind.take(skey) if src.kind == "object" else {}
+        if held:
+            # Attributes set since the object was stored go with the copy (rsync's temporary file).
+            objattrs.copy_with_attrs(self.store, self.bucket, skey, dkey, sse_key=self._sse, **held)
+        else:
+            info = (ObjectInfo(skey, src.size, src.etag, src.mtime, src.metadata)
+                    if src.kind == "object" and src.etag else None)
+            self.engine.copy(self.bucket, skey, self.bucket, dkey, kind=src.kind, info=info)  # src just looked up
         if dst is not None and dst.kind != src.kind:
             # The old destination was the other kind (object "x" vs stream "x/"): remove
             # it, or it would shadow the new one or linger beside it.
             self.engine.delete(self.bucket, dkey, kind=dst.kind)
             if dst.kind == "stream":
                 self._drop_folder(dkey)
-        self.engine.delete(self.bucket, skey)
+        self.engine.delete(self.bucket, skey, kind=src.kind)
         if src.kind == "stream":
             self._drop_folder(skey)
 
@@ -350,6 +413,8 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a directory into itself")
         okey, nkey = self.key(old), self.key(new)
+        for key, attrs in self.attrs_behind.take_under(okey + "/").items():
+            self.engine.set_object_attrs(self.bucket, key, directory=False, **attrs)  # stored before the copy
         held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
                 if not isinstance(o, str) and o.key != okey + "/"]
         if len(held) > MAX_DIR_RENAME:
@@ -377,20 +442,28 @@ class Namespace:
         objects = [o.key for o in held if not o.key.startswith(in_stream)]
         for k in streams:
             names.check_removable(k, f"s3://{self.bucket}/{k}")
-            self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="stream")
-        for k in objects:
+
+        def copy(k: str) -> None:
+            to = nkey + k[len(okey):]
             if k.endswith("/"):
-                self.store.put(self.bucket, nkey + k[len(okey):], b"", **marker)
+                self.store.put(self.bucket, to, b"", **marker)
             else:
-                self.engine.copy(self.bucket, k, self.bucket, nkey + k[len(okey):], kind="object")
-        for k in streams:
-            self.engine.delete(self.bucket, k)
-        for k in objects:
-            if not k.endswith("/"):
-                self.store.delete(self.bucket, k)
+                self.engine.copy(self.bucket, k, self.bucket, to, kind="stream" if k in streams else "object")
+
+        # Copies in parallel, all of them done before anything is deleted (a failure
+        # leaves the source whole); then the deletes, objects in one batch.
+        with cf.ThreadPoolExecutor(min(RENAME_WORKERS, len(streams) + len(objects) or 1)) as pool:
+            list(pool.map(copy, [*streams, *objects]))
+            list(pool.map(lambda k: self.engine.delete(self.bucket, k, kind="stream"), streams))
+        plain = [k for k in objects if not k.endswith("/")]
+        if plain:
+            self.store.delete_many(self.bucket, plain)
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
+
+
+_UNLISTED = object()  # a name the listing cache cannot answer for
 
 
 def _target(body: bytes) -> str:

@@ -71,6 +71,11 @@ class FsConfig:
     kernel_read_ahead: int = 1024 * 1024
     # Generic VFS flags handed to the kernel as they are (noexec, nosuid, ...).
     kernel_flags: tuple[str, ...] = ()
+    # A file that closes within one segment is stored as a plain object (one PUT), and
+    # becomes a stream only when it outgrows a segment, is fsync'd or stays open unsent
+    # (engine/filewriter.py). "stream": every file written is a stream, as the s3pipe2
+    # tools expect to find it.
+    small_files: str = "object"
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,12 @@ def _group(text: str) -> int:
         raise UsageError(f"no such group: {text!r}") from None
 
 
+def _small_files(text: str) -> str:
+    if text in ("object", "stream"):
+        return text
+    raise UsageError(f"must be object or stream, not {text!r}")
+
+
 def _log(text: str) -> str:
     if text in ("auto", "syslog", "stderr") or text.startswith("/"):
         return text
@@ -152,6 +163,8 @@ _FS_OPTIONS: tuple[Option, ...] = (
            "deprecated, ignored: any number of files may be open for writing"),
     Option("read_memory", "fs", "read_memory", parse_size, "read-ahead memory shared by all files open for reading"),
     Option("direct_io", "fs", "direct_io", None, "bypass the page cache for every file"),
+    Option("small_files", "fs", "small_files", _small_files,
+           "object: a file that closes within one segment is one plain object; stream: every file is a stream"),
     Option("kernel_read_ahead", "fs", "kernel_read_ahead", parse_size,
            "the kernel's read-ahead for the mount (as root; 0 leaves the kernel's 128K)"),
     Option("max_threads", "fs", "max_threads", whole_number(2, 100000), "FUSE worker threads, libfuse 3"),

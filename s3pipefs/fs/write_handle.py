@@ -129,14 +129,16 @@ class WriteHandle:
                  size: int, append: bool, base_complete: bool = True, perm: int | None = None,
                  claim: Callable[["WriteHandle"], None] | None = None,
                  on_commit: Callable[["WriteHandle"], None] | None = None,
-                 admit: Callable[[int], None] | None = None):
+                 admit: Callable[[int], None] | None = None, rewritable: bool = False):
         """``mode``: how the file was opened, "create" (created or truncated) or "append".
         ``perm``: the permission bits of a new file (its create mode); None keeps the
         stream's own. ``claim``: registers the handle as its path's writer on this mount
         (raises Busy when another handle holds it); called when an OPENED handle first
         writes or truncates. ``admit``: waits until a write of that many bytes fits the
         mount's staging budget (engine/budget.py); called before the handle's lock is
-        taken, so a flush or fsync through a dup never waits behind it."""
+        taken, so a flush or fsync through a dup never waits behind it. ``rewritable``:
+        the file's bytes in S3 may change (a plain object that fits one segment: the
+        engine writer reads it back to change it), not only what follows them."""
         if mode not in ("create", "append"):
             raise ValueError(f"mode must be 'create' or 'append', not {mode!r}")
         self.path = path
@@ -150,6 +152,7 @@ class WriteHandle:
         self.base_complete = base_complete
         self.on_commit = on_commit
         self._admit = admit
+        self.rewritable = rewritable
         self._writer = None  # the engine writer: open in CLAIMED and WRITING (and RELEASING after them)
         # Lock owners (fd tables) that wrote since the last commit; None: unknown owner.
         self._owners: set[int | None] = set()
@@ -268,9 +271,11 @@ class WriteHandle:
             return len(data)
 
     def _sealed(self) -> int:
-        """Bytes that can no longer change: the whole file until the engine writer is
-        open (it is all in S3), then what that writer has sealed."""
-        return self.size if self._writer is None else self._writer.sealed
+        """Bytes that can no longer change: until the engine writer is open, the whole
+        file (it is in S3) unless it is rewritable; then what that writer has sealed."""
+        if self._writer is None:
+            return 0 if self.rewritable else self.size
+        return self._writer.sealed
 
     def _wrote(self, owner: int | None) -> None:
         self.size = self._writer.offset
@@ -393,7 +398,9 @@ class WriteHandle:
             raise
         self._writer = None
         self._owners.clear()
-        self.last_commit = getattr(w, "committed", None)  # the manifest it wrote, for the caches
+        self.last_commit = getattr(w, "committed", None)  # what it stored, for the caches
+        # A file stored as a plain object (engine/filewriter.py) stays changeable throughout.
+        self.rewritable = not getattr(w, "is_stream", True)
         self.mtime = time.time()
         self._become(op)
         if self.on_commit is not None:
