@@ -289,9 +289,8 @@ class Filesystem:
             if entry.kind == "dir":
                 raise fserrors.IsADirectory(f"{where}: is a directory")
             if entry.kind == "object" and self._all_streams:
-                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only on this mount (small_files=stream, or "
-                                                "client-side encryption); "
-                                                "write to a new name")
+                raise fserrors.PermissionDenied(f"{where}: plain S3 objects are read-only on this mount "
+                                                "(small_files=stream, or client-side encryption); write to a new name")
             if entry.writer_alive:
                 raise errors.Busy(f"{where}: another writer is writing this stream")
         # A create that finds the file (the kernel's cache was behind) opens it as open(2)
