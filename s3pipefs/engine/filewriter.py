@@ -118,6 +118,12 @@ class FileWriter:
         return self._closed or (self._stream is not None and self._stream.closed)
 
     @property
+    def cipher(self):
+        """The stream's client-side cipher once promoted; a pending file has none (a mount
+        with an encryption key writes streams only)."""
+        return self._stream.cipher if self._stream is not None else None
+
+    @property
     def is_stream(self) -> bool:
         """Promoted: a stream is being written."""
         return self._stream is not None
