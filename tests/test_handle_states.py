@@ -76,6 +76,10 @@ class FakeWriter:
         self.engine._maybe_fail("write", errors.EndpointError("s3://b/k: connection failed (test)"))
         self.offset = length
 
+    def claim(self) -> None:
+        assert not self.closed, "claim by a closed engine writer"
+        self.engine._maybe_fail("claim", errors.EndpointError("s3://b/k: connection failed (test)"))
+
     def flush(self) -> None:
         assert not self.closed, "flush of a closed engine writer"
         self.engine._maybe_fail("flush", errors.EndpointError("s3://b/k: connection failed (test)"))

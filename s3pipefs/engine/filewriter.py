@@ -117,6 +117,30 @@ class FileWriter:
     def closed(self) -> bool:
         return self._closed or (self._stream is not None and self._stream.closed)
 
+    def progress(self) -> dict:
+        """What `s3pipefs status` shows: a pending file is all staged, nothing sent."""
+        stream = self._stream
+        if stream is not None:
+            return {**stream.progress(), "kind": "stream"}
+        return {"written": self._size, "uploaded": 0, "staged": self._size, "segments_in_flight": 0,
+                "kind": "pending object"}
+
+    def claim(self) -> None:
+        """Make a new name exist now, before the commit (the first close(2) of a created
+        file that has nothing written yet: ``cmd > f`` once the shell closed its copy):
+        an empty object, written only if the name is still free. A name that holds a
+        file keeps it until the commit replaces it."""
+        with self._cond:
+            if self._stream is not None or self._existing is not None or self._size:
+                return
+            try:
+                self.store.put(self.bucket, self.key, b"", if_none_match=True, sse_key=self.sse_key,
+                               metadata=objattrs.updated({}, stat.S_IFREG, **{
+                                   k: v for k, v in self._attrs.items() if v is not None}) or None)
+            except errors.Busy:
+                raise errors.Busy(f"{self.where}: created meanwhile by another writer") from None
+            self._existing = "object"  # ours: the commit replaces it
+
     @property
     def cipher(self):
         """The stream's client-side cipher once promoted; a pending file has none (a mount

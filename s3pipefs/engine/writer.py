@@ -263,6 +263,9 @@ class StreamWriter:
         """Bytes from the start that can no longer change (uploaded or on their way)."""
         return self._sealed_bytes
 
+    def claim(self) -> None:
+        """Make the name exist before the commit: the lease taken at open already has."""
+
     def progress(self) -> dict:
         """Bytes written, in S3 (with what was there before an append) and staged here, and
         segments sealed but not landed yet: for `s3pipefs status`."""

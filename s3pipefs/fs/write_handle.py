@@ -382,9 +382,15 @@ class WriteHandle:
             if target is self._state:
                 return  # nothing written since the last commit
             if target is S.CLAIMED:
-                # Created or truncated, nothing written yet: take the stream now, so that it
-                # exists (as being written) once close(2) returns. Its release commits it.
+                # Created or truncated, nothing written yet: take the file now, so that it
+                # exists (a stream being written, or an empty object) once close(2)
+                # returns. Its release commits it.
                 self._writer = self._take_stream()
+                try:
+                    self._writer.claim()
+                except BaseException as e:
+                    self._fail(e)
+                    raise
                 self._become("flush")
             elif not owner or owner in self._owners or None in self._owners:
                 self._commit("flush")
