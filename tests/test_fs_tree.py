@@ -239,3 +239,28 @@ def test_mv_of_a_directory_copies_on_the_server_in_parallel(mounter, fault_proxy
     assert fault_proxy.count("POST") >= 1  # the sources go in a DeleteObjects batch
     assert not (m / "a").exists() and (m / "b" / "sub" / "f299").read_bytes() == b"299"
     assert [o.key for o in engine.store.list(bucket, "a/")] == []
+
+
+def test_rm_rf_sends_its_deletes_concurrently_and_a_name_reused_at_once_survives(mounter, fault_proxy, engine,
+                                                                                   bucket):
+    m = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="120")
+    d = m / "many"
+    os.mkdir(d)
+    for i in range(400):
+        (d / f"f{i}").write_bytes(b"%d" % i)
+    os.listdir(d)
+    fault_proxy.reset_log()
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+    assert fault_proxy.count("DELETE") >= 400
+    assert fault_proxy.peak_in_flight("DELETE") > 2  # not one file at a time
+    assert not d.exists() and not list(engine.store.list(bucket, "many/"))  # rmdir waited for them
+    # A name unlinked and created again at once: the new file is not removed by the old DELETE.
+    os.mkdir(m / "again")
+    for round_ in range(20):
+        (m / "again" / "x").write_bytes(b"old %d" % round_)
+        os.unlink(m / "again" / "x")
+        assert not (m / "again" / "x").exists()
+        (m / "again" / "x").write_bytes(b"new %d" % round_)
+        assert (m / "again" / "x").read_bytes() == b"new %d" % round_
+    body, _ = engine.store.get(bucket, "again/x")
+    assert body == b"new 19"

@@ -272,6 +272,7 @@ class Filesystem:
             # This mount is writing it: the loser of a race learns that, whatever S3 shows
             # meanwhile (nothing yet, or a stream without its first manifest).
             raise lost(f"{where}: already open for writing on this mount (one writer per stream)")
+        self.ns.deletes.wait(self.ns.key(path))  # an unlinked object of this name must be gone first
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
@@ -681,6 +682,7 @@ class Filesystem:
                 return False
             time.sleep(0.02)
         self.attrs_behind.flush()
+        self.ns.deletes.flush()
         return True
 
     def close(self) -> None:
@@ -692,6 +694,7 @@ class Filesystem:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.attrs_behind.close()
+        self.ns.deletes.close()
 
 
 def _kept(entry: Entry, attrs: dict) -> bool:
