@@ -272,7 +272,13 @@ class Filesystem:
             # This mount is writing it: the loser of a race learns that, whatever S3 shows
             # meanwhile (nothing yet, or a stream without its first manifest).
             raise lost(f"{where}: already open for writing on this mount (one writer per stream)")
-        self.ns.deletes.wait(self.ns.key(path))  # an unlinked object of this name must be gone first
+        key = self.ns.key(path)
+        self.ns.deletes.wait(key)  # an unlinked object of this name must be gone first
+        # Attributes still held for the object go out now, before a commit of new bytes
+        # could race their copy (which would bring the old bytes back).
+        held = self.attrs_behind.take(key)
+        if held:
+            self.engine.set_object_attrs(self.bucket, key, directory=False, **held)
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
@@ -488,6 +494,9 @@ class Filesystem:
                                         f"closed file may grow (with zeros) or be emptied, not lose its last "
                                         f"{entry.size - length} bytes")
         how = "create" if length == 0 else "append"
+        held = self.attrs_behind.take(self.ns.key(path))  # out before the new bytes (see _open_write)
+        if held:
+            self.engine.set_object_attrs(self.bucket, self.ns.key(path), directory=False, **held)
         if self.cfg.small_files == "stream":
             w = self.engine.open_writer(self.bucket, self.ns.key(path), how)
         else:

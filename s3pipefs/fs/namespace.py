@@ -348,6 +348,7 @@ class Namespace:
         if src is None:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
         self.deletes.wait(self.key(new))  # an unlinked object there must be gone before the copy
+        self.attrs_behind.take(self.key(new))  # held for what is about to be replaced
         dst = self.lookup(new, fresh=True)
         try:
             if src.kind == "dir":
