@@ -221,7 +221,7 @@ def test_an_rsync_style_small_file_costs_few_requests(mounter, fault_proxy, engi
     print(f"\nrsync -a: {per_file:.1f} requests per file: {dict(_requests(fault_proxy))}")
     # The PUT, its time (and mode) in its metadata, the rename's copy and delete, and
     # the lookups of the two names.
-    assert per_file <= 11, dict(_requests(fault_proxy))
+    assert per_file <= 5, dict(_requests(fault_proxy))
     assert all(_kind(engine, bucket, f"r/f{i}") == "object" for i in range(20))
     assert (m / "r" / "f7").stat().st_mtime_ns == 1_500_000_000_000_000_007
 

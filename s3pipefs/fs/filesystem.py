@@ -447,12 +447,12 @@ class Filesystem:
 
     def _final_release(self, fh: int, h: WriteHandle) -> None:
         try:
-            h.finish_release()
+            h.finish_release()  # its commit updates the caches (_committed)
         except Exception as e:  # noqa: BLE001 - nobody is left to tell but the log
             log.error("%s: final commit at close failed, stream left incomplete: %s", h.where, e)
+            self.ns.invalidate(h.path)
         finally:
             self.handles.remove(fh)
-            self.ns.invalidate(h.path)
 
     def _pool(self) -> cf.ThreadPoolExecutor:
         # Created on first use, i.e. after the daemon forked (threads do not survive fork).

@@ -349,7 +349,9 @@ class Namespace:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
         self.deletes.wait(self.key(new))  # an unlinked object there must be gone before the copy
         self.attrs_behind.take(self.key(new))  # held for what is about to be replaced
-        dst = self.lookup(new, fresh=True)
+        # What the new name holds, as this mount knows it within the TTL (rsync renames
+        # each file to a name the listing it just read says is free).
+        dst = self.lookup(new)
         try:
             if src.kind == "dir":
                 self._rename_dir(old, new, src, dst)
