@@ -5,8 +5,9 @@ chown and utimens of an object is a HEAD and a copy. ``rsync -a`` sets three of 
 every file it writes, after closing it and just before renaming it, which would triple
 what a small file costs. So the mount shows an object's new attributes at once (its
 cache) and stores them DELAY seconds later, all of them in one copy, or in the rename's
-own copy when a rename comes first (namespace.py). An unlink drops them, and so does a
-commit of the file (it writes them itself); unmount stores what is left.
+own copy when a rename comes first (namespace.py). An unlink drops them; a file opened
+for writing stores them first (a copy racing the commit of new bytes could bring the old
+bytes back); unmount stores what is left.
 
 The cost of the saving: attributes set within DELAY of a crash of the daemon are lost
 (the data never is: close() has committed it), and other mounts see them DELAY later.

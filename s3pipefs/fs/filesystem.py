@@ -278,6 +278,13 @@ class Filesystem:
             # This mount is writing it: the loser of a race learns that, whatever S3 shows
             # meanwhile (nothing yet, or a stream without its first manifest).
             raise lost(f"{where}: already open for writing on this mount (one writer per stream)")
+        key = self.ns.key(path)
+        self.ns.deletes.wait(key)  # an unlinked object of this name must be gone first
+        # Attributes still held for the object go out now, before a commit of new bytes
+        # could race their copy (which would bring the old bytes back).
+        held = self.attrs_behind.take(key)
+        if held:
+            self.engine.set_object_attrs(self.bucket, key, directory=False, **held)
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
@@ -446,12 +453,12 @@ class Filesystem:
 
     def _final_release(self, fh: int, h: WriteHandle) -> None:
         try:
-            h.finish_release()
+            h.finish_release()  # its commit updates the caches (_committed)
         except Exception as e:  # noqa: BLE001 - nobody is left to tell but the log
             log.error("%s: final commit at close failed, stream left incomplete: %s", h.where, e)
+            self.ns.invalidate(h.path)
         finally:
             self.handles.remove(fh)
-            self.ns.invalidate(h.path)
 
     def _pool(self) -> cf.ThreadPoolExecutor:
         # Created on first use, i.e. after the daemon forked (threads do not survive fork).
@@ -494,6 +501,9 @@ class Filesystem:
                                         f"closed file may grow (with zeros) or be emptied, not lose its last "
                                         f"{entry.size - length} bytes")
         how = "create" if length == 0 else "append"
+        held = self.attrs_behind.take(self.ns.key(path))  # out before the new bytes (see _open_write)
+        if held:
+            self.engine.set_object_attrs(self.bucket, self.ns.key(path), directory=False, **held)
         if self._all_streams:
             w = self.engine.open_writer(self.bucket, self.ns.key(path), how)
         else:
@@ -688,6 +698,7 @@ class Filesystem:
                 return False
             time.sleep(0.02)
         self.attrs_behind.flush()
+        self.ns.deletes.flush()
         return True
 
     def close(self) -> None:
@@ -699,6 +710,7 @@ class Filesystem:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.attrs_behind.close()
+        self.ns.deletes.close()
 
 
 def _kept(entry: Entry, attrs: dict) -> bool:

@@ -49,6 +49,7 @@ from s3pipefs.manifest import MANIFEST_NAME
 from s3pipefs.s3 import ObjectInfo
 from s3pipefs.fs import fserrors, names
 from s3pipefs.fs.attrs_behind import AttrsBehind
+from s3pipefs.fs.deletes_behind import DeletesBehind
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class Namespace:
         self.mounted_at = time.time()
         self.attrs_behind = attrs_behind or AttrsBehind(
             lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
+        # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
+        self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
+                                     failed=lambda key: self.invalidate(self.path_of(key)))
 
     # -- names -------------------------------------------------------------------------
     def key(self, path: str) -> str:
@@ -101,6 +105,10 @@ class Namespace:
         if not rel:
             return self.prefix.rstrip("/")
         return self.prefix + rel
+
+    def path_of(self, key: str) -> str:
+        """The mount's path of a key under its prefix."""
+        return "/" + key[len(self.prefix):]
 
     def where(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.key(path)}"
@@ -122,6 +130,8 @@ class Namespace:
                 found = listing.get(name) if listing is not None else _UNLISTED
             if found is not _UNLISTED:
                 return self._described(path, found)
+        if self.deletes.pending(self.key(path)):
+            return None  # unlinked; its DELETE is on its way
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
@@ -185,6 +195,8 @@ class Namespace:
             name = e.key[len(prefix):].strip("/") if e.key.startswith(prefix) else ""
             if not name or "/" in name or name in (".", ".."):
                 continue  # the directory's own marker, or a key no file name can express
+            if e.kind == "object" and self.deletes.pending(e.key):
+                continue  # unlinked; its DELETE is on its way
             old = listing.get(name)
             # An object "x" next to a prefix "x/": the stream or directory wins (it has
             # content below it); the object stays reachable through the S3 tools.
@@ -254,6 +266,7 @@ class Namespace:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         body = target.encode("utf-8", "surrogateescape")
+        self.deletes.wait(self.key(path))  # an unlinked object of that name must be gone first
         try:
             self.store.put(self.bucket, self.key(path), body, metadata=objattrs.link_metadata(uid, gid),
                            content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True, sse_key=self._sse)
@@ -287,6 +300,7 @@ class Namespace:
             raise errors.NotFound(f"{self.where(path)}: no such directory")
         if entry.kind != "dir":
             raise fserrors.NotADirectory(f"{self.where(path)}: not a directory")
+        self.deletes.wait_under(self.key(path) + "/")  # rm -rf: the files' DELETEs land first
         if self._has_content(self.key(path)):
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
@@ -314,6 +328,10 @@ class Namespace:
                 raise errors.Busy(f"{self.where(path)}: a writer is still writing it ({entry.manifest.writer_id})")
             names.check_removable(self.key(path), self.where(path))
         self.attrs_behind.take(self.key(path))  # going: nothing to store
+        if entry.kind == "object":
+            self.deletes.start(self.key(path))  # returns at once (fs/deletes_behind.py)
+            self.remember(path, None)
+            return
         try:
             self.engine.delete(self.bucket, self.key(path), kind=entry.kind)
             if entry.kind == "stream":
@@ -339,7 +357,11 @@ class Namespace:
             src = self.lookup(old, fresh=True)
         if src is None:
             raise errors.NotFound(f"{self.where(old)}: no such file or directory")
-        dst = self.lookup(new, fresh=True)
+        self.deletes.wait(self.key(new))  # an unlinked object there must be gone before the copy
+        self.attrs_behind.take(self.key(new))  # held for what is about to be replaced
+        # What the new name holds, as this mount knows it within the TTL (rsync renames
+        # each file to a name the listing it just read says is free).
+        dst = self.lookup(new)
         try:
             if src.kind == "dir":
                 self._rename_dir(old, new, src, dst)
@@ -413,6 +435,8 @@ class Namespace:
         if new.startswith(old.rstrip("/") + "/"):
             raise errors.UsageError(f"{self.where(new)}: cannot move a directory into itself")
         okey, nkey = self.key(old), self.key(new)
+        self.deletes.wait_under(okey + "/")
+        self.deletes.wait_under(nkey + "/")
         for key, attrs in self.attrs_behind.take_under(okey + "/").items():
             self.engine.set_object_attrs(self.bucket, key, directory=False, **attrs)  # stored before the copy
         held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
