@@ -460,7 +460,14 @@ def main(argv=None) -> int:
     out = results / f"{stamp}.json"
     out.write_text(json.dumps({"meta": meta, "rows": [r.to_json() for r in rows]}, indent=2, default=str))
     print()
-    print(f"s3pipefs benchmark {stamp}: data {a.size_bytes / MiB:.0f} MiB, {a.objects} objects for sync, "
+    what = []
+    if {"put", "cat", "mount", "copy"} & set(a.sections):
+        what.append(f"data {a.size_bytes / MiB:.0f} MiB")
+    if "sync" in a.sections:
+        what.append(f"{a.objects} objects for sync")
+    if "wan" in a.sections:
+        what.append(f"wan: {a.wan_size_bytes / MiB:.0f} MiB, {wan_rows.describe(a)}")
+    print(f"s3pipefs benchmark {stamp}: {', '.join(what)}; "
           f"{os.cpu_count()} CPUs shared with the S3 server; "
           + (f"median of {a.repeat} runs" if a.repeat > 1 else "1 run per row"))
     other = [r for r in rows if r.section != "tree"]

@@ -175,14 +175,15 @@ def run_op(ctx: Ctx, v: Variant, op: str, rep: int) -> Run:
         if op == "diff -r":
             note = ctx.drop_caches() or ""
         dst = m.mnt / prefix.rstrip("/")
+        if op.endswith("writers"):  # untimed and uncounted: the row is about the files
+            dst.mkdir(exist_ok=True)
+            one = writer_source(ctx)
         before = proxy.stats()
         daemon = TreeMonitor(m.pids).start()
         srv = TreeMonitor(ctx.server_pids, sample_rss=False).start()
         listing = ctx.fastdir / "tree-ls.txt"
         with open(log, "ab") as logf:
             if op.endswith("writers"):
-                dst.mkdir(exist_ok=True)
-                one = writer_source(ctx)
                 procs = [Proc(f"w{i}", ["sh", "-c", 'exec cat "$0" > "$1"', str(one), str(dst / f"f{i:02d}")],
                               stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, rss=False)
                          for i in range(WRITERS)]

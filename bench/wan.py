@@ -52,8 +52,8 @@ def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
     for section, build in (("wan put", pipe_rows.put_rows), ("wan cat", pipe_rows.cat_rows),
                            ("wan mount", mount_rows.rows)):
         for row in build(wctx, tools):
+            row.op = f"wan {row.label}"  # "wan put (stdin)", "wan mount write": holds the section
             row.section = section
-            row.op = f"wan {row.label}"
             if row.fn is not None:
                 row.fn = _counted(row.fn)
             out.append(row)
