@@ -7,7 +7,7 @@ out, since not every mount can make them. Then, per mount variant and each on a 
 mount (cold metadata caches, as after a reboot):
 
     cp -a SRC/. MNT/tree-rN        timed until S3 holds every file
-    ls -lR MNT/tree-rN             must show every file
+    ls -lAR MNT/tree-rN             must show every file
     diff -r SRC MNT/tree-rN        page cache dropped first; must find no difference
     rm -rf MNT/tree-rN             timed until S3 holds none of them
     64 writers                     64 x `cat 1MiB > MNT/par-rN/fI` at once, until S3 holds all
@@ -116,7 +116,7 @@ def holds(expected: dict[str, int]):
 
 
 # -- rows ----------------------------------------------------------------------------------
-OPS = ("cp -a", "ls -lR", "diff -r", "rm -rf", f"{WRITERS} writers")
+OPS = ("cp -a", "ls -lAR", "diff -r", "rm -rf", f"{WRITERS} writers")
 
 
 def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
@@ -131,7 +131,7 @@ def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
         mount_cmd = show(v.argv(ctx, v.bucket, "MNT", Path("CACHE")), ctx) + "  (tools reach the server through the counting proxy)"
         commands = {
             "cp -a": "cp -a SRC/. MNT/tree-rN  (until S3 holds every file)",
-            "ls -lR": "ls -lR MNT/tree-rN",
+            "ls -lAR": "ls -lAR MNT/tree-rN",
             "diff -r": "sync; echo 3 > /proc/sys/vm/drop_caches; diff -r SRC MNT/tree-rN",
             "rm -rf": "rm -rf MNT/tree-rN  (until S3 holds none of them)",
             f"{WRITERS} writers": f"{WRITERS} x sh -c 'exec cat 1MiB > MNT/par-rN/fI' at once  (until S3 holds all)",
@@ -189,10 +189,10 @@ def run_op(ctx: Ctx, v: Variant, op: str, rep: int) -> Run:
                          for i in range(WRITERS)]
             else:
                 argv = {"cp -a": ["cp", "-a", f"{src}/.", str(dst)],
-                        "ls -lR": ["ls", "-lR", str(dst)],
+                        "ls -lAR": ["ls", "-lAR", str(dst)],
                         "diff -r": ["diff", "-r", str(src), str(dst)],
                         "rm -rf": ["rm", "-rf", str(dst)]}[op]
-                out = open(listing, "wb") if op == "ls -lR" else logf
+                out = open(listing, "wb") if op == "ls -lAR" else logf
                 procs = [Proc(op, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=logf, rss=False)]
                 if out is not logf:
                     out.close()
@@ -220,8 +220,8 @@ def run_op(ctx: Ctx, v: Variant, op: str, rep: int) -> Run:
         run.reason = f"{failed[0].name} exit status {failed[0].rc}: {tail(log)}"
     elif settle is None:
         run.reason = f"{op} returned but S3 did not match after {timeout:g}s"
-    elif op == "ls -lR" and (shown := _files_listed(listing)) != len(expected):
-        run.reason = f"ls -lR showed {shown} files, the tree has {len(expected)}"
+    elif op == "ls -lAR" and (shown := _files_listed(listing)) != len(expected):
+        run.reason = f"ls -lAR showed {shown} files, the tree has {len(expected)}"
     else:
         run.ok = True
         if failed:
