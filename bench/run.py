@@ -51,8 +51,8 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"sections to run, comma-separated: {','.join(SECTIONS)} (pipe = put,cat)")
     ap.add_argument("--tools", default=",".join(ALL_TOOLS), help=f"tools to run (default all: {','.join(ALL_TOOLS)})")
-    ap.add_argument("--tree-files", type=int, default=5000,
-                    help="files in the tree section's tree (default 5000, from /usr/share/doc and on)")
+    ap.add_argument("--tree-files", type=int, default=2000,
+                    help="files in the tree section's tree (default 2000, from /usr/share/doc and on; 5000 for the full comparison)")
     ap.add_argument("--wan-size", default="256M", help="test data of the wan rows (default 256M)")
     ap.add_argument("--wan-rtt", type=float, default=40.0, help="wan rows: round trip added, ms (default 40)")
     ap.add_argument("--wan-rate", type=float, default=400.0,

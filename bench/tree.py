@@ -225,7 +225,8 @@ def run_op(ctx: Ctx, v: Variant, op: str, rep: int) -> Run:
     else:
         run.ok = True
         if failed:
-            run.note = "; ".join(n for n in (f"cp exit status {failed[0].rc}: {_first_error(log)}", run.note) if n)
+            first = _first_error(log).replace(str(m.mnt), "MNT")
+            run.note = "; ".join(n for n in (f"cp exit status {failed[0].rc}: {first}", run.note) if n)
     if op.endswith("writers"):
         ctx.delete_prefix(v.bucket, prefix)
     return run
