@@ -54,8 +54,10 @@ test: deps venv
 demo: deps venv
 	PYTHON=$(abspath $(VPY)) packaging/demo.sh
 
+# Options of bench/run.py, e.g. make bench BENCH_ARGS='--only tree,wan --tree-files 1000'
+BENCH_ARGS ?=
 bench: $(VENV)/.s3pipefs-bench
-	$(VPY) bench/run.py
+	$(VPY) bench/run.py $(BENCH_ARGS)
 
 $(VENV)/.s3pipefs-bench: $(STAMP)
 	$(VPY) -m pip install -q -e '.[bench]'

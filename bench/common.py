@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -43,6 +44,7 @@ class Run:
     tool_rss: int | None = None        # peak RSS bytes of the tool
     pids: list[int] | None = None      # mount rows: the daemon processes that were measured
     loadavg: float | None = None       # 1-minute load average when the run ended (noise indicator)
+    requests: dict | None = None       # rows through a proxy: requests the server got, by method
     note: str = ""
 
 
@@ -205,6 +207,30 @@ class Ctx:
         from measure import drop_caches
         return drop_caches()
 
+    def via(self, name: str, link) -> "Ctx":
+        """This context with every tool reaching the server through the proxy ``name``
+        (bench/wanproxy.py, emulating ``link``), started on first use and kept for the run;
+        its logs go to a subdirectory of the same name."""
+        from wanproxy import ProxyProcess
+
+        proxies = self.extra.setdefault("proxies", {})
+        if name not in proxies:
+            logdir = self.logdir / name
+            logdir.mkdir(parents=True, exist_ok=True)
+            proxy = ProxyProcess(self.endpoint, link, logdir / "proxy.log")
+            env = dict(self.env, AWS_ENDPOINT_URL=proxy.endpoint)
+            env[f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_ENDPOINT"] = proxy.endpoint
+            proxies[name] = (proxy, dataclasses.replace(self, endpoint=proxy.endpoint, env=env, logdir=logdir))
+        return proxies[name][1]
+
+    def proxy(self, name: str):
+        """The ProxyProcess behind ``via(name, ...)``."""
+        return self.extra["proxies"][name][0]
+
+    def stop_proxies(self) -> None:
+        for proxy, _ in self.extra.pop("proxies", {}).values():
+            proxy.stop()
+
     def log(self, name: str) -> Path:
         self.seq += 1
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
@@ -265,6 +291,25 @@ class Ctx:
         """Upload the test data as a plain object with boto3 (for a read row whose write failed)."""
         self.ensure_bucket(bucket)
         self.s3.upload_file(str(self.data), bucket, key)
+
+
+def request_delta(before: dict, after: dict) -> dict:
+    """Requests by method between two ProxyProcess.stats() snapshots."""
+    old = before.get("requests", {})
+    return {m: n - old.get(m, 0) for m, n in after.get("requests", {}).items() if n - old.get(m, 0)}
+
+
+def make_data(path: Path, size: int) -> float:
+    """``size`` bytes of os.urandom (incompressible) at ``path``; returns the seconds it took."""
+    t0 = time.monotonic()
+    chunk = 8 * MiB
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+    return time.monotonic() - t0
 
 
 def show(argv: list[str], ctx: "Ctx") -> str:

@@ -173,16 +173,22 @@ def _key(rep: int) -> str:
     return f"bench-r{rep}.bin"
 
 
+def why_unavailable(ctx: Ctx, v: Variant) -> str | None:
+    """Why variant ``v`` cannot mount on this machine, or None."""
+    why = ctx.tools.why_unavailable(v.tool)
+    if not why and not ctx.tools.paths.get("fusermount"):
+        why = "fusermount3 not installed (apt-get install fuse3)"
+    if not why and not os.path.exists("/dev/fuse"):
+        why = "/dev/fuse missing: no FUSE on this machine"
+    return why
+
+
 def rows(ctx: Ctx, tools: list[str]) -> list[Row]:
     out = []
     for v in VARIANTS:
         if v.tool not in tools:
             continue
-        why = ctx.tools.why_unavailable(v.tool)
-        if not why and not ctx.tools.paths.get("fusermount"):
-            why = "fusermount3 not installed (apt-get install fuse3)"
-        if not why and not os.path.exists("/dev/fuse"):
-            why = "/dev/fuse missing: no FUSE on this machine"
+        why = why_unavailable(ctx, v)
         cmd = show(v.argv(ctx, v.bucket, "MNT", Path("CACHE")), ctx) if not why else ""
         w = Row("mount", "write", v.tool, v.label, units=ctx.size, unit="bytes")
         r = Row("mount", "read", v.tool, v.label, units=ctx.size, unit="bytes")

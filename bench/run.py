@@ -5,6 +5,8 @@
     .venv/bin/python bench/run.py --only copy --size 64M   # S3->S3 copy of one big file
     .venv/bin/python bench/run.py --size 64M --objects 1000 --only put,cat
     .venv/bin/python bench/run.py --tools s3pipefs,rclone --repeat 3
+    .venv/bin/python bench/run.py --only tree --tree-files 1000    # small files through the mounts
+    .venv/bin/python bench/run.py --only wan --wan-rtt 80 --wan-rate 100   # behind a slower link
 
 See docs/benchmark.md for what each row runs and measures.
 """
@@ -28,9 +30,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ALL_TOOLS, BASELINE, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools  # noqa: E402
+from common import ALL_TOOLS, BASELINE, GiB, KiB, MiB, RCLONE_REMOTE, Ctx, Row, Run, Tools, make_data  # noqa: E402
 
-SECTIONS = ("put", "cat", "mount", "sync", "copy")
+SECTIONS = ("put", "cat", "mount", "sync", "copy", "tree", "wan")
 HASHERS = ("md5sum", "sha1sum", "b2sum", "cksum")
 
 
@@ -49,6 +51,14 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"sections to run, comma-separated: {','.join(SECTIONS)} (pipe = put,cat)")
     ap.add_argument("--tools", default=",".join(ALL_TOOLS), help=f"tools to run (default all: {','.join(ALL_TOOLS)})")
+    ap.add_argument("--tree-files", type=int, default=2000,
+                    help="files in the tree section's tree (default 2000, from /usr/share/doc and on; 5000 for the full comparison)")
+    ap.add_argument("--wan-size", default="256M", help="test data of the wan rows (default 256M)")
+    ap.add_argument("--wan-rtt", type=float, default=40.0, help="wan rows: round trip added, ms (default 40)")
+    ap.add_argument("--wan-rate", type=float, default=400.0,
+                    help="wan rows: rate cap per connection and direction, Mbit/s (default 400; 0: none)")
+    ap.add_argument("--wan-window", default="0",
+                    help="wan rows: bytes in flight per connection and direction (default 0: no cap)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median run (by wall time) is reported")
     ap.add_argument("--stdin", choices=("pipe", "file"), default="pipe",
                     help="put rows: feed the tool through a pipe from `cat DATA` (default), or redirect stdin from the file")
@@ -68,6 +78,10 @@ def parse_args(argv=None):
                          "tree's, to judge a change against the same server and load in one run")
     a = ap.parse_args(argv)
     a.size_bytes = parse_size(a.size)
+    a.wan_size_bytes = parse_size(a.wan_size)
+    a.wan_window = parse_size(a.wan_window)
+    if a.tree_files < 1:
+        ap.error("--tree-files must be >= 1")
     only = set()
     for s in a.only.split(","):
         s = s.strip()
@@ -102,6 +116,7 @@ def run_setup() -> None:
 # Copies of the test data one repetition writes to the server's disk, per section: put
 # 4 tools; mount 4 variants plus rclone's and s3fs's local copies; copy 4 tools.
 _WRITES_PER_REP = {"put": 4, "mount": 6, "copy": 4}
+_WAN_WRITES_PER_REP = 4 + 6  # put and mount, of --wan-size
 
 
 def disk_shortfall(a, workdir: Path) -> str | None:
@@ -109,9 +124,10 @@ def disk_shortfall(a, workdir: Path) -> str | None:
     objects' bytes until it vacuums, so a run's writes add up (a 3-repetition put, cat and
     mount run left ~21 GiB); running out half-way fails rows late and for the wrong reason."""
     copies = sum(n for section, n in _WRITES_PER_REP.items() if section in a.sections)
-    if not copies:
+    wan = _WAN_WRITES_PER_REP * a.repeat + 2 if "wan" in a.sections else 0
+    if not copies and not wan:
         return None
-    need = (copies * a.repeat + 2) * a.size_bytes + GiB  # + sources and seeds, + slack
+    need = (copies * a.repeat + 2) * a.size_bytes + wan * a.wan_size_bytes + GiB  # + sources and seeds, + slack
     free = shutil.disk_usage(workdir).free
     if free >= need:
         return None
@@ -193,7 +209,9 @@ def make_s3(env: dict):
 
 
 def choose_fastdir(a, workdir: Path) -> tuple[Path, str]:
-    need = a.size_bytes + (a.objects * 9 * KiB if "sync" in a.sections else 0) + 256 * MiB
+    need = (a.size_bytes + (a.objects * 9 * KiB if "sync" in a.sections else 0)
+            + (a.tree_files * 64 * KiB + MiB if "tree" in a.sections else 0)
+            + (a.wan_size_bytes if "wan" in a.sections else 0) + 256 * MiB)
     if a.data_dir:
         d = Path(a.data_dir)
         d.mkdir(parents=True, exist_ok=True)
@@ -210,18 +228,6 @@ def choose_fastdir(a, workdir: Path) -> tuple[Path, str]:
     d = workdir / "data"
     d.mkdir(parents=True, exist_ok=True)
     return d, f"local disk ({why}): dropping the page cache evicts it, so write rows also read the disk"
-
-
-def make_data(path: Path, size: int) -> float:
-    t0 = time.monotonic()
-    chunk = 8 * MiB
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(chunk, left)
-            f.write(os.urandom(n))
-            left -= n
-    return time.monotonic() - t0
 
 
 # -- running -------------------------------------------------------------------------------
@@ -275,7 +281,7 @@ def run_once(ctx: Ctx, row: Row, rep: int) -> None:
     rate = ""
     if run.wall:
         rate = (f"{row.units / MiB / run.wall:.1f} MiB/s" if row.unit == "bytes"
-                else f"{row.units / run.wall:.0f} obj/s")
+                else f"{row.units / run.wall:.0f} {'files' if row.unit == 'files' else 'obj'}/s")
     status = "ok" if run.ok else f"FAILED: {run.reason}"
     wall = f"{run.wall:.2f}s" if run.wall else "-"
     print(f"[{label} #{rep}] {wall} {rate} {status}", flush=True)
@@ -296,7 +302,9 @@ def table(rows: list[Row]) -> str:
             rate = (f"{r.units / MiB / c.wall:.1f} MiB/s" if r.unit == "bytes" else f"{r.units / c.wall:.0f} obj/s")
             cells = [r.label, r.variant, f"{c.wall:.2f}", rate,
                      (_fmt(c.tool_cpu, ".2f", per) + " " + per_unit) if c.tool_cpu is not None else "-",
-                     _fmt(c.app_cpu, ".2f", per), _fmt(c.server_cpu, ".2f", per), _fmt(c.tool_rss, ".0f", 1 / MiB)]
+                     _fmt(c.app_cpu, ".2f", per),
+                     (_fmt(c.server_cpu, ".2f", per) + " " + per_unit) if c.server_cpu is not None else "-",
+                     _fmt(c.tool_rss, ".0f", 1 / MiB)]
         else:
             cells = [r.label, r.variant] + ["-"] * 6
         status = r.status if r.status == "ok" else f"{r.status}: {r.reason}"
@@ -305,6 +313,8 @@ def table(rows: list[Row]) -> str:
             notes.append(f"close() returned at {c.close_wall:.2f}s")
         if c and c.note:
             notes.append(c.note)
+        if c and c.requests:
+            notes.append(f"{sum(c.requests.values())} requests")
         if len(r.runs) > 1 and c:
             walls = sorted(x.wall for x in r.runs if x.ok)
             notes.append("walls " + "/".join(f"{w:.2f}" for w in walls))
@@ -337,6 +347,8 @@ def main(argv=None) -> int:
     import pipe as pipe_rows
     import s3copy as copy_rows
     import sync as sync_rows
+    import tree as tree_rows
+    import wan as wan_rows
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     results = Path(a.results)
@@ -347,6 +359,7 @@ def main(argv=None) -> int:
     subreaper = set_child_subreaper()
 
     server = None
+    ctx = None
     fastdir = None
     rows: list[Row] = []
     meta: dict = {}
@@ -396,9 +409,14 @@ def main(argv=None) -> int:
                   f"{ctx.digest}", flush=True)
 
         builders = {"put": pipe_rows.put_rows, "cat": pipe_rows.cat_rows, "mount": mount_rows.rows,
-                    "sync": sync_rows.rows, "copy": copy_rows.rows}
+                    "sync": sync_rows.rows, "copy": copy_rows.rows, "tree": tree_rows.rows, "wan": wan_rows.rows}
         for s in a.sections:
             rows += builders[s](ctx, a.tool_list)
+        tree_what = tree_rows.describe(ctx) if "tree" in a.sections else None
+        if tree_what:
+            print(f"bench: tree: {tree_what}", flush=True)
+        if "wan" in a.sections:
+            print(f"bench: wan: {wan_rows.describe(a)}, {a.wan_size_bytes / MiB:.0f} MiB of data", flush=True)
 
         meta = {
             "timestamp": stamp, "host": platform.node(), "cpus": os.cpu_count(),
@@ -411,12 +429,16 @@ def main(argv=None) -> int:
             "page_cache": drop_note or "dropped before every read row", "subreaper": subreaper,
             "tool_versions": tools.versions, "tools_unavailable": tools.missing,
             "timeout": ctx.timeout, "sync_timeout": ctx.sync_timeout,
+            "tree": tree_what, "tree_files": a.tree_files, "wan_size": a.wan_size_bytes, "wan_rtt_ms": a.wan_rtt,
+            "wan_rate_mbit": a.wan_rate, "wan_window": a.wan_window,
         }
         t_all = time.monotonic()
         run_rows(ctx, rows)
         meta["total_seconds"] = time.monotonic() - t_all
         meta["loadavg_after"] = os.getloadavg()
     finally:
+        if ctx is not None:
+            ctx.stop_proxies()
         if server is not None:
             try:
                 server.stop()
@@ -438,10 +460,24 @@ def main(argv=None) -> int:
     out = results / f"{stamp}.json"
     out.write_text(json.dumps({"meta": meta, "rows": [r.to_json() for r in rows]}, indent=2, default=str))
     print()
-    print(f"s3pipefs benchmark {stamp}: data {a.size_bytes / MiB:.0f} MiB, {a.objects} objects for sync, "
+    what = []
+    if {"put", "cat", "mount", "copy"} & set(a.sections):
+        what.append(f"data {a.size_bytes / MiB:.0f} MiB")
+    if "sync" in a.sections:
+        what.append(f"{a.objects} objects for sync")
+    if "wan" in a.sections:
+        what.append(f"wan: {a.wan_size_bytes / MiB:.0f} MiB, {wan_rows.describe(a)}")
+    print(f"s3pipefs benchmark {stamp}: {', '.join(what)}; "
           f"{os.cpu_count()} CPUs shared with the S3 server; "
           + (f"median of {a.repeat} runs" if a.repeat > 1 else "1 run per row"))
-    print(table(rows))
+    other = [r for r in rows if r.section != "tree"]
+    tree = [r for r in rows if r.section == "tree"]
+    if other or not tree:
+        print(table(other))
+    if tree:
+        print()
+        print(f"tree: {meta.get('tree', '')}; each row on a fresh mount, requests counted at the server")
+        print(tree_rows.table(tree))
     print()
     print("tool CPU: user+sys of the tool's process tree (pipe/sync rows: os.wait4 rusage; mount rows: the FUSE daemon via psutil).")
     print(f"app CPU: the other side of the pipe or mount (`cat DATA`, `{a.hasher}`). server CPU: the S3 server during the row.")
