@@ -75,8 +75,14 @@ def test_the_verified_botocore_takes_the_fast_path_and_sets_the_blocksize(store,
     assert internals.set_upload_blocksize(store.client, MiB)
     store.put(bucket, "k", b"quick", quick=True)
     assert store.quick_requests == 1
-    store.put(bucket, "c", b"conditional", quick=True, if_none_match=True)  # a condition: botocore
-    assert store.quick_requests == 1
+    # Conditions go the quick way too (a mount's small files), and a lost one is Busy.
+    store.put(bucket, "c", b"conditional", quick=True, if_none_match=True)
+    assert store.quick_requests == 2
+    with pytest.raises(errors.Busy):
+        store.put(bucket, "c", b"again", quick=True, if_none_match=True)
+    assert store.get(bucket, "c")[0] == b"conditional"
+    store.put(bucket, "k", b"sse-c", quick=True, sse_key=b"k" * 32)  # a key: botocore
+    assert store.quick_requests == 3
 
 
 # -- virtual-hosted addressing ---------------------------------------------------------------------

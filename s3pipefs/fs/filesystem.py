@@ -631,6 +631,8 @@ class Filesystem:
             updated = self.engine.set_attrs(self.bucket, key, known=entry, **attrs)
         elif not key:
             return  # the bucket itself has no marker to keep them
+        elif entry.kind == "dir" and self._said_markers:
+            return  # this server keeps no metadata on markers: nothing to send (said once)
         else:
             if entry.kind == "object" and entry.size > objattrs.MAX_COPY:
                 raise fserrors.NotSupported(f"{self.ns.where(path)}: attributes of an object over 5 GiB cannot "

@@ -139,6 +139,16 @@ class Namespace:
             self._entries[path] = entry
         return entry
 
+    def _cached(self, path: str) -> Entry | None:
+        """What the caches hold for ``path`` as it is (no request; an object listed
+        without its metadata stays so): enough to remove it."""
+        parent, name = split(path)
+        with self._lock:
+            if path in self._entries:
+                return self._entries[path]
+            listing = self._listings.get(parent)
+            return listing.get(name) if listing is not None else None
+
     def _described(self, path: str, entry: Entry | None) -> Entry | None:
         """A listed entry with its metadata: an object too large to be a link was listed
         without it (metadata None); its first lookup HEADs it (stat of a file that ls -l or
@@ -316,7 +326,7 @@ class Namespace:
         """Remove a file. A plain object known from a listing within the TTL (rm -rf
         reads the directory first) costs one DELETE; a stream is looked up afresh, since
         a writer elsewhere may hold it, and goes manifest first."""
-        entry = self.lookup(path)
+        entry = self._cached(path)
         if entry is None or entry.kind != "object":
             entry = self.lookup(path, fresh=True)
         if entry is None:

@@ -373,10 +373,11 @@ class Store:
         this request's transient failures.
         """
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
-            sse_key or if_match or if_none_match or self.bandwidth) else None
+            sse_key or self.bandwidth) else None
         if fast is not None:
             headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
-                                         ("Content-Type", content_type)) if v}
+                                         ("Content-Type", content_type), ("If-Match", if_match),
+                                         ("If-None-Match", "*" if if_none_match else None)) if v}
             headers.update({f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()})
             return self._call(lambda: fast.put(bucket, key, body, headers), bucket, key, "write")
         if self.bandwidth is not None:
