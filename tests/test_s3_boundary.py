@@ -83,6 +83,10 @@ def test_the_verified_botocore_takes_the_fast_path_and_sets_the_blocksize(store,
     assert store.get(bucket, "c")[0] == b"conditional"
     store.put(bucket, "k", b"sse-c", quick=True, sse_key=b"k" * 32)  # a key: botocore
     assert store.quick_requests == 3
+    # A listing of a prefix with a space and non-ASCII letters, signed as the server checks it.
+    store.put(bucket, "café ☃/x+y z", b"")
+    items, _ = store.list_page(bucket, "café ☃/", quick=True)
+    assert [o.key for o in items] == ["café ☃/x+y z"] and store.quick_requests == 4
 
 
 # -- virtual-hosted addressing ---------------------------------------------------------------------

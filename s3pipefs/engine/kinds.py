@@ -70,7 +70,7 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
         return find(store, bucket, key, sse_key=sse_key)
     obj = below = False
     seen = 0
-    for item in store.list(bucket, name, delimiter="/"):
+    for item in store.list(bucket, name, delimiter="/", quick=True):
         k = item if isinstance(item, str) else item.key
         obj = obj or k == name
         below = below or k == name + "/" or k.startswith(name + "/")

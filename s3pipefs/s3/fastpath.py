@@ -93,7 +93,9 @@ class QuickS3:
             params["start-after"] = start_after
         if max_keys:
             params["max-keys"] = str(max_keys)
-        r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=urlencode(sorted(params.items())))
+        # Percent-encoded as SigV4 signs it (a space is %20, never '+').
+        query = urlencode(sorted(params.items()), quote_via=quote, safe="-_.~")
+        r = self._send("GET", bucket, "", b"", {}, "ListObjectsV2", query=query)
         root = _xml(r.content)
         if root is None or _local(root.tag) != "ListBucketResult":
             raise _unreadable(r, "ListObjectsV2")
