@@ -210,7 +210,7 @@ def test_rate_limiter_lifts_a_limit_that_did_not_help():
     c = _Clock()
     lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
     _storm_second(lim, c, 300)
-    assert lim.rate is not None and lim.rate < 300  # cut
+    assert lim.lowest is not None and lim.lowest < 300  # cut (and maybe lifted already)
     t0 = c.t
     for _ in range(8):
         _storm_second(lim, c, 300)  # the storm goes on, at whatever rate is allowed
@@ -303,3 +303,29 @@ def test_stream_copy_rides_out_slowdown_on_its_segment_copies(store, bucket, buc
         assert b"".join(bytes(c) for c in rd.chunks(0)) == data
     finally:
         rd.close()
+
+
+def test_rate_limiter_does_not_cut_again_during_a_storm_it_learned_is_not_about_rate():
+    """Once a cut showed that slower does not help, the limiter stays lifted while the
+    share refused stays the storm's, and cuts again when the share clearly grows."""
+    c = _Clock()
+    lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
+    for _ in range(3):
+        _storm_second(lim, c, 300)
+    assert lim.rate is None  # learned: lifted
+    cuts = lim.lowest
+    t0 = c.t
+    for _ in range(6):
+        _storm_second(lim, c, 300)
+    assert lim.rate is None and lim.lowest == cuts  # no new cut during the same storm
+    assert c.t - t0 < 6 * 1.1
+    # Quiet seconds forget the storm: the next throttle cuts at once again.
+    c.sleep(4.0)
+    for _ in range(20):  # over more than a window, none throttled
+        lim.acquire()
+        lim.succeeded()
+        c.sleep(0.06)
+    lim.throttled()
+    c.sleep(1.1)
+    lim.acquire()
+    assert lim.rate is not None and lim.lowest < 300

@@ -12,7 +12,8 @@ multiplied by nested layers.
 * A transient failure is tried ``tries`` times in all; a throttle ``throttle_tries``
   times (more: a storm is expected to pass, and each attempt is already rate-limited).
   Between attempts: full jitter, uniform(0, min(cap, base * 2**attempt)), where a
-  throttled request's ``attempt`` counts from 0: the limiter below already slows it.
+  throttled request's ``attempt`` counts from 0 and its wait stays under THROTTLE_CAP:
+  the limiter below already slows it.
 * Each store owns one :class:`RateLimiter` shared by all its threads. A throttle lowers
   its rate to what the server accepted (AIMD, one cut per congestion event, at most by
   half), so a SlowDown storm slows every command that uses the store - put, cat, the
@@ -50,6 +51,9 @@ TRANSIENT_CODES = frozenset({
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 
 THROTTLE, TRANSIENT, PERMANENT = "throttle", "transient", "permanent"
+# A throttled request's own backoff stays under this: the store's limiter paces the rate,
+# and longer waits only leave a storm's unlucky requests (refused again and again) behind.
+THROTTLE_CAP = 1.0
 # How much one congestion event cuts the request rate: the share throttled, within these.
 MIN_CUT, MAX_CUT = 0.25, 0.5
 # Requests the rate limiter must have seen in its window to cut at a first throttle, without
@@ -121,7 +125,9 @@ class RateLimiter:
     soon sent about that many. But if the window before was cut too, we did send slower,
     and the share refused did not fall, then the throttling is not about our rate (a storm
     in which the server refuses a steady share however slowly requests come): the limit
-    is lifted, and the per-request backoff alone rides the storm. Each success regrows a
+    is lifted, and the per-request backoff alone rides the storm; no new cut is made
+    while the share refused stays near that storm's (only a clearly larger share, or a
+    storm that comes back after ``quiet`` seconds, cuts again). Each success regrows a
     limit by one request a second; ``quiet`` seconds without a throttle lift it.
 
     (Halving on every throttle, at most every 0.2 s, took a sync of 400 files under a
@@ -144,6 +150,9 @@ class RateLimiter:
         self._sent = self._refused = 0
         self._last_throttle = -1e9
         self._cut: tuple[float, float] | None = None  # (rate sent, share refused) of a window that cut
+        # The share a storm refuses however slowly requests come, once a cut showed that:
+        # no cut again while the share stays there (quiet seconds forget it).
+        self._storm: float | None = None
         self.throttles = 0
         self.lowest: float | None = None
         self.before: float | None = None  # the rate sent in the first window that was throttled
@@ -172,8 +181,11 @@ class RateLimiter:
             self.throttles += 1
             self._refused += 1
             self._last_throttle = now
-            if self.rate is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
+            if self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
                 self._limit(now, self._sent_rate() * (1.0 - MIN_CUT))
+            elif self._did_not_help():
+                self._storm = self._refused / self._sent
+                self._lift(now)  # seen early in the window: no need to wait for its end
 
     def succeeded(self) -> None:
         if self.rate is None:  # the common case, read without the lock: nothing to regrow
@@ -196,14 +208,28 @@ class RateLimiter:
         self._sent = self._refused = 0
         if not refused:
             self._cut = None
+            if now - self._last_throttle >= self.quiet:
+                self._storm = None
             return
         share = min(1.0, refused / sent)
         if self._cut is not None and rate < 0.9 * self._cut[0] and share >= 0.8 * self._cut[1]:
+            self._storm = share
             self._lift(now)  # slower did not help: the throttling is not about our rate
             return
+        if self._storm is not None and (sent < MIN_SAMPLE or share <= 1.25 * self._storm + 0.05):
+            return  # the storm as before (or too few requests to tell): slower would not help
+        self._storm = None
         base = rate if self.rate is None else min(self.rate, rate)  # a limit not reached binds nothing
         self._limit(now, base * min(1.0 - MIN_CUT, max(1.0 - MAX_CUT, 1.0 - share)))
         self._cut = (rate, share)
+
+    def _did_not_help(self) -> bool:
+        """Under a cut, has the current window already shown (4 * MIN_SAMPLE requests)
+        that sending slower left the share refused as it was? Call with the lock held."""
+        if self._cut is None or self.rate is None or self._sent < 4 * MIN_SAMPLE:
+            return False
+        share = self._refused / self._sent
+        return self._sent_rate() < 0.9 * self._cut[0] and share >= 0.8 * self._cut[1]
 
     def _sent_rate(self) -> float:
         """Requests a second in the current window, over the time they were sent (not the
@@ -332,6 +358,10 @@ class RetryPolicy:
                     # backoff starts small and grows only while it is refused again.
                     attempt = throttles - 1
                     log.info("%s (throttled; attempt %d of %d)", e, throttles, throttle_tries)
+                    pause = min(THROTTLE_CAP, self.delay(attempt))
+                    self.stats.add(kind, pause)
+                    self._sleep(pause)
+                    continue
                 else:
                     transient += 1
                     if transient >= tries:
