@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 # A pending file up to this size is PUT from memory (the store's quick path).
 _IN_MEMORY = 1 << 20
+# Conditional PUTs of a new name refused while nothing is there (see _put_new).
+_CONDITION_TRIES = 3
 # Ranged GETs of an object larger than a segment, copied into the stream that replaces it.
 _COPY_CHUNK = 8 << 20
 
@@ -369,18 +371,7 @@ class FileWriter:
         if not small:
             body = open(staged.path, "rb")
         try:
-            # A small body goes as bytes: the store's quick path sends it without botocore's
-            # pipeline, which costs a small file more CPU than its bytes do.
-            etag = self.store.put(self.bucket, self.key, bytes(body) if small else body, length=size,
-                                  crc32=b64(mf.crc32_bytes(crc)), metadata=meta or None,
-                                  if_none_match=self._existing is None, sse_key=self.sse_key, quick=small)
-        except errors.Busy:
-            # A retried PUT whose first reply was lost meets its own write: that is no race.
-            info = self.store.head(self.bucket, self.key, sse_key=self.sse_key)
-            if info is None or info.plain_md5 != md5.hexdigest() or info.size != size:
-                raise errors.Busy(f"{self.where}: created meanwhile by another writer; this file's "
-                                  f"{size} bytes were not stored") from None
-            etag = info.etag
+            etag = self._put_new(bytes(body) if small else body, size, crc, md5.hexdigest(), meta, small)
         finally:
             if not small:
                 body.close()
@@ -388,6 +379,29 @@ class FileWriter:
         if self._existing == "stream":
             self._remove_quietly(lambda: deletion.delete_stream(self.store, self.bucket, self.prefix),
                                  "the stream it replaced")
+
+    def _put_new(self, body, size: int, crc: int, md5: str, meta: dict, small: bool) -> str:
+        """PUT the file; a name that was free at open only while it still is. Returns the ETag."""
+        for _ in range(_CONDITION_TRIES):
+            try:
+                # A small body goes as bytes: the store's quick path sends it without
+                # botocore's pipeline, which costs a small file more CPU than its bytes do.
+                return self.store.put(self.bucket, self.key, body, length=size, crc32=b64(mf.crc32_bytes(crc)),
+                                      metadata=meta or None, if_none_match=self._existing is None,
+                                      sse_key=self.sse_key, quick=small)
+            except errors.Busy:
+                info = self.store.head(self.bucket, self.key, sse_key=self.sse_key)
+                if info is not None and info.plain_md5 == md5 and info.size == size:
+                    return info.etag  # a retried PUT whose first reply was lost met its own write
+                if info is not None:
+                    raise errors.Busy(f"{self.where}: created meanwhile by another writer; this file's "
+                                      f"{size} bytes were not stored") from None
+                # Refused, yet nothing is there: a server that checks the condition against a
+                # key deleted a moment ago (SeaweedFS). Try again.
+                if not small:
+                    body.seek(0)
+        raise errors.Busy(f"{self.where}: the server kept refusing to create it (If-None-Match); "
+                          f"this file's {size} bytes were not stored")
 
     def _refuse_if_stream_taken(self) -> None:
         """Before replacing a stream by an object: no writer elsewhere may hold it now."""
