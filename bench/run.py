@@ -155,7 +155,9 @@ def make_baseline(rev: str, workdir: Path) -> str:
     compile_tree(src / "s3pipefs")
     launcher = workdir / "bin" / BASELINE
     launcher.parent.mkdir(parents=True, exist_ok=True)
-    launcher.write_text(f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" -m s3pipefs "$@"\n')
+    # -P: no working directory on sys.path, which `-m` would put first; run from a clone,
+    # that would import the working tree's s3pipefs instead of the baseline's.
+    launcher.write_text(f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" -P -m s3pipefs "$@"\n')
     launcher.chmod(0o755)
     return str(launcher)
 
