@@ -42,7 +42,6 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.checksum import crc32
 from s3pipefs.engine import deletion, manifests, objattrs
 from s3pipefs.engine.lease import writer_alive
 from s3pipefs.engine.staging import StagedFile, StagingDir
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Chunk of a replay into the stream at promotion, and of the checksum read at close.
-_CHUNK = 1 << 20
 # A pending file up to this size is PUT from memory (the store's quick path).
 _IN_MEMORY = 1 << 20
 # Conditional PUTs of a new name refused while nothing is there (see _put_new).
@@ -85,8 +82,6 @@ class FileWriter:
         self._stream: StreamWriter | None = None
         self._staged: StagedFile | None = None
         self._staging: StagingDir | None = None
-        self._size = 0
-        self._since = 0.0  # when the first unpublished byte came (monotonic)
         self._timer: threading.Timer | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -119,6 +114,11 @@ class FileWriter:
     del _attr
 
     @property
+    def _size(self) -> int:
+        """Bytes pending: what the staging file holds."""
+        return self._staged.size if self._staged is not None else 0
+
+    @property
     def closed(self) -> bool:
         return self._closed or (self._stream is not None and self._stream.closed)
 
@@ -140,8 +140,7 @@ class FileWriter:
                 return
             try:
                 self.store.put(self.bucket, self.key, b"", if_none_match=True, sse_key=self.sse_key,
-                               metadata=objattrs.updated({}, stat.S_IFREG, **{
-                                   k: v for k, v in self._attrs.items() if v is not None}) or None)
+                               metadata=self._metadata() or None)
             except errors.Busy:
                 raise errors.Busy(f"{self.where}: created meanwhile by another writer") from None
             self._existing = "object"  # ours: the commit replaces it
@@ -176,15 +175,13 @@ class FileWriter:
             if stream is None:
                 view = memoryview(data).cast("B")
                 staged = self._stage()
-                if offset > self._size:
-                    staged.append_zeros(offset - self._size)
-                    self._size = offset
-                inside = min(len(view), self._size - offset)
+                if offset > staged.size:
+                    staged.append_zeros(offset - staged.size)
+                inside = min(len(view), staged.size - offset)
                 if inside:
                     staged.patch(offset, view[:inside])
                 if inside < len(view):
                     staged.append(view[inside:])
-                self._size = max(self._size, offset + len(view))
                 self._grew()
                 return len(view)
         return stream.pwrite(offset, data)
@@ -194,11 +191,10 @@ class FileWriter:
             stream = self._pending_check()
             if stream is None:
                 staged = self._stage()
-                if length > self._size:
-                    staged.append_zeros(length - self._size)
+                if length > staged.size:
+                    staged.append_zeros(length - staged.size)
                 else:
                     staged.cut(length)
-                self._size = length
                 self._grew()
                 return
         stream.truncate(length)
@@ -225,18 +221,12 @@ class FileWriter:
         self._cond.notify_all()  # readers waiting at the end (wait_written)
         if self._size > self.cfg.segment_size:
             self._promote()
-        elif self._timer is None and self._size and self._interval():
-            self._since = time.monotonic()
-            self._schedule(self._interval() / 2)
+        elif self._timer is None and self._size and self.cfg.flush_interval:
+            self._timer = threading.Timer(self.cfg.flush_interval / 2, self._timed_promotion)
+            self._timer.daemon = True
+            self._timer.start()
 
     # -- promotion -----------------------------------------------------------------------------
-    def _interval(self) -> float:
-        return self.cfg.flush_interval
-
-    def _schedule(self, delay: float) -> None:
-        self._timer = threading.Timer(delay, self._timed_promotion)
-        self._timer.daemon = True
-        self._timer.start()
 
     def _timed_promotion(self) -> None:
         """Bytes held unpublished for half the flush interval: show them as a stream."""
@@ -250,26 +240,23 @@ class FileWriter:
                 self._error = e
 
     def _open_stream(self, mode: str) -> StreamWriter:
-        return self.engine.open_writer(self.bucket, self.key, mode, hold_back=self._hold_back,
-                                       request=None)
+        return self.engine.open_writer(self.bucket, self.key, mode, hold_back=self._hold_back)
 
-    def _promote(self) -> None:
-        """Become a stream: take the name, replay the staged bytes. Call with the lock held."""
+    def _promote(self, fill: Callable[[StreamWriter], None] | None = None) -> None:
+        """Become a stream: take the name, then ``fill`` it (default: replay the staged
+        bytes). Call with the lock held."""
         stream = self._open_stream("create")
         try:
-            if self._staged is not None:
-                pos = 0
-                while pos < self._size:
-                    chunk = self._staged.read(pos, min(_CHUNK, self._size - pos))
-                    if not chunk:
-                        raise errors.S3PipeError(f"{self.where}: staged file ended at {pos} of {self._size} bytes")
-                    stream.write(chunk)
-                    pos += len(chunk)
+            (fill or self._replay)(stream)
         except BaseException:
             stream.abort()
             raise
         self._promote_to(stream)
-        log.debug("%s: now a stream (%d bytes so far)", self.where, self._size)
+        log.debug("%s: now a stream (%d bytes so far)", self.where, stream.offset)
+
+    def _replay(self, stream: StreamWriter) -> None:
+        if self._staged is not None:
+            self._staged.read_back(stream.write)
 
     def _promote_to(self, stream: StreamWriter) -> None:
         for name in ("mode", "uid", "gid"):
@@ -282,8 +269,7 @@ class FileWriter:
 
     def _promote_big_object(self, size: int) -> None:
         """Append to an object larger than a segment: copy it into a new stream first."""
-        stream = self._open_stream("create")
-        try:
+        def copy(stream: StreamWriter) -> None:
             # Read by ranges from the object itself: the new stream already shadows its name.
             for pos in range(0, size, _COPY_CHUNK):
                 chunk, _ = self.store.get(self.bucket, self.key, pos, min(size, pos + _COPY_CHUNK),
@@ -292,17 +278,13 @@ class FileWriter:
                     raise errors.StreamIncomplete(f"{self.where}: object changed while it was copied "
                                                   f"(short read at {pos} of {size} bytes)")
                 stream.write(chunk)
-        except BaseException:
-            stream.abort()
-            raise
-        self._promote_to(stream)
+        self._promote(copy)
 
     def _load_object(self) -> None:
         """Append to (or change) an object that fits a segment: its bytes become pending."""
         body, _info = self.store.get(self.bucket, self.key, sse_key=self.sse_key)
         with self._cond:
             self._stage().append(body)
-            self._size = len(body)
 
     def _drop_pending(self) -> None:
         if self._timer is not None:
@@ -356,18 +338,15 @@ class FileWriter:
         """Store the pending bytes as a plain object; call with the lock held."""
         if self._existing == "stream":
             self._refuse_if_stream_taken()
-        meta = objattrs.updated({}, stat.S_IFREG, **{k: v for k, v in self._attrs.items() if v is not None})
+        meta = self._metadata()
         staged, size = self._staged, self._size
-        crc, md5 = 0, hashlib.md5()
+        md5 = hashlib.md5()
         small = size <= _IN_MEMORY
-        body = bytearray() if small else None
+        body = bytearray()
         if staged is not None:
-            for pos in range(0, size, _CHUNK):
-                chunk = staged.read(pos, min(_CHUNK, size - pos))
-                crc = crc32(chunk, crc)
-                md5.update(chunk)
-                if small:
-                    body += chunk
+            # One read of the staged bytes: their CRC32 (staged.crc), MD5 and, if small, the body.
+            staged.read_back(lambda chunk: (md5.update(chunk), body.extend(chunk) if small else None))
+        crc = staged.crc if staged is not None else 0
         if not small:
             body = open(staged.path, "rb")
         try:
@@ -379,6 +358,10 @@ class FileWriter:
         if self._existing == "stream":
             self._remove_quietly(lambda: deletion.delete_stream(self.store, self.bucket, self.prefix),
                                  "the stream it replaced")
+
+    def _metadata(self) -> dict:
+        """The object's metadata: the attributes this file has, as s3fs-fuse keeps them."""
+        return objattrs.updated({}, stat.S_IFREG, **{k: v for k, v in self._attrs.items() if v is not None})
 
     def _put_new(self, body, size: int, crc: int, md5: str, meta: dict, small: bool) -> str:
         """PUT the file; a name that was free at open only while it still is. Returns the ETag."""
