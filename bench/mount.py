@@ -102,6 +102,16 @@ def unmount(ctx: Ctx, mnt: Path) -> str:
     return f"lazy unmount needed ({last})"
 
 
+def mount_or_failure(ctx: Ctx, v: "Variant", log: Path, note: str = "") -> "Mount | Run":
+    """The variant mounted (an entered Mount), or the failed Run that says why."""
+    m = Mount(ctx, v, log)
+    try:
+        return m.__enter__()
+    except MountError as e:
+        m.__exit__(None, None, None)
+        return Run(ok=False, reason=f"mount failed: {e}", note=note)
+
+
 class Mount:
     """A mounted variant: the daemon process tree is known so it can be measured."""
 
@@ -210,12 +220,9 @@ def run_write(ctx: Ctx, v: Variant, rep: int) -> Run:
     ctx.ensure_bucket(v.bucket)
     ctx.delete(v.bucket, key)
     log = ctx.log(f"mount-write-{v.name}")
-    m = Mount(ctx, v, log)
-    try:
-        m.__enter__()
-    except MountError as e:
-        m.__exit__(None, None, None)
-        return Run(ok=False, reason=f"mount failed: {e}")
+    m = mount_or_failure(ctx, v, log)
+    if isinstance(m, Run):
+        return m
     try:
         daemon = TreeMonitor(m.pids).start()
         srv = TreeMonitor(ctx.server_pids, sample_rss=False).start()
@@ -252,12 +259,9 @@ def run_read(ctx: Ctx, v: Variant, rep: int) -> Run:
             ctx.seed_object(v.bucket, key)
         note = "read a boto3-uploaded object (the write row left no complete one)"
     log = ctx.log(f"mount-read-{v.name}")
-    m = Mount(ctx, v, log)
-    try:
-        m.__enter__()
-    except MountError as e:
-        m.__exit__(None, None, None)
-        return Run(ok=False, reason=f"mount failed: {e}", note=note)
+    m = mount_or_failure(ctx, v, log, note)
+    if isinstance(m, Run):
+        return m
     try:
         err = ctx.drop_caches()
         if err:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import KiB, MiB, Ctx, Row, Run, request_delta, show, tail
 from measure import Proc, TreeMonitor, wait_all
-from mount import VARIANTS, Mount, MountError, Variant, why_unavailable
+from mount import VARIANTS, Variant, mount_or_failure, why_unavailable
 from wanproxy import Link
 
 SOURCES = ("/usr/share/doc", "/usr/share/man", "/usr/share/locale", "/usr/lib/python3")
@@ -165,12 +165,9 @@ def run_op(ctx: Ctx, v: Variant, op: str, rep: int) -> Run:
         expected = {f"f{i:02d}": MiB for i in range(WRITERS)}
     elif not holds(expected)(stored_files(ctx, v.bucket, prefix)):
         return Run(ok=False, reason=f"the cp -a row left no complete tree at {v.bucket}/{prefix}")
-    m = Mount(pctx, v, mount_log)
-    try:
-        m.__enter__()
-    except MountError as e:
-        m.__exit__(None, None, None)
-        return Run(ok=False, reason=f"mount failed: {e}")
+    m = mount_or_failure(pctx, v, mount_log)
+    if isinstance(m, Run):
+        return m
     try:
         if op == "diff -r":
             note = ctx.drop_caches() or ""

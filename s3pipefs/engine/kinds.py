@@ -73,21 +73,22 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
     for item in store.list(bucket, name, delimiter="/", quick=True):
         k = item if isinstance(item, str) else item.key
         obj = obj or k == name
-        below = below or k == name + "/" or k.startswith(name + "/")
+        below = below or k.startswith(name + "/")
         seen += 1
         if seen > PROBE_NAMES:
             return find(store, bucket, key, sse_key=sse_key)  # crowded by names that start alike
+    # find's order, asking only what the listing left open.
     if below:
         loaded = manifests.load(store, bucket, name + "/", sse_key=sse_key)
         if loaded is not None:
             return Found(STREAM, loaded=loaded)
-        if obj and not key.endswith("/"):
-            return find(store, bucket, key, sse_key=sse_key)  # an object beside a prefix: find's rule
-        # A listed prefix may be a folder the server keeps after its last object went.
-        return Found(DIR) if store.any_key(bucket, name + "/") else None
     if obj and not key.endswith("/"):
         info = store.head(bucket, name, sse_key=sse_key)
-        return Found(OBJECT, info=info) if info is not None else None
+        if info is not None:
+            return Found(OBJECT, info=info)
+    # A listed prefix may be a folder the server keeps after its last object went.
+    if below and store.any_key(bucket, name + "/"):
+        return Found(DIR)
     return None
 
 

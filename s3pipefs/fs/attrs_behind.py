@@ -59,12 +59,19 @@ class AttrsBehind:
             self._cond.wait_for(lambda: key not in self._storing)
             return self._pending.pop(key, (0.0, {}))[1]
 
-    def take_under(self, prefix: str) -> dict[str, dict]:
-        """take() for every key under ``prefix`` (a directory being renamed)."""
+    def store_now(self, key: str) -> None:
+        """Store what is held for ``key`` at once (before new bytes are committed there)."""
+        attrs = self.take(key)
+        if attrs:
+            self._store(key, **attrs)
+
+    def store_under(self, prefix: str) -> None:
+        """store_now() for every key under ``prefix`` (a directory about to be copied)."""
         with self._cond:
             self._cond.wait_for(lambda: not any(k.startswith(prefix) for k in self._storing))
-            keys = [k for k in self._pending if k.startswith(prefix)]
-            return {k: self._pending.pop(k)[1] for k in keys}
+            held = {k: self._pending.pop(k)[1] for k in [k for k in self._pending if k.startswith(prefix)]}
+        for key, attrs in held.items():
+            self._store(key, **attrs)
 
     def flush(self) -> None:
         """Store everything held now (unmount), and wait until it is stored."""

@@ -47,7 +47,6 @@ import cachetools
 from s3pipefs import errors
 from s3pipefs.engine import Engine, Entry, objattrs
 from s3pipefs.fs import fserrors, names
-from s3pipefs.fs.attrs_behind import AttrsBehind
 from s3pipefs.fs.follow import LiveReadHandle
 from s3pipefs.fs.handles import HandleTable, ReadHandle
 from s3pipefs.fs.write_handle import WriteHandle, WriteState
@@ -83,10 +82,7 @@ class Filesystem:
         self.engine = engine
         self.bucket = bucket
         self.cfg = cfg
-        # chmod, chown and utimens of objects, stored a moment later, merged (fs/attrs_behind.py).
-        self.attrs_behind = AttrsBehind(
-            lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
-        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl, attrs_behind=self.attrs_behind)
+        self.ns = Namespace(engine, bucket, prefix, cfg.metadata_ttl)
         self.handles = HandleTable()
         self.uid = os.getuid() if cfg.uid is None else cfg.uid
         self.gid = os.getgid() if cfg.gid is None else cfg.gid
@@ -282,9 +278,7 @@ class Filesystem:
         self.ns.deletes.wait(key)  # an unlinked object of this name must be gone first
         # Attributes still held for the object go out now, before a commit of new bytes
         # could race their copy (which would bring the old bytes back).
-        held = self.attrs_behind.take(key)
-        if held:
-            self.engine.set_object_attrs(self.bucket, key, directory=False, **held)
+        self.ns.attrs_behind.store_now(key)
         # A fresh stat before writing: a live writer elsewhere means EBUSY now, not later.
         # create() follows a negative lookup the kernel just made, so the cache will do.
         entry = self.ns.lookup(path, fresh=not creating)
@@ -303,7 +297,6 @@ class Filesystem:
         # A create that finds the file (the kernel's cache was behind) opens it as open(2)
         # would: truncated only with O_TRUNC.
         trunc = entry is None or bool(flags & os.O_TRUNC)
-        key = self.ns.key(path)
         # One segment stays unsealed behind the end: programs that seek back to patch a
         # header they wrote (zip, zipfile) find it still writable, until they pause long
         # enough for the timed seal to publish it (engine/writer.py).
@@ -345,7 +338,7 @@ class Filesystem:
                 and entry.size <= self.engine.cfg.segment_size)
 
     def _committed(self, h: WriteHandle) -> None:
-        self.attrs_behind.take(self.ns.key(h.path))  # the commit wrote what was held
+        self.ns.attrs_behind.take(self.ns.key(h.path))  # the commit wrote what was held
         if h.last_commit is not None:
             # What S3 now holds, known without asking: tools stat and utime a file right
             # after closing it (rsync, cp -p, tar x), which then costs no request.
@@ -501,9 +494,7 @@ class Filesystem:
                                         f"closed file may grow (with zeros) or be emptied, not lose its last "
                                         f"{entry.size - length} bytes")
         how = "create" if length == 0 else "append"
-        held = self.attrs_behind.take(self.ns.key(path))  # out before the new bytes (see _open_write)
-        if held:
-            self.engine.set_object_attrs(self.bucket, self.ns.key(path), directory=False, **held)
+        self.ns.attrs_behind.store_now(self.ns.key(path))  # out before the new bytes (see _open_write)
         if self._all_streams:
             w = self.engine.open_writer(self.bucket, self.ns.key(path), how)
         else:
@@ -514,7 +505,7 @@ class Filesystem:
             w.abort()
             raise
         w.close()
-        self.attrs_behind.take(self.ns.key(path))  # the commit wrote what was held
+        self.ns.attrs_behind.take(self.ns.key(path))  # the commit wrote what was held
         self.ns.invalidate(path)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
@@ -639,7 +630,7 @@ class Filesystem:
                                             "be changed (S3 copies metadata only with the whole object)")
             if entry.kind == "object":
                 # Shown now, stored a moment later with any that follow (fs/attrs_behind.py).
-                self.attrs_behind.hold(key, **attrs)
+                self.ns.attrs_behind.hold(key, **attrs)
                 self.ns.update(path, replace(entry, metadata=objattrs.updated(entry.metadata or {}, stat.S_IFREG,
                                                                                 **attrs)))
                 return
@@ -699,7 +690,7 @@ class Filesystem:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
-        self.attrs_behind.flush()
+        self.ns.attrs_behind.flush()
         self.ns.deletes.flush()
         return True
 
@@ -711,7 +702,7 @@ class Filesystem:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-        self.attrs_behind.close()
+        self.ns.attrs_behind.close()
         self.ns.deletes.close()
 
 

@@ -76,10 +76,7 @@ def split(path: str) -> tuple[str, str]:
 
 
 class Namespace:
-    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic,
-                 attrs_behind: AttrsBehind | None = None):
-        """``attrs_behind``: objects' attributes not stored yet, which a rename carries and
-        an unlink drops."""
+    def __init__(self, engine: Engine, bucket: str, prefix: str, ttl: float, clock=time.monotonic):
         self.engine = engine
         self.store = engine.store
         self._sse = engine.request.sse_key  # every object request of this mount carries it
@@ -92,7 +89,9 @@ class Namespace:
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self.mounted_at = time.time()
-        self.attrs_behind = attrs_behind or AttrsBehind(
+        # Objects' attributes not stored yet, which a rename carries and an unlink drops
+        # (fs/attrs_behind.py).
+        self.attrs_behind = AttrsBehind(
             lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
         # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
         self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
@@ -122,12 +121,7 @@ class Namespace:
         if path == "/":
             return self.root()
         if not fresh:
-            with self._lock:
-                if path in self._entries:
-                    return self._entries[path]
-                parent, name = split(path)
-                listing = self._listings.get(parent)
-                found = listing.get(name) if listing is not None else _UNLISTED
+            found = self._cached(path)
             if found is not _UNLISTED:
                 return self._described(path, found)
         if self.deletes.pending(self.key(path)):
@@ -139,15 +133,16 @@ class Namespace:
             self._entries[path] = entry
         return entry
 
-    def _cached(self, path: str) -> Entry | None:
+    def _cached(self, path: str):
         """What the caches hold for ``path`` as it is (no request; an object listed
-        without its metadata stays so): enough to remove it."""
+        without its metadata stays so): an Entry, None (known not to exist), or _UNLISTED
+        when no cache knows."""
         parent, name = split(path)
         with self._lock:
             if path in self._entries:
                 return self._entries[path]
             listing = self._listings.get(parent)
-            return listing.get(name) if listing is not None else None
+            return listing.get(name) if listing is not None else _UNLISTED
 
     def _described(self, path: str, entry: Entry | None) -> Entry | None:
         """A listed entry with its metadata: an object too large to be a link was listed
@@ -212,10 +207,11 @@ class Namespace:
             # content below it); the object stays reachable through the S3 tools.
             if old is None or _rank(e) < _rank(old):
                 listing[name] = e
-        wanted = [n for n, e in listing.items()
-                  if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX)]
+        wanted = []  # directories and objects small enough to be links: fetched below
         for name, e in listing.items():
-            if e.kind == "object" and not 0 < e.size <= LINK_MAX:
+            if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX):
+                wanted.append(name)
+            elif e.kind == "object":
                 listing[name] = replace(e, metadata=None)  # not known yet: see _described
         if wanted:
             with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
@@ -327,7 +323,7 @@ class Namespace:
         reads the directory first) costs one DELETE; a stream is looked up afresh, since
         a writer elsewhere may hold it, and goes manifest first."""
         entry = self._cached(path)
-        if entry is None or entry.kind != "object":
+        if entry is None or entry is _UNLISTED or entry.kind != "object":
             entry = self.lookup(path, fresh=True)
         if entry is None:
             raise errors.NotFound(f"{self.where(path)}: no such file")
@@ -447,8 +443,7 @@ class Namespace:
         okey, nkey = self.key(old), self.key(new)
         self.deletes.wait_under(okey + "/")
         self.deletes.wait_under(nkey + "/")
-        for key, attrs in self.attrs_behind.take_under(okey + "/").items():
-            self.engine.set_object_attrs(self.bucket, key, directory=False, **attrs)  # stored before the copy
+        self.attrs_behind.store_under(okey + "/")  # stored before the copy
         held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
                 if not isinstance(o, str) and o.key != okey + "/"]
         if len(held) > MAX_DIR_RENAME:

@@ -183,9 +183,9 @@ class RateLimiter:
             self._last_throttle = now
             if self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
                 self._limit(now, self._sent_rate() * (1.0 - MIN_CUT))
-            elif self._did_not_help():
-                self._storm = self._refused / self._sent
-                self._lift(now)  # seen early in the window: no need to wait for its end
+            elif (self.rate is not None and self._sent >= 4 * MIN_SAMPLE
+                  and self._slower_did_not_help(self._sent_rate(), self._refused / self._sent)):
+                self._ride_out(now, self._refused / self._sent)  # seen early: no need to wait for the window's end
 
     def succeeded(self) -> None:
         if self.rate is None:  # the common case, read without the lock: nothing to regrow
@@ -212,9 +212,8 @@ class RateLimiter:
                 self._storm = None
             return
         share = min(1.0, refused / sent)
-        if self._cut is not None and rate < 0.9 * self._cut[0] and share >= 0.8 * self._cut[1]:
-            self._storm = share
-            self._lift(now)  # slower did not help: the throttling is not about our rate
+        if self._slower_did_not_help(rate, share):
+            self._ride_out(now, share)
             return
         if self._storm is not None and (sent < MIN_SAMPLE or share <= 1.25 * self._storm + 0.05):
             return  # the storm as before (or too few requests to tell): slower would not help
@@ -223,13 +222,14 @@ class RateLimiter:
         self._limit(now, base * min(1.0 - MIN_CUT, max(1.0 - MAX_CUT, 1.0 - share)))
         self._cut = (rate, share)
 
-    def _did_not_help(self) -> bool:
-        """Under a cut, has the current window already shown (4 * MIN_SAMPLE requests)
-        that sending slower left the share refused as it was? Call with the lock held."""
-        if self._cut is None or self.rate is None or self._sent < 4 * MIN_SAMPLE:
-            return False
-        share = self._refused / self._sent
-        return self._sent_rate() < 0.9 * self._cut[0] and share >= 0.8 * self._cut[1]
+    def _slower_did_not_help(self, rate: float, share: float) -> bool:
+        """After a cut: did sending slower (``rate``) leave the share refused as it was?"""
+        return self._cut is not None and rate < 0.9 * self._cut[0] and share >= 0.8 * self._cut[1]
+
+    def _ride_out(self, now: float, share: float) -> None:
+        """The throttling is not about our rate: lift the limit, remember the storm's share."""
+        self._storm = share
+        self._lift(now)
 
     def _sent_rate(self) -> float:
         """Requests a second in the current window, over the time they were sent (not the
@@ -356,20 +356,15 @@ class RetryPolicy:
                         raise
                     # The shared limiter already slows the whole store; a request's own
                     # backoff starts small and grows only while it is refused again.
-                    attempt = throttles - 1
                     log.info("%s (throttled; attempt %d of %d)", e, throttles, throttle_tries)
-                    pause = min(THROTTLE_CAP, self.delay(attempt))
-                    self.stats.add(kind, pause)
-                    self._sleep(pause)
-                    continue
+                    pause = min(THROTTLE_CAP, self.delay(throttles - 1))
                 else:
                     transient += 1
                     if transient >= tries:
                         self.stats.failed(kind)
                         raise
-                    attempt = transient
-                    log.log(self.log_level, "%s (attempt %d of %d)", e, attempt, tries)
-                pause = self.delay(attempt)
+                    log.log(self.log_level, "%s (attempt %d of %d)", e, transient, tries)
+                    pause = self.delay(transient)
                 self.stats.add(kind, pause)
                 self._sleep(pause)
                 continue
