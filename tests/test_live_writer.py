@@ -18,10 +18,12 @@ import time
 import pytest
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.config import TransferConfig
+from s3pipefs.config import S3Config, TransferConfig
 from s3pipefs.engine import Engine, manifests
 from s3pipefs.engine.verify import verify_stream
+from s3pipefs.s3 import Store
 from s3pipefs.s3.inmemory import MemoryStore
+from tests.conftest import unique_name
 
 SEG = 1024
 
@@ -38,8 +40,8 @@ def engine(store, tmp_path, **kw) -> Engine:
     return Engine(store, cfg)
 
 
-def published(store, key="s") -> mf.Manifest | None:
-    loaded = manifests.load(store, "b", key + "/")
+def published(store, key="s", bucket="b") -> mf.Manifest | None:
+    loaded = manifests.load(store, bucket, key + "/")
     return loaded.manifest if loaded is not None else None
 
 
@@ -319,3 +321,78 @@ def test_read_staged_reads_the_held_back_tail_with_its_patches(store, tmp_path):
         assert r.read(0, SEG) + r.read(SEG, SEG) == bytes(data)
     w.close()
     assert s3pipe2_read(store) == bytes(data)
+
+
+# -- patchable writers (a mount's O_RDWR files), on the real server ---------------------------------
+
+def real_engine(s3_server, tmp_path, **kw) -> tuple[Engine, str]:
+    store = Store(S3Config(endpoint_url=s3_server.endpoint))
+    bucket = unique_name("patchable")
+    store.create_bucket(bucket)
+    cfg = TransferConfig(segment_size=SEG, workers=3, staging_dir=str(tmp_path), tries=3, **kw)
+    return Engine(store, cfg), bucket
+
+
+def wait_landed(w, nbytes: int, timeout: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while w.progress()["uploaded"] < nbytes:
+        assert time.monotonic() - t0 < timeout, w.progress()
+        time.sleep(0.02)
+
+
+def test_a_patchable_writer_rewrites_uploaded_segments_and_commits_right_digests(s3_server, tmp_path):
+    eng, bucket = real_engine(s3_server, tmp_path, flush_interval=0.2)
+    w = eng.open_writer(bucket, "s", hold_back=SEG, patchable=True)
+    data = bytearray(os.urandom(6 * SEG + 100))
+    w.write(bytes(data))
+    wait_landed(w, 4 * SEG)  # segments 1-4 are in S3...
+    segments = [o.key for o in eng.store.list(bucket, "s/") if mf.segment_index(o.key[2:])]
+    assert len(segments) >= 4
+    time.sleep(0.5)  # ...past the flush interval, and still no manifest names any of them
+    assert published(eng.store, "s", bucket).total_size == 0
+    assert w.sealed == 0  # every byte may still change
+    with eng.open_live_reader(w) as r:
+        assert r.read(0, SEG) == bytes(data[:SEG])  # cached by the reader: patched below
+        for offset, patch in ((10, b"HEADER"), (2 * SEG - 3, b"across two"), (5 * SEG + 50, b"tail")):
+            w.pwrite(offset, patch)
+            data[offset:offset + len(patch)] = patch
+        # The newest bytes, while a patched segment is staged again and once it landed again.
+        got = b"".join(r.read(off, SEG) for off in range(0, len(data), SEG))
+        assert got == bytes(data)
+        w.pwrite(SEG + 1, b"x")  # brings segment 2 back: segment 1 goes up again
+        data[SEG + 1] = ord("x")
+        t0 = time.monotonic()
+        while w.rewrites < 1:
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.02)
+        assert r.read(0, SEG) == bytes(data[:SEG])
+    assert published(eng.store, "s", bucket).total_size == 0
+    w.close()
+    m = published(eng.store, "s", bucket)
+    assert m.completed and m.total_size == len(data) and m.layout.runs[0] == (6, SEG)
+    assert m.sha256 == hashlib.sha256(data).hexdigest()
+    report = verify_stream(eng, bucket, "s")
+    assert report.ok, report.summary()  # each segment's CRC32, the chain and the SHA-256
+    assert eng.open_reader(bucket, "s").read(0, len(data)) == bytes(data)
+
+
+def test_what_a_patchable_writer_published_never_changes(s3_server, tmp_path):
+    """fsync (flush) publishes: those bytes are refused, later ones stay patchable; an
+    abort leaves a manifest naming only what was published."""
+    eng, bucket = real_engine(s3_server, tmp_path)
+    w = eng.open_writer(bucket, "s", hold_back=SEG, patchable=True)
+    first = os.urandom(2 * SEG + 10)
+    w.write(first)
+    w.flush()
+    assert published(eng.store, "s", bucket).total_size == len(first) == w.sealed
+    with pytest.raises(errors.SeekNotAllowed, match="published"):
+        w.pwrite(SEG + 5, b"no")
+    w.write(os.urandom(3 * SEG))
+    wait_landed(w, len(first) + 2 * SEG)
+    w.pwrite(len(first) + 1, b"yes")  # held: uploaded after the fsync, not published
+    with pytest.raises(errors.SeekNotAllowed):
+        w.truncate(len(first) + 5)  # a cut stays within the unsealed tail
+    w.abort()
+    m = published(eng.store, "s", bucket)
+    assert not m.completed and m.total_size == len(first)
+    assert eng.open_reader(bucket, "s", follow=False).read(0, 10 * SEG) == first

@@ -238,14 +238,16 @@ class Engine:
 
     # -- data ----------------------------------------------------------------------------
     def open_writer(self, bucket: str, key: str, mode: str = "create", writer_id: str | None = None, *,
-                    hold_back: int = 0, request: RequestOptions | None = None) -> StreamWriter:
-        """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them."""
+                    hold_back: int = 0, request: RequestOptions | None = None,
+                    patchable: bool = False) -> StreamWriter:
+        """``hold_back``: bytes at the end kept unsealed, so pwrite may still change them.
+        ``patchable``: nothing published before flush or close, every byte since patchable."""
         return StreamWriter(self.store, self.cfg, bucket, key, mode, writer_id, hold_back=hold_back,
                             sse_key=self._key(request), encrypt_key=(request or self.request).encrypt_key,
-                            budget=self.write_budget)
+                            budget=self.write_budget, patchable=patchable)
 
     def open_file_writer(self, bucket: str, key: str, mode: str = "create", *, existing: Entry | None,
-                         hold_back: int = 0) -> FileWriter:
+                         hold_back: int = 0, patchable: bool = False) -> FileWriter:
         """A file as the mount writes it: a plain object while it fits one segment, a
         stream once it outgrows it (engine/filewriter.py). ``existing``: what the name
         holds now, as the caller just looked it up."""
@@ -253,7 +255,7 @@ class Engine:
                           existing_size=existing.size if existing is not None else 0,
                           carried={"mode": existing.mode, "uid": existing.uid, "gid": existing.gid}
                           if existing is not None else None,
-                          hold_back=hold_back, sse_key=self.request.sse_key)
+                          hold_back=hold_back, sse_key=self.request.sse_key, patchable=patchable)
 
     def committed_entry(self, bucket: str, key: str, committed: manifests.Loaded | ObjectInfo) -> Entry:
         """What a writer's commit left in S3, known without asking."""

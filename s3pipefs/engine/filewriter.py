@@ -13,7 +13,8 @@ budget, and nothing is sent. What happens next depends on what the writer does:
   replacing the winner. A stream that held the name is removed after the PUT, manifest
   first, so the name shows the old stream, then the new object, never nothing.
 * It grows past one segment, calls fsync, or keeps unpublished bytes for half the
-  flush interval: it is *promoted*: a StreamWriter takes the name (the lease, as for any
+  flush interval (not when ``patchable``: a file open for reading and writing publishes
+  nothing before its close or fsync anyway): it is *promoted*: a StreamWriter takes the name (the lease, as for any
   stream: from here a second writer elsewhere gets EBUSY), the staged bytes are replayed
   into it, and every later call goes to it. The stream is committed at close as any
   stream is, and a plain object that held the name is removed after that commit.
@@ -26,7 +27,7 @@ once: its bytes are copied into the new stream through a reader, then the writes
 Across mounts, a pending file is invisible until its close or its promotion: readers
 elsewhere see the old content (or nothing) until then, which the flush interval bounds.
 Readers on this mount read it through the writer as they read a stream being written
-(read_staged, landed, wait_written: the interface engine/live.py uses).
+(read_staged, landed, wait_written: the interface engine/live.py uses, with ``rewrites``).
 
 The interface is the StreamWriter's that the mount uses: write, pwrite, truncate, flush,
 close, abort, offset, sealed, closed, committed and the attributes mode, uid, gid and
@@ -64,11 +65,13 @@ _COPY_CHUNK = 8 << 20
 class FileWriter:
     def __init__(self, engine: "Engine", bucket: str, key: str, mode: str, *, existing: str | None,
                  existing_size: int = 0, carried: dict | None = None, hold_back: int = 0,
-                 sse_key: bytes = b""):
+                 sse_key: bytes = b"", patchable: bool = False):
         """``mode``: "create" (a new or truncated file) or "append" (keep what is there).
         ``existing``: what the name holds now, "stream", "object" or None, as the caller
         just looked it up, with its size. ``carried``: the permission bits and owners it
-        has ("mode", "uid", "gid"), which stay with the name as on a disk."""
+        has ("mode", "uid", "gid"), which stay with the name as on a disk. ``patchable``:
+        a file open for reading and writing, whose stream (once promoted) publishes
+        nothing before flush or close (StreamWriter), so no timed promotion either."""
         if mode not in ("create", "append"):
             raise errors.UsageError(f"unknown file write mode {mode!r}")
         self.engine, self.store, self.cfg = engine, engine.store, engine.cfg
@@ -77,6 +80,7 @@ class FileWriter:
         self.where = f"s3://{bucket}/{self.key}"
         self.sse_key = sse_key
         self._hold_back = hold_back
+        self._patchable = patchable
         self._existing = existing
         self._cond = threading.Condition()
         self._stream: StreamWriter | None = None
@@ -221,7 +225,7 @@ class FileWriter:
         self._cond.notify_all()  # readers waiting at the end (wait_written)
         if self._size > self.cfg.segment_size:
             self._promote()
-        elif self._timer is None and self._size and self.cfg.flush_interval:
+        elif self._timer is None and self._size and self.cfg.flush_interval and not self._patchable:
             self._timer = threading.Timer(self.cfg.flush_interval / 2, self._timed_promotion)
             self._timer.daemon = True
             self._timer.start()
@@ -240,7 +244,8 @@ class FileWriter:
                 self._error = e
 
     def _open_stream(self, mode: str) -> StreamWriter:
-        return self.engine.open_writer(self.bucket, self.key, mode, hold_back=self._hold_back)
+        return self.engine.open_writer(self.bucket, self.key, mode, hold_back=self._hold_back,
+                                       patchable=self._patchable)
 
     def _promote(self, fill: Callable[[StreamWriter], None] | None = None) -> None:
         """Become a stream: take the name, then ``fill`` it (default: replay the staged
@@ -421,6 +426,10 @@ class FileWriter:
                     return b""
                 return self._staged.read(offset, min(size, self._size - offset))
         return stream.read_staged(offset, size)
+
+    @property
+    def rewrites(self) -> int:
+        return self._stream.rewrites if self._stream is not None else 0
 
     def landed(self) -> tuple[str, mf.Layout]:
         stream = self._stream

@@ -6,7 +6,10 @@ no manifest names yet (the manifest thread publishes them a moment later; a repl
 not before its commit, and under its staging prefix). A LiveReader reads through the
 writer: bytes it holds from its staging files (StreamWriter.read_staged), landed segments
 from S3 by a Reader over the writer's own layout of them (WriterPlan), so they are
-verified, prefetched and cached as any read.
+verified, prefetched and cached as any read. A patchable writer (engine/writer.py) may
+bring a landed segment back, patch it and upload it again: read_staged serves it while
+it is away, and once it landed again (StreamWriter.rewrites) the Reader and its cache
+start over, so a read that begins after a write returns the bytes it wrote.
 
 A LiveReader never waits. Where nothing can be read yet (the end of what was written, or
 a segment that landed while an earlier one still uploads) it returns b"", and the caller
@@ -15,39 +18,10 @@ writer: once that writer is closed, read the stream as stored (Engine.open_reade
 """
 from __future__ import annotations
 
-from s3pipefs import manifest as mf
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine.reader import ReadBudget, Reader, StreamUnits
+from s3pipefs.engine.reader import ReadBudget, Reader, WriterPlan
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.s3 import ObjectStore
-
-
-class WriterPlan:
-    """The landed segments of a stream a writer of this process is writing (a Reader's plan)."""
-
-    # Every unit named has landed: a missing segment is an error at once, not "not yet".
-    complete = True
-
-    def __init__(self, writer: StreamWriter):
-        self.bucket, self.sse_key = writer.bucket, writer.sse_key  # the writer's SSE-C key reads its segments
-        self.cipher = writer.cipher  # and its cipher decrypts them
-        self.where = writer.where
-        self._writer = writer
-        self.units = StreamUnits(writer.prefix, mf.Layout())
-        self.size = 0
-        self.refresh()
-
-    def refresh(self) -> None:
-        prefix, layout = self._writer.landed()
-        if layout.count > len(self.units) or prefix != self.units.prefix:
-            self.units = StreamUnits(prefix, layout)
-            self.size = self.units.size
-
-    def unit_at(self, offset: int) -> int | None:
-        return self.units.index_at(offset)
-
-    def wait_grow(self, follow_timeout: float) -> None:  # the caller waits, on the writer
-        return None
 
 
 class LiveReader:
@@ -56,17 +30,31 @@ class LiveReader:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, writer: StreamWriter,
                  budget: ReadBudget | None = None):
         self.writer = writer
-        self._plan = WriterPlan(writer)
-        self._landed = Reader(store, cfg, self._plan, follow=False, budget=budget)
+        self._store, self._cfg, self._budget = store, cfg, budget
+        self._open_landed()
+
+    def _open_landed(self) -> None:
+        self._rewrites = self.writer.rewrites
+        self._plan = WriterPlan(self.writer)
+        self._landed = Reader(self._store, self._cfg, self._plan, follow=False, budget=self._budget)
 
     def read(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``; b"" where nothing can be read now. Raises
-        the writer's error once it failed or was aborted."""
+        """Up to ``size`` bytes at ``offset``, never past a segment's end; b"" where
+        nothing can be read now. Raises the writer's error once it failed or was aborted."""
         staged = self.writer.read_staged(offset, size)
         if staged is not None:
             return staged
+        if self.writer.rewrites != self._rewrites:
+            # A patched segment landed again (a patchable writer): what is cached is old.
+            self._landed.close()
+            self._open_landed()
         if offset >= self._plan.size:
             self._plan.refresh()
+        i = self._plan.unit_at(offset)
+        if i is not None:
+            # One segment at a time: the next may be staged again, patched (read_staged).
+            unit = self._plan.units[i]
+            size = min(size, unit.offset + unit.length - offset)
         return self._landed.read(offset, size)
 
     def close(self) -> None:

@@ -225,6 +225,34 @@ class StreamPlan:
             interval = min(2 * interval, longest)
 
 
+class WriterPlan:
+    """The landed segments of a stream a writer of this process is writing (a Reader's plan)."""
+
+    # Every unit named has landed: a missing segment is an error at once, not "not yet".
+    complete = True
+
+    def __init__(self, writer):
+        self.bucket, self.sse_key = writer.bucket, writer.sse_key  # the writer's SSE-C key reads its segments
+        self.cipher = writer.cipher  # and its cipher decrypts them
+        self.where = writer.where
+        self._writer = writer
+        self.units = StreamUnits(writer.prefix, mf.Layout())
+        self.size = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        prefix, layout = self._writer.landed()
+        if layout.count > len(self.units) or prefix != self.units.prefix:
+            self.units = StreamUnits(prefix, layout)
+            self.size = self.units.size
+
+    def unit_at(self, offset: int) -> int | None:
+        return self.units.index_at(offset)
+
+    def wait_grow(self, follow_timeout: float) -> None:  # the caller waits, on the writer
+        return None
+
+
 class ObjectPlan:
     """A plain object split into ranged units."""
 

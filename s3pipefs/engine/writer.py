@@ -65,6 +65,7 @@ Data flow::
 """
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import hashlib
 import logging
@@ -77,6 +78,7 @@ from s3pipefs.config import TransferConfig
 from s3pipefs.engine import crypto, deletion, manifests
 from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import Lease, new_writer_id
+from s3pipefs.engine.reader import Reader, WriterPlan
 from s3pipefs.engine.staging import StagedFile, StagingDir, zeros
 from s3pipefs.s3 import ObjectStore, b64 as store_b64
 
@@ -101,11 +103,13 @@ HELD_TAIL_INTERVALS = 4
 class StreamWriter:
     def __init__(self, store: ObjectStore, cfg: TransferConfig, bucket: str, key: str, mode: str = "create",
                  writer_id: str | None = None, *, hold_back: int = 0, sse_key: bytes = b"",
-                 encrypt_key: bytes = b"", budget: WriteBudget | None = None):
+                 encrypt_key: bytes = b"", budget: WriteBudget | None = None, patchable: bool = False):
         """``hold_back``: keep the last this many bytes (at most one segment) unsealed, so
         pwrite and truncate may still change them. ``sse_key``: the SSE-C key of every
         request (b"": none). ``budget``: the staging budget and upload pool this writer
-        shares with others (a mount's); None: a pool of its own."""
+        shares with others (a mount's); None: a pool of its own. ``patchable``: publish
+        nothing before flush or close, and let pwrite change every byte written since
+        (see "Patchable" in the module docstring)."""
         if mode not in MODES:
             raise errors.UsageError(f"unknown write mode {mode!r}")
         self.store, self.cfg, self.sse_key = store, cfg, sse_key
@@ -140,6 +144,21 @@ class StreamWriter:
         # Unsealed segments, oldest first; all but the last are full. Never an empty one.
         self._staged: list[StagedFile] = []
         self._hold_back = min(max(0, hold_back), cfg.segment_size)
+        self._patchable = patchable
+        # Patchable: the segments sealed since the last publication, oldest first, as
+        # (stream offset, size, stream hash at its first byte or None); the first one is
+        # segment _held_first. Guarded by _stage.
+        self._held: list[tuple[int, int, object]] = []
+        self._held_first = 0  # set by _open
+        # The held segment brought back to be patched: (index, its staged file), or None.
+        self._reopened: tuple[int, StagedFile] | None = None
+        self._reopens = 0  # names each reopened file uniquely
+        # The earliest held segment a patch changed, its offset and the stream hash at its
+        # start: close feeds the hash again from there (None: no held segment patched).
+        self._rehash: tuple[int, int, object] | None = None
+        # Patched segments that landed again: a reader in this process drops what it
+        # cached of them (engine/live.py). Guarded by _cond.
+        self.rewrites = 0
         self._last_write = 0.0  # monotonic time of the last change to the staged bytes
         # Sealed segments not landed yet: index -> (stream offset, staged file). Guarded by _cond.
         self._uploading: dict[int, tuple[int, StagedFile]] = {}
@@ -215,7 +234,9 @@ class StreamWriter:
         self.uid = old.uid if old is not None else None
         self.gid = old.gid if old is not None else None
         self.mtime_ns: int | None = None
-        self._next_index = base.count + 1
+        self._next_index = self._held_first = base.count + 1
+        # What a manifest names so far: a patchable writer's progress manifests name no more.
+        self._published: tuple[mf.Layout, str] = (base, chain)
         self._runs, self._last_size = len(base.runs), base.runs[-1][1] if base.runs else -1
         self._offset = base.total
         self._sealed_bytes = base.total
@@ -260,8 +281,9 @@ class StreamWriter:
 
     @property
     def sealed(self) -> int:
-        """Bytes from the start that can no longer change (uploaded or on their way)."""
-        return self._sealed_bytes
+        """Bytes from the start that can no longer change: uploaded or on their way, or
+        for a patchable writer those a manifest names (published)."""
+        return self._published[0].total if self._patchable else self._sealed_bytes
 
     def claim(self) -> None:
         """Make the name exist before the commit: the lease taken at open already has."""
@@ -294,11 +316,15 @@ class StreamWriter:
         n = len(view)
         if offset == self._offset:
             return self.write(view)
+        resealed = []
         with self._stage:  # the check and the patch with no timed seal between them
             self._refuse_out_of_order(offset, f"write of {n} bytes at offset {offset}")
             gap = offset - self._offset
-            if gap < 0:
+            if gap < 0 and offset < self._sealed_bytes:
+                view, offset, resealed = self._patch_held(offset, view)
+            if gap < 0 and view:
                 view = self._patch(offset, view)
+        self._submit_all(resealed)
         if gap > 0:
             self._append_zeros(gap)
         self._append(view)
@@ -311,6 +337,11 @@ class StreamWriter:
             if length == self._offset:
                 return
             self._refuse_out_of_order(length, f"truncate to {length} bytes")
+            if length < self._sealed_bytes:
+                raise errors.SeekNotAllowed(
+                    f"{self.where}: truncate to {length} bytes refused: the first {self._sealed_bytes} bytes are "
+                    "uploaded; a file open for reading and writing may rewrite them until close, not cut them; "
+                    "nothing written so far changed")
             if length < self._offset:
                 self._cut(length)
                 return
@@ -334,10 +365,16 @@ class StreamWriter:
             self._stale_from(i - 1)  # cut at a segment's start: the hash must lose what followed it
         else:
             # Back to the sealed end: the stream hash as it was there.
-            if self._hash_valid:
+            if self._hashing:
                 self._stream_hash, self._hash_live = first.hash_before, True
         self._offset = length
         self._last_write = time.monotonic()
+
+    @property
+    def _hashing(self) -> bool:
+        """Is the stream hash kept up as segments seal? Not once a held segment was
+        patched: close feeds it again from there (_rehash_held)."""
+        return self._hash_valid and self._rehash is None
 
     def _check_writable(self) -> None:
         self._check()
@@ -347,7 +384,12 @@ class StreamWriter:
     def _refuse_out_of_order(self, offset: int, what: str) -> None:
         if self._skip:
             raise errors.SeekNotAllowed(f"{self.where}: {what} refused: a resumed stream is written in order")
-        if offset < self._sealed_bytes:
+        if self._patchable and offset < self.sealed:
+            raise errors.SeekNotAllowed(
+                f"{self.where}: {what} refused: the first {self.sealed} bytes are published (named by the "
+                "manifest: there before this writer, or made durable by fsync) and never change; "
+                "nothing written so far changed")
+        if offset < self._sealed_bytes and not self._patchable:
             raise errors.SeekNotAllowed(
                 f"{self.where}: {what} refused: the first {self._sealed_bytes} bytes are sealed (uploaded, or on "
                 "their way) and streams are append-only: only the unsealed tail can change; "
@@ -357,7 +399,7 @@ class StreamWriter:
         """The segment the next appended byte goes to; call with _stage held."""
         if not self._staged or self._staged[-1].size >= self.cfg.segment_size:
             staged = self._staging.create(mf.segment_name(self._next_index + len(self._staged)))
-            if self._hash_valid and self._hash_live:
+            if self._hashing and self._hash_live:
                 staged.hash_before = self._stream_hash.copy()
             staged.rehash = not self._hash_live
             staged.since = time.monotonic()
@@ -409,6 +451,73 @@ class StreamWriter:
         self._last_write = time.monotonic()
         return view
 
+    def _patch_held(self, offset: int, view: memoryview) -> tuple[memoryview, int, list]:
+        """Patchable: overwrite bytes of held segments (sealed, not published) from
+        ``offset``, bringing each back into staging. Returns what lies past them, where
+        it goes, and the segment sealed again to make room (for _submit_all). Call with
+        _stage held."""
+        resealed = []
+        while view and offset < self._sealed_bytes:
+            k = bisect.bisect_right(self._held, offset, key=lambda held: held[0]) - 1
+            index, (begin, size, hash_before) = self._held_first + k, self._held[k]
+            if self._reopened is None or self._reopened[0] != index:
+                resealed += self._reseal()  # one held segment in staging at a time
+                self._reopened = (index, self._bring_back(index))
+            take = min(len(view), begin + size - offset)
+            self._reopened[1].patch(offset - begin, view[:take])
+            if self._rehash is None or index < self._rehash[0]:
+                self._rehash = (index, begin, hash_before)
+            self._hash_live = False  # close feeds the hash again (_rehash_held)
+            view, offset = view[take:], offset + take
+        self._last_write = time.monotonic()
+        self._stage.notify_all()
+        return view, offset, resealed
+
+    def _bring_back(self, index: int) -> StagedFile:
+        """A held segment's bytes, staged again to be patched: from S3 once its upload
+        landed (no manifest names it, so no reader elsewhere can be reading it). Call with
+        _stage held."""
+        with self._cond:
+            while index in self._uploading and self._error is None:
+                self._cond.wait(timeout=0.5)
+            landed = self._landed.get(index)
+        self._check()
+        key = self._data_prefix + mf.segment_name(index)
+        data, _ = self.store.get(self.bucket, key, sse_key=self.sse_key, tries=self.cfg.tries)
+        if self.cipher is not None:
+            data = self.cipher.open(index, data, f"s3://{self.bucket}/{key}")
+        if landed is None or mf.crc32_bytes(crc32(data)) != landed[1]:
+            raise errors.IntegrityError(f"s3://{self.bucket}/{key}: segment differs from what was uploaded")
+        self._reopens += 1
+        staged = self._staging.create(f"{mf.segment_name(index)}.{self._reopens}")
+        staged.append(data)
+        return staged
+
+    def _reseal(self) -> list[tuple[int, StagedFile]]:
+        """Seal the reopened segment again, to be uploaded under its own key; call with
+        _stage held."""
+        if self._reopened is None:
+            return []
+        index, staged = self._reopened
+        self._reopened = None
+        staged.read_back()  # its CRC32, patched
+        staged.seal()
+        with self._cond:
+            self._uploading[index] = (self._held[index - self._held_first][0], staged)
+        return [(index, staged)]
+
+    def _rehash_held(self) -> None:
+        """A held segment was patched: feed the stream hash again from its start, reading
+        the landed segments back (verified, prefetched). At close, after every upload."""
+        if self._rehash is None or not self._hash_valid:
+            return
+        _, begin, h = self._rehash
+        h = h.copy()
+        with Reader(self.store, self.cfg, WriterPlan(self), follow=False) as reader:
+            for chunk in reader.chunks(begin):
+                h.update(chunk)
+        self._stream_hash, self._hash_live, self._rehash = h, True, None
+
     def _stale_from(self, i: int) -> None:
         """Staged segment ``i`` changed: the stream hash is behind from there on."""
         self._hash_live = False
@@ -446,6 +555,11 @@ class StreamWriter:
                     if offset < start + staged.size:
                         return staged.read(offset - start, min(size, start + staged.size - offset))
                     start += staged.size
+            if self._reopened is not None:
+                index, staged = self._reopened
+                start = self._held[index - self._held_first][0]
+                if start <= offset < start + staged.size:
+                    return staged.read(offset - start, min(size, start + staged.size - offset))
             with self._cond:  # a segment leaves _uploading (under _cond) before its file goes
                 for begin, staged in self._uploading.values():
                     if begin <= offset < begin + staged.size:
@@ -492,7 +606,10 @@ class StreamWriter:
     def _seal(self) -> tuple[int, StagedFile]:
         """Seal the oldest staged segment; call with _stage held. Upload it with _submit."""
         staged = self._staged.pop(0)
-        if staged.rehash and self._hash_valid:
+        if self._patchable:
+            before = staged.hash_before.copy() if self._hashing and staged.hash_before is not None else None
+            self._held.append((self._sealed_bytes, staged.size, before))
+        if staged.rehash and self._hashing:
             # A patch left the stream hash behind: feed it this segment from the file.
             h = staged.hash_before
             staged.read_back(h.update)
@@ -562,10 +679,13 @@ class StreamWriter:
                            metadata={"crc32": body_crc.hex(), "gen": self.writer_id}, sse_key=self.sse_key,
                            tries=self.cfg.tries)
         with self._cond:
+            if index in self._landed:
+                self.rewrites += 1  # a patched segment, landed again
             self._landed[index] = (staged.size, crc)
             del self._uploading[index]
-            # A replacement is invisible until commit; only its heartbeat goes out.
-            self._manifest_dirty = not self._replacing and not self._last_landing()
+            # A replacement is invisible until commit, a patchable writer's segments until
+            # flush or close: only a heartbeat goes out.
+            self._manifest_dirty = not (self._replacing or self._patchable) and not self._last_landing()
             self._cond.notify_all()
         staged.remove()
 
@@ -599,18 +719,23 @@ class StreamWriter:
         )
         return self.cipher.protect(m) if self.cipher is not None else m
 
-    def _write_manifest(self, completed: bool = False) -> None:
+    def _write_manifest(self, completed: bool = False, publish: bool = False) -> None:
+        """``publish``: a patchable writer's manifest names every landed segment (flush);
+        otherwise only what it named before."""
         with self._manifest_lock:
-            self._write_manifest_locked(completed)
+            self._write_manifest_locked(completed, publish)
 
-    def _write_manifest_locked(self, completed: bool) -> None:
+    def _write_manifest_locked(self, completed: bool, publish: bool = False) -> None:
         with self._cond:
             layout, chain = self._contiguous()
             self._manifest_dirty = False
         if self._replacing and not completed:
             return self._lease.renew()  # a replacement is invisible until commit: heartbeat only
+        if self._patchable and not (completed or publish):
+            layout, chain = self._published
         m = self._manifest(completed, layout, chain)
         etag = self._lease.save(m)
+        self._published = (layout, chain)
         if completed:
             self.committed = manifests.Loaded(m, etag, time.time())
 
@@ -636,8 +761,8 @@ class StreamWriter:
 
     def _flush_interval(self) -> float:
         """How long staged bytes may wait to be published: 0 = until their segment is full."""
-        if not self.cfg.flush_interval or self._replacing or self._runs >= MAX_SHORT_RUNS:
-            return 0.0  # a replacement is invisible until its commit anyway
+        if not self.cfg.flush_interval or self._replacing or self._patchable or self._runs >= MAX_SHORT_RUNS:
+            return 0.0  # a replacement (a patchable writer) is invisible until its commit (flush) anyway
         return self.cfg.flush_interval * max(1.0, self._runs / SHORT_RUNS_AT_FULL_RATE)
 
     def _timed_seal_due(self, interval: float) -> bool:
@@ -708,10 +833,13 @@ class StreamWriter:
         if self.closed:
             return
         with self._stage:
-            sealed = self._seal_all()
+            sealed = self._reseal() + self._seal_all()
         self._submit_all(sealed)
         self._drain()
-        self._write_manifest()
+        self._write_manifest(publish=True)
+        with self._stage:  # published: no longer patchable
+            self._held.clear()
+            self._held_first = self._next_index
 
     def close(self) -> None:
         """Commit: the stream is complete in S3, or this raises and it stays incomplete."""
@@ -728,11 +856,12 @@ class StreamWriter:
                 if not self._staged and self._next_index == 1:
                     # An empty stream still has one (empty) segment, as s3pipe2 writes it.
                     self._staged.append(self._staging.create(mf.segment_name(1)))
-                sealed = self._seal_all()
+                sealed = self._reseal() + self._seal_all()
             self._submit_all(sealed)
             self._drain()
             self._stop_manifest_loop()
             self._check()
+            self._rehash_held()
             if self._replacing:
                 self._swap_in()
             elif self._existing is not None:
@@ -794,7 +923,7 @@ class StreamWriter:
             else:
                 with self._manifest_lock:
                     with self._cond:
-                        layout, chain = self._contiguous()
+                        layout, chain = self._published if self._patchable else self._contiguous()
                     self._lease.release(self._manifest(False, layout, chain))
         except errors.S3PipeError as e:
             log.warning("%s: could not release the stream: %s", self.where, e)
@@ -815,6 +944,9 @@ class StreamWriter:
             for staged in self._staged:
                 staged.remove()
             self._staged.clear()
+            if self._reopened is not None:
+                self._reopened[1].remove()
+                self._reopened = None
         self._staging.cleanup()
         done = self._data_prefix_done
         if done:

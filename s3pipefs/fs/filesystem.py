@@ -298,9 +298,12 @@ class Filesystem:
         # would: truncated only with O_TRUNC.
         trunc = entry is None or bool(flags & os.O_TRUNC)
         # One segment stays unsealed behind the end: programs that seek back to patch a
-        # header they wrote (zip, zipfile) find it still writable, until they pause long
-        # enough for the timed seal to publish it (engine/writer.py).
+        # header they wrote find it still writable, until they pause long enough for the
+        # timed seal to publish it (engine/writer.py). A file opened for reading and
+        # writing (zip's temporary file, zipfile's "w+b") is patchable: all it writes
+        # stays writable, and unpublished, until its close or fsync.
         hold_back = self.engine.cfg.segment_size
+        patchable = flags & os.O_ACCMODE == os.O_RDWR
         budget = self.engine.write_budget
 
         def open_writer(how: str):
@@ -308,8 +311,9 @@ class Filesystem:
             known = h.last_commit
             now = self.engine.committed_entry(self.bucket, key, known) if known is not None else entry
             if self._all_streams:
-                return self.engine.open_writer(self.bucket, key, how, hold_back=hold_back)
-            return self.engine.open_file_writer(self.bucket, key, how, existing=now, hold_back=hold_back)
+                return self.engine.open_writer(self.bucket, key, how, hold_back=hold_back, patchable=patchable)
+            return self.engine.open_file_writer(self.bucket, key, how, existing=now, hold_back=hold_back,
+                                                patchable=patchable)
 
         h = WriteHandle(
             path, where, open_writer,

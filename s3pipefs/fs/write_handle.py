@@ -38,7 +38,10 @@ What the states mean for a program using the file:
   segment's worth of bytes there): into the tail, at the end, or past it, the gap
   reading as zeros. truncate and fallocate (mode 0) extend with zeros, and truncate
   may cut the unsealed tail (a *resize*). Bytes already sealed never change: until a
-  handle opens its engine writer, that is all of the file (it is in S3).
+  handle opens its engine writer, that is all of the file (it is in S3). A file
+  opened O_RDWR gets a *patchable* engine writer (the open path decides, fs/filesystem.py):
+  every byte it wrote since its last commit or fsync may be written again, uploaded or
+  not (only a cut stays within the unsealed tail); what it published never changes.
 * A failed write or commit aborts the engine writer (the stream stays incomplete, never
   complete and truncated) and the error sticks (FAILED): every later write, fsync and
   close on the handle reports it. A write into sealed data is *not* sticky: it is
@@ -263,6 +266,8 @@ class WriteHandle:
                     self._writer.write(data)
                 else:
                     self._writer.pwrite(offset, data)
+            except errors.SeekNotAllowed:
+                raise  # refused, nothing changed: not sticky
             except BaseException as e:
                 self._fail(e)
                 raise
@@ -272,7 +277,8 @@ class WriteHandle:
 
     def _sealed(self) -> int:
         """Bytes that can no longer change: until the engine writer is open, the whole
-        file (it is in S3) unless it is rewritable; then what that writer has sealed."""
+        file (it is in S3) unless it is rewritable; then what that writer has sealed
+        (a patchable writer: published)."""
         if self._writer is None:
             return 0 if self.rewritable else self.size
         return self._writer.sealed
@@ -449,6 +455,9 @@ class WriteHandle:
             self._writer = self._take_stream()
         try:
             self._writer.truncate(length)
+        except errors.SeekNotAllowed as e:
+            # A cut into what a patchable writer uploaded: refused, nothing changed.
+            raise fserrors.NotSupported(str(e)) from None
         except BaseException as e:
             self._fail(e)
             raise
