@@ -428,6 +428,10 @@ class FileWriter:
         return stream.read_staged(offset, size)
 
     @property
+    def patchable(self) -> bool:
+        return self._patchable
+
+    @property
     def rewrites(self) -> int:
         return self._stream.rewrites if self._stream is not None else 0
 

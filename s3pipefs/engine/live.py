@@ -39,8 +39,8 @@ class LiveReader:
         self._landed = Reader(self._store, self._cfg, self._plan, follow=False, budget=self._budget)
 
     def read(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``, never past a segment's end; b"" where
-        nothing can be read now. Raises the writer's error once it failed or was aborted."""
+        """Up to ``size`` bytes at ``offset`` (through a patchable writer never past a
+        segment's end); b"" where nothing can be read now. Raises the writer's error once it failed or was aborted."""
         staged = self.writer.read_staged(offset, size)
         if staged is not None:
             return staged
@@ -51,7 +51,7 @@ class LiveReader:
         if offset >= self._plan.size:
             self._plan.refresh()
         i = self._plan.unit_at(offset)
-        if i is not None:
+        if i is not None and self.writer.patchable:
             # One segment at a time: the next may be staged again, patched (read_staged).
             unit = self._plan.units[i]
             size = min(size, unit.offset + unit.length - offset)

@@ -280,6 +280,10 @@ class StreamWriter:
         return self._offset
 
     @property
+    def patchable(self) -> bool:
+        return self._patchable
+
+    @property
     def sealed(self) -> int:
         """Bytes from the start that can no longer change: uploaded or on their way, or
         for a patchable writer those a manifest names (published)."""
