@@ -4,7 +4,9 @@ Each tool runs twice, once into a local directory and once into the mount, and t
 bytes must be identical: zip and python's zipfile (they seek back to patch a member's
 header), ``cp --sparse=always`` and ``zstd -d`` (zero runs become forward seeks and a
 final ftruncate or one-byte write), ``dd seek=N`` into a new file, ``truncate -s`` and
-``fallocate -l``. A write into sealed data is refused (ESPIPE) and changes nothing.
+``fallocate -l``. A write into sealed data is refused (ESPIPE) and changes nothing. A
+file opened for reading and writing (zip's temporary file, zipfile's archive) keeps
+all it wrote writable until close, uploaded or not; what fsync published never changes.
 The mounts use 1 MiB segments, so every archive here spans several of them.
 """
 from __future__ import annotations
@@ -15,11 +17,13 @@ import os
 import random
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from s3pipefs.engine import manifests
 from tests.fs_fixtures import tool, wait_for
 
 pytestmark = pytest.mark.fuse
@@ -99,29 +103,91 @@ with zipfile.ZipFile(os.path.join(out, "p.zip"), "w", zipfile.ZIP_DEFLATED) as z
         assert z.testzip() is None and len(z.namelist()) == 63
 
 
-def test_a_zip_member_longer_than_a_segment_needs_bigger_segments(mounter, bucket, tmp_path):
-    """The mount keeps one segment behind the end unsealed: a member (compressed, with its
-    header) longer than that cannot have its header patched. zip fails saying so, and the
-    archive is not left behind; a mount with bigger segments (``-o segment_size``) takes
-    the same archive; through a pipe, zip writes no header to patch at all."""
+def test_zip_members_longer_than_a_segment_are_patched_in_uploaded_segments(mounter, bucket, tmp_path):
+    """zip's temporary file and zipfile's archive are opened for reading and writing: all
+    they write stays writable until close, so the header of a member spanning several
+    segments (already uploaded when it is patched) is written as on a local disk. Through
+    a pipe, zip writes no header to patch at all."""
     tool("zip")
+    tool("unzip")
+    m = mounter(bucket)
     src = tmp_path / "src"
     src.mkdir()
-    (src / "three-mib.bin").write_bytes(random.Random(9).randbytes(3 * MiB))
-    small = mounter(bucket)
-    r = sh(f"cd {src} && zip -q -r -X {small / 'a.zip'} .", check=False)
-    assert r.returncode != 0 and "zip I/O error: Illegal seek" in r.stdout, r.stdout  # zip reports on stdout
-    assert os.listdir(small.path) == []  # nor its temporary file
-    with pytest.raises(OSError) as e:
-        with zipfile.ZipFile(small / "p.zip", "w") as z:
-            z.write(src / "three-mib.bin", "three-mib.bin")
-    assert e.value.errno == errno.ESPIPE
-    assert wait_for(lambda: "are sealed (uploaded) and never change" in small.log_text(), 5)
-    assert "ESPIPE" in small.log_text()
-    sh(f"cd {src} && zip -q -r -X - . | cat > {small / 'piped.zip'}")
-    assert sh(f"unzip -tq {small / 'piped.zip'}").returncode == 0
-    big = mounter(bucket, segment_size="4M")
-    same_on_both(tmp_path / "local", big / "z", f"cd {src} && zip -q -r -X {{out}}/a.zip .", ["a.zip"])
+    (src / "a-small.txt").write_bytes(b"a small member before the big one\n" * 100)
+    (src / "five-mib.bin").write_bytes(random.Random(9).randbytes(5 * MiB))  # incompressible
+    (src / "z-after.txt").write_bytes(b"and one after it\n" * 300)
+    for p in src.iterdir():
+        os.utime(p, (1_600_000_000, 1_600_000_000))
+    same_on_both(tmp_path / "local", m / "zip", f"cd {src} && zip -q -r -X {{out}}/a.zip .", ["a.zip"])
+    assert sh(f"unzip -tq {m / 'zip' / 'a.zip'}").returncode == 0
+    script = """
+import random, sys, zipfile
+src, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(out + "/p.zip", "w", zipfile.ZIP_DEFLATED) as z:
+    z.write(src + "/a-small.txt", "a-small.txt")
+    z.write(src + "/five-mib.bin", "five-mib.bin")
+    with z.open(zipfile.ZipInfo("streamed.bin", (2020, 1, 2, 3, 4, 6)), "w") as f:
+        rnd = random.Random(11)
+        for _ in range(48):
+            f.write(rnd.randbytes(64 * 1024))
+"""
+    (tmp_path / "z.py").write_text(script)
+    same_on_both(tmp_path / "local", m / "zip", f"{sys.executable} {tmp_path / 'z.py'} {src} {{out}}", ["p.zip"])
+    with zipfile.ZipFile(m / "zip" / "p.zip") as z:
+        assert z.testzip() is None and len(z.namelist()) == 3
+    assert (m / "zip" / "p.zip").stat().st_size > 8 * MiB  # the members span many segments
+    assert "refused" not in m.log_text()
+    sh(f"cd {src} && zip -q -r -X - . | cat > {m / 'piped.zip'}")
+    assert sh(f"unzip -tq {m / 'piped.zip'}").returncode == 0
+
+
+def test_an_rdwr_file_publishes_nothing_before_close_and_readers_here_read_its_patches(
+        mounter, bucket, tmp_path, store):
+    """A file open for reading and writing: its uploaded segments are named by no manifest
+    (readers elsewhere see nothing) until close; a reader on the same mount reads every
+    byte it holds, patched ones as patched."""
+    m = mounter(bucket, flush_interval="0.3")
+    data = bytearray(random.Random(12).randbytes(4 * MiB + 10))
+    fd = os.open(m / "rw.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        assert wait_for(lambda: len([o for o in store.list(bucket, "rw.bin/") if o.key[-1].isdigit()]) >= 2)
+        time.sleep(1.0)  # past the flush interval: still unpublished
+        manifest = manifests.load(store, bucket, "rw.bin/").manifest
+        assert manifest.total_size == 0 and not manifest.completed
+        for offset, patch in ((10, b"PATCHED"), (MiB - 2, b"across"), (3 * MiB, b"third")):
+            assert os.pwrite(fd, patch, offset) == len(patch)
+            data[offset:offset + len(patch)] = patch
+        assert (m / "rw.bin").read_bytes() == bytes(data)  # another descriptor, this mount
+    finally:
+        os.close(fd)
+    assert (m / "rw.bin").read_bytes() == bytes(data)
+    other = mounter(bucket)
+    assert (other / "rw.bin").read_bytes() == bytes(data)
+    assert "OK" in sh(f"{sys.executable} -m s3pipefs verify s3://{bucket}/rw.bin").stdout
+
+
+def test_an_rdwr_file_refuses_writes_into_what_fsync_published(mounter, bucket, tmp_path):
+    m = mounter(bucket)
+    rnd = random.Random(13)
+    first, then = rnd.randbytes(2 * MiB + 100), rnd.randbytes(3 * MiB)
+    fd = os.open(m / "f.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, first)
+        os.fsync(fd)  # published: never changes again
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"XXXX", 1000)
+        assert e.value.errno == errno.ESPIPE
+        os.write(fd, then)
+        os.pwrite(fd, b"held", len(first) + 10)  # written since the fsync: still writable
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"XXXX", len(first) - 2)  # across the published end: refused whole
+        assert e.value.errno == errno.ESPIPE
+    finally:
+        os.close(fd)
+    assert (m / "f.bin").read_bytes() == first + then[:10] + b"held" + then[14:]
+    assert wait_for(lambda: "the first 2097252 bytes are published" in m.log_text(), 5)
+    assert "ESPIPE" in m.log_text()
 
 
 def test_sparse_and_seeking_writers_store_their_holes_as_zeros(mounter, bucket, tmp_path):

@@ -254,9 +254,11 @@ class WriteHandle:
             self._allow("write")
             sealed = self._sealed()
             if not self.append and offset < sealed:
+                how = ("published (there before this open, or made durable by fsync)"
+                       if getattr(self._writer, "patchable", False) else "sealed (uploaded)")
                 raise errors.SeekNotAllowed(
                     f"{self.where}: write of {len(data)} bytes at offset {offset} refused: streams are "
-                    f"append-only: the first {sealed} bytes are sealed (uploaded) and never change, only "
+                    f"append-only: the first {sealed} bytes are {how} and never change, only "
                     f"what follows can be written; nothing written so far changed")
             self._claim()
             if self._writer is None:
