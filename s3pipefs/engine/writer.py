@@ -9,7 +9,7 @@ Data flow::
                                                                   thread (live follow, heartbeat)
 
 * Sealed and unsealed. Bytes are staged in segment files until *sealed*: handed to the
-  upload pool, after which they never change. Before that they may: ``pwrite`` writes
+  upload pool, after which they never change (but see *Patchable*). Before that they may: ``pwrite`` writes
   into the unsealed tail, at the end, or past it (the gap becomes zeros, a hole in the
   staging file); ``truncate`` extends with zeros or cuts the unsealed tail. Anything
   before ``sealed`` is refused (SeekNotAllowed) and nothing changes. A full segment is
@@ -17,6 +17,22 @@ Data flow::
   segment, so the last segment's worth of bytes stays writable while the program keeps
   writing, as zip needs to patch a member's header). ``flush`` and ``close`` seal
   everything, and so does the timed seal once the writer pauses (below).
+* Patchable (a mount's file opened for reading and writing: zip, zipfile). Such a writer
+  publishes nothing before ``flush`` or ``close``: its segments are sealed and uploaded
+  as they fill, as always (close does not wait for the whole file, staging stays
+  bounded), but its progress manifests name only what was published (there before an
+  append, or named by a flush), so every byte written since may still change: ``sealed``
+  is the published end. A pwrite into a *held* segment (uploaded or on its way, named by
+  no manifest) waits for its upload to land, fetches it back into staging (verified
+  against the CRC32 it was uploaded with), patches it, and seals it again, to be
+  uploaded under the same key when another held segment is patched, or at flush or
+  close: no reader can be reading that key, as no manifest names it. One such segment is
+  in staging at a time. Its CRC32 is recomputed at that seal; the stream SHA-256 is
+  rewound to the state saved at the start of the first patched segment and fed again at
+  close, after every upload, reading those segments back (_rehash_held). A truncate
+  still cuts only the unsealed tail, and no timed seal runs (nothing would be
+  published). A crash leaves the published manifest; held segments are leftovers past
+  its count, overwritten or deleted by the next writer of the stream.
 * Digests. Appended bytes feed the segment's CRC32 and the stream's SHA-256 as they
   arrive, so a sequential writer reads nothing back. A patch or cut makes both stale
   from that segment on: the segment's CRC32 is recomputed at seal from the staged file
@@ -24,8 +40,12 @@ Data flow::
   start of the first stale segment and fed from the staged files at seal, in order.
 * Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
   writer blocks there instead of staging without limit, never holding ``_stage`` while it
-  waits. Disk use stays within ``(workers + 2) * segment_size``, one segment more with
-  ``hold_back`` (holes take none).
+  waits (a patch of a held segment waits there for that segment's upload to land).
+  Disk use stays within ``(workers + 2) * segment_size``, one segment more with
+  ``hold_back`` and one more while a patchable writer holds a segment fetched back
+  (holes take none). Nothing here waits on the staging budget (engine/budget.py, whose
+  ``admit`` the mount calls before a write and which never waits while nothing
+  uploads), so no writer waits for disk that only its own close would free.
 * Uploads run on a ``WriteBudget``'s pool (engine/budget.py): the writer's own, of
   ``workers`` threads, or one shared by every writer of a mount, whose staged files
   then charge the mount's staging budget.
@@ -47,14 +67,16 @@ Data flow::
   (SHORT_RUNS_AT_FULL_RATE) and short seals stop at MAX_SHORT_RUNS, keeping the manifest
   far below its 1 MiB limit.
 * Locks. ``_stage`` guards what the write path and the manifest thread (and readers)
-  share: the staged segments, ``_offset``, ``_sealed_bytes``, ``_next_index`` and the
-  stream hash. ``_cond`` guards what the uploads change: ``_uploading``, ``_landed``,
+  share: the staged segments, ``_offset``, ``_sealed_bytes``, ``_next_index``, the
+  stream hash and a patchable writer's held and reopened segments. ``_cond`` guards what the uploads change: ``_uploading``, ``_landed``,
   ``_futures``. Taken in that order when both are.
 * close() is the commit point: it returns after every segment is verified in S3 and the
   manifest says complete; any failure raises and leaves the stream incomplete.
-* A reader in this process reads what the writer holds (read_staged: the staged segments
-  and sealed segments still uploading) and its landed segments before any manifest names
-  them (landed); engine/live.py puts the two together.
+* A reader in this process reads what the writer holds (read_staged: the staged segments,
+  a patchable writer's segment fetched back to be patched, and sealed segments still
+  uploading) and its landed segments before any manifest names them (landed);
+  engine/live.py puts the two together. ``rewrites`` counts patched segments that landed
+  again, so such a reader knows to drop what it cached of them.
 * Replacing a complete stream (mode "create" over an existing one) stages the new segments
   under ``NAME/.next-<id>/`` and swaps them in at commit, so the old stream stays whole
   until the new one is complete.
