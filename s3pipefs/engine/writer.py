@@ -483,18 +483,28 @@ class StreamWriter:
         it goes, and the segment sealed again to make room (for _submit_all). Call with
         _stage held."""
         resealed = []
-        while view and offset < self._sealed_bytes:
-            k = bisect.bisect_right(self._held, offset, key=lambda held: held[0]) - 1
-            index, (begin, size, hash_before) = self._held_first + k, self._held[k]
-            if self._reopened is None or self._reopened[0] != index:
-                resealed += self._reseal()  # one held segment in staging at a time
-                self._reopened = (index, self._bring_back(index))
-            take = min(len(view), begin + size - offset)
-            self._reopened[1].patch(offset - begin, view[:take])
-            if self._rehash is None or index < self._rehash[0]:
-                self._rehash = (index, begin, hash_before)
-            self._hash_live = False  # close feeds the hash again (_rehash_held)
-            view, offset = view[take:], offset + take
+        try:
+            while view and offset < self._sealed_bytes:
+                k = bisect.bisect_right(self._held, offset, key=lambda held: held[0]) - 1
+                index, (begin, size, hash_before) = self._held_first + k, self._held[k]
+                if self._reopened is None or self._reopened[0] != index:
+                    staged = self._bring_back(index)
+                    try:
+                        resealed += self._reseal()  # one held segment in staging at a time
+                    except BaseException:
+                        staged.remove()
+                        raise
+                    self._reopened = (index, staged)
+                take = min(len(view), begin + size - offset)
+                self._reopened[1].patch(offset - begin, view[:take])
+                if self._rehash is None or index < self._rehash[0]:
+                    self._rehash = (index, begin, hash_before)
+                self._hash_live = False  # close feeds the hash again (_rehash_held)
+                view, offset = view[take:], offset + take
+        except BaseException:
+            for _, staged in resealed:  # never submitted: the writer fails, its disk comes back
+                staged.remove()
+            raise
         self._last_write = time.monotonic()
         self._stage.notify_all()
         return view, offset, resealed
@@ -525,11 +535,11 @@ class StreamWriter:
         if self._reopened is None:
             return []
         index, staged = self._reopened
-        self._reopened = None
         staged.read_back()  # its CRC32, patched
         staged.seal()
         with self._cond:
             self._uploading[index] = (self._held[index - self._held_first][0], staged)
+        self._reopened = None
         return [(index, staged)]
 
     def _rehash_held(self) -> None:
