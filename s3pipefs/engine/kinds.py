@@ -72,12 +72,13 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
     if not name:
         return find(store, bucket, key, sse_key=sse_key)
     obj = below = folder = False
+    folder_key = objattrs.folder_key(name)
     seen = 0
     for item in store.list(bucket, name, delimiter="/", quick=True):
         k = item if isinstance(item, str) else item.key
         obj = obj or k == name
         below = below or k.startswith(name + "/")
-        folder = folder or k == objattrs.folder_key(name)
+        folder = folder or k == folder_key
         seen += 1
         if seen > PROBE_NAMES:
             return find(store, bucket, key, sse_key=sse_key)  # crowded by names that start alike

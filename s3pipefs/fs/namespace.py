@@ -137,7 +137,7 @@ class Namespace:
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
-        elif entry is not None and objattrs.folder_of(entry.key):
+        elif entry is not None and entry.kind == "object" and objattrs.folder_of(entry.key):
             entry = None  # a folder object: part of a directory, never a file (see listdir)
         with self._lock:
             self._entries[path] = entry
