@@ -18,9 +18,9 @@ Symlinks, owners and modes of objects and directories live in their user metadat
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
 listing therefore GETs, in parallel, each object small enough to be a symlink (at most
 LINK_MAX bytes: a link's body is its target path, which comes along) and HEADs each
-directory's marker (or its folder object, see below); larger objects, which no symlink is, cost nothing more. ``ls -l`` of
-1000 streams costs what it did, of 1000 symlinks or small objects one LIST and 1000 small
-GETs (see docs/mount.md).
+directory's marker (or its folder object, see below); larger objects, which no symlink
+is, cost nothing more. ``ls -l`` of 1000 streams costs what it did, of 1000 symlinks or
+small objects one LIST and 1000 small GETs (see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
