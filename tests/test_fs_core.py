@@ -750,12 +750,16 @@ def test_objects_keep_attributes_in_their_metadata_and_markers_where_the_server_
     assert info.metadata["mode"] == str(stat.S_IFREG | 0o640) and info.metadata["mtime"] == "1577934245.123456789"
     assert info.content_type == "text/plain" and engine.store.get(bucket, "obj")[0] == b"plain"
     fs.mkdir("/dir")
-    mode = fs.getattr("/dir")["st_mode"]
+    caplog.set_level(logging.INFO, "s3pipefs.fs")
     fs.set_times("/dir", (T1, T1))
     fs.set_mode("/dir", 0o700)
-    # SeaweedFS drops a directory marker's user metadata: the defaults stay, and the log says so.
-    assert make_fs(engine, bucket).getattr("/dir")["st_mode"] == mode != stat.S_IFDIR | 0o700
-    assert "keeps no metadata on directory markers" in caplog.text
+    # SeaweedFS drops a directory marker's user metadata: the log says so once, and the
+    # directory keeps them in its folder object instead.
+    assert engine.store.head(bucket, "dir/").metadata == {}
+    st = make_fs(engine, bucket).getattr("/dir")
+    assert st["st_mode"] == stat.S_IFDIR | 0o700 and st["st_mtime"] == T1
+    assert engine.store.head(bucket, "dir_$folder$").metadata["mode"] == str(stat.S_IFDIR | 0o700)
+    assert caplog.text.count("keeps no metadata on directory markers") == 1
 
 
 def test_attributes_on_an_s3pipe2_stream_leave_its_own_section_alone(engine, bucket, fs):

@@ -153,9 +153,9 @@ def test_chown_and_chgrp_are_kept_on_streams_objects_and_shown(mounter, bucket, 
     # uid=/gid= given: they own everything, as before owners were kept.
     o = mounter(bucket, uid="55", gid="66")
     assert {(os.lstat(o / n).st_uid, os.lstat(o / n).st_gid) for n in ("stream", "obj", "dir")} == {(55, 66)}
-    # SeaweedFS keeps no metadata on directory markers: chown succeeds there (tools go on),
-    # the directory keeps its default owner, and the log says why once.
-    assert os.stat(m / "dir").st_uid == 0
+    # SeaweedFS keeps no metadata on directory markers: the directory keeps its owners in
+    # its folder object instead (tests/test_fs_dirattrs.py), and the log says so once.
+    assert (os.stat(m / "dir").st_uid, os.stat(m / "dir").st_gid) == (7, 8)
     assert "keeps no metadata on directory markers" in m.log_text()
 
 
@@ -241,11 +241,11 @@ def test_rsync_a_round_trips_a_tree_with_symlinks_and_sends_nothing_the_second_t
     sh(f"rsync -a {m / 't'}/ {back}/")
     sh(f"diff -r --no-dereference {src} {back}")
     assert describe(back) == describe(src)
-    # Again, from another mount: nothing to send, no file or link itemized. (Directories'
-    # times, modes and owners live in their markers, which SeaweedFS does not keep.)
+    # Again, from another mount: nothing to send, nothing itemized, directories included
+    # (their attributes live in folder objects on this server: tests/test_fs_dirattrs.py).
     other = mounter(bucket)
     out = sh(f"rsync -a --itemize-changes {src}/ {other / 't'}/").stdout.decode().splitlines()
-    assert [line for line in out if not line.startswith(".d")] == [], out
+    assert out == [], out
 
 
 def test_cp_a_round_trips_a_tree_with_symlinks(mounter, bucket, tmp_path):

@@ -47,8 +47,11 @@ class Entry:
     writer_alive: bool = False
     etag: str = ""
     manifest: mf.Manifest | None = None
-    # An object's or a directory marker's user metadata, when read (engine/objattrs.py).
+    # An object's or a directory's user metadata, when read (engine/objattrs.py).
     metadata: dict = field(default_factory=dict)
+    # A directory whose attributes are kept in its folder object ``KEY_$folder$``
+    # (engine/objattrs.py), not in its marker.
+    folder_object: bool = False
     # A stream's encryption: its manifest's scheme (client-side), or LOCKED when its
     # manifest could not be read for want of the right SSE-C key (size and state unknown).
     encryption: str = ""
@@ -154,7 +157,7 @@ class Engine:
         if found.kind == kinds.OBJECT:
             info = found.info
             return self.object_entry(bucket, key, info)
-        return Entry(kinds.DIR, bucket, key)
+        return Entry(kinds.DIR, bucket, key, folder_object=found.folder_object)
 
     @staticmethod
     def object_entry(bucket: str, key: str, info: ObjectInfo) -> Entry:

@@ -9,7 +9,9 @@ cp's source check. The order is the precedence:
    which names a directory or a stream, never an object.
 3. **directory**: at least one object lies under ``KEY/``. Some servers (SeaweedFS) go on
    listing a prefix whose last object was deleted; S3 never does, so a prefix with no
-   object under it is nothing.
+   object under it is nothing. ``probe`` also sees the folder object ``KEY_$folder$``
+   (engine/objattrs.py) in its listing: it marks the directory as keeping its attributes
+   there, and alone it is an empty directory (s3fs-fuse's old style).
 
 The empty key is the bucket itself: a directory once the bucket is known to exist.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from s3pipefs import manifest as mf
-from s3pipefs.engine import manifests
+from s3pipefs.engine import manifests, objattrs
 from s3pipefs.s3 import ObjectInfo, ObjectStore
 
 STREAM, OBJECT, DIR = "stream", "object", "dir"
@@ -33,6 +35,7 @@ class Found:
     kind: str                                  # STREAM, OBJECT or DIR
     loaded: manifests.Loaded | None = None     # a stream's manifest
     info: ObjectInfo | None = None             # an object's HEAD
+    folder_object: bool = False                # DIR: its folder object exists (objattrs.py)
 
 
 def find(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = None) -> Found | None:
@@ -68,12 +71,14 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
     name = key.strip("/")
     if not name:
         return find(store, bucket, key, sse_key=sse_key)
-    obj = below = False
+    obj = below = folder = False
+    folder_key = objattrs.folder_key(name)
     seen = 0
     for item in store.list(bucket, name, delimiter="/", quick=True):
         k = item if isinstance(item, str) else item.key
         obj = obj or k == name
         below = below or k.startswith(name + "/")
+        folder = folder or k == folder_key
         seen += 1
         if seen > PROBE_NAMES:
             return find(store, bucket, key, sse_key=sse_key)  # crowded by names that start alike
@@ -87,8 +92,8 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
         if info is not None:
             return Found(OBJECT, info=info)
     # A listed prefix may be a folder the server keeps after its last object went.
-    if below and store.any_key(bucket, name + "/"):
-        return Found(DIR)
+    if (below and store.any_key(bucket, name + "/")) or folder:
+        return Found(DIR, folder_object=folder)
     return None
 
 

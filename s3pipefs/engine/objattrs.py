@@ -22,6 +22,14 @@ attribute shows its default), never an error.
 Changing them: S3 cannot edit metadata in place, so an object is copied onto itself
 with new metadata (CopyObject, ``REPLACE``), which a single copy does for objects up
 to 5 GiB; a directory marker, zero bytes, is written again.
+
+**Folder objects.** Some servers (SeaweedFS) keep no user metadata on keys ending in
+'/'. There a directory ``dir`` keeps the same keys on the zero-byte object
+``dir_$folder$`` instead: the old-style folder marker, which s3fs-fuse (and Hadoop's S3
+connectors) take for the directory ``dir``, never for a file. s3fs-fuse reads its
+attributes when the server answers no HEAD of ``dir/`` (it asks ``dir``, ``dir/``, then
+``dir_$folder$``); SeaweedFS answers that HEAD for every folder it holds, so there
+s3fs-fuse shows its defaults. A folder object's attributes win over its marker's.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ MAX_COPY = 5 * 1024**3
 LINK_MODE = stat.S_IFLNK | 0o777  # 41471, what every symlink shows
 LINK_CONTENT_TYPE = "application/octet-stream"
 DIR_CONTENT_TYPE = "application/x-directory"
+FOLDER_SUFFIX = "_$folder$"
 _MAX_ID = 2**32 - 2
 
 
@@ -82,6 +91,18 @@ def link_metadata(uid: int, gid: int, now_ns: int | None = None) -> dict:
     """The metadata of a new symlink: exactly the keys s3fs-fuse writes for one."""
     now = render_time(time.time_ns() if now_ns is None else now_ns)
     return {"mode": str(LINK_MODE), "atime": now, "ctime": now, "mtime": now, "uid": str(uid), "gid": str(gid)}
+
+
+def folder_key(key: str) -> str:
+    """The folder object keeping the attributes of the directory ``key`` (no trailing '/')."""
+    return key + FOLDER_SUFFIX
+
+
+def folder_of(name: str) -> str | None:
+    """The directory a folder object's name (or key) stands for; None: no folder object."""
+    if name.endswith(FOLDER_SUFFIX) and len(name) > len(FOLDER_SUFFIX) and not name.endswith("/" + FOLDER_SUFFIX):
+        return name[:-len(FOLDER_SUFFIX)]
+    return None
 
 
 def render_time(ns: int) -> str:

@@ -24,8 +24,11 @@ Choices worth knowing:
   ``cp -a``/``tar x`` keep times, modes and owners. On a file this mount is writing they
   go out with its commit; otherwise the manifest is rewritten, conditionally, never over
   a live writer. Objects (symlinks among them) and directory markers keep them in their
-  metadata, as s3fs-fuse does (engine/objattrs.py). Stored owners show unless the mount
-  was given ``uid=``/``gid=``, which then own everything, as before owners were kept.
+  metadata, as s3fs-fuse does (engine/objattrs.py); on a server that keeps no metadata on
+  markers (found out by the first store, which reads the marker back), directories keep
+  them in folder objects ``dir_$folder$`` instead (fs/namespace.py). Stored owners show
+  unless the mount was given ``uid=``/``gid=``, which then own everything, as before
+  owners were kept.
 * Symlinks are objects in the convention of s3fs-fuse: the target is the body, the mode
   in the metadata says "link".
 * release runs on a small pool of our own threads (see ``release``).
@@ -97,7 +100,7 @@ class Filesystem:
         # fh of a file open for reading and writing -> the reader its reads use (see read).
         self._rw_readers: dict[int, ReadHandle] = {}
         self._rw_lock = threading.Lock()
-        self._said_markers = False  # warned that the server drops directory markers' metadata
+        self._markers_keep_nothing = False  # the server drops markers' metadata: folder objects then
 
     @property
     def _all_streams(self) -> bool:
@@ -543,10 +546,14 @@ class Filesystem:
         if self.cfg.read_only:
             raise errors.ReadOnly(f"{self.ns.where(path)}: mounted read-only")
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, mode: int | None = None) -> None:
+        """``mode``: the creator's, umask already applied by the kernel; kept as chmod
+        keeps it when it differs from what a directory shows by default."""
         self._writable(path)
         self._check_new(path, stream=False)
         self.ns.mkdir(path)
+        if mode is not None and stat.S_IMODE(mode) != 0o777 & ~self.cfg.umask:
+            self._set_attrs(path, mode=stat.S_IMODE(mode))
 
     def rmdir(self, path: str) -> None:
         self._writable(path)
@@ -626,8 +633,8 @@ class Filesystem:
             updated = self.engine.set_attrs(self.bucket, key, known=entry, **attrs)
         elif not key:
             return  # the bucket itself has no marker to keep them
-        elif entry.kind == "dir" and self._said_markers:
-            return  # this server keeps no metadata on markers: nothing to send (said once)
+        elif entry.kind == "dir" and (entry.folder_object or self._markers_keep_nothing):
+            updated = self.ns.store_folder_attrs(entry, **attrs)
         else:
             if entry.kind == "object" and entry.size > objattrs.MAX_COPY:
                 raise fserrors.NotSupported(f"{self.ns.where(path)}: attributes of an object over 5 GiB cannot "
@@ -640,18 +647,18 @@ class Filesystem:
                 return
             updated = self.engine.set_object_attrs(self.bucket, key, directory=entry.kind == "dir", **attrs)
             if updated is not None and entry.kind == "dir" and not _kept(updated, attrs):
-                self._markers_keep_nothing()
-                return
+                self._found_markers_keep_nothing()
+                updated = self.ns.store_folder_attrs(entry, **attrs)
         if updated is not None:
             self.ns.update(path, updated)
         else:
             self.ns.invalidate(path)  # gone or replaced meanwhile
 
-    def _markers_keep_nothing(self) -> None:
-        if not self._said_markers:
-            self._said_markers = True
-            log.warning("s3://%s: the server keeps no metadata on directory markers: directories show "
-                        "default owners, modes and times", self.bucket)
+    def _found_markers_keep_nothing(self) -> None:
+        if not self._markers_keep_nothing:
+            self._markers_keep_nothing = True
+            log.info("s3://%s: the server keeps no metadata on directory markers: directories keep their "
+                     "owners, modes and times in objects 'NAME%s' instead", self.bucket, objattrs.FOLDER_SUFFIX)
 
     def touch_metadata(self, path: str) -> None:
         """A utimens that leaves mtime alone, a chown that changes nothing: S3 keeps no

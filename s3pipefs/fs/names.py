@@ -11,7 +11,8 @@ a name that could be stored but never removed again cannot leave debris behind:
   the server stores and lists such a key, but the multi-object delete that removes a
   stream's segments is refused as MalformedXML; and backslash, which SeaweedFS stores as
   '/', so the file would appear under another name.
-* EACCES: ``.manifest`` is what makes a directory a stream.
+* EACCES: ``.manifest`` is what makes a directory a stream; a name ending in
+  ``_$folder$`` is a directory's folder object (engine/objattrs.py), never a file.
 
 A stream that already has an undeletable name (made by another tool) is refused by rm
 and mv with EINVAL before anything is deleted; S3 tools that delete one key at a time
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from s3pipefs.engine import objattrs
 from s3pipefs.fs import fserrors
 from s3pipefs.manifest import MANIFEST_NAME, SEGMENT_DIGITS
 
@@ -64,8 +66,12 @@ def check_new(rel_path: str, key: str, where: str, *, stream: bool) -> None:
         bad = _REFUSED.search(name)
         if bad:
             raise fserrors.BadName(f"{where}: names cannot contain {bad.group()!r}: {_why(bad.group())}")
-    if rel_path.rstrip("/").rsplit("/", 1)[-1] == MANIFEST_NAME:
+    last = rel_path.rstrip("/").rsplit("/", 1)[-1]
+    if last == MANIFEST_NAME:
         raise fserrors.PermissionDenied(f"{where}: '{MANIFEST_NAME}' is reserved for stream manifests")
+    if objattrs.folder_of(last):
+        raise fserrors.PermissionDenied(f"{where}: names ending in '{objattrs.FOLDER_SUFFIX}' are reserved for "
+                                        "the objects keeping directories' attributes")
     room = STREAM_KEY_ROOM if stream else 1  # a directory's marker is "key/"
     size = len(key.encode("utf-8"))
     if size + room > KEY_MAX:

@@ -18,15 +18,22 @@ Symlinks, owners and modes of objects and directories live in their user metadat
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
 listing therefore GETs, in parallel, each object small enough to be a symlink (at most
 LINK_MAX bytes: a link's body is its target path, which comes along) and HEADs each
-directory's marker; larger objects, which no symlink is, cost nothing more. ``ls -l`` of
-1000 streams costs what it did, of 1000 symlinks or small objects one LIST and 1000 small
-GETs (see docs/mount.md).
+directory's marker (or its folder object, see below); larger objects, which no symlink
+is, cost nothing more. ``ls -l`` of 1000 streams costs what it did, of 1000 symlinks or
+small objects one LIST and 1000 small GETs (see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
 
 Directory markers are zero-byte objects ``dir/`` with Content-Type
 ``application/x-directory``, the convention of s3fs-fuse and the S3 consoles.
+
+A directory's attributes live in its marker's metadata, or, on servers that keep none
+there (SeaweedFS), in its folder object ``dir_$folder$`` (engine/objattrs.py): written by
+``store_folder_attrs``, read instead of the marker when a listing or lookup sees one,
+moved by a rename and removed by rmdir. A folder object is never shown as a name: a
+listing folds ``x_$folder$`` into the directory ``x``, or, alone, shows it as the empty
+directory ``x`` (as s3fs-fuse does), and the mount refuses to create such names.
 
 The objects written and read here (markers, links) carry the engine's SSE-C key, as its
 streams do; a mount with a client-side key still keeps them as plain objects (a marker
@@ -37,6 +44,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import posixpath
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -129,6 +137,8 @@ class Namespace:
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
+        elif entry is not None and entry.kind == "object" and objattrs.folder_of(entry.key):
+            entry = None  # a folder object: part of a directory, never a file (see listdir)
         with self._lock:
             self._entries[path] = entry
         return entry
@@ -156,12 +166,19 @@ class Namespace:
         return described
 
     def _with_marker(self, entry: Entry) -> Entry:
-        """A directory with its marker's metadata (owners, mode, time), when it has one."""
-        try:
-            info = self.store.head(self.bucket, entry.key + "/", sse_key=self._sse) if entry.key else None
-        except (errors.KeyNeeded, errors.WrongKey):
-            return entry  # a marker under another SSE-C key: the directory, without its attributes
-        return replace(entry, metadata=info.metadata) if info is not None and info.metadata else entry
+        """A directory with its attributes (owners, mode, time): its folder object's when
+        it has one, else (or when that holds none) its marker's."""
+        if not entry.key:
+            return entry
+        keys = [objattrs.folder_key(entry.key), entry.key + "/"] if entry.folder_object else [entry.key + "/"]
+        for key in keys:
+            try:
+                info = self.store.head(self.bucket, key, sse_key=self._sse)
+            except (errors.KeyNeeded, errors.WrongKey):
+                continue  # under another SSE-C key: the directory, without these attributes
+            if info is not None and info.metadata:
+                return replace(entry, metadata=info.metadata)
+        return entry
 
     def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
         """An entry of a listing with its metadata (see the module docstring); None: the
@@ -207,6 +224,7 @@ class Namespace:
             # content below it); the object stays reachable through the S3 tools.
             if old is None or _rank(e) < _rank(old):
                 listing[name] = e
+        _fold_folder_objects(listing, self.bucket, prefix)
         wanted = []  # directories and objects small enough to be links: fetched below
         for name, e in listing.items():
             if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX):
@@ -257,6 +275,13 @@ class Namespace:
             listing = self._listings.get(parent)
             if listing is not None and name in listing:
                 listing[name] = entry
+
+    def store_folder_attrs(self, entry: Entry, **attrs) -> Entry:
+        """Store a directory's attributes in its folder object (one PUT), merged into those
+        ``entry`` shows; the directory as it then is."""
+        meta = objattrs.updated(entry.metadata or {}, stat.S_IFDIR, **attrs)
+        self.store.put(self.bucket, objattrs.folder_key(entry.key), b"", metadata=meta, sse_key=self._sse)
+        return replace(entry, metadata=meta, folder_object=True)
 
     # -- directory changes ---------------------------------------------------------------
     def mkdir(self, path: str) -> None:
@@ -310,6 +335,8 @@ class Namespace:
         if self._has_content(self.key(path)):
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
+        if entry.folder_object:
+            self.store.delete(self.bucket, objattrs.folder_key(self.key(path)))
         self.invalidate(path)
 
     def _has_content(self, key: str) -> bool:
@@ -434,8 +461,9 @@ class Namespace:
         server's If-None-Match is atomic (AWS S3's is; SeaweedFS lets both of two
         simultaneous writes through now and then). A failure part way leaves the source
         whole. Larger directories give EXDEV, on which mv(1) copies and deletes itself.
-        The directory keeps its attributes (its marker's metadata); those of directories
-        inside it are not carried."""
+        The directory keeps its attributes (its marker's metadata, or its folder object,
+        which moves with it); directories inside it keep those in folder objects (objects
+        like any other), not those in their markers."""
         if dst is not None and dst.kind != "dir":
             raise fserrors.NotADirectory(f"{self.where(new)}: not a directory")
         if new.startswith(old.rstrip("/") + "/"):
@@ -450,7 +478,7 @@ class Namespace:
             raise fserrors.CrossDevice(f"{self.where(old)}: renaming a directory of more than {MAX_DIR_RENAME} "
                                        "objects is not supported (mv falls back to copy and delete)")
         marker = {"content_type": DIR_CONTENT_TYPE, "sse_key": self._sse}
-        top = {**marker, "metadata": src.metadata or None}
+        top = {**marker, "metadata": None if src.folder_object else src.metadata or None}
         if held:
             with self._dir_renames:  # one claim at a time on this mount
                 # Only to a new name: an empty directory there may be another rename's claim.
@@ -466,6 +494,10 @@ class Namespace:
             if dst is not None and self._has_content(nkey):
                 raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
             self.store.put(self.bucket, nkey + "/", b"", **top)
+        if src.folder_object:
+            self.store.put(self.bucket, objattrs.folder_key(nkey), b"", metadata=src.metadata, sse_key=self._sse)
+        elif dst is not None and dst.folder_object:
+            self.store.delete(self.bucket, objattrs.folder_key(nkey))  # the replaced directory's attributes
         streams = sorted({o.key[:-len(MANIFEST_SUFFIX)] for o in held if o.key.endswith(MANIFEST_SUFFIX)})
         in_stream = tuple(k + "/" for k in streams)
         objects = [o.key for o in held if not o.key.startswith(in_stream)]
@@ -490,6 +522,8 @@ class Namespace:
         for k in sorted((k for k in [*streams, *objects]), key=len, reverse=True):
             self._drop_folder(k.rstrip("/"))
         self._drop_folder(okey)
+        if src.folder_object:
+            self.store.delete(self.bucket, objattrs.folder_key(okey))
 
 
 _UNLISTED = object()  # a name the listing cache cannot answer for
@@ -498,6 +532,19 @@ _UNLISTED = object()  # a name the listing cache cannot answer for
 def _target(body: bytes) -> str:
     """A link's body as the path mfusepy hands back to the kernel (bytes kept exactly)."""
     return body.decode("utf-8", "surrogateescape")
+
+
+def _fold_folder_objects(listing: dict[str, Entry], bucket: str, prefix: str) -> None:
+    """Folder objects out of ``listing``: ``x_$folder$`` marks the directory ``x`` as
+    keeping its attributes there, or, with no ``x`` listed, is the empty directory ``x``."""
+    for name in [n for n, e in listing.items() if e.kind == "object" and objattrs.folder_of(n)]:
+        folder = listing.pop(name)
+        dirname = objattrs.folder_of(name)
+        found = listing.get(dirname)
+        if found is None:
+            listing[dirname] = Entry("dir", bucket, prefix + dirname, mtime=folder.mtime, folder_object=True)
+        elif found.kind == "dir":
+            listing[dirname] = replace(found, folder_object=True)
 
 
 def _rank(e: Entry) -> int:

@@ -160,7 +160,7 @@ class Operations(fuselib.Operations):
     # -- the tree ----------------------------------------------------------------------------
     @_op
     def mkdir(self, path, mode):
-        self.fs.mkdir(path)
+        self.fs.mkdir(path, mode)
         return 0
 
     @_op
