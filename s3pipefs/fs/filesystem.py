@@ -233,7 +233,8 @@ class Filesystem:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.ns.where(path)}: is a directory")
-        reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry)
+        reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry,
+                                         body=self.ns.body(path, entry))
         if reader.size != entry.size or reader.complete != entry.complete:
             # The cache was behind; the kernel's cached size may be too, so no page cache.
             self.ns.remember(path, replace(entry, size=reader.size, complete=reader.complete))
