@@ -66,8 +66,10 @@ _UTIME_OMIT = (1 << 30) - 2
 _FALLOC_FL_KEEP_SIZE = 0x01
 # How long an open waits for the same path's previous writer to finish its release commit.
 _SETTLE_TIMEOUT = 60.0
-# How long a committed handle of the same path may take to be released by the kernel.
-_RELEASE_GRACE = 2.0
+# How long a committed handle of the same path may take to be released by the kernel: a
+# few milliseconds on a quiet machine, seconds when the machine is loaded (seen: > 2 s with
+# a load of 6 on 2 cores). A file truly held open waits this long before EBUSY.
+_RELEASE_GRACE = 10.0
 
 
 @dataclass(frozen=True)
