@@ -96,6 +96,41 @@ def test_puts_skip_100_continue_and_body_hashing(s3_server, fault_proxy, bucket,
         assert s.headers["content-md5"]
 
 
+def _botocore_only(store):
+    """The same store with the fast path off for HEAD, GET and DELETE."""
+    slow = Store(store.cfg)
+    slow._plain = lambda *a, **k: None
+    return slow
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_quick_head_get_and_delete_answer_what_botocore_would(store, bucket, key):
+    slow = _botocore_only(store)
+    data = bytes(range(256)) * 40
+    etag = store.put(bucket, key, data, md5=_md5(data), content_type="application/x-odd",
+                     metadata={"mode": "33188", "mtime": "1700000000.5"})
+    before = store.quick_requests
+    assert store.head(bucket, key) == slow.head(bucket, key)
+    assert store.head(bucket, key).metadata == {"mode": "33188", "mtime": "1700000000.5"}
+    assert store.get(bucket, key) == slow.get(bucket, key)
+    assert store.get(bucket, key, 100, 2000) == slow.get(bucket, key, 100, 2000)
+    assert store.get(bucket, key, 100, 2000)[0] == data[100:2000]
+    assert store.get(bucket, key, 100, 2000)[1].size == len(data)  # the whole object's, from Content-Range
+    assert store.quick_requests - before == 6  # every one of them went the quick way
+    # The same errors, classes and codes.
+    for case in (lambda s: s.get(bucket, key, if_none_match=etag),     # 304: not modified
+                 lambda s: s.get(bucket, key + ".missing"),            # NotFound
+                 lambda s: s.get("no-such-bucket-quick", key)):        # NoSuchBucket
+        assert _error(lambda: case(store)) == _error(lambda: case(slow))
+    assert _error(lambda: store.get(bucket, key, if_none_match=etag))[0] is errors.NotModified
+    for b, k in ((bucket, key + ".missing"), ("no-such-bucket-quick", key)):  # a bare 404: nothing there
+        assert store.head(b, k) is None and slow.head(b, k) is None
+    store.delete(bucket, key)
+    assert store.head(bucket, key) is None
+    slow.delete(bucket, key)  # a DELETE of nothing succeeds on either path
+    store.delete(bucket, key)
+
+
 def test_quick_listing_equals_botocore_listing(store, bucket):
     keys = [f"p/{k}" for k in ODD_KEYS] + [f"p/many/{i:04d}" for i in range(1100)] + ["p/sub/x", "q/outside"]
     for k in keys:

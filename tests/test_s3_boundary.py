@@ -80,13 +80,19 @@ def test_the_verified_botocore_takes_the_fast_path_and_sets_the_blocksize(store,
     assert store.quick_requests == 2
     with pytest.raises(errors.Busy):
         store.put(bucket, "c", b"again", quick=True, if_none_match=True)
-    assert store.get(bucket, "c")[0] == b"conditional"
-    store.put(bucket, "k", b"sse-c", quick=True, sse_key=b"k" * 32)  # a key: botocore
     assert store.quick_requests == 3
+    # HEAD, GET and DELETE always go the quick way when they can.
+    assert store.get(bucket, "c")[0] == b"conditional"
+    assert store.head(bucket, "c").size == len(b"conditional")
+    store.delete(bucket, "c")
+    assert store.quick_requests == 6
+    store.put(bucket, "k", b"sse-c", quick=True, sse_key=b"k" * 32)  # a key: botocore
+    assert store.get(bucket, "k", sse_key=b"k" * 32)[0] == b"sse-c"
+    assert store.quick_requests == 6
     # A listing of a prefix with a space and non-ASCII letters, signed as the server checks it.
     store.put(bucket, "café ☃/x+y z", b"")
     items, _ = store.list_page(bucket, "café ☃/", quick=True)
-    assert [o.key for o in items] == ["café ☃/x+y z"] and store.quick_requests == 4
+    assert [o.key for o in items] == ["café ☃/x+y z"] and store.quick_requests == 7
 
 
 # -- virtual-hosted addressing ---------------------------------------------------------------------

@@ -171,7 +171,7 @@ class Engine:
             prefix += "/"
         objects: list[ObjectInfo] = []
         subdirs: list[str] = []
-        for item in self.store.list(bucket, prefix, delimiter="/"):
+        for item in self.store.list(bucket, prefix, delimiter="/", quick=True):
             if isinstance(item, str):
                 subdirs.append(item)
             elif item.key != prefix:  # skip the directory marker itself
@@ -267,7 +267,9 @@ class Engine:
         return self.stream_entry(bucket, key, committed)
 
     def open_reader(self, bucket: str, key: str, follow: bool = True, entry: Entry | None = None, *,
-                    request: RequestOptions | None = None) -> Reader:
+                    request: RequestOptions | None = None, body: bytes | None = None) -> Reader:
+        """``entry``: what a cache knows of ``key`` (an object's saves a HEAD); ``body``:
+        that object's bytes, when the cache holds them too (no GET either)."""
         key = key.strip("/")
         sse_key = self._key(request)
         if entry is None or entry.kind == "stream":
@@ -284,8 +286,9 @@ class Engine:
         if info is None:
             self.store.bucket_exists(bucket)
             raise errors.NotFound(f"s3://{bucket}/{key}: no such stream or object")
-        return Reader(self.store, self.cfg, ObjectPlan(bucket, info, self.cfg.block_size, sse_key=sse_key),
-                      follow=False, budget=self.read_budget)
+        plan = ObjectPlan(bucket, info, self.cfg.block_size, sse_key=sse_key,
+                          body=body if entry is not None and info.etag == entry.etag else None)
+        return Reader(self.store, self.cfg, plan, follow=False, budget=self.read_budget)
 
     def open_live_reader(self, writer: StreamWriter) -> LiveReader:
         """A reader of every byte ``writer`` (of this process) has written so far, uploaded

@@ -69,8 +69,10 @@ _UTIME_OMIT = (1 << 30) - 2
 _FALLOC_FL_KEEP_SIZE = 0x01
 # How long an open waits for the same path's previous writer to finish its release commit.
 _SETTLE_TIMEOUT = 60.0
-# How long a committed handle of the same path may take to be released by the kernel.
-_RELEASE_GRACE = 2.0
+# How long a committed handle of the same path may take to be released by the kernel: a
+# few milliseconds on a quiet machine, seconds when the machine is loaded (seen: > 2 s with
+# a load of 6 on 2 cores). A file truly held open waits this long before EBUSY.
+_RELEASE_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,8 @@ class Filesystem:
             raise errors.NotFound(f"{self.ns.where(path)}: no such file")
         if entry.kind == "dir":
             raise fserrors.IsADirectory(f"{self.ns.where(path)}: is a directory")
-        reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry)
+        reader = self.engine.open_reader(self.bucket, self.ns.key(path), follow=True, entry=entry,
+                                         body=self.ns.body(path, entry))
         if reader.size != entry.size or reader.complete != entry.complete:
             # The cache was behind; the kernel's cached size may be too, so no page cache.
             self.ns.remember(path, replace(entry, size=reader.size, complete=reader.complete))

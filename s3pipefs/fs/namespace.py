@@ -13,6 +13,10 @@ Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
 * entries: path -> Entry, or None for "does not exist" (tar x and rsync look up every
   name before creating it).
 * links: (path, ETag) -> a symlink's target, so following a link costs no GET per use.
+* bodies: (path, ETag) -> a small object's bytes, fetched whole by its listing (below),
+  so that reading it within the TTL costs no GET (``diff -r``, ``grep -r``, ``cp -r``
+  from the mount); at most MAX_BODY_BYTES in all. The reader still checks them against
+  the ETag's MD5.
 
 Symlinks, owners and modes of objects and directories live in their user metadata
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
@@ -71,6 +75,8 @@ MAX_DIR_RENAME = 10_000
 MANIFEST_SUFFIX = "/" + MANIFEST_NAME
 # The longest symlink target (PATH_MAX less its NUL): larger objects are never links.
 LINK_MAX = 4095
+# The small objects' bytes a mount's listings keep for reads within the TTL (see body()).
+MAX_BODY_BYTES = 16 * 1024 * 1024
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
 # Parallel copies and deletes of a directory's rename.
@@ -96,11 +102,16 @@ class Namespace:
         self._entries: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
+        # (path, ETag) -> the bytes of a small object its listing fetched whole.
+        self._bodies: cachetools.TTLCache = cachetools.TTLCache(MAX_BODY_BYTES, ttl, timer=clock, getsizeof=len)
         self.mounted_at = time.time()
         # Objects' attributes not stored yet, which a rename carries and an unlink drops
         # (fs/attrs_behind.py).
         self.attrs_behind = AttrsBehind(
             lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
+        # HEADs of listed objects being described (see _described): path -> Future.
+        self._heads = cf.ThreadPoolExecutor(LISTING_HEADS, thread_name_prefix="s3pipefs-head")
+        self._describing: dict[str, cf.Future] = {}
         # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
         self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
                                      failed=lambda key: self.invalidate(self.path_of(key)))
@@ -156,14 +167,47 @@ class Namespace:
 
     def _described(self, path: str, entry: Entry | None) -> Entry | None:
         """A listed entry with its metadata: an object too large to be a link was listed
-        without it (metadata None); its first lookup HEADs it (stat of a file that ls -l or
-        rsync asks for), once per TTL."""
+        without it (metadata None); its first lookup HEADs it, once per TTL.
+
+        The first such lookup in a listing predicts the rest (``ls -l``, ``rsync``,
+        ``diff -r`` stat every name they list), so it HEADs the listing's other
+        undescribed objects too, LISTING_HEADS at a time, and waits only for its own.
+        A listing nobody stats (``rm -rf``, ``find -name``) costs no HEAD."""
         if entry is None or entry.metadata is not None:
             return entry
-        info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
-        described = self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
-        self.remember(path, described)
-        return described
+        parent, _ = split(path)
+        with self._lock:
+            listing = self._listings.get(parent) or {}
+            todo = [(posixpath.join(parent, n), e) for n, e in listing.items()
+                    if e.kind == "object" and e.metadata is None]
+            mine = self._describing.get(path)
+            if mine is None:
+                mine = self._describing[path] = self._heads.submit(self._describe, path, entry)
+            for p, e in todo:
+                if p not in self._describing:
+                    self._describing[p] = self._heads.submit(self._describe, p, e)
+        return mine.result()
+
+    def _describe(self, path: str, entry: Entry) -> Entry | None:
+        """HEAD a listed object, and put what it says where ``entry`` was cached, unless a
+        change of this mount replaced it meanwhile."""
+        try:
+            info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
+            described = self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+            parent, name = split(path)
+            with self._lock:
+                listing = self._listings.get(parent)
+                if listing is not None and listing.get(name) is entry:
+                    if described is None:
+                        del listing[name]
+                    else:
+                        listing[name] = described
+                if self._entries.get(path, entry) is entry:
+                    self._entries[path] = described
+            return described
+        finally:
+            with self._lock:
+                self._describing.pop(path, None)
 
     def _with_marker(self, entry: Entry) -> Entry:
         """A directory with its attributes (owners, mode, time): its folder object's when
@@ -193,10 +237,19 @@ class Namespace:
         except (errors.KeyNeeded, errors.WrongKey):
             return entry  # under another SSE-C key: listed as the listing has it
         found = self.engine.object_entry(self.bucket, entry.key, info)
-        if found.is_link and len(body) <= LINK_MAX:
-            with self._lock:
+        with self._lock:
+            if found.is_link and len(body) <= LINK_MAX:
                 self._links[(path, found.etag)] = _target(body)
+            elif len(body) == found.size:
+                self._bodies[(path, found.etag)] = body
         return found
+
+    def body(self, path: str, entry: Entry) -> bytes | None:
+        """The bytes of the object ``entry`` when its listing fetched them (small objects
+        come whole, see _with_metadata), so that reading it (diff -r, cp, grep -r) costs
+        no GET within the TTL; None otherwise."""
+        with self._lock:
+            return self._bodies.get((path, entry.etag)) if entry.kind == "object" else None
 
     def listdir(self, path: str) -> dict[str, Entry]:
         """{name: Entry} one level under the directory ``path``."""

@@ -11,20 +11,24 @@ a listing page parsed in ~10 ms.
 
 Deliberately narrow:
 
-* only path-style addressing, no SSE-C, no conditional write, and only on a botocore
+* only path-style addressing, no SSE-C, and only on a botocore
   whose private attributes it needs were verified (s3/internals.py); otherwise the Store
   uses botocore;
 * no retries here: the Store runs these requests under its retry policy (s3/retry.py),
   as it runs botocore's;
 * failures are raised as the same botocore exceptions a client call would raise (a
   ClientError with the S3 code and status, or botocore's transport errors), so
-  ``store.translate`` gives the same messages and classes whichever path sent a request.
+  ``store.translate`` gives the same messages and classes whichever path sent a request;
+* HEAD and GET answer with the fields botocore's reply carries (:func:`_reply`), so the
+  Store reads either path's reply with the same code. A GET's body is urllib3's response,
+  read by the caller as it reads botocore's streaming body.
 """
 from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote_plus, urlencode
 
 import botocore.auth
@@ -35,7 +39,8 @@ from s3pipefs.s3 import internals
 
 
 class QuickS3:
-    """PUT, CopyObject and ListObjectsV2 for one botocore S3 client; see the module docstring."""
+    """PUT, CopyObject, ListObjectsV2, HEAD, GET and DELETE for one botocore S3 client; see
+    the module docstring."""
 
     def __init__(self, client, creds, http):
         meta = client.meta
@@ -79,6 +84,21 @@ class QuickS3:
                 return (child.text or "").strip('"')
         return ""
 
+    def head_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803 - botocore's names
+        """HeadObject, its reply as botocore's (see _reply)."""
+        return _reply(self._send("HEAD", Bucket, Key, b"", {}, "HeadObject"))
+
+    def get_object(self, Bucket: str, Key: str, Range: str | None = None,  # noqa: N803
+                   IfNoneMatch: str | None = None) -> dict:
+        """GetObject, its reply as botocore's: the body under "Body" (urllib3's response,
+        with read() and close()), not read yet."""
+        headers = {k: v for k, v in (("Range", Range), ("If-None-Match", IfNoneMatch)) if v}
+        r = self._send("GET", Bucket, Key, b"", headers, "GetObject", stream=True)
+        return {**_reply(r), "Body": r.raw}
+
+    def delete_object(self, Bucket: str, Key: str) -> None:  # noqa: N803
+        self._send("DELETE", Bucket, Key, b"", {}, "DeleteObject")
+
     def list_page(self, bucket: str, prefix: str = "", delimiter: str | None = None,
                   start_after: str | None = None, token: str | None = None,
                   max_keys: int | None = None) -> tuple[list, str | None]:
@@ -118,9 +138,11 @@ class QuickS3:
                 truncated = (el.text or "").strip().lower() == "true"
         return prefixes + objects, (token if truncated and token else None)
 
-    def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict, op: str, query: str = ""):
+    def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict, op: str, query: str = "",
+              stream: bool = False):
+        """One signed request; its reply, whose body is read already unless ``stream``."""
         url = f"{self._endpoint}/{bucket}/{quote(key, safe='/~')}" + (f"?{query}" if query else "")
-        req = botocore.awsrequest.AWSRequest(method, url, data=body, headers=headers)
+        req = botocore.awsrequest.AWSRequest(method, url, data=body, headers=headers, stream_output=stream)
         req.context["client_config"] = self._config  # payload signing off, as for the client
         creds = self._creds.get_frozen_credentials() if self._creds is not None else None
         if creds is None:
@@ -132,6 +154,20 @@ class QuickS3:
         if not 200 <= r.status_code < 300:
             raise _client_error(r, op, _xml(r.content))
         return r
+
+
+def _reply(r) -> dict:
+    """The fields of a HEAD or GET reply under the names botocore's parsed reply uses."""
+    h = r.headers
+    out: dict = {"ETag": h.get("ETag", ""), "ContentType": h.get("Content-Type", ""),
+                 "Metadata": {k[11:]: v for k, v in h.items() if k.lower().startswith("x-amz-meta-")}}
+    if "Content-Length" in h:
+        out["ContentLength"] = int(h["Content-Length"])
+    if "Content-Range" in h:
+        out["ContentRange"] = h["Content-Range"]
+    if h.get("Last-Modified"):
+        out["LastModified"] = parsedate_to_datetime(h["Last-Modified"])
+    return out
 
 
 def _local(tag: str) -> str:

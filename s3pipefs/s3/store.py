@@ -251,12 +251,22 @@ class Store:
             raise translate(e, bucket, key, action, sse) from None
 
     # -- reads -----------------------------------------------------------------
+    def _plain(self, sse_key: bytes | None, paced: bool = False) -> QuickS3 | None:
+        """The fast path for a HEAD, GET or DELETE, where it can send it: no SSE-C key, and
+        for a body (``paced``) no bandwidth limit. Those requests carry nothing botocore
+        adds, so they always take it (``put``'s and ``copy``'s callers choose)."""
+        if sse_key or (paced and self.bandwidth):
+            return None
+        return self._quick_path()
+
     def head(self, bucket: str, key: str, sse_key: bytes | None = None) -> ObjectInfo | None:
         kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
+        fast = self._plain(sse_key)
+        head_object = fast.head_object if fast is not None else None
 
         def once():
             try:
-                return _info(key, self.client.head_object(**kw))
+                return _info(key, (head_object or self.client.head_object)(**kw))
             except Exception as e:  # noqa: BLE001
                 err = translate(e, bucket, key, "head", sse=bool(sse_key))
                 if type(err) is errors.NotFound:
@@ -280,8 +290,10 @@ class Store:
                 return b"", ObjectInfo(key, 0)
             kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
 
+        fast = self._plain(sse_key, paced=True)
+
         def once():
-            r = self._send(self.client.get_object, bucket, key, "read", kw)
+            r = self._send(fast.get_object if fast is not None else self.client.get_object, bucket, key, "read", kw)
             body = r["Body"]
             try:
                 data = read_paced(body, self.bandwidth)
@@ -338,8 +350,8 @@ class Store:
 
     def any_key(self, bucket: str, prefix: str) -> bool:
         """True when at least one object lies under ``prefix`` (one request, one key)."""
-        r = self._call(self.client.list_objects_v2, bucket, prefix, "list", Bucket=bucket, Prefix=prefix, MaxKeys=1)
-        return bool(r.get("KeyCount") or r.get("Contents"))
+        items, _ = self.list_page(bucket, prefix, max_keys=1, quick=True)
+        return bool(items)
 
     def bucket_exists(self, bucket: str) -> None:
         """Raise BucketNotFound / AccessDenied / EndpointError unless the bucket is usable."""
@@ -433,7 +445,9 @@ class Store:
         return PacedBody(body, self.bandwidth), length
 
     def delete(self, bucket: str, key: str) -> None:
-        self._call(self.client.delete_object, bucket, key, "delete", Bucket=bucket, Key=key)
+        fast = self._plain(None)
+        self._call(fast.delete_object if fast is not None else self.client.delete_object, bucket, key, "delete",
+                   Bucket=bucket, Key=key)
 
     def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Delete keys, 1000 per request; raise on the first key the server refused.
