@@ -59,6 +59,13 @@ MIN_CUT, MAX_CUT = 0.25, 0.5
 # Requests the rate limiter must have seen in its window to cut at a first throttle, without
 # waiting for the window's end: fewer tell nothing of the rate (a command that just started).
 MIN_SAMPLE = 8
+# Answers to requests sent after a first cut that judge it (PROBE_AT_TURN suffice when its
+# window closes first): did the slower rate lower the share refused?
+PROBE, PROBE_AT_TURN = 4 * MIN_SAMPLE, MIN_SAMPLE
+
+# Prompt retries banked at most by a RetryBudget: a burst of refusals after a long calm is
+# retried promptly only as far as the requests just before it earned.
+BUDGET_CAP = 100
 
 
 def error_code(exc: BaseException) -> tuple[str, int | None]:
@@ -150,6 +157,10 @@ class RateLimiter:
         self._sent = self._refused = 0
         self._last_throttle = -1e9
         self._cut: tuple[float, float] | None = None  # (rate sent, share refused) of a window that cut
+        self._ok = 0  # successes answered in the current window
+        # The outcomes before and after a first cut, while it holds (no regrowth) to show
+        # whether sending slower lowered the share refused.
+        self._probe: _Probe | None = None
         # The share a storm refuses however slowly requests come, once a cut showed that:
         # no cut again while the share stays there (quiet seconds forget it).
         self._storm: float | None = None
@@ -159,7 +170,9 @@ class RateLimiter:
         self._limited_since: float | None = None
         self._limited_for = 0.0  # seconds under a limit, the current stretch not included
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for the request's turn; return when it went (to pass to :meth:`throttled` or
+        :meth:`succeeded`, which tell a first cut's probe what was sent under it)."""
         with self._lock:
             now = self._clock()
             self._turn(now)
@@ -168,36 +181,45 @@ class RateLimiter:
             self._sent += 1
             self._last = now
             if self.rate is None:
-                return
+                return now
             at = max(now, self._next)
             self._next = at + 1.0 / self.rate
         if at > now:
             self._sleep(at - now)
+        return at
 
-    def throttled(self) -> None:
+    def throttled(self, sent_at: float | None = None) -> None:
         with self._lock:
             now = self._clock()
             self._turn(now)
             self.throttles += 1
             self._refused += 1
             self._last_throttle = now
-            if self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
+            if self._probe is not None:
+                self._probe.count(sent_at, refused=True)
+                if self._probe.verdict(PROBE) is not None:
+                    self._end_probe(now)
+            elif self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
                 self._limit(now, self._sent_rate() * (1.0 - MIN_CUT))
+                self._probe = _Probe(now, self._ok, self._refused)
             elif (self.rate is not None and self._sent >= 4 * MIN_SAMPLE
                   and self._slower_did_not_help(self._sent_rate(), self._refused / self._sent)):
                 self._ride_out(now, self._refused / self._sent)  # seen early: no need to wait for the window's end
 
-    def succeeded(self) -> None:
-        if self.rate is None:  # the common case, read without the lock: nothing to regrow
-            return
+    def succeeded(self, sent_at: float | None = None) -> None:
         with self._lock:
             now = self._clock()
             self._turn(now)
+            self._ok += 1
+            if self._probe is not None:
+                self._probe.count(sent_at, refused=False)
+                if self._probe.verdict(PROBE) is not None:
+                    self._end_probe(now)
             if self.rate is None:
                 return
             if now - self._last_throttle >= self.quiet:
                 self._lift(now)
-            else:
+            elif self._probe is None:
                 self.rate += 1.0
 
     def _turn(self, now: float) -> None:
@@ -205,7 +227,9 @@ class RateLimiter:
         if not self._sent or now - self._start < self.window:
             return
         rate, sent, refused = self._sent_rate(), self._sent, self._refused
-        self._sent = self._refused = 0
+        self._sent = self._refused = self._ok = 0
+        if self._probe is not None and self._end_probe(now, PROBE_AT_TURN):
+            return
         if not refused:
             self._cut = None
             if now - self._last_throttle >= self.quiet:
@@ -221,6 +245,15 @@ class RateLimiter:
         base = rate if self.rate is None else min(self.rate, rate)  # a limit not reached binds nothing
         self._limit(now, base * min(1.0 - MIN_CUT, max(1.0 - MAX_CUT, 1.0 - share)))
         self._cut = (rate, share)
+
+    def _end_probe(self, now: float, enough: int = PROBE) -> bool:
+        """Judge the first cut by its probe (with ``enough`` answers after it, else by the
+        window): ride out a storm that slower sending did not ease. True if it did."""
+        storm, share = self._probe.verdict(enough), self._probe.share_after()
+        self._probe = None
+        if storm:
+            self._ride_out(now, share)
+        return bool(storm)
 
     def _slower_did_not_help(self, rate: float, share: float) -> bool:
         """After a cut: did sending slower (``rate``) leave the share refused as it was?"""
@@ -252,6 +285,12 @@ class RateLimiter:
             self._limited_for += now - self._limited_since
         self.rate = None
         self._cut = None
+        self._probe = None
+
+    def riding_out(self) -> bool:
+        """Is the limit lifted for a storm that slower sending did not ease? Then a throttled
+        request is retried promptly: waiting longer would not make the server refuse it less."""
+        return self._storm is not None and self.rate is None
 
     def slowdown(self) -> tuple[float, float, float] | None:
         """(rate sent when first throttled, lowest limit, seconds under a limit), or None
@@ -261,6 +300,37 @@ class RateLimiter:
                 return None
             limited = self._limited_for + (self._clock() - self._limited_since if self.rate is not None else 0.0)
             return self.before, self.lowest, limited
+
+
+class _Probe:
+    """The outcomes (answered, refused) of the requests sent before a first cut and of those
+    sent after it, told apart by when each was sent: a request in flight at the cut counts
+    as before it. Counted by answer, not by sending, so requests still in flight do not
+    dilute the share refused."""
+
+    def __init__(self, at: float, ok: int, refused: int):
+        self.at = at
+        self.before = [ok + refused, refused]
+        self.after = [0, 0]
+
+    def count(self, sent_at: float | None, refused: bool) -> None:
+        if sent_at is None:
+            return  # a caller that does not say when it sent: no evidence either way
+        side = self.after if sent_at >= self.at else self.before
+        side[0] += 1
+        side[1] += refused
+
+    def share_after(self) -> float:
+        return self.after[1] / max(1, self.after[0])
+
+    def verdict(self, enough: int) -> bool | None:
+        """None until ``enough`` requests sent after the cut were answered; then whether
+        they were refused about as often as before it (>= 0.8 of the share): slower did not
+        help, so the refusals are not about our rate."""
+        if self.after[0] < enough:
+            return None
+        before = self.before[1] / max(1, self.before[0])
+        return self.share_after() >= 0.8 * before
 
 
 @dataclass
@@ -302,6 +372,29 @@ class RetryStats:
                     "gave_up": self.gave_up, "refused": self.refused, "backoff_seconds": round(self.backoff, 3)}
 
 
+class RetryBudget:
+    """The prompt retries a store may send: each first attempt earns one (at most BUDGET_CAP
+    banked), each prompt retry spends one. So prompt retries never more than double what a
+    command sends, however long a storm lasts; past the budget a throttled request backs off
+    as it would outside a storm."""
+
+    def __init__(self, cap: int = BUDGET_CAP):
+        self.cap = cap
+        self._tokens = 0.0
+        self._lock = threading.Lock()
+
+    def earn(self) -> None:
+        with self._lock:
+            self._tokens = min(self.cap, self._tokens + 1.0)
+
+    def spend(self) -> bool:
+        with self._lock:
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+
 def throttle_tries_for(tries: int) -> int:
     """Attempts for a request that keeps being throttled: twice the transient ones, plus
     two (12 for the default 5): a storm is expected to pass, and each attempt is spaced
@@ -323,6 +416,7 @@ class RetryPolicy:
         self.base = base
         self.cap = cap
         self.stats = stats or RetryStats()
+        self.budget = RetryBudget()
         self.log_level = log_level
         self._sleep = sleep
         self._rand = rand
@@ -330,15 +424,27 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return self._rand() * min(self.cap, self.base * (2 ** attempt))
 
+    def throttle_pause(self, throttles: int) -> float:
+        """The wait before retrying a request throttled ``throttles`` times in a row.
+
+        In a storm the limiter rides out (slower sending did not lower the share refused),
+        a refusal says nothing about this request: it is retried promptly, after up to
+        ``base`` of jitter, while the budget lasts. Otherwise the shared limiter already
+        slows the whole store, and a request's own backoff starts small and grows only while
+        it is refused again, under THROTTLE_CAP."""
+        if self.limiter is not None and self.limiter.riding_out() and self.budget.spend():
+            return self.delay(0)
+        return min(THROTTLE_CAP, self.delay(throttles - 1))
+
     def call(self, fn, *args, tries: int | None = None, **kw):
         """``fn(*args, **kw)``, retried. ``tries``: this call's bound for transient failures
         (a stream segment's own setting), instead of the policy's."""
         tries = max(1, tries) if tries else self.tries
         throttle_tries = self.throttle_tries if tries == self.tries else throttle_tries_for(tries)
         transient = throttles = 0
+        self.budget.earn()
         while True:
-            if self.limiter is not None:
-                self.limiter.acquire()
+            sent_at = self.limiter.acquire() if self.limiter is not None else None
             self.stats.sent()
             try:
                 out = fn(*args, **kw)
@@ -350,14 +456,12 @@ class RetryPolicy:
                 if kind == THROTTLE:
                     throttles += 1
                     if self.limiter is not None:
-                        self.limiter.throttled()
+                        self.limiter.throttled(sent_at)
                     if throttles >= throttle_tries:
                         self.stats.failed(kind)
                         raise
-                    # The shared limiter already slows the whole store; a request's own
-                    # backoff starts small and grows only while it is refused again.
                     log.info("%s (throttled; attempt %d of %d)", e, throttles, throttle_tries)
-                    pause = min(THROTTLE_CAP, self.delay(throttles - 1))
+                    pause = self.throttle_pause(throttles)
                 else:
                     transient += 1
                     if transient >= tries:
@@ -369,7 +473,7 @@ class RetryPolicy:
                 self._sleep(pause)
                 continue
             if self.limiter is not None:
-                self.limiter.succeeded()
+                self.limiter.succeeded(sent_at)
             return out
 
 
