@@ -68,6 +68,12 @@ PROBE, PROBE_AT_TURN = 4 * MIN_SAMPLE, MIN_SAMPLE
 BUDGET_CAP = 100
 
 
+def near_storm(share: float) -> float:
+    """The largest share refused that is still the same storm as ``share``: more is a
+    server refusing more because it is sent more."""
+    return 1.25 * share + 0.05
+
+
 def error_code(exc: BaseException) -> tuple[str, int | None]:
     """(S3 error code, HTTP status) of an exception from s3/store.py, or ("", None).
 
@@ -239,7 +245,7 @@ class RateLimiter:
         if self._slower_did_not_help(rate, share):
             self._ride_out(now, share)
             return
-        if self._storm is not None and (sent < MIN_SAMPLE or share <= 1.25 * self._storm + 0.05):
+        if self._storm is not None and (sent < MIN_SAMPLE or share <= near_storm(self._storm)):
             return  # the storm as before (or too few requests to tell): slower would not help
         self._storm = None
         base = rate if self.rate is None else min(self.rate, rate)  # a limit not reached binds nothing
@@ -325,12 +331,14 @@ class _Probe:
 
     def verdict(self, enough: int) -> bool | None:
         """None until ``enough`` requests sent after the cut were answered; then whether
-        they were refused about as often as before it (>= 0.8 of the share): slower did not
-        help, so the refusals are not about our rate."""
+        they were refused about as often as before it: slower did not help, so the refusals
+        are not about our rate. A share that fell says the rate mattered; one that clearly
+        grew is an overload setting in (a server's burst allowance running out), not a
+        storm's steady share."""
         if self.after[0] < enough:
             return None
-        before = self.before[1] / max(1, self.before[0])
-        return self.share_after() >= 0.8 * before
+        before, after = self.before[1] / max(1, self.before[0]), self.share_after()
+        return 0.8 * before <= after <= near_storm(before)
 
 
 @dataclass
