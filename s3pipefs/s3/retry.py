@@ -16,8 +16,16 @@ multiplied by nested layers.
   the limiter below already slows it.
 * Each store owns one :class:`RateLimiter` shared by all its threads. A throttle lowers
   its rate to what the server accepted (AIMD, one cut per congestion event, at most by
-  half), so a SlowDown storm slows every command that uses the store - put, cat, the
-  mount, cp and sync alike - not only the one that saw it, and no further than it must.
+  half), so a server that refuses more when sent more slows every command that uses the
+  store - put, cat, the mount, cp and sync alike - not only the one that saw it, and no
+  further than it must.
+* A storm that refuses a steady share however slowly requests come (sending slower did
+  not lower the share refused) is not about our rate: the limiter lifts its limit and
+  *rides it out*, and a throttled request is then retried promptly, after up to ``base``
+  of jitter, instead of after a growing backoff - its refusal says nothing about it, and
+  waiting would only leave the unlucky requests of a long job behind. Prompt retries are
+  drawn from the store's :class:`RetryBudget` (one earned per request), so they at most
+  double what a command sends; past it, and outside a storm, the backoff grows as above.
 * :class:`RetryStats` counts requests (attempts), retries, throttles, failures and the
   time slept between attempts; sync reports them, ``s3pipefs status`` shows a mount's,
   and :func:`throttle_notice` is the one line a command prints when it was throttled.
@@ -27,7 +35,6 @@ The same policy, with a limiter of its own, retries the reads of an http(s) sour
 """
 from __future__ import annotations
 
-import collections
 import logging
 import random
 import threading
@@ -130,22 +137,32 @@ class RateLimiter:
     the server did with the second before.
 
     Unlimited until a throttle, which cuts the rate sent so far by MIN_CUT at once (when
-    MIN_SAMPLE requests show what that rate is). Then
-    every :meth:`acquire` is spaced ``1/rate`` apart. The limiter counts what was sent and what was throttled, and at the end of each
+    MIN_SAMPLE requests show what that rate is). Then every :meth:`acquire` is spaced
+    ``1/rate`` apart. That first cut holds, without regrowth, while its :class:`_Probe`
+    judges it: once PROBE requests sent under it were answered, were they refused about as
+    often as those sent before it? Then slower did not help: the throttling is not about
+    our rate (a storm in which the server refuses a steady share however slowly requests
+    come), the limit is lifted and the storm ridden out (:meth:`riding_out`), a fraction
+    of a second after it began. A share that fell (the rate mattered) or clearly grew (an
+    overload setting in) keeps the cut, and the windows below go on from it.
+
+    The limiter counts what was sent and what was throttled, and at the end of each
     ``window`` (a second) in which anything was throttled it sets the rate to what the
     server *accepted*: the rate sent times the share not throttled, a cut of at least
     MIN_CUT and at most MAX_CUT. A server that takes only so many requests a second is
-    soon sent about that many. But if the window before was cut too, we did send slower,
-    and the share refused did not fall, then the throttling is not about our rate (a storm
-    in which the server refuses a steady share however slowly requests come): the limit
-    is lifted, and the per-request backoff alone rides the storm; no new cut is made
-    while the share refused stays near that storm's (only a clearly larger share, or a
-    storm that comes back after ``quiet`` seconds, cuts again). Each success regrows a
-    limit by one request a second; ``quiet`` seconds without a throttle lift it.
+    soon sent about that many. If the window before was cut too, we did send slower, and
+    the share refused did not fall, the storm is ridden out as above. While riding out no
+    new cut is made as long as the share refused stays near that storm's (only a clearly
+    larger share, or a storm that comes back after ``quiet`` seconds, cuts again). Each
+    success regrows a limit by one request a second; ``quiet`` seconds without a throttle
+    lift it.
 
     (Halving on every throttle, at most every 0.2 s, took a sync of 400 files under a
     1-in-3 SlowDown storm from 2 s to 210 s, at one request a second; cutting by the share
-    alone still took 20 s.) :meth:`slowdown` says how far and how long it slowed.
+    alone still took 20 s; judging a cut only by whole windows, while successes regrew
+    the limit, took seconds to tell the storm, 2.5x-4.9x the sync's calm time with the
+    per-request backoff's tail. Now about 1.2-2.4x.) :meth:`slowdown` says how far and how
+    long it slowed.
     """
 
     def __init__(self, floor: float = 1.0, quiet: float = 3.0, window: float = 1.0,
