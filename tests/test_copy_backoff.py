@@ -329,3 +329,107 @@ def test_rate_limiter_does_not_cut_again_during_a_storm_it_learned_is_not_about_
     c.sleep(1.1)
     lim.acquire()
     assert lim.rate is not None and lim.lowest < 300
+
+
+def _answered(lim, c, sends: int, per_second: float, refuse) -> None:
+    """``sends`` requests offered at ``per_second`` (later when the limiter makes them wait),
+    each answered before the next goes; ``refuse(sent_at)`` says whether the server refused it."""
+    t0 = c.t
+    for i in range(sends):
+        c.t = max(c.t, t0 + i / per_second)
+        at = lim.acquire()
+        if refuse(at):
+            lim.throttled(at)
+        else:
+            lim.succeeded(at)
+
+
+def test_a_first_cut_that_did_not_lower_the_share_refused_is_lifted_within_a_fraction_of_a_second():
+    """Its probe: the requests sent under the cut were refused as often as those before it,
+    so the refusals are not about our rate, and the limit goes well before its window ends."""
+    c = _Clock()
+    lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
+    seen = []
+
+    def every_third(at):
+        seen.append(at)
+        return len(seen) % 3 == 0
+    _answered(lim, c, 9, 300, every_third)
+    assert lim.rate is not None and not lim.riding_out()  # the first cut, held while it is judged
+    cut = lim.rate
+    for _ in range(5):
+        lim.succeeded()  # no regrowth while the cut is judged
+    assert lim.rate == cut
+    _answered(lim, c, 40, 300, every_third)
+    assert lim.rate is None and lim.riding_out()
+    assert c.t - 100 < 0.3
+    assert lim.slowdown() is not None  # the cut happened: the notice can say so
+
+
+def test_a_first_cut_that_lowered_the_share_refused_stays():
+    """A server that takes only so many requests a second refuses fewer once we send fewer:
+    the cut is kept and the limiter goes on setting the rate from what the server accepts."""
+    c = _Clock()
+    lim = RateLimiter(floor=1.0, quiet=3.0, window=1.0, clock=c.now, sleep=c.sleep)
+    capacity, burst = 200.0, 5.0
+    bucket = {"tokens": burst, "at": c.t}  # the server's: refilled at ``capacity`` a second
+
+    def overloaded(at):
+        bucket["tokens"] = min(burst, bucket["tokens"] + (at - bucket["at"]) * capacity)
+        bucket["at"] = at
+        if bucket["tokens"] < 1:
+            return True
+        bucket["tokens"] -= 1
+        return False
+    _answered(lim, c, 60, 300, overloaded)  # its burst allowance, then a demand it cannot take
+    assert lim.rate is not None and not lim.riding_out()  # the cut was judged, and kept
+    _answered(lim, c, 200, 300, overloaded)
+    assert lim.rate is not None and not lim.riding_out()
+    assert c.t - 100 < 1.0  # within the first window: the probe decided, not the window's end
+
+
+class _Storm:
+    """A limiter stand-in that has learned the refusals are not about the rate."""
+
+    def acquire(self):
+        return 0.0
+
+    def throttled(self, sent_at=None):
+        pass
+
+    def succeeded(self, sent_at=None):
+        pass
+
+    def riding_out(self):
+        return True
+
+
+def test_in_a_storm_throttled_requests_are_retried_promptly_while_the_budget_lasts():
+    c = _Clock()
+    r = RetryPolicy(5, limiter=_Storm(), base=0.1, sleep=c.sleep, rand=lambda: 1.0)
+    slow_down = errors.S3PipeError("x")
+    slow_down.code = "SlowDown"
+    for _ in range(10):
+        r.call(lambda: None)  # each first attempt earns one prompt retry
+    refusals = [5]
+
+    def unlucky():
+        if refusals[0]:
+            refusals[0] -= 1
+            raise slow_down
+        return "ok"
+    assert r.call(unlucky) == "ok"
+    assert c.slept == pytest.approx(5 * 0.1)  # not 0.1 + 0.2 + 0.4 + 0.8 + 1.0
+    # Refused forever: still bounded by the throttle attempts (12), and once the budget
+    # (11 earned, 5 spent, 1 more for this call) is gone the backoff grows as outside a storm.
+    c.slept = 0.0
+    attempts = []
+
+    def forever():
+        attempts.append(1)
+        raise slow_down
+    with pytest.raises(errors.S3PipeError):
+        r.call(forever)
+    assert len(attempts) == 12
+    assert c.slept == pytest.approx(7 * 0.1 + 4 * 1.0)
+    assert r.stats.backoff == pytest.approx(5 * 0.1 + 7 * 0.1 + 4 * 1.0)

@@ -1,8 +1,7 @@
 """Throttling keeps pace, and --bwlimit paces payload (s3/retry.py, s3/bandwidth.py).
 
 * Under a storm in which one request in three is answered 503 SlowDown, a `sync` of 400
-  small files finishes within a few times (target 4x, bound 6x) the time of the same sync
-  without faults, both run here
+  small files finishes within 4x the time of the same sync without faults, both run here
   through the same fault proxy, and stderr says (without -v) that the server throttled
   and how far the request rate was lowered.
 * ``--bwlimit`` holds a put's upload and a cat's download to the limit, and the bytes
@@ -52,10 +51,11 @@ def test_sync_keeps_pace_under_a_one_in_three_slowdown_storm(s3_server, store, b
     assert r.returncode == 0, err
     assert storm.hits >= n // 3  # every third request of at least n uploads was refused
     assert len(list(store.list(bucket, "storm/"))) == n
-    # The issue's target is 4x; measured here 2.5x-4.9x over runs on a shared 2-core
-    # machine (the tail: requests refused several times in a row). The bound guards
-    # against the old behaviour (210x: a rate driven to the floor) without failing on noise.
-    assert stormy < 6 * calm, (calm, stormy)
+    # The first cut's probe shows slower did not help, so the limit is lifted within a
+    # fraction of a second and refused requests are retried promptly: about 1-2x here
+    # (2.5x-4.9x while the limiter took seconds to tell, and the backoff grew per request;
+    # 210x with a rate driven to the floor).
+    assert stormy < 4 * calm, (calm, stormy)
     notice = [ln for ln in err.splitlines() if "throttl" in ln]
     assert len(notice) == 1, err  # one line, without -v
     assert "SlowDown" in notice[0] and "/s" in notice[0], notice

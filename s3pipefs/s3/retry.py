@@ -16,8 +16,16 @@ multiplied by nested layers.
   the limiter below already slows it.
 * Each store owns one :class:`RateLimiter` shared by all its threads. A throttle lowers
   its rate to what the server accepted (AIMD, one cut per congestion event, at most by
-  half), so a SlowDown storm slows every command that uses the store - put, cat, the
-  mount, cp and sync alike - not only the one that saw it, and no further than it must.
+  half), so a server that refuses more when sent more slows every command that uses the
+  store - put, cat, the mount, cp and sync alike - not only the one that saw it, and no
+  further than it must.
+* A storm that refuses a steady share however slowly requests come (sending slower did
+  not lower the share refused) is not about our rate: the limiter lifts its limit and
+  *rides it out*, and a throttled request is then retried promptly, after up to ``base``
+  of jitter, instead of after a growing backoff - its refusal says nothing about it, and
+  waiting would only leave the unlucky requests of a long job behind. Prompt retries are
+  drawn from the store's :class:`RetryBudget` (one earned per request), so they at most
+  double what a command sends; past it, and outside a storm, the backoff grows as above.
 * :class:`RetryStats` counts requests (attempts), retries, throttles, failures and the
   time slept between attempts; sync reports them, ``s3pipefs status`` shows a mount's,
   and :func:`throttle_notice` is the one line a command prints when it was throttled.
@@ -27,7 +35,6 @@ The same policy, with a limiter of its own, retries the reads of an http(s) sour
 """
 from __future__ import annotations
 
-import collections
 import logging
 import random
 import threading
@@ -59,6 +66,19 @@ MIN_CUT, MAX_CUT = 0.25, 0.5
 # Requests the rate limiter must have seen in its window to cut at a first throttle, without
 # waiting for the window's end: fewer tell nothing of the rate (a command that just started).
 MIN_SAMPLE = 8
+# Answers to requests sent after a first cut that judge it (PROBE_AT_TURN suffice when its
+# window closes first): did the slower rate lower the share refused?
+PROBE, PROBE_AT_TURN = 4 * MIN_SAMPLE, MIN_SAMPLE
+
+# Prompt retries banked at most by a RetryBudget: a burst of refusals after a long calm is
+# retried promptly only as far as the requests just before it earned.
+BUDGET_CAP = 100
+
+
+def near_storm(share: float) -> float:
+    """The largest share refused that is still the same storm as ``share``: more is a
+    server refusing more because it is sent more."""
+    return 1.25 * share + 0.05
 
 
 def error_code(exc: BaseException) -> tuple[str, int | None]:
@@ -117,22 +137,32 @@ class RateLimiter:
     the server did with the second before.
 
     Unlimited until a throttle, which cuts the rate sent so far by MIN_CUT at once (when
-    MIN_SAMPLE requests show what that rate is). Then
-    every :meth:`acquire` is spaced ``1/rate`` apart. The limiter counts what was sent and what was throttled, and at the end of each
+    MIN_SAMPLE requests show what that rate is). Then every :meth:`acquire` is spaced
+    ``1/rate`` apart. That first cut holds, without regrowth, while its :class:`_Probe`
+    judges it: once PROBE requests sent under it were answered, were they refused about as
+    often as those sent before it? Then slower did not help: the throttling is not about
+    our rate (a storm in which the server refuses a steady share however slowly requests
+    come), the limit is lifted and the storm ridden out (:meth:`riding_out`), a fraction
+    of a second after it began. A share that fell (the rate mattered) or clearly grew (an
+    overload setting in) keeps the cut, and the windows below go on from it.
+
+    The limiter counts what was sent and what was throttled, and at the end of each
     ``window`` (a second) in which anything was throttled it sets the rate to what the
     server *accepted*: the rate sent times the share not throttled, a cut of at least
     MIN_CUT and at most MAX_CUT. A server that takes only so many requests a second is
-    soon sent about that many. But if the window before was cut too, we did send slower,
-    and the share refused did not fall, then the throttling is not about our rate (a storm
-    in which the server refuses a steady share however slowly requests come): the limit
-    is lifted, and the per-request backoff alone rides the storm; no new cut is made
-    while the share refused stays near that storm's (only a clearly larger share, or a
-    storm that comes back after ``quiet`` seconds, cuts again). Each success regrows a
-    limit by one request a second; ``quiet`` seconds without a throttle lift it.
+    soon sent about that many. If the window before was cut too, we did send slower, and
+    the share refused did not fall, the storm is ridden out as above. While riding out no
+    new cut is made as long as the share refused stays near that storm's (only a clearly
+    larger share, or a storm that comes back after ``quiet`` seconds, cuts again). Each
+    success regrows a limit by one request a second; ``quiet`` seconds without a throttle
+    lift it.
 
     (Halving on every throttle, at most every 0.2 s, took a sync of 400 files under a
     1-in-3 SlowDown storm from 2 s to 210 s, at one request a second; cutting by the share
-    alone still took 20 s.) :meth:`slowdown` says how far and how long it slowed.
+    alone still took 20 s; judging a cut only by whole windows, while successes regrew
+    the limit, took seconds to tell the storm, 2.5x-4.9x the sync's calm time with the
+    per-request backoff's tail. Now about 1.2-2.4x.) :meth:`slowdown` says how far and how
+    long it slowed.
     """
 
     def __init__(self, floor: float = 1.0, quiet: float = 3.0, window: float = 1.0,
@@ -150,6 +180,10 @@ class RateLimiter:
         self._sent = self._refused = 0
         self._last_throttle = -1e9
         self._cut: tuple[float, float] | None = None  # (rate sent, share refused) of a window that cut
+        self._ok = 0  # successes answered in the current window
+        # The outcomes before and after a first cut, while it holds (no regrowth) to show
+        # whether sending slower lowered the share refused.
+        self._probe: _Probe | None = None
         # The share a storm refuses however slowly requests come, once a cut showed that:
         # no cut again while the share stays there (quiet seconds forget it).
         self._storm: float | None = None
@@ -159,7 +193,9 @@ class RateLimiter:
         self._limited_since: float | None = None
         self._limited_for = 0.0  # seconds under a limit, the current stretch not included
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for the request's turn; return when it went (to pass to :meth:`throttled` or
+        :meth:`succeeded`, which tell a first cut's probe what was sent under it)."""
         with self._lock:
             now = self._clock()
             self._turn(now)
@@ -168,36 +204,45 @@ class RateLimiter:
             self._sent += 1
             self._last = now
             if self.rate is None:
-                return
+                return now
             at = max(now, self._next)
             self._next = at + 1.0 / self.rate
         if at > now:
             self._sleep(at - now)
+        return at
 
-    def throttled(self) -> None:
+    def throttled(self, sent_at: float | None = None) -> None:
         with self._lock:
             now = self._clock()
             self._turn(now)
             self.throttles += 1
             self._refused += 1
             self._last_throttle = now
-            if self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
+            if self._probe is not None:
+                self._probe.count(sent_at, refused=True)
+                if self._probe.verdict(PROBE) is not None:
+                    self._end_probe(now)
+            elif self.rate is None and self._storm is None and self._sent >= MIN_SAMPLE:  # the smallest cut at once
                 self._limit(now, self._sent_rate() * (1.0 - MIN_CUT))
+                self._probe = _Probe(now, self._ok, self._refused)
             elif (self.rate is not None and self._sent >= 4 * MIN_SAMPLE
                   and self._slower_did_not_help(self._sent_rate(), self._refused / self._sent)):
                 self._ride_out(now, self._refused / self._sent)  # seen early: no need to wait for the window's end
 
-    def succeeded(self) -> None:
-        if self.rate is None:  # the common case, read without the lock: nothing to regrow
-            return
+    def succeeded(self, sent_at: float | None = None) -> None:
         with self._lock:
             now = self._clock()
             self._turn(now)
+            self._ok += 1
+            if self._probe is not None:
+                self._probe.count(sent_at, refused=False)
+                if self._probe.verdict(PROBE) is not None:
+                    self._end_probe(now)
             if self.rate is None:
                 return
             if now - self._last_throttle >= self.quiet:
                 self._lift(now)
-            else:
+            elif self._probe is None:
                 self.rate += 1.0
 
     def _turn(self, now: float) -> None:
@@ -205,7 +250,9 @@ class RateLimiter:
         if not self._sent or now - self._start < self.window:
             return
         rate, sent, refused = self._sent_rate(), self._sent, self._refused
-        self._sent = self._refused = 0
+        self._sent = self._refused = self._ok = 0
+        if self._probe is not None and self._end_probe(now, PROBE_AT_TURN):
+            return
         if not refused:
             self._cut = None
             if now - self._last_throttle >= self.quiet:
@@ -215,12 +262,21 @@ class RateLimiter:
         if self._slower_did_not_help(rate, share):
             self._ride_out(now, share)
             return
-        if self._storm is not None and (sent < MIN_SAMPLE or share <= 1.25 * self._storm + 0.05):
+        if self._storm is not None and (sent < MIN_SAMPLE or share <= near_storm(self._storm)):
             return  # the storm as before (or too few requests to tell): slower would not help
         self._storm = None
         base = rate if self.rate is None else min(self.rate, rate)  # a limit not reached binds nothing
         self._limit(now, base * min(1.0 - MIN_CUT, max(1.0 - MAX_CUT, 1.0 - share)))
         self._cut = (rate, share)
+
+    def _end_probe(self, now: float, enough: int = PROBE) -> bool:
+        """Judge the first cut by its probe (with ``enough`` answers after it, else by the
+        window): ride out a storm that slower sending did not ease. True if it did."""
+        storm, share = self._probe.verdict(enough), self._probe.share_after()
+        self._probe = None
+        if storm:
+            self._ride_out(now, share)
+        return bool(storm)
 
     def _slower_did_not_help(self, rate: float, share: float) -> bool:
         """After a cut: did sending slower (``rate``) leave the share refused as it was?"""
@@ -252,6 +308,12 @@ class RateLimiter:
             self._limited_for += now - self._limited_since
         self.rate = None
         self._cut = None
+        self._probe = None
+
+    def riding_out(self) -> bool:
+        """Is the limit lifted for a storm that slower sending did not ease? Then a throttled
+        request is retried promptly: waiting longer would not make the server refuse it less."""
+        return self._storm is not None and self.rate is None
 
     def slowdown(self) -> tuple[float, float, float] | None:
         """(rate sent when first throttled, lowest limit, seconds under a limit), or None
@@ -261,6 +323,39 @@ class RateLimiter:
                 return None
             limited = self._limited_for + (self._clock() - self._limited_since if self.rate is not None else 0.0)
             return self.before, self.lowest, limited
+
+
+class _Probe:
+    """The outcomes (answered, refused) of the requests sent before a first cut and of those
+    sent after it, told apart by when each was sent: a request in flight at the cut counts
+    as before it. Counted by answer, not by sending, so requests still in flight do not
+    dilute the share refused."""
+
+    def __init__(self, at: float, ok: int, refused: int):
+        self.at = at
+        self.before = [ok + refused, refused]
+        self.after = [0, 0]
+
+    def count(self, sent_at: float | None, refused: bool) -> None:
+        if sent_at is None:
+            return  # a caller that does not say when it sent: no evidence either way
+        side = self.after if sent_at >= self.at else self.before
+        side[0] += 1
+        side[1] += refused
+
+    def share_after(self) -> float:
+        return self.after[1] / max(1, self.after[0])
+
+    def verdict(self, enough: int) -> bool | None:
+        """None until ``enough`` requests sent after the cut were answered; then whether
+        they were refused about as often as before it: slower did not help, so the refusals
+        are not about our rate. A share that fell says the rate mattered; one that clearly
+        grew is an overload setting in (a server's burst allowance running out), not a
+        storm's steady share."""
+        if self.after[0] < enough:
+            return None
+        before, after = self.before[1] / max(1, self.before[0]), self.share_after()
+        return 0.8 * before <= after <= near_storm(before)
 
 
 @dataclass
@@ -302,6 +397,29 @@ class RetryStats:
                     "gave_up": self.gave_up, "refused": self.refused, "backoff_seconds": round(self.backoff, 3)}
 
 
+class RetryBudget:
+    """The prompt retries a store may send: each first attempt earns one (at most BUDGET_CAP
+    banked), each prompt retry spends one. So prompt retries never more than double what a
+    command sends, however long a storm lasts; past the budget a throttled request backs off
+    as it would outside a storm."""
+
+    def __init__(self, cap: int = BUDGET_CAP):
+        self.cap = cap
+        self._tokens = 0.0
+        self._lock = threading.Lock()
+
+    def earn(self) -> None:
+        with self._lock:
+            self._tokens = min(self.cap, self._tokens + 1.0)
+
+    def spend(self) -> bool:
+        with self._lock:
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+
 def throttle_tries_for(tries: int) -> int:
     """Attempts for a request that keeps being throttled: twice the transient ones, plus
     two (12 for the default 5): a storm is expected to pass, and each attempt is spaced
@@ -323,6 +441,7 @@ class RetryPolicy:
         self.base = base
         self.cap = cap
         self.stats = stats or RetryStats()
+        self.budget = RetryBudget()
         self.log_level = log_level
         self._sleep = sleep
         self._rand = rand
@@ -330,15 +449,27 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return self._rand() * min(self.cap, self.base * (2 ** attempt))
 
+    def throttle_pause(self, throttles: int) -> float:
+        """The wait before retrying a request throttled ``throttles`` times in a row.
+
+        In a storm the limiter rides out (slower sending did not lower the share refused),
+        a refusal says nothing about this request: it is retried promptly, after up to
+        ``base`` of jitter, while the budget lasts. Otherwise the shared limiter already
+        slows the whole store, and a request's own backoff starts small and grows only while
+        it is refused again, under THROTTLE_CAP."""
+        if self.limiter is not None and self.limiter.riding_out() and self.budget.spend():
+            return self.delay(0)
+        return min(THROTTLE_CAP, self.delay(throttles - 1))
+
     def call(self, fn, *args, tries: int | None = None, **kw):
         """``fn(*args, **kw)``, retried. ``tries``: this call's bound for transient failures
         (a stream segment's own setting), instead of the policy's."""
         tries = max(1, tries) if tries else self.tries
         throttle_tries = self.throttle_tries if tries == self.tries else throttle_tries_for(tries)
         transient = throttles = 0
+        self.budget.earn()
         while True:
-            if self.limiter is not None:
-                self.limiter.acquire()
+            sent_at = self.limiter.acquire() if self.limiter is not None else None
             self.stats.sent()
             try:
                 out = fn(*args, **kw)
@@ -350,14 +481,12 @@ class RetryPolicy:
                 if kind == THROTTLE:
                     throttles += 1
                     if self.limiter is not None:
-                        self.limiter.throttled()
+                        self.limiter.throttled(sent_at)
                     if throttles >= throttle_tries:
                         self.stats.failed(kind)
                         raise
-                    # The shared limiter already slows the whole store; a request's own
-                    # backoff starts small and grows only while it is refused again.
                     log.info("%s (throttled; attempt %d of %d)", e, throttles, throttle_tries)
-                    pause = min(THROTTLE_CAP, self.delay(throttles - 1))
+                    pause = self.throttle_pause(throttles)
                 else:
                     transient += 1
                     if transient >= tries:
@@ -369,7 +498,7 @@ class RetryPolicy:
                 self._sleep(pause)
                 continue
             if self.limiter is not None:
-                self.limiter.succeeded()
+                self.limiter.succeeded(sent_at)
             return out
 
 

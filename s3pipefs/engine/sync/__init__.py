@@ -20,7 +20,8 @@ Flow::
   prefix, never a pile of segments. S3->S3 copies them with copy_stream (server-side,
   manifest last); S3<->local goes through the engine's reader/writer.
 * Every S3 call of every pool runs under the store's retry policy and its one shared rate
-  limiter, so a SlowDown storm slows the whole job down instead of failing objects
+  limiter, so an overloaded server slows the whole job down, and a storm that slower
+  sending does not ease is ridden out with prompt retries, instead of failing objects
   (s3/retry.py). The report's request, retry and throttle counts come from the store's.
 
 Comparison (``mode``):
