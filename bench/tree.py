@@ -32,6 +32,7 @@ from wanproxy import Link
 SOURCES = ("/usr/share/doc", "/usr/share/man", "/usr/share/locale", "/usr/lib/python3")
 TREE_VARIANTS = ("s3pipefs", "s3pipefs-base", "rclone-writes", "s3fs")
 WRITERS = 64
+FOLDER_SUFFIX = "_$folder$"  # a directory's attributes where markers keep none (docs/format.md)
 PROXY = "tree"  # the name of the counting proxy (and of the log subdirectory)
 
 
@@ -79,7 +80,8 @@ def stored_files(ctx: Ctx, bucket: str, prefix: str) -> dict[str, int | None]:
     """{path relative to ``prefix``: size} of the files S3 holds there, in either layout: a
     plain object is a file of its size; a stream (a prefix with ``.manifest``) is a file
     whose size is not looked up (a mount commits it at close), and its segments are not
-    files. Directory markers (keys ending in /, ``prefix`` itself among them) are not files."""
+    files. Directory markers (keys ending in /, ``prefix`` itself among them) and folder
+    objects (``dir_$folder$``, where a mount keeps a directory's attributes) are not files."""
     keys: dict[str, int] = {}
     for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for o in page.get("Contents", []):
@@ -87,7 +89,7 @@ def stored_files(ctx: Ctx, bucket: str, prefix: str) -> dict[str, int | None]:
     streams = {k[:-len("/.manifest")] for k in keys if k.endswith("/.manifest")}
     files: dict[str, int | None] = {s: None for s in streams}
     for k, size in keys.items():
-        if not k or k.endswith("/") or k.rpartition("/")[0] in streams:
+        if not k or k.endswith("/") or k.endswith(FOLDER_SUFFIX) or k.rpartition("/")[0] in streams:
             continue
         files[k] = size
     return files
