@@ -705,6 +705,7 @@ class Filesystem:
                 return False
             time.sleep(0.02)
         self.ns.attrs_behind.flush()
+        self.ns.folder_attrs.flush()
         self.ns.deletes.flush()
         return True
 
@@ -717,6 +718,7 @@ class Filesystem:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.ns.attrs_behind.close()
+        self.ns.folder_attrs.close()
         self.ns.deletes.close()
 
 

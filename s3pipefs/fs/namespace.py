@@ -109,6 +109,11 @@ class Namespace:
         # (fs/attrs_behind.py).
         self.attrs_behind = AttrsBehind(
             lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
+        # Directories' folder objects (where markers keep no metadata), put a moment after
+        # an attribute changes, all of a burst in one PUT: cp -a, rsync and tar set three
+        # on every directory. Each holds the whole metadata to put, merged by the caller.
+        self.folder_attrs = AttrsBehind(
+            lambda key, metadata: self.store.put(bucket, key, b"", metadata=metadata, sse_key=self._sse))
         # HEADs of listed objects being described (see _described): path -> Future.
         self._heads = cf.ThreadPoolExecutor(LISTING_HEADS, thread_name_prefix="s3pipefs-head")
         self._describing: dict[str, cf.Future] = {}
@@ -330,10 +335,12 @@ class Namespace:
                 listing[name] = entry
 
     def store_folder_attrs(self, entry: Entry, **attrs) -> Entry:
-        """Store a directory's attributes in its folder object (one PUT), merged into those
-        ``entry`` shows; the directory as it then is."""
+        """Store a directory's attributes in its folder object, merged into those ``entry``
+        shows; the directory as it then is. The PUT goes out a moment later with any
+        changes that follow (folder_attrs): a rename or rmdir of the directory stores or
+        drops it first."""
         meta = objattrs.updated(entry.metadata or {}, stat.S_IFDIR, **attrs)
-        self.store.put(self.bucket, objattrs.folder_key(entry.key), b"", metadata=meta, sse_key=self._sse)
+        self.folder_attrs.hold(objattrs.folder_key(entry.key), metadata=meta)
         return replace(entry, metadata=meta, folder_object=True)
 
     # -- directory changes ---------------------------------------------------------------
@@ -379,7 +386,11 @@ class Namespace:
     def rmdir(self, path: str) -> None:
         if path == "/":
             raise errors.Busy("cannot remove the root of the mount")
-        entry = self.lookup(path, fresh=True)
+        # A directory this mount listed within the TTL (rm -rf read it) is not looked up
+        # again: the listing of what it holds, below, is what decides.
+        entry = self._cached(path)
+        if entry is _UNLISTED or entry is None or entry.kind != "dir":
+            entry = self.lookup(path, fresh=True)
         if entry is None:
             raise errors.NotFound(f"{self.where(path)}: no such directory")
         if entry.kind != "dir":
@@ -388,15 +399,19 @@ class Namespace:
         if self._has_content(self.key(path)):
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
-        if entry.folder_object:
+        # Attributes not put yet never will be; a folder object already put goes.
+        if self.folder_attrs.take(objattrs.folder_key(self.key(path))) or entry.folder_object:
             self.store.delete(self.bucket, objattrs.folder_key(self.key(path)))
-        self.invalidate(path)
+        # Gone from its parent's listing, which stays (rm -rf goes on in it).
+        self.remember(path, None)
+        with self._lock:
+            self._listings.pop(path, None)
 
     def _has_content(self, key: str) -> bool:
         """Any object under ``key/`` besides its marker? (Objects only: folders a server
         keeps after their last object went are not content.)"""
         marker = key + "/"
-        return any(o.key != marker for o in _take(self.store.list(self.bucket, marker), 2))
+        return any(o.key != marker for o in _take(self.store.list(self.bucket, marker, quick=True), 2))
 
     def unlink(self, path: str) -> None:
         """Remove a file. A plain object known from a listing within the TTL (rm -rf
@@ -436,6 +451,9 @@ class Namespace:
         """
         if old == new:
             return
+        # Directories' attributes held back are put first: the lookups below then find them.
+        for p in (old, new):
+            self.folder_attrs.store_now(objattrs.folder_key(self.key(p)))
         # A plain object this mount knows within the TTL (rsync's temporary file, just
         # written) needs no lookup again; a stream or directory does (a writer elsewhere).
         src = self.lookup(old)
@@ -499,7 +517,7 @@ class Namespace:
         objects are gone."""
         try:
             if depth > 0:
-                for sub in self.store.list(self.bucket, key + "/", delimiter="/"):
+                for sub in self.store.list(self.bucket, key + "/", delimiter="/", quick=True):
                     if isinstance(sub, str):
                         self._drop_folder(sub.rstrip("/"), depth - 1)
             self.store.delete(self.bucket, key + "/")
