@@ -756,6 +756,7 @@ def test_objects_keep_attributes_in_their_metadata_and_markers_where_the_server_
     # SeaweedFS drops a directory marker's user metadata: the log says so once, and the
     # directory keeps them in its folder object instead.
     assert engine.store.head(bucket, "dir/").metadata == {}
+    fs.wait_idle(10)  # (held a moment, like an object's, then put in one go)
     st = make_fs(engine, bucket).getattr("/dir")
     assert st["st_mode"] == stat.S_IFDIR | 0o700 and st["st_mtime"] == T1
     assert engine.store.head(bucket, "dir_$folder$").metadata["mode"] == str(stat.S_IFDIR | 0o700)
