@@ -154,7 +154,9 @@ class StreamWriter:
 
         self._cond = threading.Condition()
         self._error: BaseException | None = None
-        self._landed: dict[int, tuple[int, bytes]] = {}  # index -> (size, crc32 bytes)
+        # Landed segments past the contiguous run folded into _run (below): index -> (size,
+        # crc32 bytes). A patchable writer keeps every one (it may land again).
+        self._landed: dict[int, tuple[int, bytes]] = {}
         self._futures: set[cf.Future] = set()
         self._slots = threading.BoundedSemaphore(cfg.workers + 1)
         self._stream_hash = hashlib.sha256()
@@ -247,6 +249,11 @@ class StreamWriter:
                 self._data_prefix = f"{self.prefix}{deletion.STAGING_MARK}{self.writer_id.rsplit(':', 1)[-1]}/"
         self._base = base
         self._chain = chain
+        # The contiguous run of landed segments from the first, folded: its layout (run-length
+        # encoded) and CRC32 chain, and how many of this writer's segments it holds. So memory
+        # and the work of each manifest stay the same however many segments a stream has.
+        self._run: tuple[mf.Layout, str] = (base, chain)
+        self._run_count = 0
         self._began = began
         # Attributes for the manifests this writer writes. The permission bits and owners
         # stay with the name, as a truncating open keeps a file's mode and owner; a stored
@@ -318,7 +325,7 @@ class StreamWriter:
         """Bytes written, in S3 (with what was there before an append) and staged here, and
         segments sealed but not landed yet: for `s3pipefs status`."""
         with self._cond:
-            uploaded = self._base.total + sum(size for size, _ in self._landed.values())
+            uploaded = self._run[0].total + sum(size for size, _ in self._landed.values())
             in_flight = len(self._uploading)
         written = self._offset
         return {"written": written, "uploaded": uploaded, "staged": max(0, written - uploaded),
@@ -728,18 +735,24 @@ class StreamWriter:
     def _last_landing(self) -> bool:
         """Inside close, every sealed segment has landed; call with _cond held."""
         sealed = self._next_index - 1 - self._base.count
-        return self._committing and sealed == len(self._landed)
+        return self._committing and sealed == self._run_count + len(self._landed)
 
     # -- manifest --------------------------------------------------------------------
     def _contiguous(self) -> tuple[mf.Layout, str]:
-        """Layout and chain of the landed run from the first segment; call with _cond held."""
-        layout, chain = self._base, self._chain
-        i = self._base.count + 1
+        """Layout and chain of the landed run from the first segment; call with _cond held.
+
+        The run grows by the segments that landed since; a writer that is not patchable
+        forgets them then (a patchable one's may land again, so it keeps them all)."""
+        layout, chain = self._run
+        i = self._base.count + self._run_count + 1
         while i in self._landed:
-            size, crc = self._landed[i]
+            size, crc = self._landed[i] if self._patchable else self._landed.pop(i)
             layout = layout.append(size)
             chain = mf.chain_next(chain, crc)
             i += 1
+        if not self._patchable:
+            self._run = (layout, chain)
+            self._run_count = i - 1 - self._base.count
         return layout, chain
 
     def _manifest(self, completed: bool, layout: mf.Layout | None = None, chain: str = "") -> mf.Manifest:
