@@ -83,7 +83,8 @@ def s3_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop()
+        # No grace: weed's graceful stop waits seconds on gRPC streams, for data thrown away below.
+        server.stop(grace=0)
         os.environ.clear()
         os.environ.update(saved)
         # The data can be gigabytes and pytest keeps the last three runs' temp dirs; the
