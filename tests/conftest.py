@@ -6,6 +6,7 @@
   (boto3's default chain, as Store uses it, then finds them in-process and subprocesses
   inherit them); AWS config/credentials files and profiles are masked so nothing from the
   developer's own AWS setup leaks into the tests.
+* ``crash_server`` (session): a second server for the tests that crash one (``own_server``).
 * ``s3_env``: a copy of that environment, for subprocesses.
 * ``store``: a Store on the server; ``bucket``/``bucket2``: fresh, uniquely named buckets.
 * ``cli``: runs ``python -m s3pipefs ARGS`` with ``s3_env``; returns a CompletedProcess
@@ -90,6 +91,19 @@ def s3_server(tmp_path_factory):
         # The data can be gigabytes and pytest keeps the last three runs' temp dirs; the
         # log stays for post-mortems.
         shutil.rmtree(data_dir / "weed", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def crash_server(s3_server, tmp_path_factory):
+    """A second SeaweedFS, shared by the tests that kill and restart a server mid-run, so
+    that the session server is never disturbed. Same keys as the session server (Store()
+    in this process takes them from the environment); each test uses buckets of its own.
+    Tests take it through ``own_server`` (tests/test_reliability_common.py)."""
+    srv = LocalServer(str(tmp_path_factory.mktemp("crash-srv")), access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+    srv.start()
+    yield srv
+    srv.stop(grace=0)
 
 
 @pytest.fixture
