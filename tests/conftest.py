@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import os
@@ -52,6 +53,14 @@ def unique_name(prefix: str = "t") -> str:
     """A name unique in this run and across runs, valid as an S3 bucket name (<= 63)."""
     prefix = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40] or "t"
     return f"{prefix}-{_RUN}-{next(_counter)}"
+
+
+def pytest_collection_finish(session):
+    """What is alive once the tests are collected (modules, botocore, the test items) lives
+    to the end of the run: keep it out of the garbage collector's full passes, which would
+    walk all of it again every few tests."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)
