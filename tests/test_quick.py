@@ -1,6 +1,7 @@
 """The quick request path (s3pipefs/s3/fastpath.py) must be indistinguishable from botocore's:
 same objects stored, same errors raised, same retry classification."""
 import base64
+import concurrent.futures
 import hashlib
 
 import pytest
@@ -101,8 +102,8 @@ def test_puts_skip_100_continue_and_body_hashing(s3_server, fault_proxy, bucket,
 
 def test_quick_listing_equals_botocore_listing(store, bucket):
     keys = [f"p/{k}" for k in ODD_KEYS] + [f"p/many/{i:04d}" for i in range(1100)] + ["p/sub/x", "q/outside"]
-    for k in keys:
-        store.put(bucket, k, b"v" * (len(k) % 7), quick=True)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # past one page of 1000 keys, soon
+        list(pool.map(lambda k: store.put(bucket, k, b"v" * (len(k) % 7), quick=True), keys))
     for kw in ({"prefix": "p/"}, {"prefix": "p/", "delimiter": "/"}, {"prefix": "p/many/", "start_after": "p/many/0998"},
                {"prefix": ""}):
         slow = list(store.list(bucket, **kw))
