@@ -6,6 +6,7 @@
   (boto3's default chain, as Store uses it, then finds them in-process and subprocesses
   inherit them); AWS config/credentials files and profiles are masked so nothing from the
   developer's own AWS setup leaks into the tests.
+* ``crash_server`` (session): a second server for the tests that crash one (``own_server``).
 * ``s3_env``: a copy of that environment, for subprocesses.
 * ``store``: a Store on the server; ``bucket``/``bucket2``: fresh, uniquely named buckets.
 * ``cli``: runs ``python -m s3pipefs ARGS`` with ``s3_env``; returns a CompletedProcess
@@ -15,6 +16,7 @@
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import os
@@ -53,6 +55,14 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{_RUN}-{next(_counter)}"
 
 
+def pytest_collection_finish(session):
+    """What is alive once the tests are collected (modules, botocore, the test items) lives
+    to the end of the run: keep it out of the garbage collector's full passes, which would
+    walk all of it again every few tests."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def children_take_ctrl_c():
     """A suite started in the background (``make test &``) inherits SIGINT ignored, and so
@@ -83,12 +93,26 @@ def s3_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop()
+        # No grace: weed's graceful stop waits seconds on gRPC streams, for data thrown away below.
+        server.stop(grace=0)
         os.environ.clear()
         os.environ.update(saved)
         # The data can be gigabytes and pytest keeps the last three runs' temp dirs; the
         # log stays for post-mortems.
         shutil.rmtree(data_dir / "weed", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def crash_server(s3_server, tmp_path_factory):
+    """A second SeaweedFS, shared by the tests that kill and restart a server mid-run, so
+    that the session server is never disturbed. Same keys as the session server (Store()
+    in this process takes them from the environment); each test uses buckets of its own.
+    Tests take it through ``own_server`` (tests/test_reliability_common.py)."""
+    srv = LocalServer(str(tmp_path_factory.mktemp("crash-srv")), access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+    srv.start()
+    yield srv
+    srv.stop(grace=0)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from s3pipefs.config import TransferConfig
+from s3pipefs.engine import Engine
 from tests.conftest import make_bytes
 from tests.test_cli_errors import one_line
 
@@ -14,15 +16,18 @@ SEGMENT = 64 * 1024
 
 
 @pytest.fixture
-def tree(cli, bucket, store):
+def tree(bucket, store, tmp_path):
     """logs/2026-01/big (a 5-segment stream), logs/2026-02/s1 (stream), logs/2026-02/obj.txt
-    (object), logs/2025-12 (stream), top (stream), a directory marker empty/."""
+    (object), logs/2025-12 (stream), top (stream), a directory marker empty/. Written
+    in-process by the engine `put` runs (the CLI's own tests are test_streams.py's), which
+    spares five interpreter starts per test."""
     data = make_bytes(5 * SEGMENT - 100, "big")
-    cli("put", "--segment-size", "64K", f"s3://{bucket}/logs/2026-01/big", input=data, check=True)
-    cli("put", f"s3://{bucket}/logs/2026-02/s1", input=b"one", check=True)
-    cli("cp", "--object", "-", f"s3://{bucket}/logs/2026-02/obj.txt", input=b"object!", check=True)
-    cli("put", f"s3://{bucket}/logs/2025-12", input=b"dec", check=True)
-    cli("put", f"s3://{bucket}/top", input=b"t", check=True)
+    engine = Engine(store, TransferConfig(segment_size=SEGMENT, staging_dir=str(tmp_path / "staging")))
+    for key, body in (("logs/2026-01/big", data), ("logs/2026-02/s1", b"one"), ("logs/2025-12", b"dec"),
+                      ("top", b"t")):
+        with engine.open_writer(bucket, key) as w:
+            w.write(body)
+    store.put(bucket, "logs/2026-02/obj.txt", b"object!")
     store.put(bucket, "empty/", b"")
     return data
 

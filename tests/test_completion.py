@@ -16,6 +16,8 @@ import sys
 import pytest
 
 from s3pipefs import cli
+from s3pipefs.config import TransferConfig
+from s3pipefs.engine import Engine
 
 
 def script(shell: str) -> str:
@@ -92,9 +94,11 @@ def test_every_command_and_alias_is_offered(tmp_path):
     assert every == sorted(w for name, aliases in cli.COMMANDS for w in (name, *aliases))
 
 
-def test_bash_completes_s3_urls_from_a_listing(tmp_path, cli, bucket, on_path):
-    for key in ("dir/alpha", "dir/beta", "dir/sub/x", "other"):
-        cli("put", f"s3://{bucket}/{key}", input=b"x", check=True)
+def test_bash_completes_s3_urls_from_a_listing(tmp_path, store, bucket, on_path):
+    engine = Engine(store, TransferConfig(staging_dir=str(tmp_path / "staging")))
+    for key in ("dir/alpha", "dir/beta", "dir/sub/x", "other"):  # streams, as `put` writes them
+        with engine.open_writer(bucket, key) as w:
+            w.write(b"x")
     (urls, streams) = bash_complete(tmp_path, f"s3pipefs cat s3://{bucket}/dir/", f"s3pipefs cat s3://{bucket}/dir/a",
                                     env=on_path)
     # readline replaces what follows the last ':' of the word

@@ -130,12 +130,19 @@ def test_full_staging_disk_fails_writers_with_enospc_and_damages_nothing(mounter
         (m / "before.bin").write_bytes(blob(300_000, 9))
         datas = [blob(1536 * 1024, 20 + i) for i in range(3)]
         outcome: dict[int, int | None] = {}
+        # All three are open, and none is closed (its close would upload it and free its
+        # staging) until all have written or failed: the disk must hold them at once.
+        all_open, all_written = threading.Barrier(3, timeout=60), threading.Barrier(3, timeout=60)
 
         def writer(i: int) -> None:
             try:
                 with open(m / f"w{i}.bin", "wb", buffering=0) as f:
-                    for off in range(0, len(datas[i]), 128 * 1024):
-                        f.write(datas[i][off:off + 128 * 1024])
+                    all_open.wait()
+                    try:
+                        for off in range(0, len(datas[i]), 128 * 1024):
+                            f.write(datas[i][off:off + 128 * 1024])
+                    finally:
+                        all_written.wait()
                 outcome[i] = None
             except OSError as e:
                 outcome[i] = e.errno

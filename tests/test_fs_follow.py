@@ -40,7 +40,7 @@ for i in range(n):
     os.write(fd, line)
     total += len(line)
     print(total, flush=True)
-    time.sleep(0.05)
+    time.sleep(0.01)
 sys.stdin.readline()
 os.close(fd)
 print("closed", flush=True)

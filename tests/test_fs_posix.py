@@ -216,8 +216,8 @@ os.close(fd)
 def test_a_second_descriptor_of_the_writer_never_hangs(mounter, bucket, segment):
     """It reads the bytes it wrote, whether uploaded (1M segments) or not (16M), within
     seconds, and the file is whole after close."""
-    m = mounter(bucket, segment_size=segment)
-    for wait in (0, 3):
+    m = mounter(bucket, segment_size=segment, metadata_ttl="1")
+    for wait in (0, 1.5):
         r = run(sys.executable, "-c", READ_BACK, m / f"own{wait}", wait, timeout=60)
         what, took = r.stdout.split()
         assert what == "bytes" and float(took) < 5, (r.stdout, r.stderr)

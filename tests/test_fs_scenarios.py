@@ -3,6 +3,7 @@ the FUSE-free Filesystem in-process, and through a real kernel mount (writer and
 two mounts of the same bucket, and two Filesystems in-process). They must agree byte for byte."""
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -14,7 +15,8 @@ from s3pipefs.engine import Engine
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3 import Store
-from tests.fs_fixtures import CoreDriver, EngineDriver, MountDriver, wait_for
+from tests.conftest import unique_name
+from tests.fs_fixtures import CoreDriver, EngineDriver, Mounter, MountDriver, wait_for
 
 SEG = 256 * KiB
 
@@ -43,10 +45,21 @@ def driver(request, s3_server, bucket, tmp_path):
             f.shutdown(0)
             f.close()
     else:
-        m = request.getfixturevalue("mounter")
-        w = m(bucket, "w", segment_size="256K", metadata_ttl="1")
-        r = m(bucket, "r", metadata_ttl="1")
-        yield MountDriver(w, r)
+        yield request.getfixturevalue("mount_driver")
+
+
+@pytest.fixture(scope="module")
+def mount_driver(s3_server, tmp_path_factory):
+    """The mount driver's writing and reading mounts, on a bucket of their own, shared by
+    this module's tests (each uses names of its own): two daemon starts per module, not
+    per test."""
+    bucket = unique_name("scenarios")
+    Store(S3Config(endpoint_url=s3_server.endpoint)).create_bucket(bucket)
+    m = Mounter(tmp_path_factory.mktemp("scenario-mounts"), dict(os.environ), s3_server.endpoint)
+    try:
+        yield MountDriver(m(bucket, "w", segment_size="256K", metadata_ttl="1"), m(bucket, "r", metadata_ttl="1"))
+    finally:
+        m.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, 3 * SEG + 5])

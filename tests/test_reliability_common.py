@@ -181,17 +181,13 @@ def run_batch(env: dict, jobs: list, tmp_path, timeout: float = 180) -> list[Res
 
 
 @pytest.fixture
-def own_server(tmp_path):
-    """A SeaweedFS of this test's own, to kill and restart without disturbing any other
-    test. It uses the session's keys: Store() in this process takes its credentials from
-    the environment the session fixture set up."""
-    from s3pipefs.server import LocalServer
-
-    srv = LocalServer(str(tmp_path / "own-srv"), access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                      secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
-    srv.start()
-    yield srv
-    srv.kill()  # SIGKILL: no graceful wait; the data dir is thrown away anyway
+def own_server(crash_server):
+    """A SeaweedFS apart from the session's, to kill and restart without disturbing any
+    other test (tests/conftest.py ``crash_server``, shared by the crash tests: each makes
+    buckets of its own, ``unique_name``). It uses the session's keys: Store() in this
+    process takes its credentials from the environment the session fixture set up."""
+    crash_server.start()  # up again if an earlier test failed between its kill and start
+    return crash_server
 
 
 def own_env(srv, base_env: dict) -> dict:

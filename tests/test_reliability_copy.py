@@ -17,6 +17,7 @@ import pytest
 
 from s3pipefs.config import MiB, TransferConfig
 from s3pipefs.engine import Engine
+from tests.conftest import unique_name
 from tests.faultproxy import FaultProxy, Rule
 from tests.test_reliability_common import (SEG, blob, manifest_of, own_env, own_server, own_store, run,  # noqa: F401
                                            seg_key, spawn, wait_until)
@@ -262,16 +263,17 @@ def test_cp_stream_across_a_server_crash_continues_or_reruns_cleanly(own_server,
     """Server-side copy of a 24-segment stream; the server dies after a few segment copies."""
     env = own_env(own_server, s3_env)
     store = own_store(own_server)
-    store.create_bucket("srca")
-    store.create_bucket("dstb")
+    src, dst = unique_name("srca"), unique_name("dstb")
+    store.create_bucket(src)
+    store.create_bucket(dst)
     data = blob(24 * SEG + 1, 44)
-    write_stream(store, "srca", "src", data)
+    write_stream(store, src, "src", data)
     with FaultProxy(own_server.endpoint) as proxy:
         # Slow the copy down so that the crash lands in the middle of it.
-        proxy.add(Rule("stall", method="PUT", path_contains="/dstb/dst/0", seconds=0.3, times=-1))
-        p = spawn({**env, "AWS_ENDPOINT_URL": proxy.endpoint}, "cp", "-n", "2", "s3://srca/src", "s3://dstb/dst",
+        proxy.add(Rule("stall", method="PUT", path_contains=f"/{dst}/dst/0", seconds=0.3, times=-1))
+        p = spawn({**env, "AWS_ENDPOINT_URL": proxy.endpoint}, "cp", "-n", "2", f"s3://{src}/src", f"s3://{dst}/dst",
                   stderr=subprocess.PIPE)
-        wait_until(lambda: store.head("dstb", f"dst/{seg_key(3)}") is not None, 30, what="three segments copied")
+        wait_until(lambda: store.head(dst, f"dst/{seg_key(3)}") is not None, 30, what="three segments copied")
         crash_and_restart(own_server)
         rc = p.wait(120)
     err = p.stderr.read().decode()
@@ -279,32 +281,33 @@ def test_cp_stream_across_a_server_crash_continues_or_reruns_cleanly(own_server,
     assert "Traceback" not in err
     if rc != 0:
         assert rc == 1
-        m = manifest_of(store, "dstb", "dst")
+        m = manifest_of(store, dst, "dst")
         assert m is None or not m.completed
-        r = run(env, "cp", "s3://srca/src", "s3://dstb/dst", timeout=120)
+        r = run(env, "cp", f"s3://{src}/src", f"s3://{dst}/dst", timeout=120)
         assert r.returncode == 0, r
-    assert_copy_complete(store, "dstb", "dst", data)
+    assert_copy_complete(store, dst, "dst", data)
 
 
 def test_sync_across_a_server_crash_continues_or_reruns_cleanly(own_server, s3_env, tmp_path):
     env = own_env(own_server, s3_env)
     store = own_store(own_server)
-    store.create_bucket("dstb")
+    dst = unique_name("dstb")
+    store.create_bucket(dst)
     files = make_tree(tmp_path / "src", n=40)
     with FaultProxy(own_server.endpoint) as proxy:
-        proxy.add(Rule("stall", method="PUT", path_contains="/dstb/t/", seconds=0.2, times=-1))
+        proxy.add(Rule("stall", method="PUT", path_contains=f"/{dst}/t/", seconds=0.2, times=-1))
         p = spawn({**env, "AWS_ENDPOINT_URL": proxy.endpoint}, "sync", "-n", "2", str(tmp_path / "src"),
-                  "s3://dstb/t", stderr=subprocess.PIPE)
-        wait_until(lambda: len(list(store.list("dstb", "t/"))) >= 6, 30, what="some files synced")
+                  f"s3://{dst}/t", stderr=subprocess.PIPE)
+        wait_until(lambda: len(list(store.list(dst, "t/"))) >= 6, 30, what="some files synced")
         crash_and_restart(own_server)
         rc = p.wait(120)
     err = p.stderr.read().decode()
     print(f"sync across a server crash: exit {rc}; {err.strip()[-300:]}")
     assert "Traceback" not in err
-    for o in store.list("dstb", "t/"):  # whatever is there is whole
-        assert store.get("dstb", o.key)[0] == files[o.key[2:]]
+    for o in store.list(dst, "t/"):  # whatever is there is whole
+        assert store.get(dst, o.key)[0] == files[o.key[2:]]
     if rc != 0:
         assert rc == 1
-        r = run(env, "sync", str(tmp_path / "src"), "s3://dstb/t", timeout=120)
+        r = run(env, "sync", str(tmp_path / "src"), f"s3://{dst}/t", timeout=120)
         assert r.returncode == 0, r
-    assert_synced(store, "dstb", files)
+    assert_synced(store, dst, files)

@@ -19,6 +19,7 @@ import pytest
 from s3pipefs.config import MiB, S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.s3 import Store
+from tests.conftest import unique_name
 from tests.faultproxy import Rule
 from tests.fs_fixtures import helper_cmd, wait_for, wait_gone
 from tests.test_reliability_common import (blob, manifest_of, own_env, own_server, own_store, run,  # noqa: F401
@@ -282,10 +283,11 @@ def test_mount_write_across_a_server_crash_continues_or_fails_cleanly(own_server
 
     env = own_env(own_server, s3_env)
     store = own_store(own_server)
-    store.create_bucket("crashmnt")
+    bkt = unique_name("crashmnt")
+    store.create_bucket(bkt)
     mnt = Mounter(tmp_path, env, own_server.endpoint)
     try:
-        m = mnt("crashmnt")
+        m = mnt(bkt)
         err = None
         f = open(m / "x.bin", "wb", buffering=0)
         try:
@@ -303,10 +305,10 @@ def test_mount_write_across_a_server_crash_continues_or_fails_cleanly(own_server
             except OSError as e:
                 err = err or e
         eng = Engine(store, TransferConfig(segment_size=SEGM))
-        ent = eng.stat("crashmnt", "x.bin")
+        ent = eng.stat(bkt, "x.bin")
         print(f"mount write across a server crash: {err!r}; complete={ent and ent.complete}")
         if err is None:
-            assert ent.complete and stream_bytes(eng, "crashmnt", "x.bin") == DATA
+            assert ent.complete and stream_bytes(eng, bkt, "x.bin") == DATA
         else:
             assert err.errno in (errno.EIO, errno.EHOSTUNREACH), err
             assert ent is None or not ent.complete

@@ -23,6 +23,7 @@ from s3pipefs.config import S3Config, TransferConfig
 from s3pipefs.engine import Engine
 from s3pipefs.engine.verify import verify_stream
 from s3pipefs.s3 import Store
+from tests.conftest import unique_name
 from tests.faultproxy import Rule
 from tests.test_reliability_common import (SEG, blob, manifest_of, own_env, own_server, run, seg_key,  # noqa: F401
                                            slow_feeder, spawn, wait_until)
@@ -269,18 +270,19 @@ def test_live_follow_survives_faults_on_manifest_polls_and_segments(fault_proxy,
 def test_put_across_a_server_crash_continues_or_resumes_to_the_right_bytes(own_server, s3_env, tmp_path):
     env = own_env(own_server, s3_env)
     store = Store(S3Config(endpoint_url=own_server.endpoint))
-    store.create_bucket("crash")
+    bkt = unique_name("crash")
+    store.create_bucket(bkt)
     data = blob(12 * SEG + 5, 12)
     src = tmp_path / "in"
     src.write_bytes(data)
-    url = "s3://crash/s"
+    url = f"s3://{bkt}/s"
     # Half the input at once, then a pause during which the server dies and comes back.
     feed = subprocess.Popen(slow_feeder(src, 6 * SEG, pause=4, chunk=SEG // 4, delay=0.02),
                             stdout=subprocess.PIPE)
     p = spawn(env, "put", "--segment-size", str(SEG), "--tries", "8", url, stdin=feed.stdout,
               stderr=subprocess.PIPE)
     feed.stdout.close()
-    wait_until(lambda: (m := manifest_of(store, "crash", "s")) and m.num_segments >= 3, 30,
+    wait_until(lambda: (m := manifest_of(store, bkt, "s")) and m.num_segments >= 3, 30,
                what="three segments")
     own_server.kill()
     time.sleep(1)
@@ -296,7 +298,7 @@ def test_put_across_a_server_crash_continues_or_resumes_to_the_right_bytes(own_s
         # Failing cleanly is allowed: one clear line, the stream not complete, and resume
         # with the same input finishes it.
         assert rc == 1, err
-        assert not manifest_of(store, "crash", "s").completed
+        assert not manifest_of(store, bkt, "s").completed
         r = run(env, "put", "--resume", "--segment-size", str(SEG), url, input=data, timeout=120)
         assert r.returncode == 0, r
     assert run(env, "cat", url).stdout == data
@@ -306,11 +308,12 @@ def test_put_across_a_server_crash_continues_or_resumes_to_the_right_bytes(own_s
 def test_cat_across_a_server_crash_continues_or_fails_cleanly(own_server, s3_env):
     env = own_env(own_server, s3_env)
     store = Store(S3Config(endpoint_url=own_server.endpoint))
-    store.create_bucket("crash")
+    bkt = unique_name("crash")
+    store.create_bucket(bkt)
     data = blob(24 * SEG + 1, 24)
-    assert run(env, "put", "--segment-size", str(SEG), "s3://crash/s", input=data).returncode == 0
+    assert run(env, "put", "--segment-size", str(SEG), f"s3://{bkt}/s", input=data).returncode == 0
     # Small read-ahead and a slow consumer: most of the stream is fetched after the crash.
-    p = spawn(env, "cat", "--read-ahead", str(2 * SEG), "--tries", "8", "s3://crash/s",
+    p = spawn(env, "cat", "--read-ahead", str(2 * SEG), "--tries", "8", f"s3://{bkt}/s",
               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     got = p.stdout.read(4 * SEG)
     own_server.kill()
@@ -324,7 +327,7 @@ def test_cat_across_a_server_crash_continues_or_fails_cleanly(own_server, s3_env
     if rc == 0:
         assert got == data
     else:
-        assert rc == 1 and "s3://crash/s" in err.strip().splitlines()[-1], err
+        assert rc == 1 and f"s3://{bkt}/s" in err.strip().splitlines()[-1], err
         assert data.startswith(got)  # never wrong bytes, only fewer
 
 

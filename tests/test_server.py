@@ -191,7 +191,9 @@ def own_server(tmp_path):
     try:
         yield srv
     finally:
-        srv.stop()
+        # No grace: the tests about stop() call it themselves; a graceful stop waits seconds
+        # on weed's gRPC streams, for a data dir thrown away anyway.
+        srv.stop(grace=0)
 
 
 def test_two_servers_side_by_side_are_isolated(s3_server, own_server, monkeypatch):
