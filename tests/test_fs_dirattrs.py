@@ -67,6 +67,18 @@ def stored(store: Store, bucket: str, key: str) -> dict:
     return store.head(bucket, key).metadata
 
 
+def wait_stored(store: Store, bucket: str, prefix: str, want: dict[str, tuple[int, int]]) -> None:
+    """Until every directory of ``want`` under ``prefix`` has its mode and mtime in its
+    folder object (put a moment after they are set)."""
+    for rel, (mode, mtime) in want.items():
+        key = prefix + rel + FOLDER
+        assert wait_for(lambda: (store.head(bucket, key) or _NONE).metadata.get("mtime") == str(mtime), timeout=20), key
+
+
+class _NONE:
+    metadata: dict = {}
+
+
 def settle() -> None:
     """Longer than the mount holds a directory's attributes before it puts them."""
     time.sleep(1.0)
@@ -88,7 +100,7 @@ def test_rsync_a_keeps_directory_modes_and_times_and_a_second_run_lists_nothing(
     assert sorted(os.listdir(m / "t")) == ["empty", "private", "shared"]
     assert not (m / "t" / ("shared" + FOLDER)).exists()
     # A second run, from this mount and from a fresh one: nothing itemized at all.
-    settle()
+    wait_stored(store, bucket, "t/", want)
     for mnt in (m, mounter(bucket, umask="0")):
         out = sh("rsync", "-a", "--itemize-changes", f"{src}/", f"{mnt / 't'}/")
         assert out.splitlines() == [], out
@@ -101,7 +113,7 @@ def test_cp_a_keeps_directory_times_and_modes_seen_by_a_second_mount(mounter, st
     m = mounter(bucket, umask="0")
     sh("cp", "-a", str(src), str(m / "c"))
     expect = {rel: sh("stat", "-c", "%Y %a", str(src / rel)) for rel in want}
-    settle()
+    wait_stored(store, bucket, "c/", want)
     for mnt in (m, mounter(bucket, umask="0")):
         assert {rel: sh("stat", "-c", "%Y %a", str(mnt / "c" / rel)) for rel in want} == expect
     assert sh("stat", "-c", "%Y %a", str(m / "c")) == sh("stat", "-c", "%Y %a", str(src))
@@ -117,20 +129,23 @@ def test_chmod_chown_and_touch_of_a_directory_cost_one_put_together(mounter, fau
     assert store.head(bucket, "d" + FOLDER) is None
     stored(store, bucket, "first" + FOLDER)
     fault_proxy.reset_log()
+    t0 = time.monotonic()
     os.chmod(m / "d", 0o711)
     os.chown(m / "d", 12, 34)
     os.utime(m / "d", (T0, T0))
+    burst = time.monotonic() - t0
     st = os.stat(m / "d")  # shown at once
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (0o711, 12, 34, T0)
-    stored(store, bucket, "d" + FOLDER)
+    assert wait_for(lambda: stored(store, bucket, "d" + FOLDER).get("mtime") == str(T0), timeout=20)
     settle()
     sent = [(r.method, r.path) for r in fault_proxy.requests]
-    assert [r for r in sent if r[0] != "PUT"] == [] and len(sent) == 1, sent  # all three in one PUT
+    assert [r for r in sent if r[0] != "PUT"] == [] and 1 <= len(sent) <= 3, sent
+    if burst < 0.4:  # all three within the half second the mount holds them: one PUT
+        assert len(sent) == 1, (burst, sent)
     fault_proxy.reset_log()
     os.mkdir(m / "m", 0o750)  # (mkdir(2) itself drops a setgid bit)
     stored(store, bucket, "m" + FOLDER)
     assert [r.method for r in fault_proxy.requests].count("PUT") == 2  # the marker, the folder object
-    settle()
     for mnt in (m, mounter(bucket)):
         st = os.stat(mnt / "d")
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (0o711, 12, 34, T0)
@@ -147,9 +162,8 @@ def test_rmdir_mv_and_rm_rf_leave_no_folder_objects_behind(mounter, store, bucke
     for rel, mode in (("a", 0o701), ("a/sub", 0o710), ("gone", 0o700)):
         os.chmod(m / rel, mode)
         os.utime(m / rel, (T0, T0))
-    settle()
-    assert keys(store, bucket) == ["a/", "a/sub/", "a/sub/f", "a/sub" + FOLDER, "a" + FOLDER, "gone/",
-                                   "gone" + FOLDER]
+    assert wait_for(lambda: keys(store, bucket) == ["a/", "a/sub/", "a/sub/f", "a/sub" + FOLDER, "a" + FOLDER,
+                                                    "gone/", "gone" + FOLDER], timeout=20), keys(store, bucket)
     os.rmdir(m / "gone")
     assert not (m / "gone").exists()
     subprocess.run(["mv", str(m / "a"), str(m / "b")], check=True)

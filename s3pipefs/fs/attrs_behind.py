@@ -51,6 +51,11 @@ class AttrsBehind:
                 self._thread.start()
             self._cond.notify_all()
 
+    def held(self, key: str) -> dict:
+        """What is held for ``key`` and not yet being stored ({} when nothing)."""
+        with self._cond:
+            return dict(self._pending.get(key, (0.0, {}))[1])
+
     def take(self, key: str) -> dict:
         """The attributes held for ``key``, no longer to be stored by this (the caller
         stores them, or the object is going); {} when none. Waits while they are being

@@ -111,9 +111,12 @@ class Namespace:
             lambda key, **attrs: engine.set_object_attrs(bucket, key, directory=False, **attrs))
         # Directories' folder objects (where markers keep no metadata), put a moment after
         # an attribute changes, all of a burst in one PUT: cp -a, rsync and tar set three
-        # on every directory. Each holds the whole metadata to put, merged by the caller.
-        self.folder_attrs = AttrsBehind(
-            lambda key, metadata: self.store.put(bucket, key, b"", metadata=metadata, sse_key=self._sse))
+        # on every directory. What is held is what changed; the PUT merges it into the
+        # metadata the folder object had when this mount last put or read it (_folder_meta),
+        # never into a cached entry, which a listing may have refreshed from S3 while a
+        # change was held.
+        self.folder_attrs = AttrsBehind(self._put_folder_attrs)
+        self._folder_meta: cachetools.LRUCache = cachetools.LRUCache(MAX_ENTRIES)
         # HEADs of listed objects being described (see _described): path -> Future.
         self._heads = cf.ThreadPoolExecutor(LISTING_HEADS, thread_name_prefix="s3pipefs-head")
         self._describing: dict[str, cf.Future] = {}
@@ -226,6 +229,9 @@ class Namespace:
             except (errors.KeyNeeded, errors.WrongKey):
                 continue  # under another SSE-C key: the directory, without these attributes
             if info is not None and info.metadata:
+                if key != entry.key + "/":
+                    with self._lock:
+                        self._folder_meta[key] = info.metadata  # what a held change merges into
                 return replace(entry, metadata=info.metadata)
         return entry
 
@@ -339,9 +345,25 @@ class Namespace:
         shows; the directory as it then is. The PUT goes out a moment later with any
         changes that follow (folder_attrs): a rename or rmdir of the directory stores or
         drops it first."""
-        meta = objattrs.updated(entry.metadata or {}, stat.S_IFDIR, **attrs)
-        self.folder_attrs.hold(objattrs.folder_key(entry.key), metadata=meta)
+        key = objattrs.folder_key(entry.key)
+        with self._lock:
+            self._folder_meta.setdefault(key, dict(entry.metadata or {}))
+        self.folder_attrs.hold(key, **attrs)
+        meta = objattrs.updated(entry.metadata or {}, stat.S_IFDIR, **{**self.folder_attrs.held(key), **attrs})
         return replace(entry, metadata=meta, folder_object=True)
+
+    def _put_folder_attrs(self, key: str, **attrs) -> None:
+        """The held change of a directory's attributes, merged into its folder object (a
+        HEAD first only when this mount has never seen it)."""
+        with self._lock:
+            base = self._folder_meta.get(key)
+        if base is None:
+            info = self.store.head(self.bucket, key, sse_key=self._sse)
+            base = info.metadata if info is not None else {}
+        meta = objattrs.updated(base, stat.S_IFDIR, **attrs)
+        self.store.put(self.bucket, key, b"", metadata=meta, sse_key=self._sse)
+        with self._lock:
+            self._folder_meta[key] = meta
 
     # -- directory changes ---------------------------------------------------------------
     def mkdir(self, path: str) -> None:
@@ -400,8 +422,11 @@ class Namespace:
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
         # Attributes not put yet never will be; a folder object already put goes.
-        if self.folder_attrs.take(objattrs.folder_key(self.key(path))) or entry.folder_object:
-            self.store.delete(self.bucket, objattrs.folder_key(self.key(path)))
+        fkey = objattrs.folder_key(self.key(path))
+        if self.folder_attrs.take(fkey) or entry.folder_object:
+            self.store.delete(self.bucket, fkey)
+        with self._lock:
+            self._folder_meta.pop(fkey, None)
         # Gone from its parent's listing, which stays (rm -rf goes on in it).
         self.remember(path, None)
         with self._lock:
@@ -565,6 +590,9 @@ class Namespace:
             if dst is not None and self._has_content(nkey):
                 raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
             self.store.put(self.bucket, nkey + "/", b"", **top)
+        with self._lock:
+            self._folder_meta.pop(objattrs.folder_key(nkey), None)
+            self._folder_meta.pop(objattrs.folder_key(okey), None)
         if src.folder_object:
             self.store.put(self.bucket, objattrs.folder_key(nkey), b"", metadata=src.metadata, sse_key=self._sse)
         elif dst is not None and dst.folder_object:
