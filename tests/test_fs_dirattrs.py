@@ -258,3 +258,18 @@ def test_s3fs_shows_the_folder_object_as_the_directory_it_stands_for(s3_server, 
         except subprocess.TimeoutExpired:
             p.kill()
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_directory_never_given_a_time_shows_the_same_one_on_every_mount(mounter, store, bucket):
+    """Its marker's time (whole seconds), also once a chmod wrote its folder object later:
+    rsync leaves a directory alone when its time looks equal to the source's."""
+    a = mounter(bucket)
+    os.mkdir(a / "plain")
+    os.mkdir(a / "chmodded")
+    shown = {name: int(os.stat(a / name).st_mtime) for name in ("plain", "chmodded")}
+    time.sleep(1.2)  # what is written from now on is written in a later second
+    os.chmod(a / "chmodded", 0o700)
+    stored(store, bucket, "chmodded" + FOLDER)
+    b = mounter(bucket)
+    assert {name: int(os.stat(b / name).st_mtime) for name in shown} == shown
+    assert stat.S_IMODE(os.stat(b / "chmodded").st_mode) == 0o700

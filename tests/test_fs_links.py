@@ -245,11 +245,9 @@ def test_rsync_a_round_trips_a_tree_with_symlinks_and_sends_nothing_the_second_t
     m.unmount()  # (attributes held for a moment are stored by then)
     other = mounter(bucket)
     out = sh(f"rsync -a --itemize-changes {src}/ {other / 't'}/").stdout.decode().splitlines()
-    # Files and links: nothing. Directories' times: kept in folder objects on this server
-    # (tests/test_fs_dirattrs.py), but this tree's are sometimes not seen by the second
-    # mount when the machine is loaded (an open defect, see docs/mount.md), so their
-    # lines are tolerated here.
-    assert [line for line in out if not line.startswith(".d")] == [], out
+    # Directories included: one whose time rsync found equal to its source's (to the
+    # second) and left alone shows its marker's time on every mount.
+    assert out == [], out
 
 
 def test_cp_a_round_trips_a_tree_with_symlinks(mounter, bucket, tmp_path):

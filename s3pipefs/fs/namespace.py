@@ -219,21 +219,27 @@ class Namespace:
 
     def _with_marker(self, entry: Entry) -> Entry:
         """A directory with its attributes (owners, mode, time): its folder object's when
-        it has one, else (or when that holds none) its marker's."""
+        it has one, else (or when that holds none) its marker's. A directory whose mtime
+        was never set shows the time its marker or folder object was written: the same on
+        every mount (rsync compares it with its source's, and sets it only if they differ)."""
         if not entry.key:
             return entry
         keys = [objattrs.folder_key(entry.key), entry.key + "/"] if entry.folder_object else [entry.key + "/"]
+        written = 0.0
         for key in keys:
             try:
                 info = self.store.head(self.bucket, key, sse_key=self._sse)
             except (errors.KeyNeeded, errors.WrongKey):
                 continue  # under another SSE-C key: the directory, without these attributes
-            if info is not None and info.metadata:
+            if info is None:
+                continue
+            written = written or info.last_modified
+            if info.metadata:
                 if key != entry.key + "/":
                     with self._lock:
                         self._folder_meta[key] = info.metadata  # what a held change merges into
-                return replace(entry, metadata=info.metadata)
-        return entry
+                return replace(entry, metadata=info.metadata, mtime=entry.mtime or written)
+        return replace(entry, mtime=entry.mtime or written)
 
     def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
         """An entry of a listing with its metadata (see the module docstring); None: the
@@ -348,6 +354,11 @@ class Namespace:
         key = objattrs.folder_key(entry.key)
         with self._lock:
             self._folder_meta.setdefault(key, dict(entry.metadata or {}))
+        if ("mtime_ns" not in attrs and "mtime" not in (entry.metadata or {}) and entry.mtime
+                and "mtime_ns" not in self.folder_attrs.held(key)):
+            # The time every mount shows now (its marker's) goes along: the folder object's
+            # own would be later, and rsync leaves alone a time it found equal.
+            attrs = {"mtime_ns": int(entry.mtime) * 1_000_000_000, **attrs}
         self.folder_attrs.hold(key, **attrs)
         meta = objattrs.updated(entry.metadata or {}, stat.S_IFDIR, **{**self.folder_attrs.held(key), **attrs})
         return replace(entry, metadata=meta, folder_object=True)
@@ -370,7 +381,8 @@ class Namespace:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse)
-        self.remember(path, Entry("dir", self.bucket, self.key(path), mtime=time.time()))
+        # Shown as other mounts show it: the marker's time, which S3 keeps in whole seconds.
+        self.remember(path, Entry("dir", self.bucket, self.key(path), mtime=float(int(time.time()))))
         with self._lock:
             self._listings[path] = {}  # new, so empty: lookups of names in it cost nothing
 
