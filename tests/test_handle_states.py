@@ -476,3 +476,22 @@ def test_a_release_racing_a_writer_commits_exactly_once():
     finally:
         sys.setswitchinterval(old)
     assert orders == {True, False}, "the race was never run both ways"
+
+
+@pytest.mark.parametrize("state", list(S), ids=lambda s: s.name)
+def test_only_a_committed_handle_lets_go_of_a_path_being_removed(state):
+    """unlink of a file closed a moment ago, whose release the kernel has not sent yet:
+    the handle gives the path up, and a later write through it is ESTALE (the name does
+    not come back); any other state keeps it (the unlink is EBUSY)."""
+    engine, h = SETUPS[state]()
+    live, commits = h.is_live, engine.commits
+    if state is not S.COMMITTED:
+        assert h.detach() is False and h.state is state and h.is_live == live
+        return
+    assert h.detach() is True
+    assert h.state is S.FAILED and not h.is_live and engine.commits == commits
+    with pytest.raises(errors.S3PipeError) as e:
+        h.write(0, b"late")
+    assert errors.errno_of(e.value) == errno.ESTALE
+    assert not engine.open_writers()  # nothing reopened the stream
+    assert h.release() is False and h.state is S.RELEASED

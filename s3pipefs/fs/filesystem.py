@@ -536,9 +536,12 @@ class Filesystem:
             h.allocate(offset + length)
 
     # -- the tree ---------------------------------------------------------------------------
-    def _busy_writing(self, path: str, what: str) -> None:
+    def _busy_writing(self, path: str, what: str, detach: bool = False) -> None:
+        """EBUSY while this mount writes ``path``. ``detach``: the path goes away (unlink,
+        rename from it), so a handle whose every byte is committed and whose release is
+        merely late lets go of it instead (WriteHandle.detach)."""
         w = self._settle(path)
-        if w is not None:
+        if w is not None and not (detach and w.detach()):
             raise errors.Busy(f"{self.ns.where(path)}: cannot {what} while it is open for writing on this mount")
 
     def _check_new(self, path: str, stream: bool) -> None:
@@ -566,7 +569,7 @@ class Filesystem:
 
     def unlink(self, path: str) -> None:
         self._writable(path)
-        self._busy_writing(path, "remove it")
+        self._busy_writing(path, "remove it", detach=True)
         self.ns.unlink(path)
         with self._versions_lock:
             self._versions.pop(path, None)

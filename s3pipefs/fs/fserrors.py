@@ -42,6 +42,11 @@ class ShuttingDown(S3PipeError):
     errno = _errno.ESHUTDOWN
 
 
+class Removed(S3PipeError):
+    """A write through a descriptor whose file was removed (the mount keeps no orphan)."""
+    errno = _errno.ESTALE
+
+
 class BadHandle(S3PipeError):
     errno = _errno.EBADF
 

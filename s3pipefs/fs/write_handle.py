@@ -494,6 +494,20 @@ class WriteHandle:
                 if self._state is S.RELEASED:
                     self._released.set()
 
+    def detach(self) -> bool:
+        """Its path is being removed or renamed away after its last commit, and the kernel
+        has not released it yet (a release can come many seconds late). True: it gives up
+        the path, and a later write through it fails (ESTALE) instead of bringing the
+        name back, as a write to a removed file never shows on a local disk. False: it is
+        writing, or has bytes no commit holds yet."""
+        with self._lock:
+            if self._state is not S.COMMITTED:
+                return False
+            self._fail(fserrors.Removed(f"{self.where}: removed while this descriptor was open; its bytes were "
+                                        "committed before, nothing written through it since"))
+            self._claimed = False
+            return True
+
     def abort_for_shutdown(self, lock_timeout: float) -> bool:
         """Unmount while open: make what was written durable, leave the stream incomplete.
 
