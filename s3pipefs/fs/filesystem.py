@@ -537,9 +537,9 @@ class Filesystem:
 
     # -- the tree ---------------------------------------------------------------------------
     def _busy_writing(self, path: str, what: str, detach: bool = False) -> None:
-        """EBUSY while this mount writes ``path``. ``detach``: the path goes away (unlink,
-        rename from it), so a handle whose every byte is committed and whose release is
-        merely late lets go of it instead (WriteHandle.detach)."""
+        """EBUSY while this mount writes ``path``. ``detach`` (unlink): the path goes away,
+        so a handle whose every byte is committed and whose release is merely late lets go
+        of it instead (WriteHandle.detach)."""
         w = self._settle(path)
         if w is not None and not (detach and w.detach()):
             raise errors.Busy(f"{self.ns.where(path)}: cannot {what} while it is open for writing on this mount")

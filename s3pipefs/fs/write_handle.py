@@ -495,7 +495,7 @@ class WriteHandle:
                     self._released.set()
 
     def detach(self) -> bool:
-        """Its path is being removed or renamed away after its last commit, and the kernel
+        """Its path is being removed (unlink) after its last commit, and the kernel
         has not released it yet (a release can come many seconds late). True: it gives up
         the path, and a later write through it fails (ESTALE) instead of bringing the
         name back, as a write to a removed file never shows on a local disk. False: it is

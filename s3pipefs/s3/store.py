@@ -261,22 +261,21 @@ class Store:
             raise translate(e, bucket, key, action, sse) from None
 
     # -- reads -----------------------------------------------------------------
-    def _plain(self, sse_key: bytes | None, paced: bool = False) -> QuickS3 | None:
-        """The fast path for a HEAD, GET or DELETE, where it can send it: no SSE-C key, and
-        for a body (``paced``) no bandwidth limit. Those requests carry nothing botocore
-        adds, so they always take it (``put``'s and ``copy``'s callers choose)."""
-        if sse_key or (paced and self.bandwidth):
-            return None
-        return self._quick_path()
+    def _plain(self, op: str, sse_key: bytes | None = None, paced: bool = False):
+        """The method sending a HEAD, GET or DELETE (``op``: botocore's name, which the fast
+        path shares): the fast path's where it can send it (no SSE-C key, and for a body,
+        ``paced``, no bandwidth limit), else botocore's. Those requests carry nothing
+        botocore adds, so they always take it (``put``'s and ``copy``'s callers choose)."""
+        fast = None if sse_key or (paced and self.bandwidth) else self._quick_path()
+        return getattr(fast if fast is not None else self.client, op)
 
     def head(self, bucket: str, key: str, sse_key: bytes | None = None) -> ObjectInfo | None:
         kw = {"Bucket": bucket, "Key": key, **self._sse(sse_key)}
-        fast = self._plain(sse_key)
-        head_object = fast.head_object if fast is not None else None
+        head_object = self._plain("head_object", sse_key)
 
         def once():
             try:
-                return _info(key, (head_object or self.client.head_object)(**kw))
+                return _info(key, head_object(**kw))
             except Exception as e:  # noqa: BLE001
                 err = translate(e, bucket, key, "head", sse=bool(sse_key))
                 if type(err) is errors.NotFound:
@@ -300,10 +299,10 @@ class Store:
                 return b"", ObjectInfo(key, 0)
             kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
 
-        fast = self._plain(sse_key, paced=True)
+        get_object = self._plain("get_object", sse_key, paced=True)
 
         def once():
-            r = self._send(fast.get_object if fast is not None else self.client.get_object, bucket, key, "read", kw)
+            r = self._send(get_object, bucket, key, "read", kw)
             body = r["Body"]
             try:
                 data = read_paced(body, self.bandwidth)
@@ -455,9 +454,7 @@ class Store:
         return PacedBody(body, self.bandwidth), length
 
     def delete(self, bucket: str, key: str) -> None:
-        fast = self._plain(None)
-        self._call(fast.delete_object if fast is not None else self.client.delete_object, bucket, key, "delete",
-                   Bucket=bucket, Key=key)
+        self._call(self._plain("delete_object"), bucket, key, "delete", Bucket=bucket, Key=key)
 
     def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Delete keys, 1000 per request; raise on the first key the server refused.
