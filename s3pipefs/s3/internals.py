@@ -1,17 +1,16 @@
 """Every use of botocore's and urllib3's private attributes, each behind a version check.
 
-Three things the project wants are not in botocore's public API:
+Two things the project wants are not in botocore's public API:
 
 * the credentials a client signs with (:func:`signer_credentials`), read to resolve them
   once at start-up and by the fast path (s3/fastpath.py) to sign its requests;
-* the client's HTTP session (:func:`http_session`), through which the fast path sends
-  them (same connection pool, TLS and proxy settings);
-* urllib3's pool keyword ``blocksize`` (:func:`set_upload_blocksize`), so that a file body
-  is sent in 1 MiB read()+send() pairs instead of 16 KiB ones.
+* urllib3's pool keyword ``blocksize`` in the client's HTTP session
+  (:func:`http_session`, :func:`set_upload_blocksize`), so that a file body is sent in
+  1 MiB read()+send() pairs instead of 16 KiB ones.
 
 Each was verified on the botocore versions in :data:`VERIFIED_BOTOCORE` (botocore 1.44.18
 with urllib3 2.8.0 when this was written). On any other version, or when an attribute is
-not where it was, the first two raise :class:`Unavailable` and the caller falls back (the
+not where it was, the first two functions raise :class:`Unavailable` and the caller falls back (the
 credentials are asked of the session instead; the fast path stays off and botocore sends
 everything), and the blocksize stays urllib3's default 16 KiB. Everything keeps working
 through botocore.
@@ -57,7 +56,7 @@ def signer_credentials(client):
 
 
 def http_session(client):
-    """The client's own URLLib3Session, whose ``send(prepared_request)`` sends a request."""
+    """The client's own URLLib3Session (its pools' keywords are set through it)."""
     _checked()
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     if not callable(getattr(session, "send", None)):

@@ -203,8 +203,11 @@ class Store:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    client = self._make_client()
-                    self._quick = QuickS3.for_client(client, self.cfg.path_style)
+                    client, ca_bundle = self._make_client()
+                    c = self.cfg
+                    self._quick = QuickS3.for_client(client, c.path_style, ca_bundle=ca_bundle,
+                                                     connect_timeout=c.connect_timeout,
+                                                     read_timeout=c.read_timeout, maxsize=c.max_pool_connections)
                     self._client = client
         return self._client
 
@@ -219,6 +222,7 @@ class Store:
         return self._quick
 
     def _make_client(self):
+        """botocore's client, and the CA bundle its session names (None: botocore's own)."""
         c = self.cfg
         session = botocore.session.Session(profile=c.profile or None)
         try:  # a missing profile surfaces at the first lookup, whichever that is
@@ -237,7 +241,7 @@ class Store:
         # urllib3 sends a file body in 16 KiB read()+send() pairs: 65,000 of each per GiB.
         # 1 MiB blocks cut that 64-fold. (Private in botocore; elsewhere 16 KiB it is.)
         internals.set_upload_blocksize(client, UPLOAD_BLOCK)
-        return client
+        return client, session.get_config_variable("ca_bundle")
 
     @staticmethod
     def _sse(key: bytes | None, source: bool = False) -> dict:
