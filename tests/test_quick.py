@@ -9,6 +9,7 @@ import pytest
 from s3pipefs import errors
 from s3pipefs.config import S3Config
 from s3pipefs.s3 import Store, internals
+from s3pipefs.s3.fastpath import QuickS3
 from s3pipefs.s3.retry import THROTTLE, RateLimiter, RetryPolicy, classify
 from tests.faultproxy import Rule
 
@@ -147,3 +148,16 @@ def test_quick_listing_equals_botocore_listing(store, bucket):
     assert len(list(store.list(bucket, "p/", quick=True))) == len(keys) - 1  # pages joined, q/ left out
     kind, _, _ = _error(lambda: list(store.list("no-such-bucket-quick", "", quick=True)))
     assert kind is errors.BucketNotFound
+
+
+def test_an_endpoint_behind_a_proxy_goes_through_botocore(s3_server, monkeypatch):
+    """The fast path speaks to the endpoint directly; where the environment names a proxy
+    for it, botocore (which honours proxies) sends everything."""
+    store = Store(S3Config(endpoint_url=s3_server.endpoint))
+    assert QuickS3.for_client(store.client, True) is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert QuickS3.for_client(store.client, True) is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert QuickS3.for_client(store.client, True) is not None

@@ -3,6 +3,8 @@ botocore's, and the HTTP framing, reuse and failures a real server can produce a
 as botocore's transport would (same exception classes)."""
 import calendar
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -45,10 +47,12 @@ class _Server:
     n-th request on that connection (None: close the connection without a word; a tuple
     (bytes, "close"): close it after those bytes)."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
         self.answer = answer
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.sock.getsockname()[1]}"
         self.connections = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -167,3 +171,25 @@ def test_transport_failures_are_botocores_exceptions():
     free.close()
     with pytest.raises(botocore.exceptions.EndpointConnectionError):
         Connections(f"http://127.0.0.1:{port}", connect_timeout=2, read_timeout=2).request("HEAD", "/b/k", {})
+
+
+def test_tls_endpoints_are_verified_against_the_ca_bundle(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = _Server(lambda n: _ok(b"secret"), tls=tls, host="localhost")
+    conns = Connections(server.url, connect_timeout=2, read_timeout=5, ca_bundle=str(cert))
+    assert conns.host == f"localhost:{server.sock.getsockname()[1]}"
+    assert conns.request("GET", "/b/k", {}).content == b"secret"
+    assert conns.request("GET", "/b/k", {}).content == b"secret"
+    assert server.connections == 1
+    # A certificate the bundle does not vouch for: no request goes out.
+    other = tmp_path / "other.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "k2.pem"), "-out", str(other)], check=True, capture_output=True)
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        Connections(server.url, connect_timeout=2, read_timeout=5, ca_bundle=str(other)).request("GET", "/b/k", {})
+    server.close()
