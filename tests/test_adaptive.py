@@ -138,7 +138,7 @@ def test_gate_follows_its_size():
 # -- put and cat through a long link ---------------------------------------------------------------
 
 SEGMENT = 1 * MiB
-DATA = 40 * MiB
+DATA = 128 * MiB
 
 
 @pytest.fixture
@@ -173,18 +173,17 @@ def _cat(eng: Engine, bucket: str, key: str) -> tuple[str, adaptive.Concurrency]
         return h.hexdigest(), r.concurrency
 
 
-def test_put_and_cat_over_a_long_link_raise_requests_in_flight(s3_server, bucket, wan, monkeypatch):
-    # 1 MiB segments split into 256 KiB ranged parts once the limit passes the start, so the
-    # ranged path is taken too.
-    monkeypatch.setattr(reader_mod, "PART_SIZE", 256 * KiB)
+def test_put_and_cat_over_a_long_link_raise_requests_in_flight(s3_server, bucket, wan):
+    # 1 MiB segments are too small to split into ranged parts: the reader fetches more of
+    # them ahead instead, within its read-ahead.
     data = make_bytes(DATA, "adaptive-wan")
     eng = _engine(wan.endpoint)
     up = _put(eng, bucket, "wan", data)
-    assert up.limit > 8 and up.peak > 9, up.history  # the producer waited, more uploads paid
+    assert max(up.history) > 8 and up.peak > 9, up.history  # the producer waited, more uploads paid
     digest, down = _cat(eng, bucket, "wan")
     assert digest == hashlib.sha256(data).hexdigest()
-    assert down.limit > 8 and down.peak > 9, down.history
-    assert wan.stats()["requests"].get("GET", 0) > DATA // SEGMENT  # some segments came in parts
+    assert max(down.history) > 8 and down.peak > 9, down.history
+    assert wan.stats()["requests"]["GET"] >= DATA // SEGMENT
 
 
 def test_loopback_keeps_the_start(s3_server, bucket, monkeypatch):

@@ -24,8 +24,7 @@ above ``cap``.
   them: over a long link a 16 MiB request takes seconds. On a latency-bound link the
   per-request rate stays as requests are added and goodput grows with them; on a
   bandwidth- or CPU-bound one it falls as 1/n and goodput stays flat.
-* States. *Steady*: goodput is measured at the current limit (``base``, averaged over
-  rounds). The ``WAITED_ROUNDS``-th round in a row in which the side waited on the
+* States. *Steady*: goodput is measured at the current limit (``base``, the last round's). The ``WAITED_ROUNDS``-th round in a row in which the side waited on the
   network for at least ``WAIT_SHARE`` of the time (one slow request stalls a reader for
   two at most: the one in which the rest of its window lands, and the one it ends)
   raises the limit by a quarter (at least 2, at most to ``cap``) and enters *probing*.
@@ -42,11 +41,14 @@ as the running ones finish.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 MIN_ROUND = 0.25       # seconds: a round is at least this long
 MIN_COMPLETIONS = 4    # and holds at least this many completions begun at its limit
@@ -82,7 +84,8 @@ class Concurrency:
         self._hold_next = HOLD_ROUNDS
         self._streak = 0              # rounds in a row in which the side waited
         self._epoch = 0               # requests count in the rounds of the epoch they began in
-        self._warming = False         # the current round is the first at a new limit
+        self._warming = True          # the current round is the first at a new limit (or at all:
+                                      # a reader's slow start, a writer's first segments)
         self._in_flight = 0
         self.peak = 0                 # the most requests ever in flight at once
         self.history: list[int] = [self.start]  # every limit decided, in order
@@ -157,6 +160,9 @@ class Concurrency:
         elapsed = now - self._round_began
         goodput = (self._area / elapsed) * (self._bytes / self._busy) if self._busy > 0 else 0.0
         waiting = self._waited >= WAIT_SHARE * elapsed
+        log.debug("%d in flight at most%s: %.1f MiB/s over %.2f s (%.1f in flight on average), waited %.0f%%",
+                  self._limit, " (probing)" if self._probing else "", goodput / (1 << 20), elapsed,
+                  self._area / elapsed, 100 * self._waited / elapsed)
         self._streak = self._streak + 1 if waiting else 0
         limit = self._limit
         if self._probing:
@@ -170,7 +176,7 @@ class Concurrency:
             self._good, self._hold_next = limit, HOLD_ROUNDS
             self._base = goodput
         else:
-            self._base = goodput if self._base is None else (self._base + goodput) / 2
+            self._base = goodput
         if self._hold:
             self._hold -= 1
         elif self._streak >= WAITED_ROUNDS and limit < self.cap:

@@ -168,6 +168,10 @@ class StreamWriter:
         cap = cfg.upload_cap if budget is None else min(cfg.max_inflight, budget.threads)
         self.concurrency = adaptive.Concurrency(cfg.workers, cap)
         self._slots = adaptive.Gate(lambda: self.concurrency.limit + 1)
+        # A pool of its own has threads for the cap: the limit holds its uploads to the
+        # limit (a slot more is the one submitted next). A shared pool's threads are the
+        # bound there; none of them waits on one writer's limit.
+        self._running = adaptive.Gate(lambda: self.concurrency.limit) if budget is None else None
         self._stream_hash = hashlib.sha256()
         self._hash_valid = True
         # The stream hash has seen every byte so far, in order (no patch since).
@@ -731,6 +735,8 @@ class StreamWriter:
                 body_crc, length = mf.crc32_bytes(crc32(body)), len(body)
             # The server checks the CRC32 and refuses a body damaged in transit (retried,
             # rewound, by the store: cfg.tries attempts).
+            if self._running is not None:
+                self._running.acquire()
             ticket, landed = self.concurrency.begin(), None
             try:
                 self.store.put(self.bucket, key, body, crc32=store_b64(body_crc), length=length,
@@ -739,6 +745,8 @@ class StreamWriter:
                 landed = length
             finally:
                 self.concurrency.end(ticket, landed)
+                if self._running is not None:
+                    self._running.release()
         with self._cond:
             if index in self._landed:
                 self.rewrites += 1  # a patched segment, landed again
