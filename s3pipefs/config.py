@@ -2,15 +2,18 @@
 
 Bounds (see docs/tuning.md):
 
-* Writer staging disk  <= (workers + 2) * segment_size
-  one segment being filled, ``workers`` uploading, one queued (the backpressure slot);
-  one more for a mount's writer, which keeps a full segment unsealed (writable).
-* Writer memory        ~  workers * 1 MiB (segments stream from their staging files).
+* Writer staging disk  <= (max(workers, max_inflight) + 2) * segment_size
+  one segment being filled, up to the adaptive limit uploading (``workers`` to begin
+  with; ``max_inflight`` at most), one queued (the backpressure slot); one more for a
+  mount's writer, which keeps a full segment unsealed (writable).
+* Writer memory        ~  uploads in flight * 1 MiB (segments stream from their staging files).
 * A mount's writers share one staging budget and upload pool instead (engine/budget.py,
   the mount options ``write_budget`` and ``upload_threads``; docs/tuning.md).
 * Reader memory        <= read_ahead + cache_size + one unit
   A reader fetches and verifies whole segments (streams) or ``block_size`` ranges
-  (plain objects); at most ``min(prefetch, read_ahead // unit)`` units are in flight.
+  (plain objects); ``min(prefetch, read_ahead // unit)`` units are in flight to begin
+  with. Adaptive concurrency adds requests by splitting units into ranged parts (no more
+  memory) or, for units too small to split, fetching more of them, within read_ahead.
 """
 from __future__ import annotations
 
@@ -93,6 +96,10 @@ class TransferConfig:
     prefetch: int = 8
     read_ahead: int = 128 * MiB
     cache_size: int = 32 * MiB
+    # Adaptive concurrency (engine/adaptive.py): requests in flight per transfer rise from
+    # the configured start (workers; a reader's window) toward this while the network, not
+    # the CPU, bounds throughput. At most the start (0): fixed, as configured.
+    max_inflight: int = 32
     # Range size for plain objects (no per-range checksum exists to verify against).
     block_size: int = 8 * MiB
     # Attempts for a stream segment's or an object block's request, instead of
@@ -125,13 +132,20 @@ class TransferConfig:
             raise UsageError(f"workers must be between 1 and 256, not {self.workers}")
         if self.flush_interval < 0:
             raise UsageError(f"flush interval must be >= 0, not {self.flush_interval}")
+        if not 0 <= self.max_inflight <= 256:
+            raise UsageError(f"max inflight must be between 0 and 256, not {self.max_inflight}")
         if self.prefetch < 1 or self.cache_size < 0 or self.read_ahead < 1:
             raise UsageError("prefetch and read_ahead must be >= 1 and cache_size >= 0")
         return self
 
     @property
+    def upload_cap(self) -> int:
+        """The most segments one writer of its own uploads at once (adaptive concurrency's cap)."""
+        return max(self.workers, self.max_inflight)
+
+    @property
     def staging_bound(self) -> int:
-        return (self.workers + 2) * self.segment_size
+        return (self.upload_cap + 2) * self.segment_size
 
     @property
     def reader_memory_bound(self) -> int:

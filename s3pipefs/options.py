@@ -144,6 +144,10 @@ TRANSFER_OPTIONS: tuple[Option, ...] = (
            flags=("--read-ahead",)),
     Option("prefetch", "transfer", "prefetch", whole_number(1, 1024), "segments fetched ahead at most",
            flags=("--prefetch",)),
+    Option("max_inflight", "transfer", "max_inflight", whole_number(0, 256),
+           "requests in flight per transfer at most: adaptive concurrency raises them from --workers "
+           "(a reader: its prefetch window) toward this while the network, not the CPU, bounds "
+           "throughput; 0: fixed at the start", flags=("--max-inflight",)),
     Option("tries", "transfer", "tries", whole_number(1, 100),
            "attempts per segment request, the first included (a failed checksum or a broken transfer "
            "is tried again)", flags=("--tries", "-t")),

@@ -34,6 +34,7 @@ SAMPLES = {
     "cache_size": "16M",
     "read_ahead": "64M",
     "prefetch": "2",
+    "max_inflight": "12",
     "tries": "7",
     "follow_timeout": "2m",
     "poll_interval": "250ms",

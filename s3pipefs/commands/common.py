@@ -37,12 +37,14 @@ def s3_config(args: argparse.Namespace) -> S3Config:
         # --retries sets them apart.
         cfg = dataclasses.replace(cfg, max_attempts=args.tries)
     workers = getattr(args, "workers", TransferConfig.workers)
+    inflight = getattr(args, "max_inflight", TransferConfig.max_inflight)
     return dataclasses.replace(
         cfg,
         endpoint_url=cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         or None,
-        # A connection per request in flight, and spares for the manifest and listing calls.
-        max_pool_connections=max(cfg.max_pool_connections, 2 * workers),
+        # A connection per request in flight (up to adaptive concurrency's cap), and spares
+        # for the manifest and listing calls.
+        max_pool_connections=max(cfg.max_pool_connections, 2 * workers, inflight + 8),
     )
 
 

@@ -41,6 +41,8 @@ def run(a: argparse.Namespace) -> int:
             if "uploaded" in w:
                 line += (f", {human_size(w['uploaded'])} uploaded, {human_size(w['staged'])} staged, "
                          f"{w['segments_in_flight']} segments in flight")
+            if "inflight_limit" in w:
+                line += f" (at most {w['inflight_limit']} now)"
             line += f" [{w['state']}]" + (f" error: {w['error']}" if "error" in w else "")
             print(line)
         for r in doc["readers"]:

@@ -39,9 +39,13 @@ import cachetools
 
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
-from s3pipefs.config import TransferConfig
-from s3pipefs.engine import crypto, manifests
+from s3pipefs.config import MiB, TransferConfig
+from s3pipefs.engine import adaptive, crypto, manifests
 from s3pipefs.s3 import ObjectInfo, ObjectStore
+
+
+# Past the start's window, a unit is split into ranged GETs of at least this many bytes.
+PART_SIZE = 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -318,7 +322,15 @@ class Reader:
         self.max_window = max(1, min(cfg.prefetch, cfg.read_ahead // self._unit_bytes))
         self.window = self.max_window
         self._budget = budget
-        self._pool = cf.ThreadPoolExecutor(min(cfg.workers, self.window + 1), thread_name_prefix="s3pipefs-get")
+        # Requests in flight: the window's, and one spare, to begin with; raised by the
+        # controller while the consumer waits on a link that more requests fill (Adaptive
+        # concurrency, in the module docstring).
+        # A mount's readers: at most what its connection pool is sized for (fs/mount.py).
+        cap = cfg.max_inflight if budget is None else min(
+            cfg.max_inflight, max(cfg.prefetch, budget.total // self._unit_bytes))
+        self.concurrency = adaptive.Concurrency(min(cfg.workers, self.window + 1), cap)
+        self._requests = adaptive.Gate(lambda: self.concurrency.limit)
+        self._pool = cf.ThreadPoolExecutor(self.concurrency.cap, thread_name_prefix="s3pipefs-get")
         self._futs: dict[int, cf.Future] = {}
         # At least one unit, so that small reads walking through a unit don't refetch it.
         self._cache = cachetools.LRUCache(maxsize=max(cfg.cache_size, unit_bytes, 1), getsizeof=len)
@@ -383,7 +395,7 @@ class Reader:
         with self._lock:
             sequential = i in (self._last_unit, self._last_unit + 1)
             if i != self._last_unit:
-                self._ramp = min(2 * self._ramp, self.max_window) if sequential else 1
+                self._ramp = min(2 * self._ramp, self._memory_window()) if sequential else 1
             self._last_unit = i
             cached = self._cache.get(i)
             if cached is not None and i not in self._futs:
@@ -392,6 +404,10 @@ class Reader:
                 return cached
             self._schedule(i, ahead=sequential)
             fut = self._futs[i]
+        if not fut.done():
+            began = time.monotonic()
+            fut.result()
+            self.concurrency.waited(time.monotonic() - began)
         data = fut.result()
         with self._lock:
             self._futs.pop(i, None)
@@ -418,13 +434,33 @@ class Reader:
         self.close()
 
     # -- internals -----------------------------------------------------------------------
+    def _memory_window(self) -> int:
+        """Units the read-ahead holds: read_ahead, or this reader's share of the budget."""
+        ahead = self.cfg.read_ahead if self._budget is None else min(self.cfg.read_ahead, self._budget.share())
+        return max(1, ahead // self._unit_bytes)
+
+    def _shape(self) -> int:
+        """Set the window for the controller's limit and return the parts per unit. At the
+        start: the window of whole units. Past it, units split into ranged parts (more
+        requests, no more memory); units too small to split are fetched further ahead,
+        within the read-ahead."""
+        memory = self._memory_window()
+        base = min(self.max_window, memory)
+        limit = self.concurrency.limit
+        parts = 1
+        # A sealed segment is authenticated whole; a body held already needs no request.
+        if limit > self.concurrency.start and self.plan.cipher is None and getattr(self.plan, "body", None) is None:
+            parts = max(1, min(-(-limit // base), self._unit_bytes // PART_SIZE))
+        self.window = base if limit <= self.concurrency.start else min(memory, max(base, -(-limit // parts)))
+        return parts
+
     def _schedule(self, i: int, ahead: bool = True) -> None:
-        if self._budget is not None:
-            self.window = max(1, min(self.max_window, self._budget.share() // self._unit_bytes))
+        parts = self._shape()
         last = min(len(self.plan.units), i + (min(self.window, self._ramp) if ahead else 1))
         for j in range(i, last):
             if j not in self._futs and j not in self._cache:
-                self._futs[j] = self._pool.submit(self._fetch, j)
+                count = min(parts, self.plan.units[j].length // PART_SIZE)
+                self._futs[j] = _Parts(self, j, count).future if count > 1 else self._pool.submit(self._fetch, j)
 
     def _evict(self, i: int) -> None:
         for j in [j for j in self._futs if j < i or j > i + self.window]:
@@ -447,12 +483,8 @@ class Reader:
             return body[u.start:u.start + u.length]
         while True:
             try:
-                if u.start is None:
-                    data, _ = self.store.get(self.bucket, u.key, sse_key=self.plan.sse_key, verify=check,
-                                             tries=self.cfg.tries)
-                else:
-                    data, _ = self.store.get(self.bucket, u.key, u.start, u.start + u.length, self.plan.sse_key,
-                                             verify=check, tries=self.cfg.tries)
+                end = None if u.start is None else u.start + u.length
+                data, _ = self._get(u.key, u.start, end, check)
                 # Unit i of a stream is segment i + 1; authenticated whole before any byte is used.
                 return cipher.open(i + 1, data, where) if cipher is not None else data
             except errors.NotFound as e:
@@ -460,6 +492,20 @@ class Reader:
                 if self.plan.complete or time.monotonic() > deadline:
                     raise errors.StreamIncomplete(f"{where}: segment missing") from e
                 time.sleep(self.cfg.poll_interval)
+
+    def _get(self, key: str, start: int | None, end: int | None, verify) -> tuple[bytes, ObjectInfo]:
+        """One GET (the whole object when ``start`` is None), let through by the gate of
+        the controller's limit and measured by it."""
+        self._requests.acquire()
+        ticket = self.concurrency.begin()
+        data = None
+        try:
+            data, info = self.store.get(self.bucket, key, start, end, self.plan.sse_key, verify=verify,
+                                        tries=self.cfg.tries)
+            return data, info
+        finally:
+            self.concurrency.end(ticket, None if data is None else len(data))
+            self._requests.release()
 
     def _check_object_md5(self, i: int, data: bytes) -> None:
         """Plain objects: verify the whole-object MD5 when a read has covered it in order."""
@@ -474,6 +520,95 @@ class Reader:
         self._md5_pos += len(data)
         if self._md5_pos == self.plan.size and self._object_md5.hexdigest() != self.plan.info.plain_md5:
             raise errors.IntegrityError(f"{self.plan.where}: MD5 of the object does not match its ETag")
+
+
+class _Parts:
+    """One unit fetched as ``count`` ranged GETs at once, assembled and verified whole.
+
+    Each part is copied into the unit's buffer as it lands, so the unit holds no more
+    than its own bytes, as one GET of it would. The parts must come from one version of
+    the object (one ETag) and together match the unit's checksum; when they do not (the
+    object was replaced meanwhile, or bytes were damaged), or a part finds the object
+    missing, the unit is fetched again whole, verified by its own path. Only for
+    unencrypted units: a sealed segment is authenticated whole, from one GET.
+    """
+
+    def __init__(self, reader: Reader, i: int, count: int):
+        self.future: cf.Future = cf.Future()
+        self._reader, self._i = reader, i
+        self._unit = reader.plan.units[i]
+        step = -(-self._unit.length // count)
+        ranges = [(s, min(s + step, self._unit.length)) for s in range(0, self._unit.length, step)]
+        self._lock = threading.Lock()
+        self._buf: bytearray | None = None  # allocated when the first part lands
+        self._left = len(ranges)
+        self._etags: set[str] = set()
+        self._info: ObjectInfo | None = None
+        self._again = False  # fetch the unit whole once every part is back
+        self._tasks = [reader._pool.submit(self._part, a, b) for a, b in ranges]
+        self.future.add_done_callback(self._stop)
+
+    def _stop(self, fut: cf.Future) -> None:
+        if fut.cancelled():  # evicted or closed: parts not begun never begin
+            for t in self._tasks:
+                t.cancel()
+
+    def _part(self, a: int, b: int) -> None:
+        if self.future.done():
+            return
+        u = self._unit
+        where = f"s3://{self._reader.bucket}/{u.key}"
+
+        def check(data, info) -> None:
+            if len(data) != b - a:
+                raise errors.IntegrityError(f"{where}: {len(data)} bytes at {a}, expected {b - a}")
+        data = info = None
+        try:
+            base = u.start or 0
+            data, info = self._reader._get(u.key, base + a, base + b, check)
+        except (errors.IntegrityError, errors.NotFound):
+            pass  # fetched again whole, below
+        except BaseException as e:  # noqa: BLE001 - the unit's reader raises it
+            self._settle(exc=e)
+            return
+        with self._lock:
+            if data is None:
+                self._again = True
+            else:
+                if self._buf is None:
+                    self._buf = bytearray(u.length)
+                self._buf[a:b] = data
+                self._etags.add(info.etag)
+                self._info = info
+            self._left -= 1
+            last = not self._left
+        del data
+        if last:
+            self._assemble(where)
+
+    def _assemble(self, where: str) -> None:
+        try:
+            if not self._again and len(self._etags) == 1 and self._unit.start is None:
+                try:
+                    _verify_segment(where, self._buf, self._info)
+                except errors.IntegrityError:
+                    self._again = True
+            if self._again or len(self._etags) != 1:
+                self._buf = None
+                self._settle(self._reader._fetch(self._i))
+            else:
+                self._settle(self._buf)
+        except BaseException as e:  # noqa: BLE001 - the unit's reader raises it
+            self._settle(exc=e)
+
+    def _settle(self, data=None, exc: BaseException | None = None) -> None:
+        try:
+            if exc is not None:
+                self.future.set_exception(exc)
+            else:
+                self.future.set_result(data)
+        except cf.InvalidStateError:
+            pass  # cancelled meanwhile, or another part failed first
 
 
 def _verify_segment(where: str, data, info: ObjectInfo) -> None:

@@ -38,16 +38,20 @@ Data flow::
   from that segment on: the segment's CRC32 is recomputed at seal from the staged file
   (one read from the page cache), and the SHA-256 is rewound to the state saved at the
   start of the first stale segment and fed from the staged files at seal, in order.
-* Backpressure: sealing a segment takes a slot of a semaphore sized ``workers + 1``; the
-  writer blocks there instead of staging without limit, never holding ``_stage`` while it
-  waits (a patch of a held segment waits there for that segment's upload to land).
-  Disk use stays within ``(workers + 2) * segment_size``, one segment more with
+* Backpressure: sealing a segment takes an upload slot, of ``limit + 1`` where ``limit``
+  is the uploads at once that adaptive concurrency allows (engine/adaptive.py:
+  ``workers`` to begin with, raised while the writer waits here and more uploads move
+  more bytes, up to ``max_inflight``; for a mount's writer at most the shared pool's
+  threads). The writer blocks there instead of staging without limit, never holding
+  ``_stage`` while it waits (a patch of a held segment waits there for that segment's
+  upload to land). Disk use stays within ``(max(workers, max_inflight) + 2) *
+  segment_size`` (``cfg.staging_bound``), one segment more with
   ``hold_back`` and one more while a patchable writer holds a segment fetched back
   (holes take none). Nothing here waits on the staging budget (engine/budget.py, whose
   ``admit`` the mount calls before a write and which never waits while nothing
   uploads), so no writer waits for disk that only its own close would free.
 * Uploads run on a ``WriteBudget``'s pool (engine/budget.py): the writer's own, of
-  ``workers`` threads, or one shared by every writer of a mount, whose staged files
+  ``max(workers, max_inflight)`` threads (started as needed), or one shared by every writer of a mount, whose staged files
   then charge the mount's staging budget.
 * The manifest only ever counts the *contiguous* run of landed segments, so a reader never
   sees a hole, and a crashed writer leaves a stream whose manifest names only verified data.
@@ -97,7 +101,7 @@ import time
 from s3pipefs import errors, manifest as mf
 from s3pipefs.checksum import crc32
 from s3pipefs.config import TransferConfig
-from s3pipefs.engine import crypto, deletion, manifests
+from s3pipefs.engine import adaptive, crypto, deletion, manifests
 from s3pipefs.engine.budget import WriteBudget
 from s3pipefs.engine.lease import Lease, new_writer_id
 from s3pipefs.engine.reader import Reader, WriterPlan
@@ -158,7 +162,16 @@ class StreamWriter:
         # crc32 bytes). A patchable writer keeps every one (it may land again).
         self._landed: dict[int, tuple[int, bytes]] = {}
         self._futures: set[cf.Future] = set()
-        self._slots = threading.BoundedSemaphore(cfg.workers + 1)
+        # Uploads at once: ``workers`` to begin with, raised while the producer waits for a
+        # slot and more uploads move more bytes (engine/adaptive.py). A mount's writers share
+        # the budget's upload threads: one writer never takes more than all of them.
+        cap = cfg.upload_cap if budget is None else min(cfg.max_inflight, budget.threads)
+        self.concurrency = adaptive.Concurrency(cfg.workers, cap)
+        self._slots = adaptive.Gate(lambda: self.concurrency.limit + 1)
+        # A pool of its own has threads for the cap: the limit holds its uploads to the
+        # limit (a slot more is the one submitted next). A shared pool's threads are the
+        # bound there; none of them waits on one writer's limit.
+        self._running = adaptive.Gate(lambda: self.concurrency.limit) if budget is None else None
         self._stream_hash = hashlib.sha256()
         self._hash_valid = True
         # The stream hash has seen every byte so far, in order (no patch since).
@@ -207,7 +220,7 @@ class StreamWriter:
 
         self._open(mode)
         self._own_budget = budget is None
-        self._budget = WriteBudget.private(cfg.workers) if budget is None else budget
+        self._budget = WriteBudget.private(cfg.upload_cap) if budget is None else budget
         self._staging = StagingDir(cfg.staging_dir, self._budget.charge)
         self._manifest_thread = threading.Thread(target=self._manifest_loop, name="s3pipefs-manifest", daemon=True)
         self._manifest_thread.start()
@@ -329,7 +342,7 @@ class StreamWriter:
             in_flight = len(self._uploading)
         written = self._offset
         return {"written": written, "uploaded": uploaded, "staged": max(0, written - uploaded),
-                "segments_in_flight": in_flight}
+                "segments_in_flight": in_flight, "inflight_limit": self.concurrency.limit}
 
     def write(self, data) -> int:
         """Append ``data`` at the end."""
@@ -682,9 +695,13 @@ class StreamWriter:
             self._submit(index, staged)
 
     def _submit(self, index: int, staged: StagedFile, slot_held: bool = False) -> None:
-        # Backpressure: wait for a free upload slot, but keep noticing failures.
-        while not slot_held and not self._slots.acquire(timeout=0.5):
-            self._check()
+        # Backpressure: wait for a free upload slot, but keep noticing failures. The wait
+        # tells the controller the producer is held back by the network.
+        if not slot_held and not self._slots.acquire(blocking=False):
+            began = time.monotonic()
+            while not self._slots.acquire(timeout=0.5):
+                self._check()
+            self.concurrency.waited(time.monotonic() - began)
         try:
             fut = self._budget.submit(self._upload, index, staged)
         except BaseException:
@@ -718,9 +735,18 @@ class StreamWriter:
                 body_crc, length = mf.crc32_bytes(crc32(body)), len(body)
             # The server checks the CRC32 and refuses a body damaged in transit (retried,
             # rewound, by the store: cfg.tries attempts).
-            self.store.put(self.bucket, key, body, crc32=store_b64(body_crc), length=length,
-                           metadata={"crc32": body_crc.hex(), "gen": self.writer_id}, sse_key=self.sse_key,
-                           tries=self.cfg.tries)
+            if self._running is not None:
+                self._running.acquire()
+            ticket, landed = self.concurrency.begin(), None
+            try:
+                self.store.put(self.bucket, key, body, crc32=store_b64(body_crc), length=length,
+                               metadata={"crc32": body_crc.hex(), "gen": self.writer_id}, sse_key=self.sse_key,
+                               tries=self.cfg.tries)
+                landed = length
+            finally:
+                self.concurrency.end(ticket, landed)
+                if self._running is not None:
+                    self._running.release()
         with self._cond:
             if index in self._landed:
                 self.rewrites += 1  # a patched segment, landed again
