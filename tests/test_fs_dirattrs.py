@@ -208,7 +208,8 @@ def test_folder_objects_of_other_tools_are_directories_never_files(mounter, stor
 
 
 def test_a_listing_costs_one_head_per_directory_as_with_markers(s3_server, store, bucket):
-    """The folder object is HEADed instead of the marker, not as well."""
+    """The folder object is HEADed instead of the marker, not as well, and spares the
+    probe of its prefix."""
     from tests.test_fs_links import Counted
 
     for i in range(20):
@@ -222,6 +223,9 @@ def test_a_listing_costs_one_head_per_directory_as_with_markers(s3_server, store
     listed = dict(fs.readdir("/p"))
     assert sorted(listed) == [".", "..", *sorted(f"d{i}" for i in range(20))]
     assert counted.calls.get("head", 0) == 20, counted.calls
+    # A prefix listed beside its folder object is a directory without a probe: the stream
+    # test (its manifest) and the emptiness test (one key under it) only for the others.
+    assert counted.calls.get("get", 0) == 10 and counted.calls.get("any_key", 0) == 10, counted.calls
     modes = {i: stat.S_IMODE(fs.getattr(f"/p/d{i}")["st_mode"]) for i in range(20)}
     assert modes == {i: 0o700 if i % 2 else 0o755 for i in range(20)}
 

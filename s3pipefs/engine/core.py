@@ -178,9 +178,15 @@ class Engine:
                 objects.append(item)
         entries = [Entry("object", bucket, o.key, size=o.size, mtime=o.last_modified, etag=o.etag)
                    for o in objects if not o.key.endswith("/")]
+        folders = {o.key for o in objects if objattrs.folder_of(o.key)}
 
         # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
+            name = p.rstrip("/")
+            if objattrs.folder_key(name) in folders:
+                # Listed beside its folder object: a directory (only directories get one,
+                # engine/objattrs.py), with no request to probe it (kinds.py).
+                return Entry(kinds.DIR, bucket, name, folder_object=True)
             try:
                 found = kinds.find(self.store, bucket, p, sse_key=self.request.sse_key)
             except (errors.KeyNeeded, errors.WrongKey):

@@ -11,7 +11,9 @@ cp's source check. The order is the precedence:
    listing a prefix whose last object was deleted; S3 never does, so a prefix with no
    object under it is nothing. ``probe`` also sees the folder object ``KEY_$folder$``
    (engine/objattrs.py) in its listing: it marks the directory as keeping its attributes
-   there, and alone it is an empty directory (s3fs-fuse's old style).
+   there, and alone it is an empty directory (s3fs-fuse's old style). Only directories
+   get one, so Engine.listdir takes a common prefix listed beside its folder object for a
+   directory without asking (two requests fewer per directory of a tree).
 
 The empty key is the bucket itself: a directory once the bucket is known to exist.
 
