@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from s3pipefs.engine import Engine
+from s3pipefs.fs import namespace
 from s3pipefs.fs.filesystem import Filesystem
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3.inmemory import MemoryStore
@@ -217,16 +218,35 @@ def test_a_listing_fetches_only_objects_small_enough_to_be_links(store, bucket):
     # One small GET per link, its target included (+ the directory's own manifest lookup).
     assert n <= counted.calls.get("get", 0) <= n + 1, counted.calls
     assert counted.calls.get("head", 0) <= 2, counted.calls  # (the directory's own lookup)
+    # Larger objects: a HEAD each, in the listing's own round (their times, modes and
+    # owners), and none at their stats within the TTL.
     counted.calls.clear()
     fs.readdir("/big")
-    assert counted.calls.get("get", 0) <= 1 and counted.calls.get("head", 0) <= 2, counted.calls
-    # Their metadata (times, modes, owners) comes with the first stat of each: a HEAD,
-    # once per TTL.
+    assert counted.calls.get("get", 0) <= 1 and n <= counted.calls.get("head", 0) <= n + 2, counted.calls
     for _ in range(2):
         for i in range(n):
             assert stat.S_ISREG(fs.getattr(f"/big/o{i:03d}")["st_mode"])
     assert counted.calls.get("get", 0) <= 1 and n <= counted.calls.get("head", 0) <= n + 2, counted.calls
     print(f"\nreaddir of {n} links: {t_links * 1000:.0f} ms ({n} GETs in parallel)")
+
+
+def test_a_crowded_listing_leaves_larger_objects_to_their_first_stat(store, bucket, monkeypatch):
+    """Past DESCRIBED_AT_LISTING larger objects a listing HEADs none of them (ls and find
+    there do not wait for them all); the first stat HEADs the listing's rest, once."""
+    monkeypatch.setattr(namespace, "DESCRIBED_AT_LISTING", 50)
+    n = 120
+    for i in range(n):
+        store.put(bucket, f"big/o{i:03d}", b"x" * 5000, metadata={"mode": str(stat.S_IFREG | 0o600)})
+    counted = Counted(store)
+    fs = Filesystem(Engine(counted), bucket, "", FsConfig(metadata_ttl=60))
+    fs.readdir("/")
+    counted.calls.clear()
+    assert len(fs.readdir("/big")) == n + 2
+    assert counted.calls.get("head", 0) == 0 and counted.calls.get("get", 0) <= 1, counted.calls
+    for _ in range(2):
+        for i in range(n):
+            assert stat.S_IMODE(fs.getattr(f"/big/o{i:03d}")["st_mode"]) == 0o600
+    assert counted.calls.get("head", 0) == n, counted.calls
 
 
 # -- real trees through real tools -------------------------------------------------------------------

@@ -21,10 +21,14 @@ Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
 Symlinks, owners and modes of objects and directories live in their user metadata
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
 listing therefore GETs, in parallel, each object small enough to be a symlink (at most
-LINK_MAX bytes: a link's body is its target path, which comes along) and HEADs each
-directory's marker (or its folder object, see below); larger objects, which no symlink
-is, cost nothing more. ``ls -l`` of 1000 streams costs what it did, of 1000 symlinks or
-small objects one LIST and 1000 small GETs (see docs/mount.md).
+LINK_MAX bytes: a link's body is its target path, which comes along), HEADs each
+larger object, and HEADs each directory's marker (or its folder object, see below), all
+in one round of LISTING_HEADS at a time: ``ls -l``, ``rsync``, ``diff -r`` and ``rm -rf``
+stat every name, so a second round at the first stat only added a wait per directory.
+A directory with more than DESCRIBED_AT_LISTING larger objects leaves them to their
+first stat (``_described``), so that ``ls`` or ``find`` there does not wait for them all.
+``ls -l`` of 1000 streams costs what it did, of 1000 symlinks or small objects one LIST
+and 1000 small GETs (see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
@@ -79,6 +83,9 @@ LINK_MAX = 4095
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
+# A listing describes (HEADs) its larger objects too, with the rest of its requests, unless
+# it holds more of them than this: then each is described at its first stat (_described).
+DESCRIBED_AT_LISTING = 1000
 # Parallel copies and deletes of a directory's rename.
 RENAME_WORKERS = 16
 
@@ -174,13 +181,14 @@ class Namespace:
             return listing.get(name) if listing is not None else _UNLISTED
 
     def _described(self, path: str, entry: Entry | None) -> Entry | None:
-        """A listed entry with its metadata: an object too large to be a link was listed
-        without it (metadata None); its first lookup HEADs it, once per TTL.
+        """A listed entry with its metadata: an object a listing left undescribed
+        (metadata None: one of a crowded directory's larger objects, or one whose HEAD
+        failed there) is HEADed at its first lookup, once per TTL.
 
         The first such lookup in a listing predicts the rest (``ls -l``, ``rsync``,
         ``diff -r`` stat every name they list), so it HEADs the listing's other
         undescribed objects too, LISTING_HEADS at a time, and waits only for its own.
-        A listing nobody stats (``rm -rf``, ``find -name``) costs no HEAD."""
+        A crowded listing nobody stats (``find -name``) costs no HEAD."""
         if entry is None or entry.metadata is not None:
             return entry
         parent, _ = split(path)
@@ -244,9 +252,16 @@ class Namespace:
     def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
         """An entry of a listing with its metadata (see the module docstring); None: the
         object went away meanwhile. A small object is fetched whole, which costs what a
-        HEAD does and brings a link's target along (ls -l reads every one)."""
+        HEAD does and brings a link's target along (ls -l reads every one); a larger one
+        is HEADed."""
         if entry.kind == "dir":
             return self._with_marker(entry)
+        if not _small(entry):
+            try:
+                info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
+            except (errors.KeyNeeded, errors.WrongKey):
+                return replace(entry, metadata=None)  # its first stat says why (_described)
+            return self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
         try:
             body, info = self.store.get(self.bucket, entry.key, sse_key=self._sse)
         except errors.NotFound:
@@ -295,20 +310,21 @@ class Namespace:
             if old is None or _rank(e) < _rank(old):
                 listing[name] = e
         _fold_folder_objects(listing, self.bucket, prefix)
-        wanted = []  # directories and objects small enough to be links: fetched below
+        # Directories and objects, described below; in a crowded directory, only the
+        # objects small enough to be links (the rest at their first stat: _described).
+        crowded = sum(e.kind == "object" and not _small(e) for e in listing.values()) > DESCRIBED_AT_LISTING
+        wanted = []
         for name, e in listing.items():
-            if e.kind == "dir" or (e.kind == "object" and 0 < e.size <= LINK_MAX):
+            if e.kind == "dir" or (e.kind == "object" and not (crowded and not _small(e))):
                 wanted.append(name)
             elif e.kind == "object":
                 listing[name] = replace(e, metadata=None)  # not known yet: see _described
-        if wanted:
-            with cf.ThreadPoolExecutor(min(LISTING_HEADS, len(wanted))) as pool:
-                found = pool.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
-                for name, e in zip(wanted, found):
-                    if e is None:
-                        del listing[name]
-                    else:
-                        listing[name] = e
+        found = self._heads.map(lambda n: self._with_metadata(posixpath.join(path, n), listing[n]), wanted)
+        for name, e in zip(wanted, found):
+            if e is None:
+                del listing[name]
+            else:
+                listing[name] = e
         with self._lock:
             self._listings[path] = listing
         return listing
@@ -656,6 +672,11 @@ def _fold_folder_objects(listing: dict[str, Entry], bucket: str, prefix: str) ->
             listing[dirname] = Entry("dir", bucket, prefix + dirname, mtime=folder.mtime, folder_object=True)
         elif found.kind == "dir":
             listing[dirname] = replace(found, folder_object=True)
+
+
+def _small(e: Entry) -> bool:
+    """Small enough to be a symlink: a listing fetches it whole."""
+    return 0 < e.size <= LINK_MAX
 
 
 def _rank(e: Entry) -> int:
