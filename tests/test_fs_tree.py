@@ -267,3 +267,29 @@ def test_rm_rf_sends_its_deletes_concurrently_and_a_name_reused_at_once_survives
         assert (m / "again" / "x").read_bytes() == b"new %d" % round_
     body, _ = engine.store.get(bucket, "again/x")
     assert body == b"new 19"
+
+
+def test_a_shell_redirection_costs_one_put_and_an_empty_file_exists_at_its_close(mounter, fault_proxy, engine,
+                                                                                  bucket, tmp_path):
+    """`cmd > f`: the shell closes its own descriptor of f before cmd writes; that close
+    is not the file's (the process holds f open still), so it costs no empty PUT. A file
+    whose last descriptor closes empty exists in S3 when close(2) returns."""
+    m = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="120")
+    os.mkdir(m / "r")
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(300_000))
+    fault_proxy.reset_log()
+    for i in range(5):
+        subprocess.run(["sh", "-c", f"exec cat {data} > {m / 'r' / f'x{i}'}"], check=True)
+    puts = [s for s in fault_proxy.requests if s.method == "PUT"]
+    assert len(puts) == 5, [s.path for s in puts]
+    assert all(engine.store.get(bucket, f"r/x{i}")[0] == data.read_bytes() for i in range(5))
+    # Closed empty, on every descriptor: made at the last close, before it returns.
+    subprocess.run(["sh", "-c", f": > {m / 'r' / 'empty'}"], check=True)
+    assert engine.store.head(bucket, "r/empty").size == 0
+    fd = os.open(m / "r" / "dup", os.O_WRONLY | os.O_CREAT, 0o644)
+    fd2 = os.dup(fd)
+    os.close(fd)  # held still on fd2: nothing stored yet
+    assert engine.store.head(bucket, "r/dup") is None
+    os.close(fd2)
+    assert engine.store.head(bucket, "r/dup").size == 0

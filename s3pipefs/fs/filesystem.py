@@ -417,10 +417,12 @@ class Filesystem:
             raise fserrors.BadHandle(f"{self.ns.where(h.path)}: not open for writing")
         return h.write(data, offset, owner)
 
-    def flush(self, fh: int, owner: int | None = None) -> None:
+    def flush(self, fh: int, owner: int | None = None, held: Callable[[], bool] | None = None) -> None:
+        """close(2) of one descriptor; ``held()``: the closing process still holds the file
+        open for writing on another descriptor (asked only where it matters)."""
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle):
-            h.flush(owner)
+            h.flush(owner, held)
 
     def fsync(self, fh: int) -> None:
         h = self.handles.get(fh)

@@ -227,7 +227,7 @@ def serve(plan: MountPlan, ready: daemon.Readiness, capture: daemon.StderrCaptur
             logging.shutdown()
             os._exit(0)
 
-    ops = Operations(fs, on_init=on_init, debug=opts.daemon.debug)
+    ops = Operations(fs, on_init=on_init, debug=opts.daemon.debug, mountpoint=resolved)
     daemon.SignalWatcher(on_stop, foreground=opts.daemon.foreground).start()
     try:
         fuselib.FUSE(ops, plan.mountpoint, **_fuse_kwargs(plan, fuselib))

@@ -16,7 +16,7 @@ import logging
 from typing import Callable
 
 from s3pipefs import errors
-from s3pipefs.fs import fuselib, names
+from s3pipefs.fs import fuselib, holders, names
 from s3pipefs.fs.filesystem import QUIET_ERRNOS, Filesystem, Opened
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,9 @@ class Operations(fuselib.Operations):
     use_ns = True  # st_*time in nanoseconds
 
     def __init__(self, fs: Filesystem, *, on_init: Callable[[], None] | None = None,
-                 on_destroy: Callable[[], None] | None = None, debug: bool = False):
+                 on_destroy: Callable[[], None] | None = None, debug: bool = False, mountpoint: str = ""):
         self.fs = fs
+        self.mountpoint = mountpoint  # resolved, as /proc names files under it (fs/holders.py)
         self.on_init = on_init
         self.on_destroy = on_destroy
         self.debug = debug
@@ -144,7 +145,12 @@ class Operations(fuselib.Operations):
     @_op
     def flush(self, path, fi):
         # The lock owner tells which process closes: only its own writes make it commit.
-        self.fs.flush(_fh(fi), _owner(fi))
+        # A close of a created, unwritten file while the same process holds it open for
+        # writing elsewhere (a shell's `cmd > f`) is not the file's close (fs/holders.py).
+        pid = fuselib.context()[2]
+        where = self.mountpoint + path if self.mountpoint and path else ""
+        self.fs.flush(_fh(fi), _owner(fi),
+                      held=lambda: bool(where) and holders.holds_for_writing(pid, where))
         return 0
 
     @_op

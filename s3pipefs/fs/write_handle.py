@@ -383,8 +383,9 @@ class WriteHandle:
                     raise
             self._become("fsync")
 
-    def flush(self, owner: int | None = None) -> None:
-        """close(2) of one descriptor: commit if the closing process wrote since the last commit."""
+    def flush(self, owner: int | None = None, held: Callable[[], bool] | None = None) -> None:
+        """close(2) of one descriptor: commit if the closing process wrote since the last
+        commit. ``held()``: that process still holds the file open for writing."""
         with self._lock:
             target = self._allow("flush")
             if target is self._state:
@@ -392,7 +393,10 @@ class WriteHandle:
             if target is S.CLAIMED:
                 # Created or truncated, nothing written yet: take the file now, so that it
                 # exists (a stream being written, or an empty object) once close(2)
-                # returns. Its release commits it.
+                # returns. Its release commits it. Unless the closing process holds it
+                # open still (`cmd > f`): the last close makes it exist, or commits it.
+                if held is not None and held():
+                    return
                 self._writer = self._take_stream()
                 try:
                     self._writer.claim()
