@@ -468,3 +468,39 @@ def test_a_sequential_writer_reads_nothing_back(store, cfg, monkeypatch):
         w.write(data)
     assert len(reads) == 2 + 5  # then the hash is behind: each segment after it once, at seal
     check_stream(store, eng, "p", data[:4 * SEG + 1] + b"!" + data[4 * SEG + 2:] + data)
+
+
+class _LostReply(MemoryStore):
+    """A store whose first conditional PUT of a key lands and then answers 412, as a
+    retried PUT whose first reply was lost meets its own write."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost: set[str] = set()
+
+    def put(self, bucket, key, body, **kw):
+        etag = super().put(bucket, key, body, **kw)
+        if kw.get("if_none_match") and key not in self.lost:
+            self.lost.add(key)
+            raise errors.Busy(f"s3://{bucket}/{key}: changed by another writer")
+        return etag
+
+
+@pytest.mark.parametrize("size", [1000, 3 * MiB // 2])  # a body in memory, a body from its staging file
+def test_a_file_put_that_meets_its_own_landed_write_succeeds_and_another_s_is_refused(tmp_path, size):
+    store = _LostReply()
+    store.create_bucket("b")
+    eng = Engine(store, TransferConfig(segment_size=4 * MiB, staging_dir=str(tmp_path)))
+    data = os.urandom(size)
+    w = eng.open_file_writer("b", "mine", existing=None)
+    w.pwrite(0, data)
+    w.close()
+    assert store.get("b", "mine")[0] == data and w.committed.etag == hashlib.md5(data).hexdigest()
+    # Another writer's bytes under the name: refused, and they stay.
+    store.lost.add("theirs")
+    w = eng.open_file_writer("b", "theirs", existing=None)
+    w.pwrite(0, data)
+    store.put("b", "theirs", b"x" * size)
+    with pytest.raises(errors.Busy, match="created meanwhile"):
+        w.close()
+    assert store.get("b", "theirs")[0] == b"x" * size

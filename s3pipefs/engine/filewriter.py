@@ -345,17 +345,17 @@ class FileWriter:
             self._refuse_if_stream_taken()
         meta = self._metadata()
         staged, size = self._staged, self._size
-        md5 = hashlib.md5()
         small = size <= _IN_MEMORY
         body = bytearray()
-        if staged is not None:
-            # One read of the staged bytes: their CRC32 (staged.crc), MD5 and, if small, the body.
-            staged.read_back(lambda chunk: (md5.update(chunk), body.extend(chunk) if small else None))
+        if staged is not None and (small or staged.patched):
+            # One read of the staged bytes, for the body of a small file and for the CRC32
+            # of a patched one; otherwise staged.crc was taken as the bytes were staged.
+            staged.read_back(body.extend if small else None)
         crc = staged.crc if staged is not None else 0
         if not small:
             body = open(staged.path, "rb")
         try:
-            etag = self._put_new(bytes(body) if small else body, size, crc, md5.hexdigest(), meta, small)
+            etag = self._put_new(bytes(body) if small else body, size, crc, meta, small)
         finally:
             if not small:
                 body.close()
@@ -368,7 +368,7 @@ class FileWriter:
         """The object's metadata: the attributes this file has, as s3fs-fuse keeps them."""
         return objattrs.updated({}, stat.S_IFREG, **{k: v for k, v in self._attrs.items() if v is not None})
 
-    def _put_new(self, body, size: int, crc: int, md5: str, meta: dict, small: bool) -> str:
+    def _put_new(self, body, size: int, crc: int, meta: dict, small: bool) -> str:
         """PUT the file; a name that was free at open only while it still is. Returns the ETag."""
         for _ in range(_CONDITION_TRIES):
             try:
@@ -379,7 +379,7 @@ class FileWriter:
                                       sse_key=self.sse_key, quick=small)
             except errors.Busy:
                 info = self.store.head(self.bucket, self.key, sse_key=self.sse_key)
-                if info is not None and info.plain_md5 == md5 and info.size == size:
+                if info is not None and info.size == size and info.plain_md5 == _md5_of(body, small):
                     return info.etag  # a retried PUT whose first reply was lost met its own write
                 if info is not None:
                     raise errors.Busy(f"{self.where}: created meanwhile by another writer; this file's "
@@ -446,3 +446,14 @@ class FileWriter:
                 return self._cond.wait_for(lambda: self._size > offset or self.closed or self._error is not None
                                            or self._stream is not None, timeout)
         return stream.wait_written(offset, timeout)
+
+
+def _md5_of(body, small: bool) -> str:
+    """The hex MD5 of a PUT's body (bytes, or a file read from its start and rewound):
+    asked only when a conditional PUT was refused, to tell our own landed write."""
+    if small:
+        return hashlib.md5(body).hexdigest()
+    body.seek(0)
+    digest = hashlib.file_digest(body, "md5").hexdigest()
+    body.seek(0)
+    return digest
