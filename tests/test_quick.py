@@ -161,3 +161,23 @@ def test_an_endpoint_behind_a_proxy_goes_through_botocore(s3_server, monkeypatch
     assert QuickS3.for_client(store.client, True) is None
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert QuickS3.for_client(store.client, True) is not None
+
+
+@pytest.mark.parametrize("content_type", [None, "text/x-kept"])
+def test_a_quick_copy_replacing_metadata_stores_what_botocore_would(store, bucket, content_type):
+    """A copy that changes an object's attributes in place (chmod, chown, touch of a file
+    on the mount) replaces its metadata, and its content type when given."""
+    data = b"attributes change, bytes stay"
+    for quick in (False, True):
+        key = f"attrs-{quick}"
+        store.put(bucket, key, data, metadata={"mode": "33188"}, content_type="text/x-first")
+        before = store.quick_requests
+        store.copy(bucket, key, bucket, key, metadata={"mode": "33261", "uid": "1000"},
+                   content_type=content_type, quick=quick)
+        assert (store.quick_requests > before) == quick
+    slow, fast = (store.get(bucket, f"attrs-{q}") for q in (False, True))
+    assert fast[0] == slow[0] == data
+    assert fast[1].metadata == slow[1].metadata == {"mode": "33261", "uid": "1000"}
+    assert fast[1].content_type == slow[1].content_type
+    if content_type:
+        assert fast[1].content_type == content_type

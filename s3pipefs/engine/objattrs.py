@@ -120,7 +120,7 @@ def store_attrs(store: ObjectStore, bucket: str, key: str, *, directory: bool, s
         marker = key + "/" if key else ""
         info = store.head(bucket, marker, sse_key=sse_key) if marker else None
         meta = updated(info.metadata if info is not None else {}, stat.S_IFDIR, **attrs)
-        store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE, sse_key=sse_key)
+        store.put(bucket, marker, b"", metadata=meta, content_type=DIR_CONTENT_TYPE, sse_key=sse_key, quick=True)
         return store.head(bucket, marker, sse_key=sse_key)
     return copy_with_attrs(store, bucket, key, key, sse_key=sse_key, **attrs)
 
@@ -135,7 +135,7 @@ def copy_with_attrs(store: ObjectStore, bucket: str, key: str, to: str, *, sse_k
         return None
     meta = updated(info.metadata, stat.S_IFREG, **attrs)
     etag = store.copy(bucket, key, bucket, to, metadata=meta, content_type=info.content_type or None,
-                      source_sse_key=sse_key, sse_key=sse_key)
+                      source_sse_key=sse_key, sse_key=sse_key, quick=True)
     return ObjectInfo(to, info.size, etag or info.etag, time.time(), meta, info.content_type)
 
 

@@ -50,7 +50,10 @@ class StagingDir:
         return StagedFile(os.path.join(self.path, name), self._charge)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.rmdir(self.path)  # the usual case: each staged file was removed already
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 class StagedFile:

@@ -388,7 +388,7 @@ class Namespace:
             info = self.store.head(self.bucket, key, sse_key=self._sse)
             base = info.metadata if info is not None else {}
         meta = objattrs.updated(base, stat.S_IFDIR, **attrs)
-        self.store.put(self.bucket, key, b"", metadata=meta, sse_key=self._sse)
+        self.store.put(self.bucket, key, b"", metadata=meta, sse_key=self._sse, quick=True)
         with self._lock:
             self._folder_meta[key] = meta
 
@@ -396,7 +396,8 @@ class Namespace:
     def mkdir(self, path: str) -> None:
         if self.lookup(path, fresh=True) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
-        self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse)
+        self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse,
+                       quick=True)
         # Shown as other mounts show it: the marker's time, which S3 keeps in whole seconds.
         self.remember(path, Entry("dir", self.bucket, self.key(path), mtime=float(int(time.time()))))
         with self._lock:
@@ -410,7 +411,8 @@ class Namespace:
         self.deletes.wait(self.key(path))  # an unlinked object of that name must be gone first
         try:
             self.store.put(self.bucket, self.key(path), body, metadata=objattrs.link_metadata(uid, gid),
-                           content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True, sse_key=self._sse)
+                           content_type=objattrs.LINK_CONTENT_TYPE, if_none_match=True, sse_key=self._sse,
+                           quick=True)
         except errors.Busy:
             raise errors.Exists(f"{self.where(path)}: created meanwhile") from None
         finally:
@@ -610,19 +612,20 @@ class Namespace:
                     raise errors.Exists(f"{self.where(new)}: exists (a directory with contents moves only "
                                         "to a new name)")
                 try:
-                    self.store.put(self.bucket, nkey + "/", b"", if_none_match=True, **top)
+                    self.store.put(self.bucket, nkey + "/", b"", if_none_match=True, quick=True, **top)
                 except errors.Busy:
                     raise errors.Exists(f"{self.where(new)}: created meanwhile (by another rename)") from None
                 self.invalidate(new)
         else:
             if dst is not None and self._has_content(nkey):
                 raise errors.NotEmpty(f"{self.where(new)}: directory not empty")
-            self.store.put(self.bucket, nkey + "/", b"", **top)
+            self.store.put(self.bucket, nkey + "/", b"", quick=True, **top)
         with self._lock:
             self._folder_meta.pop(objattrs.folder_key(nkey), None)
             self._folder_meta.pop(objattrs.folder_key(okey), None)
         if src.folder_object:
-            self.store.put(self.bucket, objattrs.folder_key(nkey), b"", metadata=src.metadata, sse_key=self._sse)
+            self.store.put(self.bucket, objattrs.folder_key(nkey), b"", metadata=src.metadata, sse_key=self._sse,
+                           quick=True)
         elif dst is not None and dst.folder_object:
             self.store.delete(self.bucket, objattrs.folder_key(nkey))  # the replaced directory's attributes
         streams = sorted({o.key[:-len(MANIFEST_SUFFIX)] for o in held if o.key.endswith(MANIFEST_SUFFIX)})
@@ -634,7 +637,7 @@ class Namespace:
         def copy(k: str) -> None:
             to = nkey + k[len(okey):]
             if k.endswith("/"):
-                self.store.put(self.bucket, to, b"", **marker)
+                self.store.put(self.bucket, to, b"", quick=True, **marker)
             else:
                 self.engine.copy(self.bucket, k, self.bucket, to, kind="stream" if k in streams else "object")
 

@@ -79,9 +79,11 @@ class QuickS3:
         r = self._send("PUT", bucket, key, body, {k.lower(): v for k, v in headers.items()}, "PutObject")
         return r.headers.get("etag", "").strip('"')
 
-    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> str:
-        """Server-side CopyObject (metadata kept); returns the new ETag."""
-        headers = {"x-amz-copy-source": f"/{src_bucket}/{quote(src_key, safe='/~')}"}
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, headers: dict[str, str] | None = None) -> str:
+        """Server-side CopyObject; returns the new ETag. The metadata is kept, unless
+        ``headers`` (as S3 names them) replace it (x-amz-metadata-directive: REPLACE)."""
+        headers = {**{k.lower(): v for k, v in (headers or {}).items()},
+                   "x-amz-copy-source": f"/{src_bucket}/{quote(src_key, safe='/~')}"}
         r = self._send("PUT", bucket, key, b"", headers, "CopyObject")
         # S3 may answer a copy with 200 and an <Error> body when it fails late.
         root = _xml(r.content)

@@ -433,10 +433,15 @@ class Store:
 
         ``quick`` as for put(): many small requests, which may skip botocore's pipeline.
         """
-        fast = self._quick_path() if quick and metadata is None and not (
-            source_sse_key or sse_key) else None
+        fast = self._quick_path() if quick and not (source_sse_key or sse_key) else None
         if fast is not None:
-            return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key), bucket, key, "copy to")
+            headers = {}
+            if metadata is not None:
+                headers = {"x-amz-metadata-directive": "REPLACE",
+                           **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+                if content_type:
+                    headers["Content-Type"] = content_type
+            return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key, headers), bucket, key, "copy to")
         kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},
               **self._sse(sse_key), **self._sse(source_sse_key, source=True)}
         if metadata is not None:
