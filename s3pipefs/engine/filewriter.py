@@ -346,16 +346,17 @@ class FileWriter:
         meta = self._metadata()
         staged, size = self._staged, self._size
         small = size <= _IN_MEMORY
-        body = bytearray()
-        if staged is not None and (small or staged.patched):
-            # One read of the staged bytes, for the body of a small file and for the CRC32
-            # of a patched one; otherwise staged.crc was taken as the bytes were staged.
-            staged.read_back(body.extend if small else None)
-        crc = staged.crc if staged is not None else 0
-        if not small:
+        if staged is None:
+            body = b""
+        elif small:
+            body = staged.contents()  # one read, into the bytes that are sent
+        else:
+            if staged.patched:
+                staged.read_back()  # its running CRC32 is stale
             body = open(staged.path, "rb")
+        crc = staged.crc if staged is not None else 0
         try:
-            etag = self._put_new(bytes(body) if small else body, size, crc, meta, small)
+            etag = self._put_new(body, size, crc, meta, small)
         finally:
             if not small:
                 body.close()

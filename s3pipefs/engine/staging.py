@@ -140,6 +140,25 @@ class StagedFile:
         self.crc = crc
         self.patched = False
 
+    def contents(self) -> bytes:
+        """Every staged byte in one buffer (a small file's body, sent from memory), with
+        the CRC32 brought up to date when a patch made it stale."""
+        parts, pos = [], 0
+        try:
+            while pos < self.size:
+                chunk = os.pread(self.fd, self.size - pos, pos)
+                if not chunk:
+                    raise OSError(errno.EIO, f"staging file ended at {pos} of {self.size} bytes")
+                parts.append(chunk)
+                pos += len(chunk)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self.patched:
+            self.crc = crc32(data)
+            self.patched = False
+        return data
+
     def _pwrite(self, view: memoryview, pos: int) -> None:
         try:
             while view:
