@@ -193,3 +193,13 @@ def test_tls_endpoints_are_verified_against_the_ca_bundle(tmp_path):
     with pytest.raises(botocore.exceptions.EndpointConnectionError):
         Connections(server.url, connect_timeout=2, read_timeout=5, ca_bundle=str(other)).request("GET", "/b/k", {})
     server.close()
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent():
+    server = _Server(lambda n: _ok(b"never"))
+    conns = _conns(server)
+    for headers in ({"content-type": "text/plain\r\nx-injected: 1"}, {"x-amz-meta-a": "b\nc"}):
+        with pytest.raises(ValueError):
+            conns.request("PUT", "/b/k", headers, b"body")
+    assert server.connections == 0
+    server.close()

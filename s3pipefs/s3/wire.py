@@ -159,6 +159,10 @@ class Connections:
         """Send one request (``target``: path and query, encoded) and read the reply's head."""
         head = [f"{method} {target} HTTP/1.1"]
         head += [f"{k}: {v}" for k, v in headers.items()]
+        if any(c in line for line in head for c in "\r\n\0"):
+            # A header value from outside (a content type, metadata) must not end the
+            # head early or start a second request.
+            raise ValueError("a request line or header holds a line break")
         if body or method in ("PUT", "POST"):
             head.append(f"content-length: {len(body)}")
         wire = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
