@@ -467,3 +467,33 @@ def test_files_from_copies_exactly_the_listed_keys(store, bucket, bucket2, s3_se
         assert sorted(a["path"] for a in rep["actions"]) == sorted(
             k for k in listed if not k.startswith("nope") and shard_of(k, 2) == i)
     assert sorted(listing(store, bucket2, "sh/")) == ["sh/a.txt", "sh/b.txt", "sh/c d.txt", "sh/skip.txt"]
+
+
+def test_a_tree_a_mount_made_syncs_down_and_back_without_its_directory_objects(tmp_path, store, bucket, s3_server):
+    """Directory markers (``d/``) and folder objects (``d_$folder$``), which a mount keeps
+    for its directories, are no files: syncing such a tree down makes none of them and
+    fails on none, and a --delete sync back up leaves them alone."""
+    store.put(bucket, "m/d/", b"", content_type="application/x-directory")
+    store.put(bucket, "m/d_$folder$", b"", metadata={"mode": str(0o40700)})
+    store.put(bucket, "m/d/f", b"in d")
+    store.put(bucket, "m/d/e/", b"", content_type="application/x-directory")
+    store.put(bucket, "m/empty_$folder$", b"", metadata={"mode": str(0o40755)})
+    store.put(bucket, "m/top", b"at the top")
+    out = tmp_path / "out"
+    rc, rep, err = sync_json(s3_server, f"s3://{bucket}/m", str(out))
+    assert (rc, rep["copied"], rep["failed"]) == (0, 2, 0), err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["d/f", "top"]
+    rc, rep, err = sync_json(s3_server, "--delete", str(out), f"s3://{bucket}/m")
+    assert (rc, rep["copied"], rep["deleted"]) == (0, 0, 0), err
+    assert {"m/d/", "m/d_$folder$", "m/d/e/", "m/empty_$folder$"} <= set(listing(store, bucket, "m/"))
+
+
+def test_ls_shows_folder_objects_as_the_directories_they_stand_for(store, bucket, s3_server):
+    store.put(bucket, "l/d/x", b"x")
+    store.put(bucket, "l/d_$folder$", b"", metadata={"mode": str(0o40700)})
+    store.put(bucket, "l/alone_$folder$", b"")
+    store.put(bucket, "l/file", b"f")
+    r = run_cli(s3_server, "ls", f"s3://{bucket}/l/")
+    assert r.returncode == 0, r.stderr
+    shown = sorted(line.split()[-1] for line in r.stdout.decode().splitlines())
+    assert shown == [f"s3://{bucket}/l/alone/", f"s3://{bucket}/l/d/", f"s3://{bucket}/l/file"], r.stdout

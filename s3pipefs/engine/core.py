@@ -165,7 +165,8 @@ class Engine:
                      metadata=info.metadata)
 
     def listdir(self, bucket: str, prefix: str) -> list[Entry]:
-        """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs."""
+        """One level under ``prefix`` ("" or ending in '/'): streams, objects and dirs
+        (folder objects folded into the directories they stand for)."""
         prefix = prefix.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -176,9 +177,11 @@ class Engine:
                 subdirs.append(item)
             elif item.key != prefix:  # skip the directory marker itself
                 objects.append(item)
+        # Folder objects (engine/objattrs.py) are no names of their own: each marks its
+        # directory as keeping its attributes there, or alone is that (empty) directory.
+        folders = {o.key: o for o in objects if objattrs.folder_of(o.key)}
         entries = [Entry("object", bucket, o.key, size=o.size, mtime=o.last_modified, etag=o.etag)
-                   for o in objects if not o.key.endswith("/")]
-        folders = {o.key for o in objects if objattrs.folder_of(o.key)}
+                   for o in objects if not o.key.endswith("/") and o.key not in folders]
 
         # A common prefix is a stream or a directory (or, emptied, nothing); in parallel.
         def classify(p: str) -> Entry | None:
@@ -196,6 +199,11 @@ class Engine:
         if subdirs:
             with cf.ThreadPoolExecutor(min(16, len(subdirs))) as pool:
                 entries.extend(e for e in pool.map(classify, subdirs) if e is not None)
+        taken = {e.key for e in entries}
+        for key, o in folders.items():
+            name = objattrs.folder_of(key)
+            if name not in taken:  # alone: the empty directory (a name taken otherwise wins)
+                entries.append(Entry(kinds.DIR, bucket, name, mtime=o.last_modified, folder_object=True))
         return sorted(entries, key=lambda e: e.key)
 
     def set_attrs(self, bucket: str, key: str, known: Entry | None = None, **attrs) -> Entry | None:

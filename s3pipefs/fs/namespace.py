@@ -39,9 +39,9 @@ Directory markers are zero-byte objects ``dir/`` with Content-Type
 A directory's attributes live in its marker's metadata, or, on servers that keep none
 there (SeaweedFS), in its folder object ``dir_$folder$`` (engine/objattrs.py): written by
 ``store_folder_attrs``, read instead of the marker when a listing or lookup sees one,
-moved by a rename and removed by rmdir. A folder object is never shown as a name: a
-listing folds ``x_$folder$`` into the directory ``x``, or, alone, shows it as the empty
-directory ``x`` (as s3fs-fuse does), and the mount refuses to create such names.
+moved by a rename and removed by rmdir. A folder object is never shown as a name: the
+engine's listing folds ``x_$folder$`` into the directory ``x``, or, alone, shows it as
+the empty directory ``x`` (as s3fs-fuse does), and the mount refuses to create such names.
 
 The objects written and read here (markers, links) carry the engine's SSE-C key, as its
 streams do; a mount with a client-side key still keeps them as plain objects (a marker
@@ -309,7 +309,6 @@ class Namespace:
             # content below it); the object stays reachable through the S3 tools.
             if old is None or _rank(e) < _rank(old):
                 listing[name] = e
-        _fold_folder_objects(listing, self.bucket, prefix)
         # Directories and objects, described below; in a crowded directory, only the
         # objects small enough to be links (the rest at their first stat: _described).
         crowded = sum(e.kind == "object" and not _small(e) for e in listing.values()) > DESCRIBED_AT_LISTING
@@ -662,19 +661,6 @@ _UNLISTED = object()  # a name the listing cache cannot answer for
 def _target(body: bytes) -> str:
     """A link's body as the path mfusepy hands back to the kernel (bytes kept exactly)."""
     return body.decode("utf-8", "surrogateescape")
-
-
-def _fold_folder_objects(listing: dict[str, Entry], bucket: str, prefix: str) -> None:
-    """Folder objects out of ``listing``: ``x_$folder$`` marks the directory ``x`` as
-    keeping its attributes there, or, with no ``x`` listed, is the empty directory ``x``."""
-    for name in [n for n, e in listing.items() if e.kind == "object" and objattrs.folder_of(n)]:
-        folder = listing.pop(name)
-        dirname = objattrs.folder_of(name)
-        found = listing.get(dirname)
-        if found is None:
-            listing[dirname] = Entry("dir", bucket, prefix + dirname, mtime=folder.mtime, folder_object=True)
-        elif found.kind == "dir":
-            listing[dirname] = replace(found, folder_object=True)
 
 
 def _small(e: Entry) -> bool:

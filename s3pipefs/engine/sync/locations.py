@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from s3pipefs import errors
+from s3pipefs.engine import objattrs
 from s3pipefs.s3 import ObjectInfo
 
 
@@ -57,6 +58,12 @@ class Entry:
     mtime: float = 0.0        # LastModified or st_mtime; for a stream the manifest's
     info: ObjectInfo | None = None
     digests: dict = field(default_factory=dict)  # "md5"/"sha256" -> hex, once computed
+
+
+def directory_object(rel: str) -> bool:
+    """A directory marker (``d/``) or folder object (``d_$folder$``, engine/objattrs.py):
+    what a mount or another tool keeps for a directory, never a file of a local tree."""
+    return rel.endswith("/") or objattrs.folder_of(rel) is not None
 
 
 def safe_rel(rel: str) -> bool:

@@ -20,7 +20,8 @@ from s3pipefs.engine import transfer
 from s3pipefs.engine.sync import keylist
 from s3pipefs.engine.sync.compare import Comparer
 from s3pipefs.engine.sync.listings import list_local, list_s3
-from s3pipefs.engine.sync.locations import Entry, LocalLoc, S3Loc, make_filter, safe_rel, shard_filter
+from s3pipefs.engine.sync.locations import (Entry, LocalLoc, S3Loc, directory_object, make_filter, safe_rel,
+                                             shard_filter)
 from s3pipefs.engine.sync.report import Report, SyncOptions
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,11 @@ class Sync:
             if not self.ok(rel):
                 continue
             s, d = src_entries[rel], dst_entries.get(rel)
+            if directory_object(rel) and (isinstance(self.dst, LocalLoc) or isinstance(self.src, LocalLoc)):
+                continue  # a directory's marker or folder object: no file (S3 to S3 copies it)
             if isinstance(self.dst, LocalLoc) and not safe_rel(rel):
                 self._fail(rel, f"{self.src}{rel}: key cannot be a local path safely ('..', '.' or empty parts)")
                 continue
-            if rel.endswith("/") and (isinstance(self.dst, LocalLoc) or isinstance(self.src, LocalLoc)):
-                continue  # a directory marker
             verdict = self.cmp.quick(s, d)
             if verdict is None:
                 pool = self._hasher if self.cmp.small_local_check(s, d) else checkers
@@ -283,7 +284,7 @@ class Sync:
     def _delete_extra(self, src_entries: dict, dst_entries: dict) -> None:
         extra = [e for rel, e in sorted(dst_entries.items()) if rel not in src_entries and self.ok(rel)]
         if isinstance(self.dst, LocalLoc) or isinstance(self.src, LocalLoc):
-            extra = [e for e in extra if not e.rel.endswith("/")]
+            extra = [e for e in extra if not directory_object(e.rel)]
         if not extra:
             return
         if self.report.failed and not self.o.dry_run:
