@@ -11,8 +11,10 @@ Importing this module touches no threads and no S3: it is safe before daemonizin
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import os
+import threading
 
 if not os.environ.get("FUSE_LIBRARY_PATH") and not os.environ.get("FUSE_LIBRARY_NAME"):
     if ctypes.util.find_library("fuse3"):
@@ -62,3 +64,19 @@ def interrupted() -> bool:
         return bool(_fuse_interrupted())
     except Exception:  # noqa: BLE001 - never let a probe break a read
         return False
+
+
+_kept = threading.local()
+
+
+def keep_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state between callbacks.
+
+    libfuse calls in on its own threads; for each callback ctypes makes a Python thread
+    state and drops it again on the way out (PyGILState_Ensure/Release), a cost paid on
+    every FUSE request. One more PyGILState_Ensure of our own, never released, keeps the
+    state (and this thread's locals) alive, so later callbacks find it ready. Public C
+    API; at most one state per worker thread, freed with the process."""
+    if not getattr(_kept, "state", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _kept.state = True

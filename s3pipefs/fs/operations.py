@@ -27,6 +27,7 @@ def _op(fn):
 
     @functools.wraps(fn)
     def wrapper(self, path, *args):
+        fuselib.keep_thread_state()
         try:
             return fn(self, path, *args)
         except fuselib.FuseOSError:
