@@ -497,3 +497,15 @@ def test_ls_shows_folder_objects_as_the_directories_they_stand_for(store, bucket
     assert r.returncode == 0, r.stderr
     shown = sorted(line.split()[-1] for line in r.stdout.decode().splitlines())
     assert shown == [f"s3://{bucket}/l/alone/", f"s3://{bucket}/l/d/", f"s3://{bucket}/l/file"], r.stdout
+
+
+def test_recursive_ls_and_rm_treat_folder_objects_as_directory_attributes(store, bucket, s3_server):
+    store.put(bucket, "r/d/x", b"xx")
+    store.put(bucket, "r/d_$folder$", b"", metadata={"mode": str(0o40700)})
+    store.put(bucket, "r_$folder$", b"", metadata={"mode": str(0o40755)})
+    r = run_cli(s3_server, "ls", "-R", f"s3://{bucket}/r/")
+    assert r.returncode == 0 and r.stdout.decode().split()[-1] == f"s3://{bucket}/r/d/x", r.stdout
+    assert len(r.stdout.decode().splitlines()) == 1
+    r = run_cli(s3_server, "rm", "-R", f"s3://{bucket}/r/")
+    assert r.returncode == 0, r.stderr
+    assert not listing(store, bucket, "r"), listing(store, bucket, "r")

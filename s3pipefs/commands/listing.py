@@ -56,7 +56,9 @@ def matcher(pattern: str):
 @dataclass
 class Found:
     entries: list = field(default_factory=list)  # engine Entries (streams, objects), by key
-    markers: list[str] = field(default_factory=list)  # directory marker keys ("dir/"), for rm
+    # Directory markers ("dir/") and folder objects ("dir_$folder$"): no entries, but
+    # what rm removes with them.
+    markers: list[str] = field(default_factory=list)
 
 
 def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int = 16, request=None) -> Found:
@@ -66,6 +68,7 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
     from s3pipefs.engine.core import Entry
     from s3pipefs.engine.sync import S3Loc
     from s3pipefs.engine.sync.listings import list_s3
+    from s3pipefs.engine.sync.locations import directory_object
 
     found = Found()
     sse_key = (request or eng.request).sse_key
@@ -81,7 +84,7 @@ def walk(eng, bucket: str, prefix: str, *, keep=lambda key: True, workers: int =
             continue
         if e.kind == "stream":
             streams.append(key)
-        elif key.endswith("/"):
+        elif directory_object(key):
             found.markers.append(key)
         else:
             found.entries.append(Entry("object", bucket, key, size=e.size, mtime=e.mtime, etag=e.etag))
@@ -121,6 +124,16 @@ def _has_marker(store, bucket: str, prefix: str) -> bool:
     return any(not isinstance(i, str) and i.key == prefix for i in items)
 
 
+def _has_folder_object(eng, bucket: str, prefix: str, request) -> bool:
+    """Does the directory ``prefix`` keep its attributes in a folder object (engine/objattrs.py)?"""
+    from s3pipefs.engine import objattrs
+    try:
+        return eng.store.head(bucket, objattrs.folder_key(prefix.rstrip("/")),
+                              sse_key=(request or eng.request).sse_key) is not None
+    except (errors.KeyNeeded, errors.WrongKey):
+        return True  # there, under another SSE-C key
+
+
 def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16, request=None) -> Found:
     """The entries ``url`` stands for (see the module docstring); NotFound when none.
     ``request``: the RequestOptions of that location (None: the engine's)."""
@@ -136,11 +149,14 @@ def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16, request=None
     if entry is not None and (entry.kind == "stream" or (entry.kind == "object" and not url.key.endswith("/"))):
         return Found([entry])
     if recursive:
+        from s3pipefs.engine import objattrs
         prefix = url.key.lstrip("/")
         prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
         found = walk(eng, url.bucket, prefix, workers=workers, request=request)
         if prefix and _has_marker(eng.store, url.bucket, prefix):
             found.markers.insert(0, prefix)  # the prefix's own marker goes with it
+        if prefix and _has_folder_object(eng, url.bucket, prefix, request):
+            found.markers.insert(0, objattrs.folder_key(prefix.rstrip("/")))  # and its folder object
         if found.entries or found.markers or entry is not None or not prefix:
             if not prefix:
                 eng.store.bucket_exists(url.bucket)
