@@ -103,7 +103,9 @@ def test_ln_s_stores_exactly_what_s3fs_stores_and_readlink_reads_it(mounter, buc
     assert os.readlink(m / "moved") == "target.txt" and store.head(bucket, "moved").metadata["mode"] == LINK_MODE
     sh(f"rm {m / 'moved'}")
     assert not os.path.lexists(m / "moved")
-    assert store.head(bucket, "moved") is None and (m / "target.txt").read_bytes() == b"hello\n"
+    # The DELETE goes out just after unlink returns (fs/deletes_behind.py).
+    assert wait_for(lambda: store.head(bucket, "moved") is None, 10)
+    assert (m / "target.txt").read_bytes() == b"hello\n"
     r = sh(f"ln -s other {m / 'abs'}", check=False)
     assert r.returncode != 0 and b"File exists" in r.stderr
     assert os.readlink(mounter(bucket) / "abs") == "/etc/hostname"  # another mount sees the links
