@@ -124,14 +124,15 @@ def _has_marker(store, bucket: str, prefix: str) -> bool:
     return any(not isinstance(i, str) and i.key == prefix for i in items)
 
 
-def _has_folder_object(eng, bucket: str, prefix: str, request) -> bool:
-    """Does the directory ``prefix`` keep its attributes in a folder object (engine/objattrs.py)?"""
+def _folder_object(eng, bucket: str, prefix: str, request) -> str | None:
+    """The key of the folder object the directory ``prefix`` keeps its attributes in
+    (engine/objattrs.py), None when it has none."""
     from s3pipefs.engine import objattrs
+    key = objattrs.folder_key(prefix.rstrip("/"))
     try:
-        return eng.store.head(bucket, objattrs.folder_key(prefix.rstrip("/")),
-                              sse_key=(request or eng.request).sse_key) is not None
+        return key if eng.store.head(bucket, key, sse_key=(request or eng.request).sse_key) is not None else None
     except (errors.KeyNeeded, errors.WrongKey):
-        return True  # there, under another SSE-C key
+        return key  # there, under another SSE-C key
 
 
 def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16, request=None) -> Found:
@@ -149,14 +150,14 @@ def resolve(eng, url: S3Url, *, recursive: bool, workers: int = 16, request=None
     if entry is not None and (entry.kind == "stream" or (entry.kind == "object" and not url.key.endswith("/"))):
         return Found([entry])
     if recursive:
-        from s3pipefs.engine import objattrs
         prefix = url.key.lstrip("/")
         prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
         found = walk(eng, url.bucket, prefix, workers=workers, request=request)
         if prefix and _has_marker(eng.store, url.bucket, prefix):
             found.markers.insert(0, prefix)  # the prefix's own marker goes with it
-        if prefix and _has_folder_object(eng, url.bucket, prefix, request):
-            found.markers.insert(0, objattrs.folder_key(prefix.rstrip("/")))  # and its folder object
+        folder = _folder_object(eng, url.bucket, prefix, request) if prefix else None
+        if folder is not None:
+            found.markers.insert(0, folder)  # and its folder object
         if found.entries or found.markers or entry is not None or not prefix:
             if not prefix:
                 eng.store.bucket_exists(url.bucket)

@@ -99,10 +99,6 @@ class Concurrency:
     def limit(self) -> int:
         return self._limit
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     # -- what the transfer reports -------------------------------------------------------
     def begin(self) -> Ticket:
         with self._lock:
@@ -130,11 +126,6 @@ class Concurrency:
         if seconds > 0:
             with self._lock:
                 self._waited += seconds
-
-    def state(self) -> dict:
-        """For logs and `s3pipefs status`."""
-        return {"limit": self._limit, "start": self.start, "cap": self.cap, "peak": self.peak,
-                "in_flight": self._in_flight}
 
     # -- rounds ----------------------------------------------------------------------------
     def _new_round(self, now: float) -> None:

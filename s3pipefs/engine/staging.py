@@ -125,39 +125,36 @@ class StagedFile:
         """Checksum the staged bytes again from the file, handing each chunk to ``feed``
         too (the stream's hash): after a patch or cut, or when a patch of an earlier
         segment left the stream hash behind this one."""
-        crc, pos = 0, 0
-        try:
-            while pos < self.size:
-                chunk = os.pread(self.fd, min(_READ_BACK, self.size - pos), pos)
-                if not chunk:
-                    raise OSError(errno.EIO, f"staging file ended at {pos} of {self.size} bytes")
-                crc = crc32(chunk, crc)
-                if feed is not None:
-                    feed(chunk)
-                pos += len(chunk)
-        except OSError as e:
-            raise _staging_error(self.path, e) from None
+        crc = 0
+        for chunk in self._chunks(_READ_BACK):
+            crc = crc32(chunk, crc)
+            if feed is not None:
+                feed(chunk)
         self.crc = crc
         self.patched = False
 
     def contents(self) -> bytes:
         """Every staged byte in one buffer (a small file's body, sent from memory), with
         the CRC32 brought up to date when a patch made it stale."""
-        parts, pos = [], 0
-        try:
-            while pos < self.size:
-                chunk = os.pread(self.fd, self.size - pos, pos)
-                if not chunk:
-                    raise OSError(errno.EIO, f"staging file ended at {pos} of {self.size} bytes")
-                parts.append(chunk)
-                pos += len(chunk)
-        except OSError as e:
-            raise _staging_error(self.path, e) from None
+        parts = list(self._chunks(max(1, self.size)))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.patched:
             self.crc = crc32(data)
             self.patched = False
         return data
+
+    def _chunks(self, most: int):
+        """The staged bytes in order, read from the file ``most`` at a time."""
+        pos = 0
+        try:
+            while pos < self.size:
+                chunk = os.pread(self.fd, min(most, self.size - pos), pos)
+                if not chunk:
+                    raise OSError(errno.EIO, f"staging file ended at {pos} of {self.size} bytes")
+                yield chunk
+                pos += len(chunk)
+        except OSError as e:
+            raise _staging_error(self.path, e) from None
 
     def _pwrite(self, view: memoryview, pos: int) -> None:
         try:

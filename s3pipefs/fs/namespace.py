@@ -314,7 +314,7 @@ class Namespace:
         crowded = sum(e.kind == "object" and not _small(e) for e in listing.values()) > DESCRIBED_AT_LISTING
         wanted = []
         for name, e in listing.items():
-            if e.kind == "dir" or (e.kind == "object" and not (crowded and not _small(e))):
+            if e.kind == "dir" or (e.kind == "object" and (_small(e) or not crowded)):
                 wanted.append(name)
             elif e.kind == "object":
                 listing[name] = replace(e, metadata=None)  # not known yet: see _described

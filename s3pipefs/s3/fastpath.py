@@ -70,20 +70,16 @@ class QuickS3:
                             ca_bundle=tls_bundle, maxsize=maxsize)
         return cls(creds, client.meta.region_name, conns)
 
-    def close(self) -> None:
-        """Close the idle connections."""
-        self._conns.close()
-
     def put(self, bucket: str, key: str, body: bytes, headers: dict[str, str]) -> str:
-        """PUT ``body``; ``headers`` as S3 names them (Content-MD5, x-amz-meta-*, ...). Returns the ETag."""
-        r = self._send("PUT", bucket, key, body, {k.lower(): v for k, v in headers.items()}, "PutObject")
+        """PUT ``body``; ``headers`` as S3 names them, lower-case (content-md5,
+        x-amz-meta-*, ...). Returns the ETag."""
+        r = self._send("PUT", bucket, key, body, headers, "PutObject")
         return r.headers.get("etag", "").strip('"')
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, headers: dict[str, str] | None = None) -> str:
         """Server-side CopyObject; returns the new ETag. The metadata is kept, unless
-        ``headers`` (as S3 names them) replace it (x-amz-metadata-directive: REPLACE)."""
-        headers = {**{k.lower(): v for k, v in (headers or {}).items()},
-                   "x-amz-copy-source": f"/{src_bucket}/{quote(src_key, safe='/~')}"}
+        ``headers`` (as S3 names them, lower-case) replace it (x-amz-metadata-directive: REPLACE)."""
+        headers = {**(headers or {}), "x-amz-copy-source": f"/{src_bucket}/{quote(src_key, safe='/~')}"}
         r = self._send("PUT", bucket, key, b"", headers, "CopyObject")
         # S3 may answer a copy with 200 and an <Error> body when it fails late.
         root = _xml(r.content)
@@ -102,7 +98,7 @@ class QuickS3:
 
     def get_object(self, Bucket: str, Key: str, Range: str | None = None,  # noqa: N803
                    IfNoneMatch: str | None = None) -> dict:
-        """GetObject, its reply as botocore's: the body under "Body" (urllib3's response,
+        """GetObject, its reply as botocore's: the body under "Body" (the wire's Response,
         with read() and close()), not read yet."""
         headers = {k: v for k, v in (("range", Range), ("if-none-match", IfNoneMatch)) if v}
         r = self._send("GET", Bucket, Key, b"", headers, "GetObject", stream=True)

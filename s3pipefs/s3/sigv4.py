@@ -14,7 +14,7 @@ path sends:
 * the path and query string arrive already percent-encoded as S3 wants them in the
   canonical request (keys are never normalised: ``a//b`` and ``a/./b`` are keys).
 
-The signing key (four HMACs) is kept per secret, day and region. ``tests/test_quick.py``
+The signing key (four HMACs) is kept per secret, day and region. ``tests/test_wire.py``
 checks that a signature made here equals botocore's for the same request.
 """
 from __future__ import annotations

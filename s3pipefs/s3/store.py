@@ -400,9 +400,9 @@ class Store:
         fast = self._quick_path() if quick and isinstance(body, bytes) and not (
             sse_key or self.bandwidth) else None
         if fast is not None:
-            headers = {k: v for k, v in (("Content-MD5", md5), ("x-amz-checksum-crc32", crc32),
-                                         ("Content-Type", content_type), ("If-Match", if_match),
-                                         ("If-None-Match", "*" if if_none_match else None)) if v}
+            headers = {k: v for k, v in (("content-md5", md5), ("x-amz-checksum-crc32", crc32),
+                                         ("content-type", content_type), ("if-match", if_match),
+                                         ("if-none-match", "*" if if_none_match else None)) if v}
             headers.update({f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()})
             return self._call(lambda: fast.put(bucket, key, body, headers), bucket, key, "write")
         if self.bandwidth is not None:
@@ -440,7 +440,7 @@ class Store:
                 headers = {"x-amz-metadata-directive": "REPLACE",
                            **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
                 if content_type:
-                    headers["Content-Type"] = content_type
+                    headers["content-type"] = content_type
             return self._call(lambda: fast.copy(src_bucket, src_key, bucket, key, headers), bucket, key, "copy to")
         kw = {"Bucket": bucket, "Key": key, "CopySource": {"Bucket": src_bucket, "Key": src_key},
               **self._sse(sse_key), **self._sse(source_sse_key, source=True)}

@@ -190,12 +190,6 @@ class Connections:
                     return
         conn.close()
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
     def broken(self, e: BaseException) -> Exception:
         """The botocore exception for a transport failure."""
         if isinstance(e, botocore.exceptions.BotoCoreError):
