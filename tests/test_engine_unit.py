@@ -504,3 +504,69 @@ def test_a_file_put_that_meets_its_own_landed_write_succeeds_and_another_s_is_re
     with pytest.raises(errors.Busy, match="created meanwhile"):
         w.close()
     assert store.get("b", "theirs")[0] == b"x" * size
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_pending_file_held_in_memory_moves_to_its_staging_file_unchanged(tmp_path, seed):
+    """Small pending files stay in memory (no staging directory at all), within what the
+    budget lets them hold there together; past HELD_IN_MEMORY or that room they move to a
+    staging file with every byte, hole and patch, and the PUT's CRC32 still matches."""
+    import random
+
+    from s3pipefs.engine.budget import WriteBudget
+    from s3pipefs.engine.filewriter import HELD_IN_MEMORY
+    rnd = random.Random(seed)
+    store = MemoryStore()
+    store.create_bucket("b")
+    budget = WriteBudget(1 << 30, 2, memory_limit=50_000)
+    eng = Engine(store, TransferConfig(segment_size=4 * MiB, staging_dir=str(tmp_path)), write_budget=budget)
+    small = eng.open_file_writer("b", "small", existing=None)
+    small.pwrite(0, b"a" * 30_000)
+    assert os.listdir(tmp_path) == [] and budget.in_memory == budget.held == 30_000
+    # Another file: in memory while the room lasts, then on disk, though under HELD_IN_MEMORY.
+    other = eng.open_file_writer("b", "other", existing=None)
+    other.pwrite(0, b"b" * 15_000)
+    assert os.listdir(tmp_path) == [] and budget.in_memory == 45_000
+    other.pwrite(15_000, b"c" * 15_000)
+    assert len(os.listdir(tmp_path)) == 1 and budget.in_memory == 30_000 and budget.held == 60_000
+    other.close()
+    assert store.get("b", "other")[0] == b"b" * 15_000 + b"c" * 15_000
+
+    model = bytearray(b"a" * 30_000)
+    for _ in range(40):
+        op = rnd.random()
+        if op < 0.15:
+            n = rnd.randrange(0, 2 * HELD_IN_MEMORY)
+            small.truncate(n)
+            model = model[:n] + bytes(max(0, n - len(model)))
+        else:
+            data = os.urandom(rnd.randrange(1, 20_000))
+            off = rnd.randrange(0, len(model) + 10_000)
+            small.pwrite(off, data)
+            model += bytes(max(0, off - len(model)))
+            model[off:off + len(data)] = data
+        assert small.offset == len(model) and small.read_staged(0, len(model) + 1) == bytes(model)
+        assert budget.held == len(model) or len(model) > HELD_IN_MEMORY or budget.in_memory == 0
+        assert budget.in_memory <= budget.memory_limit
+    small.close()
+    body, info = store.get("b", "small")
+    assert body == bytes(model)
+    assert budget.held == 0 and budget.in_memory == 0 and os.listdir(tmp_path) == []
+
+
+def test_timed_calls_run_in_order_on_one_thread_and_cancelled_ones_never():
+    import threading
+    import time
+
+    from s3pipefs.engine.later import Later
+    later, ran = Later(), []
+    threads = set()
+
+    def call(name):
+        return lambda: (ran.append(name), threads.add(threading.get_ident()))
+    later.call_later(0.3, call("late"))
+    later.call_later(0.1, call("early"))  # armed after, due before: wakes the thread
+    later.call_later(0.05, call("cancelled")).cancel()
+    later.call_later(0.2, lambda: 1 / 0)  # a failing call stops nothing
+    time.sleep(0.6)
+    assert ran == ["early", "late"] and len(threads) == 1

@@ -8,6 +8,9 @@ upload threads of its own), the writers of a mount share one ``WriteBudget``:
   bytes written into it (holes cost nothing, they take no disk) and gives them back when
   it is removed, after its upload landed or when its writer ends. A 4 KiB file holds
   4 KiB.
+* Of those bytes, the small pending files' that are held in memory rather than on the
+  staging disk (engine/filewriter.py keeps a file's first ``HELD_IN_MEMORY`` bytes there):
+  together at most ``memory_limit``; past it, new bytes go to the staging disk.
 * One pool of upload threads, first come first served. Each writer still takes one of
   its own ``workers + 1`` slots per sealed segment (engine/writer.py), so no writer
   queues more than that ahead of the others, and a lone writer uploads exactly as fast
@@ -32,14 +35,18 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 UNLIMITED = 1 << 62
+# What small pending files may hold in memory together (the rest is staged on disk).
+MEMORY_LIMIT = 32 << 20
 
 
 class WriteBudget:
-    def __init__(self, limit: int, threads: int):
+    def __init__(self, limit: int, threads: int, memory_limit: int = MEMORY_LIMIT):
         self.limit = limit
         self.threads = threads
+        self.memory_limit = min(memory_limit, limit)
         self._cond = threading.Condition()
         self._held = 0       # staged bytes of every writer
+        self._in_memory = 0  # of which held in memory
         self._uploading = 0  # uploads submitted and not finished
         self._pool: cf.ThreadPoolExecutor | None = None
         self.peak = 0        # the most staging ever held (for the log and the tests)
@@ -74,6 +81,22 @@ class WriteBudget:
                 self.peak = self._held
             if nbytes < 0:
                 self._cond.notify_all()
+
+    def memory_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more may be held in memory rather than staged on disk."""
+        with self._cond:
+            return self._in_memory + nbytes <= self.memory_limit
+
+    def charge_memory(self, nbytes: int) -> None:
+        """Bytes held in memory taken or given back: staged bytes like any others."""
+        with self._cond:
+            self._in_memory += nbytes
+        self.charge(nbytes)
+
+    @property
+    def in_memory(self) -> int:
+        with self._cond:
+            return self._in_memory
 
     def submit(self, fn: Callable, *args, **kwargs) -> cf.Future:
         """Run an upload (or a copy of a writer's commit) on the shared pool."""

@@ -43,9 +43,9 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from s3pipefs import errors, manifest as mf
-from s3pipefs.engine import deletion, manifests, objattrs
+from s3pipefs.engine import deletion, later, manifests, objattrs
 from s3pipefs.engine.lease import writer_alive
-from s3pipefs.engine.staging import StagedFile, StagingDir
+from s3pipefs.engine.staging import HeldInMemory, StagedFile, StagingDir
 from s3pipefs.engine.writer import StreamWriter
 from s3pipefs.s3 import ObjectInfo, b64
 
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 # A pending file up to this size is PUT from memory (the store's quick path).
 _IN_MEMORY = 1 << 20
+# A pending file's bytes stay in memory up to this size (engine/staging.py HeldInMemory),
+# within what the mount's budget lets all of them hold there together.
+HELD_IN_MEMORY = 64 << 10
 # Conditional PUTs of a new name refused while nothing is there (see _put_new).
 _CONDITION_TRIES = 3
 # Ranged GETs of an object larger than a segment, copied into the stream that replaces it.
@@ -84,9 +87,9 @@ class FileWriter:
         self._existing = existing
         self._cond = threading.Condition()
         self._stream: StreamWriter | None = None
-        self._staged: StagedFile | None = None
+        self._staged: StagedFile | HeldInMemory | None = None
         self._staging: StagingDir | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: later.Pending | None = None
         self._error: BaseException | None = None
         self._closed = False
         self.committed: manifests.Loaded | ObjectInfo | None = None
@@ -178,7 +181,7 @@ class FileWriter:
             stream = self._pending_check()
             if stream is None:
                 view = memoryview(data).cast("B")
-                staged = self._stage()
+                staged = self._stage(offset + len(view))
                 if offset > staged.size:
                     staged.append_zeros(offset - staged.size)
                 inside = min(len(view), staged.size - offset)
@@ -194,7 +197,7 @@ class FileWriter:
         with self._cond:
             stream = self._pending_check()
             if stream is None:
-                staged = self._stage()
+                staged = self._stage(length)
                 if length > staged.size:
                     staged.append_zeros(length - staged.size)
                 else:
@@ -212,13 +215,29 @@ class FileWriter:
             raise errors.S3PipeError(f"{self.where}: write after close")
         return self._stream
 
-    def _stage(self) -> StagedFile:
-        if self._staged is None:
-            budget = self.engine.write_budget
-            self._staging = (StagingDir(self.cfg.staging_dir, budget.charge) if budget is not None
-                             else StagingDir(self.cfg.staging_dir))
-            self._staged = self._staging.create("pending")
-        return self._staged
+    def _stage(self, size: int) -> StagedFile | HeldInMemory:
+        """Where the pending bytes are held, ready to grow to ``size``: in memory while
+        small and the budget has room there, else in a staging file."""
+        staged, budget = self._staged, self.engine.write_budget
+        grows = size - (staged.size if staged is not None else 0)
+        if staged is None or isinstance(staged, HeldInMemory):
+            if size <= HELD_IN_MEMORY and (grows <= 0 or budget is None or budget.memory_room(grows)):
+                if staged is None:
+                    staged = self._staged = (HeldInMemory(budget.charge_memory) if budget is not None
+                                             else HeldInMemory())
+                return staged
+            disk = self._staging_file()
+            if staged is not None:
+                disk.append(staged.contents())  # a fresh CRC32 of what it held
+                staged.remove()
+            staged = self._staged = disk
+        return staged
+
+    def _staging_file(self) -> StagedFile:
+        budget = self.engine.write_budget
+        self._staging = (StagingDir(self.cfg.staging_dir, budget.charge) if budget is not None
+                         else StagingDir(self.cfg.staging_dir))
+        return self._staging.create("pending")
 
     def _grew(self) -> None:
         """Pending bytes changed; call with the lock held."""
@@ -226,9 +245,7 @@ class FileWriter:
         if self._size > self.cfg.segment_size:
             self._promote()
         elif self._timer is None and self._size and self.cfg.flush_interval and not self._patchable:
-            self._timer = threading.Timer(self.cfg.flush_interval / 2, self._timed_promotion)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = later.call_later(self.cfg.flush_interval / 2, self._timed_promotion)
 
     # -- promotion -----------------------------------------------------------------------------
 
@@ -289,7 +306,7 @@ class FileWriter:
         """Append to (or change) an object that fits a segment: its bytes become pending."""
         body, _info = self.store.get(self.bucket, self.key, sse_key=self.sse_key)
         with self._cond:
-            self._stage().append(body)
+            self._stage(len(body)).append(body)
 
     def _drop_pending(self) -> None:
         if self._timer is not None:

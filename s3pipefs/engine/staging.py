@@ -196,6 +196,78 @@ class StagedFile:
             self._charge(nbytes)
 
 
+class HeldInMemory:
+    """A small pending file's bytes kept in memory (engine/filewriter.py), with the
+    interface of a StagedFile: a file that closes small never touches the staging disk
+    (no directory, file, unlink and rmdir for each of a tree's thousands of files). Its
+    bytes, zeros of holes too, are charged as a staged file's are; the writer moves them
+    to a StagedFile (``contents``) once they outgrow what it keeps in memory."""
+
+    path = None  # nothing on disk
+
+    def __init__(self, charge: Callable[[int], None] = _no_charge):
+        self._buf = bytearray()
+        self._charge = charge
+        self.held = 0
+        self.crc = 0
+        self.patched = False
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def append(self, data) -> None:
+        view = memoryview(data)
+        if not self.patched:
+            self.crc = crc32(view, self.crc)
+        self._buf += view
+        self._hold(len(view))
+
+    def append_zeros(self, n: int) -> None:
+        self.append(bytes(n))
+
+    def patch(self, pos: int, data) -> None:
+        view = memoryview(data)
+        assert 0 <= pos and pos + len(view) <= self.size, (pos, len(view), self.size)
+        self.patched = True
+        self._buf[pos:pos + len(view)] = view
+
+    def cut(self, size: int) -> None:
+        assert 0 <= size <= self.size, (size, self.size)
+        del self._buf[size:]
+        self.patched = True
+        self._hold(size - self.held)
+
+    def read_back(self, feed: Callable[[bytes], object] | None = None) -> None:
+        data = bytes(self._buf)
+        self.crc = crc32(data)
+        self.patched = False
+        if feed is not None:
+            feed(data)
+
+    def contents(self) -> bytes:
+        data = bytes(self._buf)
+        if self.patched:
+            self.crc = crc32(data)
+            self.patched = False
+        return data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self._buf[offset:offset + size])
+
+    def seal(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        self._buf = bytearray()
+        self._hold(-self.held)
+
+    def _hold(self, nbytes: int) -> None:
+        if nbytes:
+            self.held += nbytes
+            self._charge(nbytes)
+
+
 def _staging_error(path: str, e: OSError) -> StagingError:
     if e.errno == errno.ENOSPC:
         return StagingError(f"staging dir {os.path.dirname(path)} is full (no space left on device)", e.errno)

@@ -393,7 +393,10 @@ class Namespace:
 
     # -- directory changes ---------------------------------------------------------------
     def mkdir(self, path: str) -> None:
-        if self.lookup(path, fresh=True) is not None:
+        # mkdir follows a negative lookup the kernel just made, so the cache will do (as
+        # for create in fs/filesystem.py): a directory made meanwhile elsewhere only
+        # gets a second marker, the same empty object.
+        if self.lookup(path) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse,
                        quick=True)
