@@ -61,7 +61,7 @@ def test_a_thousand_small_files_cost_one_request_each_to_create_and_to_remove(mo
     assert sum(_requests(fault_proxy).values()) == 0  # listed within the TTL: answered from the cache
 
     fault_proxy.reset_log()
-    for i in (0, 1, 500, 999):
+    for i in (0, 500, 999, 2):  # out of order: nothing is fetched ahead
         assert (d / f"f{i:04d}").read_bytes() == b"%d\n" % i * (1 + i % 7)
     assert _requests(fault_proxy) == {"GET": 4}  # the data only: the size and ETag are known
 
@@ -70,6 +70,35 @@ def test_a_thousand_small_files_cost_one_request_each_to_create_and_to_remove(mo
     gone = _requests(fault_proxy)
     assert gone["DELETE"] <= N + 3 and sum(gone.values()) <= 2 * N, gone
     assert not list(engine.store.list(bucket, "tree/"))
+
+
+def test_a_walk_lists_each_directory_once_and_fetches_each_file_once(mounter, fault_proxy, engine, bucket):
+    """A fresh mount walking a tree: each directory is LISTed once (some ahead of the
+    walker), each file is HEADed once by its listing (not fetched: ls -l needs no bytes);
+    reading the files in order then GETs each one once, most of them ahead of the reader."""
+    sizes = {f"walk/d{d}/s{s}/f{i:02d}": 300 + 97 * i for d in range(3) for s in range(3) for i in range(30)}
+    for key, size in sizes.items():
+        engine.store.put(bucket, key, key.encode().ljust(size, b"."))
+    m = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="120")
+    fault_proxy.reset_log()
+    listed = subprocess.run(["ls", "-lR", str(m / "walk")], check=True, capture_output=True, text=True).stdout
+    assert sum(line.startswith("-") for line in listed.splitlines()) == len(sizes)
+    seen = fault_proxy.requests
+    lists = collections.Counter(r.query for r in seen if r.method == "GET" and "list-type=2" in r.query)
+    assert all(n == 1 for n in lists.values()), lists  # probes of prefixes (max-keys=1) too
+    # the lookup of walk (prefix=walk), then walk/, its 3 directories and their 9
+    assert sum("delimiter" in q for q in lists) == 1 + 1 + 3 + 9, lists
+    heads = collections.Counter(r.path for r in seen if r.method == "HEAD")
+    assert sum(heads[f"/{bucket}/{k}"] for k in sizes) == len(sizes) and max(heads.values()) == 1
+    files = {f"/{bucket}/{k}" for k in sizes}
+    assert not [r.path for r in seen if r.method == "GET" and r.path in files]  # no bytes (only probes)
+
+    fault_proxy.reset_log()
+    for key, size in sorted(sizes.items()):
+        assert (m / key).read_bytes() == key.encode().ljust(size, b".")
+    gets = collections.Counter(r.path for r in fault_proxy.requests if r.method == "GET")
+    assert gets == {f"/{bucket}/{k}": 1 for k in sizes}, gets  # each once: ahead, or by its read
+    assert {r.method for r in fault_proxy.requests} == {"GET"}
 
 
 def test_past_the_ttl_a_new_name_costs_one_lookup(mounter, fault_proxy, engine, bucket):

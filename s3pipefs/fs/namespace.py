@@ -83,6 +83,13 @@ LINK_MAX = 4095
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Parallel HEADs of one listing (objects that may be links, directory markers).
 LISTING_HEADS = 16
+# A listed object this small is fetched whole rather than HEADed: most symlinks are (a
+# link's body is its target), and ls -l reads every link.
+LIKELY_LINK = 256
+# Small objects' bodies fetched ahead once a directory's files are being read (body()).
+BODIES_AHEAD = 32
+# Directories listed ahead of a tree walk (listdir), and at most this many at once.
+WALK_AHEAD = 4
 # A listing describes (HEADs) its larger objects too, with the rest of its requests, unless
 # it holds more of them than this: then each is described at its first stat (_described).
 DESCRIBED_AT_LISTING = 1000
@@ -127,6 +134,20 @@ class Namespace:
         # HEADs of listed objects being described (see _described): path -> Future.
         self._heads = cf.ThreadPoolExecutor(LISTING_HEADS, thread_name_prefix="s3pipefs-head")
         self._describing: dict[str, cf.Future] = {}
+        # Listings being made (by a readdir or ahead of a walk): path -> Future, so that a
+        # directory is listed once however many ask at a time.
+        self._listing: dict[str, cf.Future] = {}
+        self._started: set[str] = set()  # of those, the ones someone is making now
+        # Directory path -> when (a tick) this mount last changed what it holds: a listing
+        # that began before is returned to its caller but not cached (it may miss that).
+        self._tick = 0
+        self._changed: cachetools.LRUCache = cachetools.LRUCache(MAX_ENTRIES)
+        self._ahead = cf.ThreadPoolExecutor(WALK_AHEAD, thread_name_prefix="s3pipefs-ahead")
+        # Bodies being fetched ahead of reads (body()): path -> Future; per directory, the
+        # position of the file read last, and the order of its listing (_Order).
+        self._fetching: dict[str, cf.Future] = {}
+        self._last_read: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
+        self._orders: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
         self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
                                      failed=lambda key: self.invalidate(self.path_of(key)))
@@ -251,17 +272,26 @@ class Namespace:
 
     def _with_metadata(self, path: str, entry: Entry) -> Entry | None:
         """An entry of a listing with its metadata (see the module docstring); None: the
-        object went away meanwhile. A small object is fetched whole, which costs what a
-        HEAD does and brings a link's target along (ls -l reads every one); a larger one
-        is HEADed."""
+        object went away meanwhile. An object of at most LIKELY_LINK bytes is fetched
+        whole, which costs what a HEAD does and brings a link's target along (ls -l reads
+        every one); a larger one is HEADed, and fetched too if that says it is a link."""
         if entry.kind == "dir":
             return self._with_marker(entry)
-        if not _small(entry):
-            try:
-                info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
-            except (errors.KeyNeeded, errors.WrongKey):
-                return replace(entry, metadata=None)  # its first stat says why (_described)
-            return self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+        if 0 < entry.size <= LIKELY_LINK:
+            return self._fetch(path, entry, entry_too=True)
+        try:
+            info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
+        except (errors.KeyNeeded, errors.WrongKey):
+            return replace(entry, metadata=None)  # its first stat says why (_described)
+        found = self.engine.object_entry(self.bucket, entry.key, info) if info is not None else None
+        if found is not None and found.is_link and found.size <= LINK_MAX:
+            return self._fetch(path, found, entry_too=True)
+        return found
+
+    def _fetch(self, path: str, entry: Entry, entry_too: bool = False) -> Entry | None:
+        """GET a small object whole: a link's target, or bytes for reads within the TTL
+        (body()). Returns the entry as the GET describes it (None: gone meanwhile), or,
+        unless ``entry_too``, ``entry`` unchanged."""
         try:
             body, info = self.store.get(self.bucket, entry.key, sse_key=self._sse)
         except errors.NotFound:
@@ -274,21 +304,125 @@ class Namespace:
                 self._links[(path, found.etag)] = _target(body)
             elif len(body) == found.size:
                 self._bodies[(path, found.etag)] = body
-        return found
+        return found if entry_too else entry
 
     def body(self, path: str, entry: Entry) -> bytes | None:
-        """The bytes of the object ``entry`` when its listing fetched them (small objects
-        come whole, see _with_metadata), so that reading it (diff -r, cp, grep -r) costs
-        no GET within the TTL; None otherwise."""
+        """The bytes of the object ``entry`` when they were fetched, so that reading it
+        costs no GET within the TTL; None otherwise (the reader GETs what it reads).
+
+        A small file read right after the file before it in its directory's listing
+        predicts the rest (diff -r, grep -r, cp -r and tar read every file of a directory
+        in turn): it is fetched whole, and with it the next BODIES_AHEAD small files of
+        the listing, in parallel, each kept for its own read. Files read alone or out of
+        order (cat, a lookup here and there) fetch nothing ahead."""
+        if entry.kind != "object":
+            return None
+        parent, name = split(path)
         with self._lock:
-            return self._bodies.get((path, entry.etag)) if entry.kind == "object" else None
+            body = self._bodies.get((path, entry.etag))
+            order = self._orders.get(parent) or _NO_ORDER
+            at = order.file_at.get(name)
+            before = self._last_read.get(parent)
+            if at is not None:
+                self._last_read[parent] = at
+            if body is not None or not _small(entry):
+                return body
+            mine = self._fetching.get(path)
+            if mine is None:
+                listing = self._listings.get(parent)
+                if at is None or before != at - 1 or listing is None or listing.get(name) is None:
+                    return None
+                mine = self._fetching[path] = self._heads.submit(self._fetch_ahead, path, entry)
+                ahead = 0
+                for other in order.files[at + 1:at + 1 + 4 * BODIES_AHEAD]:
+                    e, p = listing.get(other), posixpath.join(parent, other)
+                    if ahead == BODIES_AHEAD:
+                        break
+                    if (e is not None and e.kind == "object" and _small(e) and e.metadata is not None
+                            and not e.is_link and p not in self._fetching and (p, e.etag) not in self._bodies):
+                        self._fetching[p] = self._heads.submit(self._fetch_ahead, p, e)
+                        ahead += 1
+        mine.result()
+        with self._lock:
+            return self._bodies.get((path, entry.etag))
+
+    def _fetch_ahead(self, path: str, entry: Entry) -> None:
+        try:
+            self._fetch(path, entry)
+        except errors.S3PipeError as e:  # the reader's own GET will say what is wrong
+            log.debug("%s: not fetched ahead: %s", self.where(path), e)
+        finally:
+            with self._lock:
+                self._fetching.pop(path, None)
 
     def listdir(self, path: str) -> dict[str, Entry]:
-        """{name: Entry} one level under the directory ``path``."""
+        """{name: Entry} one level under the directory ``path``: listed once however many
+        ask at a time, and then, when its parent was listed too (a walk: ls -R, find, du,
+        rm -rf, diff -r, rsync), its first subdirectories and the parent's next ones are
+        listed ahead (_walk_ahead), WALK_AHEAD at a time, while the walker works here."""
         with self._lock:
             cached = self._listings.get(path)
-        if cached is not None:
-            return cached
+            if cached is not None:
+                return cached
+            making = self._listing.get(path)
+            if making is None:
+                making = self._listing[path] = cf.Future()
+            mine = path not in self._started  # not made yet (or listed ahead, not begun): make it here
+            self._started.add(path)
+        if not mine:
+            return making.result()
+        listing = self._make(path, making)
+        self._walk_ahead(path, listing)
+        return listing
+
+    def _make(self, path: str, making: cf.Future) -> dict[str, Entry]:
+        try:
+            listing = self._list(path)
+        except BaseException as e:
+            making.set_exception(e)
+            raise
+        else:
+            making.set_result(listing)
+            return listing
+        finally:
+            with self._lock:
+                self._listing.pop(path, None)
+                self._started.discard(path)
+
+    def _walk_ahead(self, path: str, listing: dict[str, Entry]) -> None:
+        """List ahead of a walk what it will list next: depth first, this directory's
+        first subdirectories, then those after it in its parent. Not for a directory
+        whose parent is not listed (``ls dir``, or the walk's start)."""
+        if path == "/":
+            return
+        parent, name = split(path)
+        with self._lock:
+            up, here = self._orders.get(parent), self._orders.get(path)
+            at = up.dir_at.get(name) if up is not None else None
+            if at is None:
+                return
+            todo = [posixpath.join(path, n) for n in (here.dirs[:WALK_AHEAD] if here is not None else ())]
+            todo += [posixpath.join(parent, n) for n in up.dirs[at + 1:at + 1 + WALK_AHEAD]]
+            todo = [p for p in todo if p not in self._listings and p not in self._listing]
+            for p in todo:
+                self._listing[p] = cf.Future()  # taken now: a readdir meanwhile waits for it
+        for p in todo:
+            self._ahead.submit(self._list_ahead, p)
+
+    def _list_ahead(self, path: str) -> None:
+        with self._lock:
+            making = self._listing.get(path)
+            if making is None or path in self._started:
+                return  # a readdir got there first
+            self._started.add(path)
+        try:
+            self._make(path, making)
+        except Exception as e:  # noqa: BLE001 - the readdir waiting for it, if any, says why
+            log.debug("%s: not listed ahead: %s", self.where(path), e)
+
+    def _list(self, path: str) -> dict[str, Entry]:
+        with self._lock:
+            began = self._tick
         if path != "/":
             entry = self.lookup(path)
             if entry is None:
@@ -325,13 +459,22 @@ class Namespace:
             else:
                 listing[name] = e
         with self._lock:
-            self._listings[path] = listing
+            if self._changed.get(path, 0) <= began:
+                self._listings[path] = listing
+                self._orders[path] = _Order.of(listing)
         return listing
+
+    def _changing(self, *dirs: str) -> None:
+        """This mount changes what ``dirs`` hold; call with the lock held."""
+        self._tick += 1
+        for d in dirs:
+            self._changed[d] = self._tick
 
     def invalidate(self, path: str) -> None:
         """Forget ``path``, the listing it appears in, and its own listing."""
         parent, _ = split(path)
         with self._lock:
+            self._changing(parent, path)
             self._entries.pop(path, None)
             self._listings.pop(parent, None)
             self._listings.pop(path, None)
@@ -342,6 +485,7 @@ class Namespace:
         (tar x and rsync look up every name before creating it) costs no request."""
         parent, name = split(path)
         with self._lock:
+            self._changing(parent)
             self._entries[path] = entry
             listing = self._listings.get(parent)
             if listing is not None:
@@ -356,6 +500,7 @@ class Namespace:
         each time would cost a lookup request per file)."""
         parent, name = split(path)
         with self._lock:
+            self._changing(parent)
             self._entries[path] = entry
             listing = self._listings.get(parent)
             if listing is not None and name in listing:
@@ -659,6 +804,24 @@ class Namespace:
 
 
 _UNLISTED = object()  # a name the listing cache cannot answer for
+
+
+class _Order:
+    """A listing's files and directories apart, each in key order (as LIST gave them), and
+    the position of each: what the walk's listings ahead and read-ahead go by."""
+
+    def __init__(self, files: list[str], dirs: list[str]):
+        self.files, self.dirs = files, dirs
+        self.file_at = {n: i for i, n in enumerate(files)}
+        self.dir_at = {n: i for i, n in enumerate(dirs)}
+
+    @classmethod
+    def of(cls, listing: dict[str, Entry]) -> "_Order":
+        return cls([n for n, e in listing.items() if e.kind != "dir"],
+                   [n for n, e in listing.items() if e.kind == "dir"])
+
+
+_NO_ORDER = _Order([], [])
 
 
 def _target(body: bytes) -> str:
