@@ -212,17 +212,21 @@ class Namespace:
         A crowded listing nobody stats (``find -name``) costs no HEAD."""
         if entry is None or entry.metadata is not None:
             return entry
-        parent, _ = split(path)
+        parent, name = split(path)
         with self._lock:
             listing = self._listings.get(parent) or {}
-            todo = [(posixpath.join(parent, n), e) for n, e in listing.items()
-                    if e.kind == "object" and e.metadata is None]
-            mine = self._describing.get(path)
-            if mine is None:
-                mine = self._describing[path] = self._heads.submit(self._describe, path, entry)
-            for p, e in todo:
-                if p not in self._describing:
-                    self._describing[p] = self._heads.submit(self._describe, p, e)
+            now = self._entries[path] if path in self._entries else listing.get(name, entry)
+            if now is entry:
+                todo = [(posixpath.join(parent, n), e) for n, e in listing.items()
+                        if e.kind == "object" and e.metadata is None]
+                mine = self._describing.get(path)
+                if mine is None:
+                    mine = self._describing[path] = self._heads.submit(self._describe, path, entry)
+                for p, e in todo:
+                    if p not in self._describing:
+                        self._describing[p] = self._heads.submit(self._describe, p, e)
+        if now is not entry:  # described (or changed) since the caller looked
+            return self._described(path, now)
         return mine.result()
 
     def _describe(self, path: str, entry: Entry) -> Entry | None:
