@@ -13,22 +13,24 @@ Caches (cachetools TTLCache, one lock, since cachetools is not thread-safe):
 * entries: path -> Entry, or None for "does not exist" (tar x and rsync look up every
   name before creating it).
 * links: (path, ETag) -> a symlink's target, so following a link costs no GET per use.
-* bodies: (path, ETag) -> a small object's bytes, fetched whole by its listing (below),
-  so that reading it within the TTL costs no GET (``diff -r``, ``grep -r``, ``cp -r``
-  from the mount); at most MAX_BODY_BYTES in all. The reader still checks them against
-  the ETag's MD5.
+* bodies: (path, ETag) -> a small object's bytes, fetched whole by its listing or ahead
+  of reads in listing order (``body``), so that reading it within the TTL costs no GET
+  (``diff -r``, ``grep -r``, ``cp -r`` from the mount); at most MAX_BODY_BYTES in all.
+  The reader still checks them against the ETag's MD5.
 
 Symlinks, owners and modes of objects and directories live in their user metadata
 (engine/objattrs.py, the convention of s3fs-fuse), which a listing does not carry. A
-listing therefore GETs, in parallel, each object small enough to be a symlink (at most
-LINK_MAX bytes: a link's body is its target path, which comes along), HEADs each
-larger object, and HEADs each directory's marker (or its folder object, see below), all
-in one round of LISTING_HEADS at a time: ``ls -l``, ``rsync``, ``diff -r`` and ``rm -rf``
-stat every name, so a second round at the first stat only added a wait per directory.
+listing therefore GETs, in parallel, each object of at most LIKELY_LINK bytes (most
+links: a link's body is its target path, which comes along), HEADs each larger object
+(and GETs it too when that says it is a link), and HEADs each directory's marker (or
+its folder object, see below), all in one round of LISTING_HEADS at a time: ``ls -l``,
+``rsync``, ``diff -r`` and ``rm -rf`` stat every name, so a second round at the first
+stat only added a wait per directory. A walk (a directory listed right after its
+parent) has its next directories listed ahead (``_walk_ahead``).
 A directory with more than DESCRIBED_AT_LISTING larger objects leaves them to their
 first stat (``_described``), so that ``ls`` or ``find`` there does not wait for them all.
-``ls -l`` of 1000 streams costs what it did, of 1000 symlinks or small objects one LIST
-and 1000 small GETs (see docs/mount.md).
+``ls -l`` of 1000 streams costs what it did, of 1000 objects one LIST and 1000 HEADs
+(GETs for those of at most LIKELY_LINK bytes; see docs/mount.md).
 
 This mount's own changes call ``invalidate`` at once; changes made elsewhere show up
 within ``metadata_ttl``.
