@@ -232,6 +232,28 @@ def test_a_listing_fetches_only_objects_small_enough_to_be_links(store, bucket):
     print(f"\nreaddir of {n} links: {t_links * 1000:.0f} ms ({n} GETs in parallel)")
 
 
+def test_a_listing_that_began_before_a_change_of_this_mount_is_not_kept(store, bucket):
+    """A readdir racing a change here (a commit, a removal, or a listing ahead of a walk
+    made meanwhile) returns what it saw, but the next readdir lists again and shows it."""
+    store.put(bucket, "d/old", b"x")
+    eng = Engine(store)
+    fs = Filesystem(eng, bucket, "", FsConfig(metadata_ttl=60))
+    real, calls = eng.listdir, []
+
+    def listing_while_a_change_lands(b, prefix):
+        found = list(real(b, prefix))
+        calls.append(prefix)
+        if len(calls) == 1:  # its LIST is done: now this mount's change lands
+            store.put(bucket, "d/new", b"y")
+            fs.ns.invalidate("/d/new")
+        return found
+    eng.listdir = listing_while_a_change_lands
+    fs.getattr("/d")
+    assert sorted(n for n, _ in fs.readdir("/d")) == [".", "..", "old"]
+    assert sorted(n for n, _ in fs.readdir("/d")) == [".", "..", "new", "old"]
+    assert calls == ["d/", "d/"]
+
+
 def test_a_crowded_listing_leaves_larger_objects_to_their_first_stat(store, bucket, monkeypatch):
     """Past DESCRIBED_AT_LISTING larger objects a listing HEADs none of them (ls and find
     there do not wait for them all); the first stat HEADs the listing's rest, once."""
