@@ -254,6 +254,33 @@ def test_a_listing_that_began_before_a_change_of_this_mount_is_not_kept(store, b
     assert calls == ["d/", "d/"]
 
 
+def test_a_walk_is_listed_ahead_and_a_person_browsing_is_not(store, bucket, monkeypatch):
+    """Readdirs in quick succession down a tree (ls -R, find, rm -rf) have the next
+    directories listed ahead, and those listings serve the walker; a person who lists a
+    directory a while after its parent gets that one listing and no more."""
+    monkeypatch.setattr(namespace, "WALK_GAP", 0.3)
+    for d in range(3):
+        for s in range(6):
+            store.put(bucket, f"t/d{d}/s{s}/f", b"x")
+    counted = Counted(store)
+    fs = Filesystem(Engine(counted), bucket, "", FsConfig(metadata_ttl=60))
+    fs.readdir("/t")
+    time.sleep(0.5)
+    counted.calls.clear()
+    fs.readdir("/t/d0")  # a while after /t: a person
+    time.sleep(0.1)  # (anything listed ahead would be on its way)
+    assert counted.calls.get("list") == 1, counted.calls
+    fs.readdir("/t/d0/s0")  # at once: a walk, so d0/s1 to s4 are listed ahead
+    assert wait_for(lambda: counted.calls.get("list") == 1 + 1 + namespace.WALK_AHEAD, 5), counted.calls
+    for s in range(1, 6):  # the walker's next readdirs find them, and keep the lead
+        assert [n for n, _ in fs.readdir(f"/t/d0/s{s}")] == [".", "..", "f"]
+    time.sleep(0.1)
+    assert counted.calls.get("list") == 1 + 6, counted.calls  # d0 and its 6, each once
+    # Up a level at once: d1 listed, and ahead of the walk its first 4 and /t's next, d2.
+    assert [n for n, _ in fs.readdir("/t/d1")][2:] == [f"s{s}" for s in range(6)]
+    assert wait_for(lambda: counted.calls.get("list") == 7 + 1 + namespace.WALK_AHEAD + 1, 5), counted.calls
+
+
 def test_a_crowded_listing_leaves_larger_objects_to_their_first_stat(store, bucket, monkeypatch):
     """Past DESCRIBED_AT_LISTING larger objects a listing HEADs none of them (ls and find
     there do not wait for them all); the first stat HEADs the listing's rest, once."""

@@ -92,6 +92,9 @@ LIKELY_LINK = 256
 BODIES_AHEAD = 32
 # Directories listed ahead of a tree walk (listdir), and at most this many at once.
 WALK_AHEAD = 4
+# A walk asks for its next listing within this many seconds of the last one; a person
+# who lists a directory, then one inside it, takes longer (and lists nothing ahead).
+WALK_GAP = 1.0
 # A listing describes (HEADs) its larger objects too, with the rest of its requests, unless
 # it holds more of them than this: then each is described at its first stat (_described).
 DESCRIBED_AT_LISTING = 1000
@@ -145,6 +148,9 @@ class Namespace:
         self._tick = 0
         self._changed: cachetools.LRUCache = cachetools.LRUCache(MAX_ENTRIES)
         self._ahead = cf.ThreadPoolExecutor(WALK_AHEAD, thread_name_prefix="s3pipefs-ahead")
+        self._clock = clock
+        self._last_listdir = float("-inf")  # when a readdir was last asked for or answered
+        self._made_ahead: set[str] = set()  # listed ahead, not asked for yet
         # Bodies being fetched ahead of reads (body()): path -> Future; per directory, the
         # position of the file read last, and the order of its listing (_Order).
         self._fetching: dict[str, cf.Future] = {}
@@ -363,22 +369,30 @@ class Namespace:
 
     def listdir(self, path: str) -> dict[str, Entry]:
         """{name: Entry} one level under the directory ``path``: listed once however many
-        ask at a time, and then, when its parent was listed too (a walk: ls -R, find, du,
-        rm -rf, diff -r, rsync), its first subdirectories and the parent's next ones are
-        listed ahead (_walk_ahead), WALK_AHEAD at a time, while the walker works here."""
+        ask at a time, and then, when its parent was listed too and the last readdir was
+        answered at most WALK_GAP ago (a walk: ls -R, find, du, rm -rf, diff -r, rsync),
+        its first subdirectories and the parent's next ones are listed ahead
+        (_walk_ahead), WALK_AHEAD at a time, while the walker works here."""
         with self._lock:
-            cached = self._listings.get(path)
-            if cached is not None:
-                return cached
-            making = self._listing.get(path)
-            if making is None:
-                making = self._listing[path] = cf.Future()
-            mine = path not in self._started  # not made yet (or listed ahead, not begun): make it here
-            self._started.add(path)
-        if not mine:
-            return making.result()
-        listing = self._make(path, making)
-        self._walk_ahead(path, listing)
+            now = self._clock()
+            walking, self._last_listdir = now - self._last_listdir <= WALK_GAP, now
+            listing = self._listings.get(path)
+            if listing is not None:
+                # A listing made ahead of this walk: the walk goes on, so does its lead.
+                walking = walking and path in self._made_ahead
+                self._made_ahead.discard(path)
+            else:
+                making = self._listing.get(path)
+                if making is None:
+                    making = self._listing[path] = cf.Future()
+                mine = path not in self._started  # not made yet (or listed ahead, not begun): make it here
+                self._started.add(path)
+        if listing is None:
+            listing = self._make(path, making) if mine else making.result()
+        if walking:
+            self._walk_ahead(path, listing)
+        with self._lock:
+            self._last_listdir = self._clock()
         return listing
 
     def _make(self, path: str, making: cf.Future) -> dict[str, Entry]:
@@ -425,6 +439,11 @@ class Namespace:
             self._make(path, making)
         except Exception as e:  # noqa: BLE001 - the readdir waiting for it, if any, says why
             log.debug("%s: not listed ahead: %s", self.where(path), e)
+            return
+        with self._lock:
+            if len(self._made_ahead) >= MAX_LISTINGS:
+                self._made_ahead.clear()  # a walk that stopped: forget where it was going
+            self._made_ahead.add(path)
 
     def _list(self, path: str) -> dict[str, Entry]:
         with self._lock:
