@@ -100,6 +100,19 @@ def test_a_walk_lists_each_directory_once_and_fetches_each_file_once(mounter, fa
     assert gets == {f"/{bucket}/{k}": 1 for k in sizes}, gets  # each once: ahead, or by its read
     assert {r.method for r in fault_proxy.requests} == {"GET"}
 
+    # While files are being read, a listing fetches the small ones whole (no HEAD), and
+    # reading them then costs nothing more.
+    more = {f"more/f{i:02d}": 500 + 50 * i for i in range(20)}
+    for key, size in more.items():
+        engine.store.put(bucket, key, key.encode().ljust(size, b"."))
+    fault_proxy.reset_log()
+    assert sorted(os.listdir(m / "more")) == sorted(k.split("/")[1] for k in more)
+    for key, size in sorted(more.items()):
+        assert (m / key).stat().st_size == size and (m / key).read_bytes() == key.encode().ljust(size, b".")
+    gets = collections.Counter(r.path for r in fault_proxy.requests if r.method == "GET")
+    assert all(gets[f"/{bucket}/{k}"] == 1 for k in more), gets
+    assert not [r.path for r in fault_proxy.requests if r.method == "HEAD" and "/more/f" in r.path]
+
 
 def test_past_the_ttl_a_new_name_costs_one_lookup(mounter, fault_proxy, engine, bucket):
     m = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="0.5")

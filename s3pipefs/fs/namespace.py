@@ -90,6 +90,10 @@ LISTING_HEADS = 16
 LIKELY_LINK = 256
 # Small objects' bodies fetched ahead once a directory's files are being read (body()).
 BODIES_AHEAD = 32
+# Small files read on this mount within this many seconds: listings fetch small objects
+# whole instead of HEADing them (a walk that reads every file, diff -r or grep -r, then
+# needs no second request for each).
+READING = 2.0
 # Directories listed ahead of a tree walk (listdir), and at most this many at once.
 WALK_AHEAD = 4
 # A walk asks for its next listing within this many seconds of the last one; a person
@@ -151,6 +155,7 @@ class Namespace:
         self._clock = clock
         self._last_listdir = float("-inf")  # when a readdir was last asked for or answered
         self._made_ahead: set[str] = set()  # listed ahead, not asked for yet
+        self._small_read_at = float("-inf")  # when a small file was last read
         # Bodies being fetched ahead of reads (body()): path -> Future; per directory, the
         # position of the file read last, and the order of its listing (_Order).
         self._fetching: dict[str, cf.Future] = {}
@@ -286,10 +291,12 @@ class Namespace:
         """An entry of a listing with its metadata (see the module docstring); None: the
         object went away meanwhile. An object of at most LIKELY_LINK bytes is fetched
         whole, which costs what a HEAD does and brings a link's target along (ls -l reads
-        every one); a larger one is HEADed, and fetched too if that says it is a link."""
+        every one); a larger one is HEADed, and fetched too if that says it is a link.
+        While small files are being read on this mount (READING), every small object is
+        fetched whole: its bytes are what the walk reads next."""
         if entry.kind == "dir":
             return self._with_marker(entry)
-        if 0 < entry.size <= LIKELY_LINK:
+        if 0 < entry.size <= LIKELY_LINK or (_small(entry) and self._clock() - self._small_read_at <= READING):
             return self._fetch(path, entry, entry_too=True)
         try:
             info = self.store.head(self.bucket, entry.key, sse_key=self._sse)
@@ -331,6 +338,8 @@ class Namespace:
             return None
         parent, name = split(path)
         with self._lock:
+            if _small(entry):
+                self._small_read_at = self._clock()
             body = self._bodies.get((path, entry.etag))
             order = self._orders.get(parent) or _NO_ORDER
             at = order.file_at.get(name)
