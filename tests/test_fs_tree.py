@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import stat
 import subprocess
 import time
 
@@ -112,6 +113,34 @@ def test_a_walk_lists_each_directory_once_and_fetches_each_file_once(mounter, fa
     gets = collections.Counter(r.path for r in fault_proxy.requests if r.method == "GET")
     assert all(gets[f"/{bucket}/{k}"] == 1 for k in more), gets
     assert not [r.path for r in fault_proxy.requests if r.method == "HEAD" and "/more/f" in r.path]
+
+
+def test_removing_a_tree_the_mount_made_costs_no_probes(mounter, fault_proxy, engine, bucket):
+    """Directories the mount made keep their attributes in folder objects: a lookup of
+    one is a LIST and that object's HEAD (no stream test, no emptiness test), and rm -rf
+    of the tree costs, per directory, its listing, one emptiness test and its two
+    DELETEs, and per file its description and DELETE."""
+    m = mounter(bucket)
+    dirs = [m / "t"] + [m / "t" / f"d{d}" for d in range(4)]
+    dirs += [m / "t" / f"d{d}" / f"s{s}" for d in range(4) for s in range(3)]
+    for p in dirs:
+        p.mkdir()
+    files = [p / f"f{i}" for p in dirs[5:] for i in range(5)]
+    for f in files:
+        f.write_bytes(b"x" * 300)
+    for p in reversed(dirs):
+        os.chmod(p, 0o750)  # as cp -a, rsync and tar x do: a folder object each
+    assert wait_for(lambda: sum(o.key.endswith("_$folder$") for o in engine.store.list(bucket, "t")) == len(dirs), 5)
+    other = mounter(bucket, endpoint=fault_proxy.endpoint, metadata_ttl="120")
+    fault_proxy.reset_log()
+    assert stat.S_IMODE(os.stat(other / "t" / "d0").st_mode) == 0o750
+    seen = _requests(fault_proxy)
+    assert seen == {"GET": 2, "HEAD": 2}, seen  # t and t/d0: a LIST and a folder object's HEAD each
+    fault_proxy.reset_log()
+    subprocess.run(["rm", "-rf", str(other / "t")], check=True)
+    assert not list(engine.store.list(bucket, "t"))
+    assert not [r.path for r in fault_proxy.requests if r.path.endswith("/.manifest") or "max-keys=1" in r.query]
+    assert len(fault_proxy.requests) <= 2 * len(files) + 5 * len(dirs), _requests(fault_proxy)
 
 
 def test_past_the_ttl_a_new_name_costs_one_lookup(mounter, fault_proxy, engine, bucket):

@@ -84,8 +84,9 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
         seen += 1
         if seen > PROBE_NAMES:
             return find(store, bucket, key, sse_key=sse_key)  # crowded by names that start alike
-    # find's order, asking only what the listing left open.
-    if below:
+    # find's order, asking only what the listing left open. A prefix listed beside its
+    # folder object is a directory (only directories get one), as in Engine.listdir.
+    if below and not folder:
         loaded = manifests.load(store, bucket, name + "/", sse_key=sse_key)
         if loaded is not None:
             return Found(STREAM, loaded=loaded)
@@ -94,7 +95,7 @@ def probe(store: ObjectStore, bucket: str, key: str, *, sse_key: bytes | None = 
         if info is not None:
             return Found(OBJECT, info=info)
     # A listed prefix may be a folder the server keeps after its last object went.
-    if (below and store.any_key(bucket, name + "/")) or folder:
+    if folder or (below and store.any_key(bucket, name + "/")):
         return Found(DIR, folder_object=folder)
     return None
 

@@ -74,7 +74,12 @@ log = logging.getLogger(__name__)
 DIR_CONTENT_TYPE = "application/x-directory"
 # Bounds the caches' memory: ~1 KB per Entry, so at most ~100 MB in the worst case.
 MAX_ENTRIES = 100_000
-MAX_LISTINGS = 256
+# Listings are kept up to this many entries in all (a directory counts one more than it
+# holds), so that a walk of a tree of a few thousand directories (rm -rf, cp -a) still
+# finds its parents' listings when it comes back up to them; and per-directory notes of
+# reads for this many directories.
+MAX_LISTED = 100_000
+MAX_LISTINGS = 4096
 # rename(2) of a directory copies what it holds on the server, in parallel: up to this
 # many objects; a larger one gives EXDEV and mv(1) copies it file by file.
 MAX_DIR_RENAME = 10_000
@@ -123,7 +128,8 @@ class Namespace:
         self._lock = threading.Lock()
         self._dir_renames = threading.Lock()
         self._entries: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
-        self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
+        self._listings: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTED, ttl, timer=clock,
+                                                                   getsizeof=lambda listing: len(listing) + 1)
         self._links: cachetools.TTLCache = cachetools.TTLCache(MAX_ENTRIES, ttl, timer=clock)
         # (path, ETag) -> the bytes of a small object its listing fetched whole.
         self._bodies: cachetools.TTLCache = cachetools.TTLCache(MAX_BODY_BYTES, ttl, timer=clock, getsizeof=len)
@@ -160,7 +166,7 @@ class Namespace:
         # position of the file read last, and the order of its listing (_Order).
         self._fetching: dict[str, cf.Future] = {}
         self._last_read: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
-        self._orders: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
+        self._orders: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTED, ttl, timer=clock, getsizeof=len)
         # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
         self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
                                      failed=lambda key: self.invalidate(self.path_of(key)))
@@ -494,8 +500,9 @@ class Namespace:
                 listing[name] = e
         with self._lock:
             if self._changed.get(path, 0) <= began:
-                self._listings[path] = listing
-                self._orders[path] = _Order.of(listing)
+                if len(listing) < MAX_LISTED:  # (one larger than the cache is not kept)
+                    self._listings[path] = listing
+                    self._orders[path] = _Order.of(listing)
         return listing
 
     def _changing(self, *dirs: str) -> None:
@@ -631,7 +638,14 @@ class Namespace:
         self.deletes.wait_under(self.key(path) + "/")  # rm -rf: the files' DELETEs land first
         if self._has_content(self.key(path)):
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
-        self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
+        with self._lock:
+            held = self._listings.get(path)
+        if held is not None and not held:
+            # Listed within the TTL and emptied by this mount (rm -rf): what it held went
+            # through unlink and rmdir here, each dropping its own folders; the marker only.
+            self.store.delete(self.bucket, self.key(path) + "/")
+        else:
+            self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
         # Attributes not put yet never will be; a folder object already put goes.
         fkey = objattrs.folder_key(self.key(path))
         if self.folder_attrs.take(fkey) or entry.folder_object:
@@ -848,6 +862,9 @@ class _Order:
         self.files, self.dirs = files, dirs
         self.file_at = {n: i for i, n in enumerate(files)}
         self.dir_at = {n: i for i, n in enumerate(dirs)}
+
+    def __len__(self) -> int:  # what it weighs in the cache, as a listing does
+        return len(self.files) + len(self.dirs) + 1
 
     @classmethod
     def of(cls, listing: dict[str, Entry]) -> "_Order":
