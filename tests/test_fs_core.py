@@ -27,6 +27,7 @@ from s3pipefs.fs import namespace
 from s3pipefs.fs.namespace import DIR_CONTENT_TYPE
 from s3pipefs.fs.options import FsConfig
 from s3pipefs.s3 import Store
+from tests.fs_fixtures import wait_for
 
 SEG = 64 * KiB
 WR = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -460,7 +461,7 @@ def test_directories_markers_rmdir_and_listing(fs, engine, bucket):
     assert {n for n, _ in fs.readdir("/d")} == {".", ".."}
     assert list(engine.store.list(bucket, "d/s")) == []  # segments, manifest and folder gone
     fs.rmdir("/d")
-    assert engine.stat(bucket, "d") is None
+    assert wait_for(lambda: engine.stat(bucket, "d") is None, 5)  # its marker's DELETE: just after
     with pytest.raises(errors.NotFound):
         fs.getattr("/d")
 
@@ -569,7 +570,7 @@ def test_names_s3_cannot_store_or_delete_are_refused_before_anything_is_written(
         fs.getattr("/" + "/".join(["a" * 250] * 5))
     with pytest.raises(errors.NotFound):
         fs.getattr("/not-utf8-\udce9")
-    assert [o.key for o in engine.store.list(bucket)] == ["keep/.manifest", "keep/000000000000001"]
+    assert wait_for(lambda: [o.key for o in engine.store.list(bucket)] == ["keep/.manifest", "keep/000000000000001"], 5)
 
 
 def test_a_stream_whose_segments_the_server_cannot_delete_is_left_whole(fs, engine, bucket):

@@ -68,9 +68,9 @@ def test_a_thousand_small_files_cost_one_request_each_to_create_and_to_remove(mo
 
     fault_proxy.reset_log()
     subprocess.run(["rm", "-rf", str(d)], check=True)
+    assert wait_for(lambda: not list(engine.store.list(bucket, "tree/")), 5)  # the marker's DELETE: just after
     gone = _requests(fault_proxy)
     assert gone["DELETE"] <= N + 3 and sum(gone.values()) <= 2 * N, gone
-    assert not list(engine.store.list(bucket, "tree/"))
 
 
 def test_a_walk_lists_each_directory_once_and_fetches_each_file_once(mounter, fault_proxy, engine, bucket):
@@ -138,9 +138,36 @@ def test_removing_a_tree_the_mount_made_costs_no_probes(mounter, fault_proxy, en
     assert seen == {"GET": 2, "HEAD": 2}, seen  # t and t/d0: a LIST and a folder object's HEAD each
     fault_proxy.reset_log()
     subprocess.run(["rm", "-rf", str(other / "t")], check=True)
-    assert not list(engine.store.list(bucket, "t"))
+    assert not (other / "t").exists()
+    # The last DELETEs (each directory's marker and folder object, as each file's object)
+    # go out just after rmdir returns.
+    assert wait_for(lambda: not list(engine.store.list(bucket, "t")), 5)
     assert not [r.path for r in fault_proxy.requests if r.path.endswith("/.manifest") or "max-keys=1" in r.query]
     assert len(fault_proxy.requests) <= 2 * len(files) + 5 * len(dirs), _requests(fault_proxy)
+
+
+def test_a_directory_removed_and_made_again_at_once_keeps_its_new_marker_and_attributes(mounter, fault_proxy,
+                                                                                          engine, bucket):
+    """rmdir of an emptied directory returns before its marker's and folder object's
+    DELETEs land (slowed here); a mkdir and chmod of the same name wait for them, so
+    neither the new marker nor the new attributes are removed by the old DELETEs."""
+    from tests.faultproxy import Rule
+    m = mounter(bucket, endpoint=fault_proxy.endpoint)
+    d = m / "again"
+    os.mkdir(d)
+    os.chmod(d, 0o700)
+    assert wait_for(lambda: engine.store.head(bucket, "again_$folder$") is not None, 5)
+    fault_proxy.add(Rule("stall", method="DELETE", path_contains="again", seconds=0.5, times=-1))
+    t0 = time.monotonic()
+    os.rmdir(d)
+    assert time.monotonic() - t0 < 0.4 and not d.exists()  # returned before its DELETEs
+    os.mkdir(d)
+    os.chmod(d, 0o750)
+    (d / "f").write_bytes(b"x")
+    time.sleep(1.5)  # the old DELETEs, and the new attributes, have landed
+    assert {o.key for o in engine.store.list(bucket, "again")} == {"again/", "again/f", "again_$folder$"}
+    other = mounter(bucket)
+    assert stat.S_IMODE(os.stat(other / "again").st_mode) == 0o750
 
 
 def test_past_the_ttl_a_new_name_costs_one_lookup(mounter, fault_proxy, engine, bucket):
@@ -324,7 +351,9 @@ def test_rm_rf_sends_its_deletes_concurrently_and_a_name_reused_at_once_survives
     subprocess.run(["rm", "-rf", str(d)], check=True)
     assert fault_proxy.count("DELETE") >= 400
     assert fault_proxy.peak_in_flight("DELETE") > 2  # not one file at a time
-    assert not d.exists() and not list(engine.store.list(bucket, "many/"))  # rmdir waited for them
+    # rmdir waited for the files' DELETEs; its marker's own goes out just after it returns
+    assert not d.exists() and [o.key for o in engine.store.list(bucket, "many/")] in ([], ["many/"])
+    assert wait_for(lambda: not list(engine.store.list(bucket, "many/")), 5)
     # A name unlinked and created again at once: the new file is not removed by the old DELETE.
     os.mkdir(m / "again")
     for round_ in range(20):

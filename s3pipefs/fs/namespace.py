@@ -168,8 +168,9 @@ class Namespace:
         self._last_read: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTINGS, ttl, timer=clock)
         self._orders: cachetools.TTLCache = cachetools.TTLCache(MAX_LISTED, ttl, timer=clock, getsizeof=len)
         # Objects whose unlink returned and whose DELETE is on its way (fs/deletes_behind.py).
-        self.deletes = DeletesBehind(lambda key: engine.delete(bucket, key, kind="object"),
-                                     failed=lambda key: self.invalidate(self.path_of(key)))
+        # Also a removed directory's marker ("d/") and folder object (rmdir).
+        self.deletes = DeletesBehind(lambda key: self.store.delete(bucket, key),
+                                     failed=lambda key: self.invalidate(self.path_of(key.rstrip("/"))))
 
     # -- names -------------------------------------------------------------------------
     def key(self, path: str) -> str:
@@ -198,8 +199,8 @@ class Namespace:
             found = self._cached(path)
             if found is not _UNLISTED:
                 return self._described(path, found)
-        if self.deletes.pending(self.key(path)):
-            return None  # unlinked; its DELETE is on its way
+        if self.deletes.pending(self.key(path)) or self._dir_going(self.key(path)):
+            return None  # unlinked or removed; its DELETE is on its way
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
             entry = self._with_marker(entry)
@@ -476,8 +477,8 @@ class Namespace:
             name = e.key[len(prefix):].strip("/") if e.key.startswith(prefix) else ""
             if not name or "/" in name or name in (".", ".."):
                 continue  # the directory's own marker, or a key no file name can express
-            if e.kind == "object" and self.deletes.pending(e.key):
-                continue  # unlinked; its DELETE is on its way
+            if (e.kind == "object" and self.deletes.pending(e.key)) or (e.kind == "dir" and self._dir_going(e.key)):
+                continue  # unlinked or removed; its DELETE is on its way
             old = listing.get(name)
             # An object "x" next to a prefix "x/": the stream or directory wins (it has
             # content below it); the object stays reachable through the S3 tools.
@@ -573,6 +574,7 @@ class Namespace:
             info = self.store.head(self.bucket, key, sse_key=self._sse)
             base = info.metadata if info is not None else {}
         meta = objattrs.updated(base, stat.S_IFDIR, **attrs)
+        self.deletes.wait(key)  # a removed directory's folder object, if any, goes first
         self.store.put(self.bucket, key, b"", metadata=meta, sse_key=self._sse, quick=True)
         with self._lock:
             self._folder_meta[key] = meta
@@ -584,6 +586,7 @@ class Namespace:
         # gets a second marker, the same empty object.
         if self.lookup(path) is not None:
             raise errors.Exists(f"{self.where(path)}: already exists")
+        self._dir_gone(self.key(path))  # one removed a moment ago: its DELETEs land first
         self.store.put(self.bucket, self.key(path) + "/", b"", content_type=DIR_CONTENT_TYPE, sse_key=self._sse,
                        quick=True)
         # Shown as other mounts show it: the marker's time, which S3 keeps in whole seconds.
@@ -640,22 +643,36 @@ class Namespace:
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         with self._lock:
             held = self._listings.get(path)
+        fkey = objattrs.folder_key(self.key(path))
         if held is not None and not held:
             # Listed within the TTL and emptied by this mount (rm -rf): what it held went
-            # through unlink and rmdir here, each dropping its own folders; the marker only.
-            self.store.delete(self.bucket, self.key(path) + "/")
+            # through unlink and rmdir here, each dropping its own folders; the marker only,
+            # in the background as an unlinked file's object (fs/deletes_behind.py).
+            self.deletes.start(self.key(path) + "/")
+            if self.folder_attrs.take(fkey) or entry.folder_object:
+                self.deletes.start(fkey)
         else:
             self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
-        # Attributes not put yet never will be; a folder object already put goes.
-        fkey = objattrs.folder_key(self.key(path))
-        if self.folder_attrs.take(fkey) or entry.folder_object:
-            self.store.delete(self.bucket, fkey)
+            # Attributes not put yet never will be; a folder object already put goes.
+            if self.folder_attrs.take(fkey) or entry.folder_object:
+                self.store.delete(self.bucket, fkey)
         with self._lock:
             self._folder_meta.pop(fkey, None)
         # Gone from its parent's listing, which stays (rm -rf goes on in it).
         self.remember(path, None)
         with self._lock:
             self._listings.pop(path, None)
+
+    def _dir_going(self, key: str) -> bool:
+        """Is the directory ``key`` removed, its marker or folder object's DELETE on its way?"""
+        key = key.rstrip("/")
+        return self.deletes.pending(key + "/") or self.deletes.pending(objattrs.folder_key(key))
+
+    def _dir_gone(self, key: str) -> None:
+        """Wait until the DELETEs of a removed directory ``key`` (if any) have landed:
+        before its name is made again."""
+        self.deletes.wait(key + "/")
+        self.deletes.wait(objattrs.folder_key(key))
 
     def _has_content(self, key: str) -> bool:
         """Any object under ``key/`` besides its marker? (Objects only: folders a server
@@ -792,6 +809,7 @@ class Namespace:
         okey, nkey = self.key(old), self.key(new)
         self.deletes.wait_under(okey + "/")
         self.deletes.wait_under(nkey + "/")
+        self._dir_gone(nkey)
         self.attrs_behind.store_under(okey + "/")  # stored before the copy
         held = [o for o in _take(self.store.list(self.bucket, okey + "/"), MAX_DIR_RENAME + 2)
                 if not isinstance(o, str) and o.key != okey + "/"]
