@@ -11,6 +11,10 @@ the same, and nothing may reuse the key before it lands:
   it, first waits for the delete (else it could land after the new object and remove it);
 * unmount waits for every delete.
 
+rmdir of a directory the mount listed and emptied (rm -rf) sends the DELETEs of its
+marker ("d/") and folder object the same way (fs/namespace.py): a mkdir or a folder
+object's PUT of that name waits for them.
+
 A delete that fails (after the store's retries) is logged, and the name shows again at
 the next lookup, as it is still in S3. Streams are removed before unlink returns
 (manifest first): their removal takes several requests and a writer elsewhere may hold
