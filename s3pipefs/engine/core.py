@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -83,8 +84,10 @@ class Entry:
         """A symbolic link: an object whose stored mode says so (its body is the target)."""
         return self.kind == kinds.OBJECT and self._attrs.is_link
 
-    @property
+    @functools.cached_property
     def _attrs(self) -> objattrs.Attrs:
+        # Parsed once: a getattr reads mode, owners, time and is_link (entries are not
+        # changed in place; ``replace`` makes a new one).
         return objattrs.parse(self.metadata)
 
     @property
