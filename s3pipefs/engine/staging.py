@@ -56,7 +56,21 @@ class StagingDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-class StagedFile:
+class _Held:
+    """Bytes a pending file or segment holds, told to ``charge`` (a mount's shared
+    budget, engine/budget.py) as they come and go."""
+
+    def __init__(self, charge: Callable[[int], None]):
+        self._charge = charge
+        self.held = 0  # bytes charged
+
+    def _hold(self, nbytes: int) -> None:
+        if nbytes:
+            self.held += nbytes
+            self._charge(nbytes)
+
+
+class StagedFile(_Held):
     """A private file holding one segment until it is sealed, and the CRC32 of its bytes.
 
     Appended bytes are checksummed from memory as they arrive, so the upload's checksum
@@ -67,10 +81,9 @@ class StagedFile:
     """
 
     def __init__(self, path: str, charge: Callable[[int], None] = _no_charge):
+        super().__init__(charge)  # held: the bytes written (holes take no disk)
         self.path = path
         self.size = 0
-        self._charge = charge
-        self.held = 0  # bytes charged: those written (holes take no disk)
         self.crc = 0
         self.patched = False  # crc is stale: read_back before sealing
         # Kept by the writer for the stream's SHA-256: its state at this segment's first
@@ -190,25 +203,18 @@ class StagedFile:
             pass
         self._hold(-self.held)
 
-    def _hold(self, nbytes: int) -> None:
-        if nbytes:
-            self.held += nbytes
-            self._charge(nbytes)
 
-
-class HeldInMemory:
+class HeldInMemory(_Held):
     """A small pending file's bytes kept in memory (engine/filewriter.py), with the
-    interface of a StagedFile: a file that closes small never touches the staging disk
+    interface of a StagedFile that the writer uses while the file is pending (no path,
+    no seal): a file that closes small never touches the staging disk
     (no directory, file, unlink and rmdir for each of a tree's thousands of files). Its
     bytes, zeros of holes too, are charged as a staged file's are; the writer moves them
     to a StagedFile (``contents``) once they outgrow what it keeps in memory."""
 
-    path = None  # nothing on disk
-
     def __init__(self, charge: Callable[[int], None] = _no_charge):
+        super().__init__(charge)
         self._buf = bytearray()
-        self._charge = charge
-        self.held = 0
         self.crc = 0
         self.patched = False
 
@@ -239,9 +245,7 @@ class HeldInMemory:
         self._hold(size - self.held)
 
     def read_back(self, feed: Callable[[bytes], object] | None = None) -> None:
-        data = bytes(self._buf)
-        self.crc = crc32(data)
-        self.patched = False
+        data = self.contents()  # (the CRC32 brought up to date)
         if feed is not None:
             feed(data)
 
@@ -255,17 +259,9 @@ class HeldInMemory:
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self._buf[offset:offset + size])
 
-    def seal(self) -> None:
-        pass
-
     def remove(self) -> None:
         self._buf = bytearray()
         self._hold(-self.held)
-
-    def _hold(self, nbytes: int) -> None:
-        if nbytes:
-            self.held += nbytes
-            self._charge(nbytes)
 
 
 def _staging_error(path: str, e: OSError) -> StagingError:

@@ -52,6 +52,7 @@ holds nothing, a link's target is its name), see docs/encryption.md.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import posixpath
 import stat
@@ -199,7 +200,8 @@ class Namespace:
             found = self._cached(path)
             if found is not _UNLISTED:
                 return self._described(path, found)
-        if self.deletes.pending(self.key(path)) or self._dir_going(self.key(path)):
+        key = self.key(path)
+        if self.deletes.pending(key) or self._dir_going(key):
             return None  # unlinked or removed; its DELETE is on its way
         entry = self.engine.stat(self.bucket, self.key(path), probe=True)
         if entry is not None and entry.kind == "dir":
@@ -638,24 +640,24 @@ class Namespace:
             raise errors.NotFound(f"{self.where(path)}: no such directory")
         if entry.kind != "dir":
             raise fserrors.NotADirectory(f"{self.where(path)}: not a directory")
-        self.deletes.wait_under(self.key(path) + "/")  # rm -rf: the files' DELETEs land first
-        if self._has_content(self.key(path)):
+        key, fkey = self.key(path), objattrs.folder_key(self.key(path))
+        self.deletes.wait_under(key + "/")  # rm -rf: the files' DELETEs land first
+        if self._has_content(key):
             raise errors.NotEmpty(f"{self.where(path)}: directory not empty")
         with self._lock:
             held = self._listings.get(path)
-        fkey = objattrs.folder_key(self.key(path))
         if held is not None and not held:
             # Listed within the TTL and emptied by this mount (rm -rf): what it held went
             # through unlink and rmdir here, each dropping its own folders; the marker only,
             # in the background as an unlinked file's object (fs/deletes_behind.py).
-            self.deletes.start(self.key(path) + "/")
-            if self.folder_attrs.take(fkey) or entry.folder_object:
-                self.deletes.start(fkey)
+            delete = self.deletes.start
+            delete(key + "/")
         else:
-            self._drop_folder(self.key(path))  # the marker, and any emptied folders below it
-            # Attributes not put yet never will be; a folder object already put goes.
-            if self.folder_attrs.take(fkey) or entry.folder_object:
-                self.store.delete(self.bucket, fkey)
+            delete = functools.partial(self.store.delete, self.bucket)
+            self._drop_folder(key)  # the marker, and any emptied folders below it
+        # Attributes not put yet never will be; a folder object already put goes.
+        if self.folder_attrs.take(fkey) or entry.folder_object:
+            delete(fkey)
         with self._lock:
             self._folder_meta.pop(fkey, None)
         # Gone from its parent's listing, which stays (rm -rf goes on in it).

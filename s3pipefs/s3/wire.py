@@ -159,7 +159,8 @@ class Connections:
         """Send one request (``target``: path and query, encoded) and read the reply's head."""
         head = [f"{method} {target} HTTP/1.1"]
         head += [f"{k}: {v}" for k, v in headers.items()]
-        if any(c in line for line in head for c in "\r\n\0"):
+        text = "".join(head)  # one scan of the whole head, not one per line and character
+        if "\r" in text or "\n" in text or "\0" in text:
             # A header value from outside (a content type, metadata) must not end the
             # head early or start a second request.
             raise ValueError("a request line or header holds a line break")
